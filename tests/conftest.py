@@ -1,0 +1,60 @@
+"""Shared test helpers: small files in the exact D4RL hdf5 layout, recorded in the real gymnasium envs."""
+import os
+import sys
+import warnings
+
+import gymnasium as gym
+import h5py
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("WANDB_MODE", "disabled")
+torch.set_num_threads(1)  # tiny networks: one thread is fastest and avoids oversubscribing CI's 2 cores
+
+
+def record_d4rl_file(path, gym_id="Hopper-v4", episodes=3, max_steps=40, seed=0, timeouts=True):
+    """Roll a seeded random policy in `gym_id` and write every key a D4RL v2 locomotion file has:
+    float32 arrays, bool flags, `next_observations`, `infos/*` and scalar `metadata/*` entries.
+    An episode ends in a real fall (`terminals`) or after `max_steps` steps (`timeouts`)."""
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env = gym.make(gym_id)
+    rows = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "qpos", "qvel")}
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        for t in range(max_steps):
+            action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+            rows["qpos"].append(env.unwrapped.data.qpos.copy())
+            rows["qvel"].append(env.unwrapped.data.qvel.copy())
+            next_obs, reward, terminated, _, _ = env.step(action)
+            for key, value in zip(("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"),
+                                  (obs, action, reward, next_obs, terminated, t == max_steps - 1 and not terminated)):
+                rows[key].append(value)
+            obs = next_obs
+            if terminated:
+                break
+    env.close()
+    with h5py.File(path, "w") as f:
+        for key in ("observations", "actions", "rewards", "next_observations"):
+            f.create_dataset(key, data=np.asarray(rows[key], dtype=np.float32))
+        f.create_dataset("terminals", data=np.asarray(rows["terminals"], dtype=bool))
+        if timeouts:
+            f.create_dataset("timeouts", data=np.asarray(rows["timeouts"], dtype=bool))
+        f.create_dataset("infos/qpos", data=np.asarray(rows["qpos"], dtype=np.float32))
+        f.create_dataset("infos/qvel", data=np.asarray(rows["qvel"], dtype=np.float32))
+        f.create_dataset("infos/action_log_probs", data=np.zeros(len(rows["rewards"]), dtype=np.float32))
+        f.create_dataset("metadata/algorithm", data="SAC")
+        f.create_dataset("metadata/iteration", data=np.int64(7))
+        f.create_dataset("metadata/policy/nonlinearity", data="relu")
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+@pytest.fixture
+def hopper_file(tmp_path):
+    path = tmp_path / "hopper_medium-v2.hdf5"
+    record_d4rl_file(path, episodes=4, max_steps=40)
+    return str(path)

@@ -1,0 +1,178 @@
+"""Shapes, dtypes and gradients of ofql.py's networks, samplers and losses; the critic target; target updates;
+the normalized score; presets and command line."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import ofql
+
+OBS, ACT, B = 11, 3, 64
+
+
+@pytest.fixture
+def agent_and_batch():
+    torch.manual_seed(0)
+    args = ofql.Args()
+    agent = ofql.make_agent(OBS, ACT, args, torch.device("cpu"))
+    batch = ofql.Batch(torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1, torch.randn(B, 1), torch.randn(B, OBS),
+                       (torch.rand(B, 1) < 0.2).float())
+    return agent, batch, args
+
+
+def test_network_shapes_and_dtypes(agent_and_batch):
+    agent, batch, _ = agent_and_batch
+    t, r = torch.rand(B, 1), torch.rand(B, 1)
+    u = agent.actor(batch.actions, r, t, batch.obs)
+    q1, q2 = agent.critic(batch.obs, batch.actions)
+    assert u.shape == (B, ACT) and q1.shape == q2.shape == (B, 1)
+    assert u.dtype == q1.dtype == torch.float32
+    assert ofql.SinusoidalPosEmb(64)(t).shape == (B, 64)
+    torch.testing.assert_close(agent.critic.q_min(batch.obs, batch.actions), torch.min(q1, q2))
+
+
+def test_sample_t_r_distribution():
+    torch.manual_seed(0)
+    n = 200_000
+    t, r = ofql.sample_t_r(n, 0.5, -0.4, 1.0, "cpu")
+    assert t.shape == r.shape == (n, 1)
+    assert ((0 < r) & (r <= t) & (t < 1)).all()
+    assert (r == t).sum() == n // 2  # the flow ratio is an exact count
+    # the two draws behind (t, r) are logit-normal(-0.4, 1): logit(t) + logit(r) has mean -0.8, variance 2
+    both = ~(r == t).flatten()
+    s = torch.logit(t[both]) + torch.logit(r[both])
+    assert abs(s.mean().item() + 0.8) < 0.02 and abs(s.var().item() - 2.0) < 0.05
+    diff = torch.logit(t[both]) - torch.logit(r[both])  # |difference of two N(mu, 1)| has mean 2/sqrt(pi)
+    assert abs(diff.mean().item() - 2 / np.sqrt(np.pi)) < 0.02
+
+
+def test_bc_loss_is_differentiable_and_its_target_is_not(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    t, r = ofql.sample_t_r(B, 0.5, -0.4, 1.0, "cpu")
+    u, u_tgt = ofql.meanflow_target(lambda a_t, r, t: agent.actor(a_t, r, t, batch.obs), batch.actions,
+                                    torch.randn(B, ACT), r, t)
+    assert u.requires_grad and not u_tgt.requires_grad
+    loss, mse = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
+    assert loss.shape == mse.shape == () and torch.isfinite(loss)
+    grads = torch.autograd.grad(loss, list(agent.actor.parameters()))
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_adaptive_weight_power_zero_is_plain_mse(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    torch.manual_seed(1)
+    loss, mse = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, dataclasses.replace(args, adaptive_weight_power=0.0))
+    torch.testing.assert_close(loss, mse)
+    torch.manual_seed(1)
+    loss_p1, mse_p1 = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
+    torch.testing.assert_close(mse_p1, mse)
+    assert loss_p1 < 1.0  # each row's weighted error e / (e + 1e-3) is below 1
+
+
+def test_one_step_action_is_differentiable_and_bounded(agent_and_batch):
+    agent, batch, _ = agent_and_batch
+    a = ofql.sample_actions(agent.actor, batch.obs)
+    assert a.shape == (B, ACT) and a.abs().max() <= 1.0
+    a.sum().backward()
+    assert all(p.grad is not None for p in agent.actor.parameters())
+
+
+def test_select_action_with_candidates(agent_and_batch):
+    agent, batch, _ = agent_and_batch
+    for k in (1, 7):
+        a = ofql.select_action(agent, batch.obs[:5], k)
+        assert a.shape == (5, ACT) and not a.requires_grad and a.abs().max() <= 1.0
+
+
+def test_select_action_picks_high_q_candidates(agent_and_batch):
+    """With a critic that prefers a_0 > 0 strongly, softmax(Q) selection must (almost) always return one."""
+    agent, batch, _ = agent_and_batch
+
+    class Preferring(torch.nn.Module):
+        def q_min(self, obs, actions):
+            return 100.0 * (actions[:, :1] > 0).float()
+
+    agent = dataclasses.replace(agent, critic_target=Preferring())
+    a = ofql.select_action(agent, batch.obs, 50)
+    assert (a[:, 0] > 0).float().mean() > 0.95
+
+
+def test_critic_target_with_and_without_max_q_backup(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    for max_q in (False, True):
+        a = dataclasses.replace(args, max_q_backup=max_q, num_backup_actions=4)
+        torch.manual_seed(5)
+        _, metrics = ofql.critic_loss_fn(agent, batch, a)
+        torch.manual_seed(5)
+        k = 4 if max_q else 1
+        next_obs = batch.next_obs.repeat_interleave(k, 0)
+        q1, q2 = agent.critic_target(next_obs, ofql.sample_actions(agent.actor_ema, next_obs))
+        next_q = torch.min(q1.view(B, k).amax(1), q2.view(B, k).amax(1)).unsqueeze(1)
+        expected = batch.rewards + 0.99 * (1 - batch.dones) * next_q
+        torch.testing.assert_close(metrics["q_target"], expected.mean())
+
+
+def test_terminal_transitions_do_not_bootstrap(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    batch = batch._replace(dones=torch.ones(B, 1))
+    _, metrics = ofql.critic_loss_fn(agent, batch, args)
+    torch.testing.assert_close(metrics["q_target"], batch.rewards.mean())
+
+
+def test_actor_loss_combines_bc_and_normalised_q(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    loss, m = ofql.actor_loss_fn(agent, batch, dataclasses.replace(args, eta=0.3))
+    torch.testing.assert_close(loss, m["bc_loss"] + 0.3 * m["q_loss"])
+    assert abs(abs(m["q_loss"].item()) - 1.0) < 0.5  # Q / mean|Q| of the other head: order one
+
+
+def test_update_moves_targets_by_polyak_and_ema_rules(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    args = dataclasses.replace(args, ema_start=10, ema_every=5)
+    before = [p.clone() for p in agent.critic_target.parameters()]
+    metrics = ofql.update(agent, batch, args, step=5)  # before ema_start: the EMA policy is a copy
+    assert all(torch.isfinite(v) for v in metrics.values()) and not any(v.requires_grad for v in metrics.values())
+    for p_target, p_old, p in zip(agent.critic_target.parameters(), before, agent.critic.parameters()):
+        torch.testing.assert_close(p_target, p_old + args.tau * (p - p_old))
+    for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
+        torch.testing.assert_close(p_ema, p)
+    ema_before = [p.clone() for p in agent.actor_ema.parameters()]
+    ofql.update(agent, batch, args, step=11)  # not a multiple of ema_every: untouched
+    assert all(torch.equal(a, b) for a, b in zip(ema_before, agent.actor_ema.parameters()))
+    ofql.update(agent, batch, args, step=15)
+    for p_ema, p_old, p in zip(agent.actor_ema.parameters(), ema_before, agent.actor.parameters()):
+        torch.testing.assert_close(p_ema, 0.995 * p_old + 0.005 * p)
+
+
+def test_gradient_clipping_bounds_the_step(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    args = dataclasses.replace(args, grad_norm=1e-3)
+    batch = batch._replace(rewards=batch.rewards * 1000)
+    metrics = ofql.update(agent, batch, args, step=1)
+    assert metrics["critic_grad_norm"] > 1e-3  # the norm reported is the norm before clipping
+
+
+@pytest.mark.parametrize("env_id, ret, score", [
+    ("halfcheetah-medium-v2", 4000.0, 34.4753706),  # d4rl.get_normalized_score(..., 4000) * 100
+    ("halfcheetah-medium-replay-v2", 12135.0, 100.0),
+    ("halfcheetah-medium-expert-v2", -280.178953, 0.0),
+    ("hopper-medium-v2", 3234.3, 100.0),
+    ("hopper-medium-replay-v2", -20.272305, 0.0),
+    ("walker2d-medium-v2", 1.629008, 0.0),
+    ("walker2d-medium-expert-v2", 4592.3, 100.0),
+    ("antmaze-large-play-v2", 0.5, 50.0),
+    ("kitchen-mixed-v0", 3.0, 75.0),
+    ("pen-human-v1", 3076.8331017826877, 100.0),
+])
+def test_normalized_score_uses_d4rls_reference_returns(env_id, ret, score):
+    assert ofql.normalized_score(env_id, ret) == pytest.approx(score, abs=1e-6)
+
+
+def test_presets_become_defaults_and_flags_override_them():
+    args = ofql.parse_args(["--env-id", "antmaze-large-play-v2"])
+    assert (args.eta, args.max_q_backup, args.reward_mode, args.total_steps, args.grad_norm) == (0.3, True, "cql_antmaze", 1_000_000, 10.0)
+    args = ofql.parse_args(["--env-id=pen-human-v1", "--eta", "0.5", "--no-max-q-backup", "--num-candidates", "1"])
+    assert (args.eta, args.actor_lr, args.reward_mode, args.num_candidates) == (0.5, 3e-5, "standardize", 1)
+    with pytest.raises(ofql.UserError, match="supported: halfcheetah-medium-v2"):
+        ofql.parse_args(["--env-id", "hopper-medium-v3"])
