@@ -648,41 +648,42 @@ def train(args: Args) -> str:
         if args.track:
             wandb.log(record, step=record["step"])
 
-    metric_sum, window, first_bad = None, 0, None
-    session_start, session_steps = time.time(), 0
+    metric_sum, window_steps, first_bad = 0.0, 0, -1
+    session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
     for step in tqdm(range(start_step, args.total_steps + 1), initial=start_step - 1, total=args.total_steps,
                      desc=args.env_id, unit="step", mininterval=2.0):
         metrics = update(agent, buffer.sample(args.batch_size), args, step)
         values = torch.stack(list(metrics.values()))
-        metric_sum = values if metric_sum is None else metric_sum + values
-        # remember, on the device (no sync), the first step at which each metric stopped being finite
-        bad = ~torch.isfinite(values)
-        first_bad = torch.where(bad, step, -1) if first_bad is None else torch.where((first_bad < 0) & bad, step, first_bad)
-        window, session_steps = window + 1, session_steps + 1
+        metric_sum, window_steps = metric_sum + values, window_steps + 1
+        # the first step at which each metric became non-finite, kept on the device: no sync per step
+        first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
+        eval_step = step % args.eval_every == 0 or step == args.total_steps
+        if step % args.log_every != 0 and not eval_step:
+            continue
 
-        if step % args.log_every == 0 or step % args.eval_every == 0 or step == args.total_steps:
-            if (first_bad >= 0).any():
-                bad_step, index = min((s, i) for i, s in enumerate(first_bad.tolist()) if s >= 0)
-                raise UserError(f"non-finite {list(metrics)[index]} at step {bad_step}; stopping (try a lower --eta or "
-                                "learning rate, or a --grad-norm)")
-            record = {"step": step, **{k: v / window for k, v in zip(metrics, metric_sum.tolist())}}
-            record["steps_per_sec"] = session_steps / (time.time() - session_start)
-            metric_sum, window = None, 0
-            if envs is not None and (step % args.eval_every == 0 or step == args.total_steps):
-                record.update({f"eval/{k}": v for k, v in evaluate(agent, envs, args, device).items()})
-                evals.append({"step": step, **{k[5:]: v for k, v in record.items() if k.startswith("eval/")}})
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            log(record)
-            if args.save_model and (step % args.eval_every == 0 or step == args.total_steps):
-                save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), agent, step, evals,
-                                elapsed + time.time() - session_start)
+        means = (metric_sum / window_steps).tolist()  # the only host sync of a logging window
+        window_time = time.perf_counter() - window_start
+        train_time += window_time
+        if (first_bad >= 0).any():
+            bad_step, index = min((s, i) for i, s in enumerate(first_bad.tolist()) if s >= 0)
+            raise UserError(f"non-finite {list(metrics)[index]} at step {bad_step}; stopping (try a lower --eta or "
+                            "learning rate, or a --grad-norm)")
+        record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
+        if envs is not None and eval_step:
+            evals.append({"step": step, **evaluate(agent, envs, args, device)})
+            record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step"})
+        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        log(record)
+        if args.save_model and eval_step:
+            save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), agent, step, evals, elapsed + time.time() - session_start)
+        metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
 
     wall_clock = elapsed + time.time() - session_start
     best = max(evals, key=lambda e: e["score"]) if evals else None
     summary = {
         "algorithm": "ofql", "env_id": args.env_id, "dataset": args.dataset_path or dataset_cache_path(args.env_id),
         "eval_env": domain.gym_id, "seed": args.seed, "steps": args.total_steps, "wall_clock_sec": wall_clock,
-        "train_steps_per_sec": session_steps / (time.time() - session_start) if session_steps else None,
+        "train_steps_per_sec": (args.total_steps - start_step + 1) / train_time if train_time else None,
         "num_candidates": args.num_candidates, "eval_episodes": args.eval_episodes,
         "final_score": evals[-1]["score"] if evals else None, "final_score_std": evals[-1]["score_std"] if evals else None,
         "best_score": best["score"] if best else None, "best_score_std": best["score_std"] if best else None,

@@ -1,0 +1,159 @@
+"""Train several algorithms side by side on the same datasets and seeds; write a results table and learning curves.
+
+    python benchmark/compare.py                                   # the CPU learning check on ../shared/datasets
+    python benchmark/compare.py --datasets hopper-medium-v2 walker2d-medium-v2 --data-dir '' \
+        --total-steps 2000000 --eval-every 50000 --seeds 0 1 2 --jobs 3   # D4RL ids, downloaded, on a GPU machine
+
+Each run is the unmodified script (`ofql.py`, ...) as a subprocess, writing its usual runs/<run_name>/ under
+--out-dir; the table and the PNG are rebuilt from those files, so --plot-only redraws them without training.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import ofql  # noqa: E402  (only for the normalized score)
+
+# name: (script, extra flags). "bc" is the behaviour-cloning reference: OFQL's MeanFlow loss alone (eta = 0).
+ALGORITHMS = {"bc": ("ofql.py", ["--eta", "0"]), "ofql": ("ofql.py", [])}
+
+
+@dataclass
+class Args:
+    datasets: list[str] = field(default_factory=lambda: ["hopper-medium-v2", "hopper-medium-replay-v2"])
+    """D4RL ids; with --data-dir, the file <data-dir>/<id without -v2>.hdf5 is used instead of the D4RL file"""
+    data_dir: str = os.path.join(ROOT, "..", "shared", "datasets")
+    """folder of local D4RL-layout files; '' uses the real D4RL files (downloaded and cached)"""
+    algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
+    """which algorithms to run, from: bc, ofql"""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """training seeds"""
+    total_steps: int = 20_000
+    """gradient steps per run"""
+    eval_every: int = 2_000
+    """evaluation interval (steps)"""
+    eval_episodes: int = 10
+    """evaluation episodes per evaluation"""
+    extra_flags: str = ""
+    """more flags for every run, e.g. '--num-candidates 1'"""
+    jobs: int = 2
+    """runs in parallel (each with one CPU thread on the CPU)"""
+    out_dir: str = os.path.join(ROOT, "benchmark", "results", "learning_check")
+    """where the runs, the table (results.md, results.json) and the curves (curves.png) go"""
+    plot_only: bool = False
+    """skip training; rebuild the table and the PNG from the runs in --out-dir"""
+
+
+def dataset_file(args: Args, env_id: str):
+    return os.path.join(args.data_dir, env_id.rsplit("-", 1)[0] + ".hdf5") if args.data_dir else None
+
+
+def dataset_mean_score(env_id: str, path: str) -> float:
+    """Mean normalized return of the dataset's own episodes (split at terminals and timeouts)."""
+    with h5py.File(path, "r") as f:
+        rewards, ends = f["rewards"][()], f["terminals"][()] | f["timeouts"][()]
+    returns = np.add.reduceat(rewards, np.r_[0, np.flatnonzero(ends[:-1]) + 1])
+    return float(np.mean(ofql.normalized_score(env_id, returns)))
+
+
+def run_name(env_id: str, algorithm: str, seed: int) -> str:
+    return f"{env_id}__{algorithm}__{seed}"
+
+
+def launch(args: Args, env_id: str, algorithm: str, seed: int) -> subprocess.Popen:
+    script, flags = ALGORITHMS[algorithm]
+    cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed), "--exp-name", algorithm,
+           "--total-steps", str(args.total_steps), "--eval-every", str(args.eval_every),
+           "--eval-episodes", str(args.eval_episodes), *flags, *args.extra_flags.split()]
+    if args.data_dir:
+        cmd += ["--dataset-path", dataset_file(args, env_id)]
+    log = open(os.path.join(args.out_dir, run_name(env_id, algorithm, seed) + ".log"), "w")
+    print(" ".join(cmd[1:]), flush=True)
+    return subprocess.Popen(cmd, cwd=args.out_dir, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def train_all(args: Args) -> None:
+    queue = [(d, a, s) for d in args.datasets for a in args.algorithms for s in args.seeds]
+    running, start = [], time.time()
+    while queue or running:
+        while queue and len(running) < args.jobs:
+            running.append(launch(args, *queue.pop(0)))
+        time.sleep(5)
+        for proc in [p for p in running if p.poll() is not None]:
+            running.remove(proc)
+            if proc.returncode != 0:
+                raise SystemExit(f"a run failed (exit {proc.returncode}): see the .log files in {args.out_dir}")
+    print(f"all runs done in {(time.time() - start) / 60:.1f} min")
+
+
+def latest_summaries(args: Args) -> dict:
+    """(env_id, algorithm, seed) -> summary.json of the newest matching run in --out-dir/runs."""
+    found = {}
+    for name in sorted(os.listdir(os.path.join(args.out_dir, "runs"))):
+        env_id, algorithm, seed, _ = name.split("__")
+        path = os.path.join(args.out_dir, "runs", name, "summary.json")
+        if os.path.exists(path):
+            found[(env_id, algorithm, int(seed))] = json.load(open(path))
+    return found
+
+
+def write_report(args: Args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summaries = latest_summaries(args)
+    rows, results = [], []
+    fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
+    for ax, env_id in zip(axes[0], args.datasets):
+        data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if args.data_dir else None
+        for algorithm in args.algorithms:
+            runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
+            if not runs:
+                continue
+            steps = [e["step"] for e in runs[0]["evaluations"]]
+            curves = np.array([[e["score"] for e in r["evaluations"]] for r in runs])
+            final, best = curves[:, -1], curves.max(axis=1)
+            ax.plot(steps, curves.mean(0), label=f"{algorithm} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+            if len(runs) > 1:
+                ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
+            results.append({"env_id": env_id, "algorithm": algorithm, "seeds": [r["seed"] for r in runs],
+                            "steps": steps, "scores": curves.tolist(), "dataset_mean_score": data_score,
+                            "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs]))})
+            shown = "-" if data_score is None else f"{data_score:.1f}"
+            rows.append(f"| {env_id} | {shown} | {algorithm} | {final.mean():.1f} ± {final.std():.1f} | "
+                        f"{best.mean():.1f} ± {best.std():.1f} | {' / '.join(f'{s:.0f}' for s in curves.mean(0))} |")
+        if data_score is not None:
+            ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")
+        ax.set(title=env_id, xlabel="gradient steps", ylabel="normalized score")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=110)
+    first = next(iter(summaries.values()))
+    header = (f"{args.total_steps} steps, evaluation every {args.eval_every} steps with {first['eval_episodes']} "
+              f"episodes and {first['num_candidates']} candidate action(s), seeds {args.seeds}; score = mean ± std "
+              "over seeds of the normalized score (mean over episodes) at the last / the best evaluation.\n\n"
+              "| dataset | dataset mean | algorithm | last | best | curve (every evaluation) |\n|---|---|---|---|---|---|\n")
+    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+        f.write(header + "\n".join(rows) + "\n")
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(header + "\n".join(rows))
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    os.makedirs(args.out_dir, exist_ok=True)
+    if not args.plot_only:
+        train_all(args)
+    write_report(args)
