@@ -1,0 +1,65 @@
+"""Tests for toy_meanflow.py: the distance, the MeanFlow target, and a quick end-to-end run."""
+import csv
+
+import pytest
+import torch
+import tyro
+
+import toy_meanflow as tm  # tests/conftest.py puts the repository root on sys.path and uses one thread
+
+
+def test_energy_distance_is_zero_for_one_distribution_and_large_for_a_shift():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2000, 2, generator=g), torch.randn(2000, 2, generator=g)
+    same = tm.energy_distance(x, y)
+    shifted = tm.energy_distance(x, y + torch.tensor([1.0, 0.0]))
+    assert abs(same) < 0.01
+    assert shifted > 0.3  # N(0, I) vs N((1, 0), I): D^2 is about 0.43
+    assert shifted == pytest.approx(tm.energy_distance(y + torch.tensor([1.0, 0.0]), x), rel=1e-4)
+
+
+def test_datasets_are_seeded_and_inside_the_box():
+    for name in tm.DATASETS:
+        a, b = tm.sample_dataset(name, 500, seed=3, split=0), tm.sample_dataset(name, 500, seed=3, split=0)
+        assert a.shape == (500, 2) and torch.equal(a, b)
+        assert not torch.equal(a, tm.sample_dataset(name, 500, seed=3, split=1))
+        assert a.abs().max() <= tm.BOX
+
+
+def test_meanflow_target_matches_finite_differences():
+    """du/dt from the JVP equals the finite difference of u along (a_t, r, t) -> (a_t + h v, r, t + h);
+    with r = t the target is the conditional velocity (plain flow matching)."""
+    torch.manual_seed(0)
+    u_net = tm.ToyMLP(n_times=2).double()
+    a, eps = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, 2, dtype=torch.float64)
+    t, r = torch.full((8, 1), 0.7, dtype=torch.float64), torch.full((8, 1), 0.2, dtype=torch.float64)
+    u, u_tgt = tm.meanflow_target(u_net, a, eps, r, t)
+    h, a_t, v = 1e-6, (1 - t) * a + t * eps, eps - a
+    dudt = (u_net(a_t + h * v, r, t + h) - u_net(a_t - h * v, r, t - h)) / (2 * h)
+    torch.testing.assert_close(u_tgt, v - (t - r) * dudt, rtol=1e-5, atol=1e-6)
+    assert u.requires_grad and not u_tgt.requires_grad
+    _, u_tgt_flow = tm.meanflow_target(u_net, a, eps, t, t)
+    torch.testing.assert_close(u_tgt_flow, v)
+
+
+def test_quick_run_writes_outputs_and_one_meanflow_step_beats_one_euler_step(tmp_path):
+    # Two datasets and two step counts keep the test short; each model reseeds, so the checkerboard numbers
+    # are the same as with the default --steps 1 2 5 10.
+    flags = ["--quick", "--datasets", "checkerboard", "moons", "--steps", "1", "10", "--output-dir", str(tmp_path)]
+    args = tyro.cli(tm.Args, args=flags)
+    distances = tm.main(args)
+
+    png = tmp_path / "toy_meanflow.png"
+    assert png.exists() and png.stat().st_size > 20_000
+    with open(tmp_path / "toy_meanflow.csv") as f:
+        rows = list(csv.DictReader(f))
+    expected = {(d, m, str(k)) for d in ("checkerboard", "moons") for m, k in tm.columns(args)}
+    assert {(r["dataset"], r["method"], r["steps"]) for r in rows} == expected and len(rows) == len(expected) == 12
+    table = (tmp_path / "toy_meanflow.md").read_text()
+    assert "Energy distance" in table and table.count("\n| ") == 1 + len(tm.columns(args)) + 1
+
+    # The paper's claim on checkerboard, with a margin: one MeanFlow step is far closer to the data than one
+    # Euler step of flow matching (which collapses towards the mean) or one DDPM step.
+    u1, v1, ddpm1 = (distances["checkerboard", m, 1] for m in ("u-param", "v-param", "DDPM"))
+    assert u1 < 0.3 * v1, (u1, v1)
+    assert u1 < 0.3 * ddpm1, (u1, ddpm1)
