@@ -42,8 +42,11 @@ class Args:
     """evaluation interval (steps)"""
     eval_episodes: int = 10
     """evaluation episodes per evaluation"""
+    num_candidates: int = 1
+    """candidate actions per state at evaluation (1: the one-step policy itself; the scripts' default, 50 picked
+    by Q, relies on a converged critic, which a CPU budget does not give)"""
     extra_flags: str = ""
-    """more flags for every run, e.g. '--num-candidates 1'"""
+    """more flags for every run, e.g. --extra-flags='--batch-size 512'"""
     jobs: int = 2
     """runs in parallel (each with one CPU thread on the CPU)"""
     out_dir: str = os.path.join(ROOT, "benchmark", "results", "learning_check")
@@ -72,7 +75,8 @@ def launch(args: Args, env_id: str, algorithm: str, seed: int) -> subprocess.Pop
     script, flags = ALGORITHMS[algorithm]
     cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed), "--exp-name", algorithm,
            "--total-steps", str(args.total_steps), "--eval-every", str(args.eval_every),
-           "--eval-episodes", str(args.eval_episodes), *flags, *args.extra_flags.split()]
+           "--eval-episodes", str(args.eval_episodes), "--num-candidates", str(args.num_candidates), *flags,
+           *args.extra_flags.split()]
     if args.data_dir:
         cmd += ["--dataset-path", dataset_file(args, env_id)]
     log = open(os.path.join(args.out_dir, run_name(env_id, algorithm, seed) + ".log"), "w")
