@@ -6,12 +6,20 @@ v(x, t) = m_t' + (s_t' / s_t)(x - m_t), and its flow keeps the standardised coor
 point at time r of the trajectory through x at time t is x_r = m_r + (s_r / s_t)(x - m_t). Hence the exact average
 velocity (Eq. 10) is u(x, r, t) = (x - x_r) / (t - r).
 """
+import pytest
 import torch
 
 import ofql
 
-torch.set_default_dtype(torch.float64)
-MU, SIGMA = torch.tensor([0.3, -0.2]), torch.tensor([0.2, 0.1])
+MU, SIGMA = torch.tensor([0.3, -0.2], dtype=torch.float64), torch.tensor([0.2, 0.1], dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Every check here runs in double precision; the default dtype is restored for the other test modules."""
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
 
 
 def mean_std(t):
