@@ -181,7 +181,8 @@ def _antmaze(maze: str, multistart: bool, multigoal: bool) -> str:
     return f"ant_maze_v2/Ant_maze_{maze}_noisy_multistart_{multistart}_multigoal_{multigoal}_sparse_fixed.hdf5"
 
 
-# id: (path under D4RL_URL, size in bytes, sha256); size and sha256 from tensorflow_datasets' D4RL checksums
+# id: (path under D4RL_URL, size in bytes, sha256), size and sha256 from tensorflow_datasets' D4RL checksums.tsv
+# files (none are published there for antmaze-medium-play-v2 and Kitchen: those downloads are not verified)
 DATASETS = {
     "halfcheetah-medium-v2": ("gym_mujoco_v2/halfcheetah_medium-v2.hdf5", 237727262, "41324e8487a9556d8cfa4538827f8937f4d63dae3030825ebc9f3a726ed08ca0"),
     "halfcheetah-medium-replay-v2": ("gym_mujoco_v2/halfcheetah_medium_replay-v2.hdf5", 59448533, "48d494a4770c11f48260736dec090b78bdca8375647ed4d24bfa5b6610c7f683"),
@@ -198,8 +199,8 @@ DATASETS = {
     "antmaze-large-diverse-v2": (_antmaze("hardest-maze", True, True), 231183710, "84f775eb7956ea9cc766704710dc520a8ab357adc7522ade47f556f0e335e284"),
     "kitchen-mixed-v0": ("kitchen/kitchen_microwave_kettle_bottomburner_light-v0.hdf5", None, None),
     "kitchen-partial-v0": ("kitchen/kitchen_microwave_kettle_light_slider-v0.hdf5", None, None),
-    "pen-human-v1": ("hand_dapg_v1/pen-human-v1.hdf5", None, None),
-    "pen-cloned-v1": ("hand_dapg_v1/pen-cloned-v1.hdf5", None, None),
+    "pen-human-v1": ("hand_dapg_v1/pen-human-v1.hdf5", 2040573, "209e345b2150b633f30a11612612c60f49e941f127ce6c4dc0cd790501c46f9f"),
+    "pen-cloned-v1": ("hand_dapg_v1/pen-cloned-v1.hdf5", 155074191, "6d1a982cee1950501bedebbddedbcbb377e6284d379986c83abac8a6c0be0c22"),
 }
 MAX_EPISODE_STEPS = {"antmaze": 1000, "kitchen": 280, "pen": 100}  # only used by files without `timeouts`
 
