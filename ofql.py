@@ -640,7 +640,7 @@ def train(args: Args) -> str:
         import wandb
 
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, config=config,
-                   name=os.path.basename(run_dir), save_code=True, resume="allow")
+                   name=os.path.basename(run_dir), id=os.path.basename(run_dir), save_code=True, resume="allow")
     metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a")
 
     def log(record: dict) -> None:

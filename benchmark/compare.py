@@ -2,7 +2,7 @@
 
     python benchmark/compare.py                                   # the CPU learning check on ../shared/datasets
     python benchmark/compare.py --datasets hopper-medium-v2 walker2d-medium-v2 --data-dir '' \
-        --total-steps 2000000 --eval-every 50000 --seeds 0 1 2 --jobs 3   # D4RL ids, downloaded, on a GPU machine
+        --total-steps 2000000 --eval-every 50000 --num-candidates 50 --seeds 0 1 2 --jobs 3   # D4RL files, GPU
 
 Each run is the unmodified script (`ofql.py`, ...) as a subprocess, writing its usual runs/<run_name>/ under
 --out-dir; the table and the PNG are rebuilt from those files, so --plot-only redraws them without training.
