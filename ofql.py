@@ -1,6 +1,6 @@
-# One-Step Flow Q-Learning (OFQL), single-file reference implementation.
-# Paper: "One-Step Flow Q-Learning: Addressing the Diffusion Policy Bottleneck in Offline RL" (Nguyen & Yoo,
-# arXiv 2508.13904). Equation numbers (Eq. N) refer to that paper. Docs and results: README.md.
+"""One-Step Flow Q-Learning (OFQL) (Nguyen & Yoo, arXiv 2508.13904): a one-step MeanFlow policy trained with
+DQL's actor-critic recipe. Equation numbers (Eq. N) refer to that paper. Docs and results: README.md.
+"""
 import argparse
 import dataclasses
 import hashlib
@@ -83,8 +83,8 @@ class Args:
     """if toggled, the critic target takes the max over `num_backup_actions` next actions per head (preset)"""
     num_backup_actions: int = 10
     """the number of next actions of the max-Q backup"""
-    reward_mode: Literal["raw", "cql_antmaze", "standardize"] = "raw"
-    """reward transform: raw, (r - 0.5) * 4 (CQL's AntMaze rule), or (r - mean) / std (preset)"""
+    reward_mode: Literal["raw", "cql_antmaze", "iql_antmaze", "standardize"] = "raw"
+    """reward transform: raw, (r - 0.5) * 4 (CQL's AntMaze rule), r - 1 (IQL's), or (r - mean) / std (preset)"""
     grad_norm: float = 9.0
     """the max gradient norm of the actor and of the critic; 0 disables clipping (preset)"""
 
@@ -94,7 +94,7 @@ class Args:
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env (preset)"""
     num_candidates: int = 50
-    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the pure one-step policy (preset)"""
+    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample (preset)"""
     log_every: int = 1000
     """print and record the mean training metrics every this many steps"""
 
@@ -150,7 +150,7 @@ def parse_args(argv: Optional[list[str]] = None) -> Args:
     if env_id not in PRESETS:
         raise UserError(f"unknown --env-id {env_id!r}; supported: {', '.join(PRESETS)}")
     defaults = dataclasses.replace(Args(), env_id=env_id, **dataclasses.asdict(PRESETS[env_id]))
-    return tyro.cli(Args, args=argv, default=defaults, description=f"OFQL. Defaults below are the presets of {env_id}.")
+    return tyro.cli(Args, args=argv, default=defaults, description=f"{__doc__}Defaults below: the presets of {env_id}.")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,6 +307,8 @@ def qlearning_dataset(data: dict[str, np.ndarray], max_episode_steps: int = 1000
 def transform_rewards(rewards: np.ndarray, mode: str) -> np.ndarray:
     if mode == "cql_antmaze":  # CQL's AntMaze rule, as in DQL: {0, 1} -> {-2, 2}
         return (rewards - 0.5) * 4.0
+    if mode == "iql_antmaze":  # IQL's AntMaze rule, as in FQL: {0, 1} -> {-1, 0}
+        return rewards - 1.0
     if mode == "standardize":  # DQL's "normalize" for Adroit
         return (rewards - rewards.mean()) / rewards.std()
     return rewards
@@ -530,7 +532,7 @@ def update(agent: Agent, batch: Batch, args: Args, step: int) -> dict[str, torch
 @torch.no_grad()
 def select_action(agent: Agent, obs: torch.Tensor, num_candidates: int) -> torch.Tensor:
     """DQL's rule: sample `num_candidates` actions per state and pick one with probability softmax(Q_min)
-    of the target critic; with 1 candidate this is the plain one-step policy."""
+    of the target critic; with 1 candidate this is the policy's own sample."""
     obs_rep = obs.repeat_interleave(num_candidates, dim=0)
     actions = sample_actions(agent.actor, obs_rep).view(len(obs), num_candidates, -1)
     if num_candidates == 1:
@@ -682,7 +684,7 @@ def train(args: Args) -> str:
     wall_clock = elapsed + time.time() - session_start
     best = max(evals, key=lambda e: e["score"]) if evals else None
     summary = {
-        "algorithm": "ofql", "env_id": args.env_id, "dataset": args.dataset_path or dataset_cache_path(args.env_id),
+        "algorithm": os.path.basename(__file__)[: -len(".py")], "env_id": args.env_id, "dataset": args.dataset_path or dataset_cache_path(args.env_id),
         "eval_env": domain.gym_id, "seed": args.seed, "steps": args.total_steps, "wall_clock_sec": wall_clock,
         "train_steps_per_sec": (args.total_steps - start_step + 1) / train_time if train_time else None,
         "num_candidates": args.num_candidates, "eval_episodes": args.eval_episodes,

@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 import ofql  # noqa: E402  (only for the normalized score)
 
 # name: (script, extra flags). "bc" is the behaviour-cloning reference: OFQL's MeanFlow loss alone (eta = 0).
-ALGORITHMS = {"bc": ("ofql.py", ["--eta", "0"]), "ofql": ("ofql.py", [])}
+ALGORITHMS = {"bc": ("ofql.py", ["--eta", "0"]), "ofql": ("ofql.py", []), "dql": ("dql.py", []), "fql": ("fql.py", [])}
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Args:
     data_dir: str = os.path.join(ROOT, "..", "shared", "datasets")
     """folder of local D4RL-layout files; '' uses the real D4RL files (downloaded and cached)"""
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
-    """which algorithms to run, from: bc, ofql"""
+    """which algorithms to run, from: bc, ofql, dql, fql"""
     seeds: list[int] = field(default_factory=lambda: [0])
     """training seeds"""
     total_steps: int = 20_000

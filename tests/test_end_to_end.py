@@ -1,4 +1,7 @@
-"""ofql.py run as a user runs it, on tiny D4RL-layout files, with real evaluation episodes in Hopper-v4."""
+"""ofql.py, dql.py and fql.py run as a user runs them, on tiny D4RL-layout files, with real evaluation episodes
+in Hopper-v4."""
+import dataclasses
+import importlib
 import json
 import math
 import os
@@ -10,16 +13,26 @@ import numpy as np
 import pytest
 import torch
 
-import ofql
 from conftest import ROOT
 
-SCRIPT = os.path.join(ROOT, "ofql.py")
+SCRIPTS = ["ofql", "dql", "fql"]
 
 
-def run_script(cwd, *flags):
+@pytest.fixture(params=SCRIPTS)
+def algo(request):
+    """One of the three scripts, imported as a module."""
+    return importlib.import_module(request.param)
+
+
+def run_script(cwd, algo, *flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "D4RL_DATASET_DIR": str(cwd)}
     os.makedirs(cwd, exist_ok=True)
-    return subprocess.run([sys.executable, SCRIPT, *flags], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, algo.__file__, *flags], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def networks(algo):
+    return [name for name, f in algo.Agent.__dataclass_fields__.items() if "optimizer" not in name]
 
 
 def small_run_flags(dataset, total_steps):
@@ -32,62 +45,64 @@ def read_jsonl(path):
         return [json.loads(line) for line in f]
 
 
-def test_script_trains_evaluates_and_writes_a_valid_run(tmp_path, hopper_file):
-    proc = run_script(tmp_path, *small_run_flags(hopper_file, 40), "--save-model", "--seed", "3")
+def test_script_trains_evaluates_and_writes_a_valid_run(tmp_path, hopper_file, algo):
+    proc = run_script(tmp_path, algo, *small_run_flags(hopper_file, 40), "--save-model", "--seed", "3")
     assert proc.returncode == 0, proc.stderr
     summary_line = proc.stdout.strip().splitlines()[-1]
-    assert summary_line.startswith("summary: runs/hopper-medium-v2__ofql__3__")
+    assert summary_line.startswith(f"summary: runs/hopper-medium-v2__{algo.__name__}__3__")
     run_dir = tmp_path / os.path.dirname(summary_line.split(" ", 1)[1])
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["steps"] == 40 and summary["num_candidates"] == 5 and summary["eval_episodes"] == 2
+    assert summary["algorithm"] == algo.__name__ and summary["steps"] == 40 and summary["num_candidates"] == 5 and summary["eval_episodes"] == 2
     assert [e["step"] for e in summary["evaluations"]] == [20, 40]
     assert summary["final_score"] == summary["evaluations"][-1]["score"]
     assert summary["best_score"] == max(e["score"] for e in summary["evaluations"]) >= summary["final_score"]
     for e in summary["evaluations"]:  # a real episode's return, normalised with hopper's reference returns
-        assert e["score"] == pytest.approx(ofql.normalized_score("hopper-medium-v2", e["return"]), rel=1e-6, abs=1e-6)
+        assert e["score"] == pytest.approx(algo.normalized_score("hopper-medium-v2", e["return"]), rel=1e-6, abs=1e-6)
         assert 0 < e["return"] < 3000 and e["decision_rate"] > 0
     assert summary["train_steps_per_sec"] > 0 and summary["wall_clock_sec"] > 0
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["eta"] == ofql.PRESETS["hopper-medium-v2"].eta and config["transitions"] > 0
+    preset = {k: v for k, v in dataclasses.asdict(algo.PRESETS["hopper-medium-v2"]).items()
+              if k not in ("total_steps", "eval_episodes", "num_candidates")}  # the three set by the flags
+    assert preset and {k: config[k] for k in preset} == preset and config["transitions"] > 0
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert all(math.isfinite(v) for r in records for v in r.values())
     assert "eval/score" in records[1] and "eval/score" not in records[0]
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert checkpoint["step"] == 40
+    assert checkpoint["step"] == 40 and all(name in checkpoint for name in algo.Agent.__dataclass_fields__)
 
 
 def _comparable(records):
     return [{k: v for k, v in r.items() if k not in ("steps_per_sec", "eval/decision_rate", "decision_rate")} for r in records]
 
 
-def test_resume_continues_exactly_where_the_run_stopped(tmp_path, hopper_file, monkeypatch):
+def test_resume_continues_exactly_where_the_run_stopped(tmp_path, hopper_file, monkeypatch, algo):
     """40 steps in one go and 20 + 20 steps with --resume give the same metrics and the same networks."""
     (tmp_path / "straight").mkdir(), (tmp_path / "resumed").mkdir()
     monkeypatch.chdir(tmp_path / "straight")
-    straight = ofql.train(ofql.parse_args(small_run_flags(hopper_file, 40) + ["--save-model"]))
+    straight = algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model"]))
     monkeypatch.chdir(tmp_path / "resumed")
-    first_half = ofql.train(ofql.parse_args(small_run_flags(hopper_file, 20) + ["--save-model"]))
+    first_half = algo.train(algo.parse_args(small_run_flags(hopper_file, 20) + ["--save-model"]))
     checkpoint = os.path.join(os.path.dirname(first_half), "checkpoint.pt")
-    resumed = ofql.train(ofql.parse_args(small_run_flags(hopper_file, 40) + ["--save-model", "--resume", checkpoint]))
+    resumed = algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model", "--resume", checkpoint]))
     assert os.path.dirname(resumed) == os.path.dirname(first_half)
 
     straight_dir, resumed_dir = tmp_path / "straight" / os.path.dirname(straight), tmp_path / "resumed" / os.path.dirname(resumed)
     assert _comparable(read_jsonl(resumed_dir / "metrics.jsonl")) == _comparable(read_jsonl(straight_dir / "metrics.jsonl"))
     a = torch.load(straight_dir / "checkpoint.pt", weights_only=False)
     b = torch.load(resumed_dir / "checkpoint.pt", weights_only=False)
-    for net in ("actor", "actor_ema", "critic", "critic_target"):
+    for net in networks(algo):
         for key in a[net]:
             assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after resume"
     summaries = [json.loads(open(p).read()) for p in (straight_dir / "summary.json", resumed_dir / "summary.json")]
     assert _comparable(summaries[0]["evaluations"]) == _comparable(summaries[1]["evaluations"])
 
 
-def test_different_seeds_give_different_runs(tmp_path, hopper_file, monkeypatch):
+def test_different_seeds_give_different_runs(tmp_path, hopper_file, monkeypatch, algo):
     """The counterpart of the resume test: the numbers compared there do depend on the randomness."""
     monkeypatch.chdir(tmp_path)
     flags = small_run_flags(hopper_file, 10) + ["--eval-every", "10"]
-    runs = [read_jsonl(os.path.join(os.path.dirname(ofql.train(ofql.parse_args(flags + ["--seed", s]))), "metrics.jsonl"))
+    runs = [read_jsonl(os.path.join(os.path.dirname(algo.train(algo.parse_args(flags + ["--seed", s]))), "metrics.jsonl"))
             for s in ("0", "1")]
     assert _comparable(runs[0]) != _comparable(runs[1])
 
@@ -96,29 +111,29 @@ def test_different_seeds_give_different_runs(tmp_path, hopper_file, monkeypatch)
     (["--env-id", "hopper-medium-v9"], "unknown --env-id 'hopper-medium-v9'; supported: halfcheetah-medium-v2,"),
     (["--env-id", "hopper-medium-v2", "--dataset-path", "missing.hdf5"], "dataset file missing.hdf5 does not exist"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, flags, message):
-    proc = run_script(tmp_path, *flags)
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, flags, message, algo):
+    proc = run_script(tmp_path, algo, *flags)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"ofql.py: error: {proc.stderr.split('error: ', 1)[1].strip()}"]
+    assert proc.stderr.strip().splitlines() == [f"{algo.__name__}.py: error: {proc.stderr.split('error: ', 1)[1].strip()}"]
     assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_non_finite_loss_stops_with_step_and_name(tmp_path, hopper_file, monkeypatch):
+def test_non_finite_loss_stops_with_step_and_name(tmp_path, hopper_file, monkeypatch, algo):
     with h5py.File(hopper_file, "a") as f:
         f["rewards"][...] = np.float32(1e30)  # finite data whose squared TD error overflows float32
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ofql.UserError, match="non-finite critic_loss at step 1;"):
-        ofql.train(ofql.parse_args(small_run_flags(hopper_file, 10) + ["--log-every", "5"]))
+    with pytest.raises(algo.UserError, match="non-finite critic_loss at step 1;"):
+        algo.train(algo.parse_args(small_run_flags(hopper_file, 10) + ["--log-every", "5"]))
 
 
-def test_resume_from_a_missing_checkpoint(tmp_path, hopper_file, monkeypatch):
+def test_resume_from_a_missing_checkpoint(tmp_path, hopper_file, monkeypatch, algo):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ofql.UserError, match="cannot resume from"):
-        ofql.train(ofql.parse_args(small_run_flags(hopper_file, 10) + ["--resume", str(tmp_path / "x" / "checkpoint.pt")]))
+    with pytest.raises(algo.UserError, match="cannot resume from"):
+        algo.train(algo.parse_args(small_run_flags(hopper_file, 10) + ["--resume", str(tmp_path / "x" / "checkpoint.pt")]))
 
 
-def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypatch, capsys):
-    """AntMaze-layout data (29-dim observations, 8-dim actions, sparse rewards) trains with max-Q backup and the
+def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypatch, capsys, algo):
+    """AntMaze-layout data (29-dim observations, 8-dim actions, sparse rewards) trains with the preset's backup and
     reward shift; the run reports no score instead of a made-up one."""
     rng = np.random.default_rng(0)
     n = 300
@@ -131,10 +146,11 @@ def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypat
         f["timeouts"] = np.arange(n) % 100 == 99
         f["infos/goal"] = rng.normal(size=(n, 2)).astype(np.float32)
     monkeypatch.chdir(tmp_path)
-    summary_path = ofql.train(ofql.parse_args(["--env-id", "antmaze-medium-play-v2", "--dataset-path", str(path),
+    summary_path = algo.train(algo.parse_args(["--env-id", "antmaze-medium-play-v2", "--dataset-path", str(path),
                                                "--total-steps", "10", "--eval-every", "5", "--batch-size", "16"]))
     assert "no evaluation environment for antmaze-medium-play-v2" in capsys.readouterr().out
     summary = json.loads(open(summary_path).read())
     assert summary["final_score"] is None and summary["evaluations"] == [] and summary["eval_env"] is None
     records = read_jsonl(os.path.join(os.path.dirname(summary_path), "metrics.jsonl"))
-    assert records[-1]["step"] == 10 and -2.0 <= records[-1]["q_target"] <= 2.0 / (1 - 0.99)
+    low, high = {"cql_antmaze": (-2.0, 2.0), "iql_antmaze": (-1.0, 0.0)}[algo.PRESETS["antmaze-medium-play-v2"].reward_mode]
+    assert records[-1]["step"] == 10 and low / (1 - 0.99) <= records[-1]["q_target"] <= max(high, 1.0) / (1 - 0.99)

@@ -1,0 +1,169 @@
+"""dql.py: the VP schedule and the DDPM posterior against their definitions, the T-step sampler against the exact
+reverse process for data whose noise predictor is known in closed form, BPTT through the chain, shapes and losses."""
+import numpy as np
+import pytest
+import torch
+
+import dql
+
+OBS, ACT, B = 11, 3, 64
+
+
+@pytest.fixture
+def agent_and_batch():
+    torch.manual_seed(0)
+    args = dql.Args()
+    agent = dql.make_agent(OBS, ACT, args, torch.device("cpu"))
+    batch = dql.Batch(torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1, torch.randn(B, 1), torch.randn(B, OBS),
+                      (torch.rand(B, 1) < 0.2).float())
+    return agent, batch, args
+
+
+def test_vp_schedule_matches_dqls_published_values():
+    betas = dql.vp_beta_schedule(5)
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    np.testing.assert_allclose(betas, [0.1959, 0.4588, 0.6358, 0.7549, 0.8350], atol=1e-4)
+    np.testing.assert_allclose(alphas_cumprod, [0.8041, 0.4352, 0.1585, 0.0389, 0.0064], atol=1e-4)
+    # the discretisation of the VP SDE beta(s) = b_min + (b_max - b_min) s: log alpha_i = -int over step i of beta / T
+    for steps in (5, 50):
+        s = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+        integral = 0.1 * (s[1:] - s[:-1]) + 0.5 * 9.9 * (s[1:] ** 2 - s[:-1] ** 2)
+        torch.testing.assert_close(torch.log(1 - dql.vp_beta_schedule(steps)), -integral)
+
+
+def test_posterior_coefficients_are_the_gaussian_posterior():
+    """q(a_{i-1} | a_i, a_0) by Bayes' rule from its two Gaussian factors, computed here independently:
+    a_{i-1} ~ N(sqrt(abar_{i-1}) a_0, 1 - abar_{i-1}) and a_i | a_{i-1} ~ N(sqrt(alpha_i) a_{i-1}, beta_i)."""
+    betas = dql.vp_beta_schedule(5)
+    c = dql.ddpm_schedule(betas)
+    abar = torch.cumprod(1 - betas, 0)
+    abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+    for i in range(1, 5):
+        precision = 1 / (1 - abar_prev[i]) + (1 - betas[i]) / betas[i]
+        var = 1 / precision
+        coef_a0, coef_ai = var * abar_prev[i].sqrt() / (1 - abar_prev[i]), var * (1 - betas[i]).sqrt() / betas[i]
+        torch.testing.assert_close(c["posterior_mean_coef1"][i], coef_a0)
+        torch.testing.assert_close(c["posterior_mean_coef2"][i], coef_ai)
+        torch.testing.assert_close(c["posterior_log_variance_clipped"][i], var.log())
+    # at i = 0 the posterior is the point a_0 (zero variance, clipped in the log)
+    assert c["posterior_mean_coef1"][0] == 1 and c["posterior_mean_coef2"][0] == 0
+    assert c["posterior_log_variance_clipped"][0] == pytest.approx(np.log(1e-20))
+    torch.testing.assert_close(c["sqrt_recip_alphas_cumprod"] * c["sqrt_alphas_cumprod"], torch.ones(5, dtype=abar.dtype))
+    torch.testing.assert_close(c["sqrt_recipm1_alphas_cumprod"] ** 2, 1 / abar - 1)
+
+
+class GaussianDataActor(dql.Actor):
+    """The exact noise predictor E[eps | a_i] for data a ~ N(mu, sigma^2) in every dimension (no network):
+    a_i = sqrt(abar) a + sqrt(1 - abar) eps is jointly Gaussian with eps."""
+
+    def __init__(self, steps, mu, sigma):
+        super().__init__(OBS, ACT, steps)
+        self.mu, self.sigma = mu, sigma
+
+    def forward(self, a_t, t, obs):
+        abar = self.sqrt_alphas_cumprod[t.long().squeeze(-1)].unsqueeze(-1) ** 2
+        return (1 - abar).sqrt() * (a_t - abar.sqrt() * self.mu) / (abar * self.sigma**2 + 1 - abar)
+
+
+def test_sampler_recovers_a_point_mass_exactly():
+    """For data at a single point a*, the exact predictor makes every clipped a_0 prediction equal a*, and the last
+    step (posterior coefficient 1 on a_0, 0 on a_1) returns it exactly, whatever the noise."""
+    torch.manual_seed(0)
+    actor = GaussianDataActor(5, mu=0.37, sigma=0.0)
+    a = dql.sample_actions(actor, torch.zeros(1000, OBS))
+    torch.testing.assert_close(a, torch.full_like(a, 0.37))
+
+
+def reverse_chain_moments(steps, mu, sigma):
+    """Mean and variance of DQL's sampler output for Gaussian data, by propagating the moments through each
+    (linear) step in float64: a_0-hat = k a_i + m, a_{i-1} = c1 a_0-hat + c2 a_i + std_i z."""
+    betas = dql.vp_beta_schedule(steps)
+    c = dql.ddpm_schedule(betas)
+    abar = torch.cumprod(1 - betas, 0)
+    mean, var = 0.0, 1.0
+    for i in reversed(range(steps)):
+        gain = 1 / (abar[i] * sigma**2 + 1 - abar[i])  # E[eps | a_i] = sqrt(1 - abar) gain (a_i - sqrt(abar) mu)
+        shrink = c["sqrt_recipm1_alphas_cumprod"][i] * (1 - abar[i]).sqrt() * gain
+        k, m = c["sqrt_recip_alphas_cumprod"][i] - shrink, shrink * abar[i].sqrt() * mu
+        slope, offset = c["posterior_mean_coef1"][i] * k + c["posterior_mean_coef2"][i], c["posterior_mean_coef1"][i] * m
+        noise_var = 0.0 if i == 0 else c["posterior_log_variance_clipped"][i].exp()
+        mean, var = slope * mean + offset, slope**2 * var + noise_var
+    return float(mean), float(var)
+
+
+@pytest.mark.parametrize("steps", [5, 1000])
+def test_sampler_matches_the_reverse_process_for_gaussian_data(steps):
+    """Data N(0.2, 0.25^2) stays inside [-1, 1] (the x0 clip never binds in practice), so the sampler is linear and
+    its output distribution is known: it must match the moment recursion; with 1000 steps DDPM's reverse process
+    is close to exact and returns the data distribution itself."""
+    torch.manual_seed(0)
+    mu, sigma = 0.2, 0.25
+    a = dql.sample_actions(GaussianDataActor(steps, mu, sigma), torch.zeros(100_000, OBS)).double()
+    mean, var = reverse_chain_moments(steps, mu, sigma)
+    assert a.mean().item() == pytest.approx(mean, abs=3e-3)
+    assert a.var().item() == pytest.approx(var, rel=2e-2)
+    assert mean == pytest.approx(mu, abs=1e-3)  # exact but for the start: N(0, I) instead of q(a_T)
+    if steps == 1000:
+        assert var == pytest.approx(sigma**2, rel=3e-2)
+        assert a.std().item() == pytest.approx(sigma, rel=2e-2)
+    else:  # T = 5 under-disperses (var 0.011 against 0.0625): the posterior variance ignores the uncertainty
+        assert var < 0.25 * sigma**2  # of the a_0 prediction, an error that vanishes only as T grows
+
+
+def test_bc_loss_is_zero_mean_noise_regression(agent_and_batch):
+    """The loss is the mean squared error to the noise used to corrupt the actions; for the exact predictor of
+    point-mass data it is zero."""
+    agent, batch, _ = agent_and_batch
+    loss = dql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions)
+    grads = torch.autograd.grad(loss, list(agent.actor.parameters()))
+    assert loss.shape == () and all(g.abs().sum() > 0 for g in grads)
+    exact = GaussianDataActor(5, mu=0.5, sigma=0.0)
+    assert dql.behavior_cloning_loss(exact, batch.obs, torch.full((B, ACT), 0.5)).item() < 1e-10
+
+
+def test_sampling_calls_the_network_once_per_step_and_backpropagates_through_all(agent_and_batch):
+    agent, batch, _ = agent_and_batch
+    seen_steps, outputs = [], []
+
+    def hook(module, args, eps_hat):
+        seen_steps.append(int(args[1][0].item()))
+        eps_hat.retain_grad()
+        outputs.append(eps_hat)
+
+    handle = agent.actor.register_forward_hook(hook)
+    actions = dql.sample_actions(agent.actor, batch.obs)
+    handle.remove()
+    assert seen_steps == [4, 3, 2, 1, 0] and actions.shape == (B, ACT)
+    assert actions.abs().max() <= 1
+    agent.critic.q1(torch.cat([batch.obs, actions], -1)).mean().backward()
+    # BPTT: the Q term's gradient reaches the output of every one of the T network calls, the first one included
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in outputs)
+
+
+def test_schedule_lives_on_the_actor_and_is_not_trained(agent_and_batch):
+    agent, _, _ = agent_and_batch
+    names = {n for n, _ in agent.actor.named_parameters()}
+    assert not any("alphas" in n or "posterior" in n for n in names)
+    assert agent.actor.sqrt_alphas_cumprod.dtype == torch.float32 and len(agent.actor.sqrt_alphas_cumprod) == 5
+    assert "sqrt_alphas_cumprod" not in agent.actor.state_dict()  # rebuilt from the arguments, not checkpointed
+    assert dql.Actor(OBS, ACT, diffusion_steps=7).posterior_mean_coef1.shape == (7,)
+
+
+def test_update_runs_the_dql_step(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    before = [p.clone() for p in agent.actor.parameters()]
+    metrics = dql.update(agent, batch, args, step=1)
+    assert set(metrics) == {"critic_loss", "q_data", "q_target", "critic_grad_norm", "actor_loss", "bc_loss", "q_loss",
+                            "q_policy", "actor_grad_norm"}
+    assert all(torch.isfinite(v) for v in metrics.values())
+    assert metrics["actor_loss"].item() == pytest.approx(metrics["bc_loss"].item() + args.eta * metrics["q_loss"].item(), rel=1e-5)
+    assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters()))
+
+
+def test_presets_are_dqls_table():
+    args = dql.parse_args(["--env-id", "antmaze-medium-play-v2"])
+    assert (args.eta, args.actor_lr, args.max_q_backup, args.reward_mode, args.grad_norm, args.total_steps) == (
+        2.0, 1e-3, True, "cql_antmaze", 2.0, 1_000_000)
+    args = dql.parse_args(["--env-id", "pen-human-v1", "--eta", "0.3", "--diffusion-steps", "10"])
+    assert (args.eta, args.actor_lr, args.reward_mode, args.diffusion_steps) == (0.3, 3e-5, "standardize", 10)
+    assert dql.parse_args(["--env-id", "walker2d-medium-v2"]).grad_norm == 1.0

@@ -1,0 +1,154 @@
+"""fql.py: the Euler flow against known velocity fields, the stop-gradient distillation target, which parameters
+each loss term reaches, the critic target's Q aggregation, FQL's networks and presets."""
+import pytest
+import torch
+
+import fql
+
+OBS, ACT, B = 11, 3, 64
+
+
+@pytest.fixture
+def agent_and_batch():
+    torch.manual_seed(0)
+    args = fql.Args()
+    agent = fql.make_agent(OBS, ACT, args, torch.device("cpu"))
+    batch = fql.Batch(torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1, torch.randn(B, 1), torch.randn(B, OBS),
+                      (torch.rand(B, 1) < 0.2).float())
+    return agent, batch, args
+
+
+def test_euler_flow_follows_a_straight_path_exactly():
+    """The flow that carries z to a fixed point a* along the straight path has velocity (a* - a)/(1 - t), which is
+    constant along the path, so Euler steps are exact for any step count: the endpoint is a*."""
+    torch.manual_seed(0)
+    z, target = torch.randn(500, ACT), torch.rand(500, ACT) * 1.6 - 0.8
+    for steps in (1, 3, 10):
+        end = fql.euler_flow(lambda a, t: (target - a) / (1 - t), z, steps)
+        torch.testing.assert_close(end, target)
+
+
+def test_euler_flow_integrates_a_time_dependent_field():
+    """da/dt = 2 t a from t = 0 has the exact endpoint a(1) = e * a(0); Euler's product prod(1 + 2 t_i / N) is known
+    in closed form for each N, and the error shrinks like 1/N."""
+    z = torch.linspace(-0.3, 0.3, 7, dtype=torch.float64).unsqueeze(-1)
+    errors = []
+    for steps in (10, 100, 1000):
+        end = fql.euler_flow(lambda a, t: 2 * t * a, z, steps)
+        euler_product = torch.prod(1 + 2 * torch.arange(steps, dtype=torch.float64) / steps / steps)
+        torch.testing.assert_close(end, z * euler_product)
+        errors.append((end - z * torch.e).abs().max().item())
+    assert errors[0] > 8 * errors[1] > 64 * errors[2] and errors[2] < 2e-3
+
+
+def test_euler_flow_clips_to_the_action_range():
+    end = fql.euler_flow(lambda a, t: torch.full_like(a, 5.0), torch.zeros(4, ACT), 10)
+    assert torch.equal(end, torch.ones(4, ACT))
+
+
+def test_flow_bc_loss_uses_fqls_time_convention(agent_and_batch):
+    """Noise at t = 0, data at t = 1, target velocity a - z: a velocity field that returns the exact conditional
+    velocity for point-mass data has zero loss, and the loss reaches only the BC flow's parameters."""
+    agent, batch, _ = agent_and_batch
+    loss = fql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.actor.flow.parameters())
+    assert all(p.grad is None for p in agent.actor.onestep.parameters())
+
+    class PointMassFlow(fql.Actor):
+        def velocity(self, a_t, t, obs):  # data at 0.4: a_t = (1 - t) z + 0.4 t, so a - z = (0.4 - a_t) / (1 - t)
+            return (0.4 - a_t) / (1 - t)
+
+    exact = PointMassFlow(OBS, ACT)
+    assert fql.behavior_cloning_loss(exact, batch.obs, torch.full((B, ACT), 0.4)).item() < 1e-9
+
+
+def test_distillation_target_carries_no_gradient(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    z = torch.randn(B, ACT)
+    target = fql.distillation_target(agent.actor, batch.obs, z, args.flow_steps)
+    assert not target.requires_grad and target.abs().max() <= 1
+    calls = []
+    handle = agent.actor.flow.register_forward_hook(lambda *a: calls.append(1))
+    fql.distillation_target(agent.actor, batch.obs, z, args.flow_steps)
+    handle.remove()
+    assert len(calls) == args.flow_steps == 10
+    torch.testing.assert_close(target, fql.euler_flow(lambda a, t: agent.actor.velocity(a, t, batch.obs), z, 10))
+
+
+def test_each_actor_loss_term_reaches_only_its_parameters(agent_and_batch):
+    """Distillation and Q terms train the one-step policy only; the flow-matching term trains the BC flow only."""
+    agent, batch, args = agent_and_batch
+    actor = agent.actor
+    z = torch.randn(B, ACT)
+    actions = actor(z, batch.obs)
+    distill = torch.nn.functional.mse_loss(actions, fql.distillation_target(actor, batch.obs, z, args.flow_steps))
+    q = sum(agent.critic(batch.obs, actions.clamp(-1, 1))) / 2
+    bc = fql.behavior_cloning_loss(actor, batch.obs, batch.actions)
+    flow, onestep = list(actor.flow.parameters()), list(actor.onestep.parameters())
+    for term, reaches, spared in ((distill, onestep, flow), (q.mean(), onestep, flow), (bc, flow, onestep)):
+        grads = torch.autograd.grad(term, flow + onestep, allow_unused=True, retain_graph=True)
+        by_param = dict(zip(map(id, flow + onestep), grads))
+        assert all(by_param[id(p)] is not None and by_param[id(p)].abs().sum() > 0 for p in reaches)
+        assert all(by_param[id(p)] is None for p in spared)
+
+
+def test_actor_loss_is_fqls_sum_and_update_leaves_the_critic_to_its_own_loss(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    loss, m = fql.actor_loss_fn(agent, batch, args)
+    assert loss.item() == pytest.approx((m["bc_loss"] + args.alpha * m["distill_loss"] + m["q_loss"]).item(), rel=1e-5)
+    raw = fql.actor_loss_fn(agent, batch, fql.Args(normalize_q=False))[1]
+    assert raw["q_loss"].item() == pytest.approx(-raw["q_policy"].item(), rel=1e-5)
+    with torch.no_grad():  # all Q values positive: the normalised Q term -E[Q] / E|Q| is exactly -1
+        agent.critic.q1[-1].bias += 100.0
+        agent.critic.q2[-1].bias += 100.0
+    assert fql.actor_loss_fn(agent, batch, args)[1]["q_loss"].item() == pytest.approx(-1.0, rel=1e-6)
+
+    # the critic step sees only the TD loss: its change equals that of a critic trained on the TD loss alone
+    twin = fql.make_agent(OBS, ACT, args, torch.device("cpu"))
+    twin.actor.load_state_dict(agent.actor.state_dict())
+    twin.critic.load_state_dict(agent.critic.state_dict())
+    twin.critic_target.load_state_dict(agent.critic_target.state_dict())
+    torch.manual_seed(1)
+    fql.update(agent, batch, args, step=1)
+    torch.manual_seed(1)
+    td_loss, _ = fql.critic_loss_fn(twin, batch, args)
+    fql.optimizer_step(twin.critic_optimizer, twin.critic, td_loss, args.grad_norm)
+    for a, b in zip(agent.critic.parameters(), twin.critic.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("q_agg", ["mean", "min"])
+def test_critic_target_aggregates_the_heads_of_the_one_step_policy(agent_and_batch, q_agg):
+    agent, batch, _ = agent_and_batch
+    args = fql.Args(q_agg=q_agg)
+    torch.manual_seed(3)
+    _, m = fql.critic_loss_fn(agent, batch, args)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        q1, q2 = agent.critic_target(batch.next_obs, fql.sample_actions(agent.actor, batch.next_obs))
+    next_q = (q1 + q2) / 2 if q_agg == "mean" else torch.min(q1, q2)
+    expected = batch.rewards + 0.99 * (1 - batch.dones) * next_q
+    assert m["q_target"].item() == pytest.approx(expected.mean().item(), rel=1e-5)
+
+
+def test_networks_are_fqls(agent_and_batch):
+    agent, batch, _ = agent_and_batch
+    linears = [m for m in agent.critic.q1 if isinstance(m, torch.nn.Linear)]
+    assert [l.out_features for l in linears] == [512, 512, 512, 512, 1]
+    assert sum(isinstance(m, torch.nn.LayerNorm) for m in agent.critic.q1) == 4
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in agent.actor.modules())
+    assert all(l.bias.abs().sum() == 0 for l in linears)  # Flax's zero bias; Glorot-uniform weights
+    bound = (6 / (linears[1].in_features + linears[1].out_features)) ** 0.5
+    assert linears[1].weight.abs().max() <= bound and linears[1].weight.abs().max() > 0.95 * bound
+    assert agent.actor(torch.randn(B, ACT), batch.obs).shape == (B, ACT)
+    assert agent.actor.velocity(torch.randn(B, ACT), torch.rand(B, 1), batch.obs).shape == (B, ACT)
+    assert fql.sample_actions(agent.actor, batch.obs).abs().max() <= 1
+
+
+def test_presets_follow_fqls_flags():
+    args = fql.parse_args(["--env-id", "pen-human-v1"])
+    assert (args.alpha, args.q_agg, args.normalize_q, args.total_steps, args.reward_mode) == (10000.0, "min", False, 500_000, "raw")
+    args = fql.parse_args(["--env-id", "antmaze-large-play-v2", "--alpha", "30"])
+    assert (args.alpha, args.q_agg, args.reward_mode, args.grad_norm, args.num_candidates) == (30.0, "mean", "iql_antmaze", 0.0, 1)
+    assert fql.parse_args(["--env-id", "hopper-medium-v2"]).normalize_q

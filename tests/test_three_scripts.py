@@ -1,0 +1,92 @@
+"""ofql.py, dql.py and fql.py are three single files that must share their non-algorithmic parts word for word:
+the data loader, the normalized score, the evaluation, checkpoints and the training loop. These tests keep the
+copies from drifting apart, by text and by behaviour."""
+import dataclasses
+import re
+
+import numpy as np
+import pytest
+import torch
+
+import dql
+import fql
+import ofql
+from conftest import ROOT
+
+MODULES = (ofql, dql, fql)
+SHARED_SECTIONS = ("D4RL data", "Evaluation", "Checkpoints", "Training loop")
+COMMON_FLAGS = ("exp_name", "env_id", "dataset_path", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name",
+                "wandb_entity", "save_model", "resume", "total_steps", "batch_size", "actor_lr", "critic_lr", "gamma", "tau",
+                "max_q_backup", "num_backup_actions", "reward_mode", "grad_norm", "eval_every", "eval_episodes",
+                "num_candidates", "log_every")
+
+ALGORITHM_DEFAULTS = ("exp_name", "total_steps", "actor_lr", "max_q_backup", "reward_mode", "grad_norm", "eval_episodes",
+                      "num_candidates")  # flags whose default (or preset) differs between the algorithms by design
+
+
+def sections(name):
+    """{section title: text} of a script, split at its '# ----' banner lines."""
+    text = open(f"{ROOT}/{name}.py").read()
+    parts = re.split(r"\n# -{20,}\n# (.+)\n# -{20,}\n", text)
+    return {title: body for title, body in zip(parts[1::2], parts[2::2])}
+
+
+def test_the_shared_sections_are_identical_text():
+    texts = {name: sections(name) for name in ("ofql", "dql", "fql")}
+    for name, found in texts.items():
+        assert [t for t in found if t.startswith(SHARED_SECTIONS)] == [t for t in texts["ofql"] if t.startswith(SHARED_SECTIONS)]
+    for title in texts["ofql"]:
+        if title.startswith(SHARED_SECTIONS):
+            assert texts["dql"][title] == texts["ofql"][title], f"dql.py's section '{title}' differs from ofql.py's"
+            assert texts["fql"][title] == texts["ofql"][title], f"fql.py's section '{title}' differs from ofql.py's"
+    # the same sections in the same order (the titles of the ALGO LOGIC sections name each algorithm's parts)
+    order = {name: [t.split(":")[0] for t in found] for name, found in texts.items()}
+    assert order["dql"] == order["ofql"] == order["fql"] and len(order["ofql"]) == 7
+
+
+def test_the_shared_tables_and_flags_agree():
+    for m in (dql, fql):
+        assert m.DOMAINS == ofql.DOMAINS and m.DATASETS == ofql.DATASETS and m.D4RL_URL == ofql.D4RL_URL
+        assert set(m.PRESETS) == set(ofql.PRESETS)  # every dataset ofql.py supports has a preset in each script
+        fields = {f.name: f for f in dataclasses.fields(m.Args)}
+        for name in COMMON_FLAGS:
+            assert name in fields, f"{m.__name__}.Args lacks --{name.replace('_', '-')}"
+            if name not in ALGORITHM_DEFAULTS:
+                assert fields[name].default == {f.name: f for f in dataclasses.fields(ofql.Args)}[name].default, name
+
+
+@pytest.mark.parametrize("reward_mode", ["raw", "cql_antmaze", "iql_antmaze", "standardize"])
+def test_all_three_load_the_same_file_to_identical_arrays(hopper_file, reward_mode):
+    loaded = [m.load_dataset("hopper-medium-v2", hopper_file, reward_mode) for m in MODULES]
+    for data in loaded[1:]:
+        assert data.keys() == loaded[0].keys()
+        for key in data:
+            assert data[key].dtype == loaded[0][key].dtype and np.array_equal(data[key], loaded[0][key]), key
+    buffers = [m.OfflineBuffer(d, torch.device("cpu")) for m, d in zip(MODULES, loaded)]
+    for buffer in buffers:
+        torch.manual_seed(0)
+        batch = buffer.sample(16)
+        torch.manual_seed(0)
+        reference = buffers[0].sample(16)
+        assert all(torch.equal(a, b) for a, b in zip(batch, reference))
+
+
+def test_all_three_compute_identical_scores():
+    returns = np.random.default_rng(0).normal(1000, 800, 50)
+    for env_id in ofql.PRESETS:
+        scores = [m.normalized_score(env_id, returns) for m in MODULES]
+        assert all(np.array_equal(s, scores[0]) for s in scores)
+
+
+def test_all_three_evaluate_a_policy_identically(monkeypatch):
+    """The same fixed policy, run through each script's evaluate(), gets the same episodes and the same score."""
+    weights = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (11, 3)).astype(np.float32))
+    args = ofql.Args(env_id="hopper-medium-v2", eval_episodes=2, seed=5)
+    results = []
+    for m in MODULES:
+        monkeypatch.setattr(m, "select_action", lambda agent, obs, k: torch.tanh(obs @ weights))
+        envs = m.make_eval_envs(args.env_id, args.eval_episodes)
+        result = m.evaluate(None, envs, args, torch.device("cpu"))
+        envs.close()
+        results.append({k: v for k, v in result.items() if k != "decision_rate"})
+    assert results[0]["return"] != 0 and results[1] == results[0] and results[2] == results[0]
