@@ -1,8 +1,8 @@
 """Train several algorithms side by side on the same datasets and seeds; write a results table and learning curves.
 
     python benchmark/compare.py                                   # the CPU learning check on ../shared/datasets
-    python benchmark/compare.py --datasets hopper-medium-v2 walker2d-medium-v2 --data-dir '' \
-        --total-steps 2000000 --eval-every 50000 --num-candidates 50 --seeds 0 1 2 --jobs 3   # D4RL files, GPU
+    python benchmark/compare.py --data-dir '' --presets --eval-every 50000 --seeds 0 1 2 --jobs 4 \
+        --datasets hopper-medium-v2 walker2d-medium-v2 --out-dir benchmark/results/d4rl   # D4RL files, GPU: Table 1
 
 Each run is the unmodified script (`ofql.py`, ...) as a subprocess, writing its usual runs/<run_name>/ under
 --out-dir; the table and the PNG are rebuilt from those files, so --plot-only redraws them without training.
@@ -34,6 +34,9 @@ class Args:
     """folder of local D4RL-layout files; '' uses the real D4RL files (downloaded and cached)"""
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
     """which algorithms to run, from: bc, ofql, dql, fql"""
+    presets: bool = False
+    """use each script's per-dataset steps, evaluation episodes and candidates (the paper's protocol) instead of
+    --total-steps, --eval-episodes and --num-candidates"""
     seeds: list[int] = field(default_factory=lambda: [0])
     """training seeds"""
     total_steps: int = 20_000
@@ -74,9 +77,10 @@ def run_name(env_id: str, algorithm: str, seed: int) -> str:
 def launch(args: Args, env_id: str, algorithm: str, seed: int) -> subprocess.Popen:
     script, flags = ALGORITHMS[algorithm]
     cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed), "--exp-name", algorithm,
-           "--total-steps", str(args.total_steps), "--eval-every", str(args.eval_every),
-           "--eval-episodes", str(args.eval_episodes), "--num-candidates", str(args.num_candidates), *flags,
-           *args.extra_flags.split()]
+           "--eval-every", str(args.eval_every), *flags, *args.extra_flags.split()]
+    if not args.presets:
+        cmd += ["--total-steps", str(args.total_steps), "--eval-episodes", str(args.eval_episodes),
+                "--num-candidates", str(args.num_candidates)]
     if args.data_dir:
         cmd += ["--dataset-path", dataset_file(args, env_id)]
     log = open(os.path.join(args.out_dir, run_name(env_id, algorithm, seed) + ".log"), "w")
@@ -143,9 +147,9 @@ def write_report(args: Args) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=110)
-    first = next(iter(summaries.values()))
-    header = (f"{args.total_steps} steps, evaluation every {args.eval_every} steps with {first['eval_episodes']} "
-              f"episodes and {first['num_candidates']} candidate action(s), seeds {args.seeds}; score = mean ± std "
+    protocol = ("each script's preset steps, evaluation episodes and candidates" if args.presets else
+                f"{args.total_steps} steps, {args.eval_episodes} evaluation episodes, {args.num_candidates} candidate(s)")
+    header = (f"{protocol}, evaluation every {args.eval_every} steps, seeds {args.seeds}; score = mean ± std "
               "over seeds of the normalized score (mean over episodes) at the last / the best evaluation.\n\n"
               "| dataset | dataset mean | algorithm | last | best | curve (every evaluation) |\n|---|---|---|---|---|---|\n")
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
