@@ -1,0 +1,60 @@
+"""benchmark/compare.py: the commands it launches and the table it builds from the runs' summary.json files."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, record_d4rl_file
+
+sys.path.insert(0, os.path.join(ROOT, "benchmark"))
+import compare  # noqa: E402
+
+
+def fake_run(out_dir, env_id, algorithm, seed, scores):
+    run_dir = os.path.join(out_dir, "runs", f"{env_id}__{algorithm}__{seed}__123")
+    os.makedirs(run_dir)
+    evaluations = [{"step": 100 * (i + 1), "score": s} for i, s in enumerate(scores)]
+    with open(os.path.join(run_dir, "summary.json"), "w") as f:
+        json.dump({"seed": seed, "evaluations": evaluations, "train_steps_per_sec": 10.0, "eval_episodes": 10,
+                   "num_candidates": 1}, f)
+
+
+def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    rows = record_d4rl_file(data_dir / "hopper-medium.hdf5", episodes=2, max_steps=10)
+    out = str(tmp_path / "out")
+    fake_run(out, "hopper-medium-v2", "ofql", 0, [10.0, 50.0, 30.0])
+    fake_run(out, "hopper-medium-v2", "ofql", 1, [20.0, 40.0, 50.0])
+    fake_run(out, "hopper-medium-v2", "dql", 0, [5.0, 6.0, 7.0])
+    args = compare.Args(datasets=["hopper-medium-v2"], data_dir=str(data_dir), algorithms=["ofql", "dql", "fql"],
+                        seeds=[0, 1], out_dir=out, plot_only=True)
+    compare.write_report(args)
+    table = open(os.path.join(out, "results.md")).read()
+    # ofql: last 30, 50 -> 40 ± 10; best 50, 50 -> 50 ± 0; curve = seed mean at every evaluation
+    assert "| ofql | 40.0 ± 10.0 | 50.0 ± 0.0 | 15 / 45 / 40 |" in table
+    assert "| dql | 7.0 ± 0.0 | 7.0 ± 0.0 | 5 / 6 / 7 |" in table
+    assert "| fql |" not in table  # no runs, no row
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert [r["algorithm"] for r in results] == ["ofql", "dql"] and results[0]["seeds"] == [0, 1]
+    ends = np.flatnonzero(rows["terminals"] | rows["timeouts"])
+    returns = [rows["rewards"][start:end + 1].sum() for start, end in zip(np.r_[0, ends[:-1] + 1], ends)]
+    expected = np.mean([100 * (r + 20.272305) / (3234.3 + 20.272305) for r in returns])
+    assert len(returns) == 2 and results[0]["dataset_mean_score"] == pytest.approx(expected, rel=1e-5)
+    assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+
+
+@pytest.mark.parametrize("presets", [False, True])
+def test_launch_passes_the_protocol_or_leaves_the_presets(tmp_path, monkeypatch, presets):
+    launched = []
+    monkeypatch.setattr(compare.subprocess, "Popen", lambda cmd, **kw: launched.append(cmd))
+    args = compare.Args(data_dir="", out_dir=str(tmp_path), presets=presets, total_steps=123)
+    compare.launch(args, "hopper-medium-v2", "fql", 2)
+    cmd = launched[0]
+    assert cmd[1].endswith("fql.py") and cmd[cmd.index("--seed") + 1] == "2" and cmd[cmd.index("--exp-name") + 1] == "fql"
+    assert ("--total-steps" in cmd) == (not presets) and ("--num-candidates" in cmd) == (not presets)
+    assert "--dataset-path" not in cmd  # --data-dir '': the real D4RL file
+    compare.launch(args, "hopper-medium-v2", "bc", 0)
+    assert launched[1][1].endswith("ofql.py") and launched[1][launched[1].index("--eta") + 1] == "0"
