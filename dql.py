@@ -70,7 +70,7 @@ class Args:
     ema_every: int = 5
     """the EMA policy is updated every this many steps"""
     ema_start: int = 1000
-    """before this step the EMA policy is a copy of the policy"""
+    """the EMA policy starts moving at this step; before it, it is the initial network (as in DQL's code)"""
     eta: float = 1.0
     """the weight of the normalised Q term in the actor loss (DQL's alpha) (preset)"""
     diffusion_steps: int = 5
@@ -525,10 +525,9 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 def update_targets(agent: Agent, args: Args, step: int) -> None:
     for p_target, p in zip(agent.critic_target.parameters(), agent.critic.parameters()):
         p_target.lerp_(p, args.tau)
-    if step % args.ema_every == 0:
-        rate = 1.0 if step < args.ema_start else 1.0 - args.ema_decay
+    if step % args.ema_every == 0 and step >= args.ema_start:  # until then DQL keeps the initial network
         for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
-            p_ema.lerp_(p, rate)
+            p_ema.lerp_(p, 1.0 - args.ema_decay)
 
 
 def update(agent: Agent, batch: Batch, args: Args, step: int) -> dict[str, torch.Tensor]:
