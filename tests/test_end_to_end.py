@@ -132,9 +132,8 @@ def test_resume_from_a_missing_checkpoint(tmp_path, hopper_file, monkeypatch, al
         algo.train(algo.parse_args(small_run_flags(hopper_file, 10) + ["--resume", str(tmp_path / "x" / "checkpoint.pt")]))
 
 
-def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypatch, capsys, algo):
-    """AntMaze-layout data (29-dim observations, 8-dim actions, sparse rewards) trains with the preset's backup and
-    reward shift; the run reports no score instead of a made-up one."""
+def antmaze_file(tmp_path):
+    """AntMaze-layout data: 29-dim observations, 8-dim actions, sparse rewards, goals."""
     rng = np.random.default_rng(0)
     n = 300
     path = tmp_path / "antmaze.hdf5"
@@ -145,12 +144,33 @@ def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypat
         f["terminals"] = np.zeros(n, bool)
         f["timeouts"] = np.arange(n) % 100 == 99
         f["infos/goal"] = rng.normal(size=(n, 2)).astype(np.float32)
+    return str(path)
+
+
+def test_antmaze_trains_with_its_preset_and_evaluates_in_the_adapter(tmp_path, monkeypatch, algo):
+    """AntMaze data trains with the preset's backup and reward shift, and is scored in the AntMaze adapter: each
+    episode succeeds (return 1) or not (0), so the score is 100 x the success rate."""
+    path = antmaze_file(tmp_path)
     monkeypatch.chdir(tmp_path)
-    summary_path = algo.train(algo.parse_args(["--env-id", "antmaze-medium-play-v2", "--dataset-path", str(path),
-                                               "--total-steps", "10", "--eval-every", "5", "--batch-size", "16"]))
-    assert "no evaluation environment for antmaze-medium-play-v2" in capsys.readouterr().out
+    summary_path = algo.train(algo.parse_args(["--env-id", "antmaze-medium-play-v2", "--dataset-path", path,
+                                               "--total-steps", "10", "--eval-every", "10", "--batch-size", "16",
+                                               "--eval-episodes", "2", "--num-candidates", "1"]))
     summary = json.loads(open(summary_path).read())
-    assert summary["final_score"] is None and summary["evaluations"] == [] and summary["eval_env"] is None
+    assert summary["eval_env"] == algo.DOMAINS["antmaze"].eval_env and len(summary["evaluations"]) == 1
+    assert summary["final_score"] in (0.0, 50.0, 100.0) and summary["final_score"] == 100 * summary["evaluations"][0]["return"]
     records = read_jsonl(os.path.join(os.path.dirname(summary_path), "metrics.jsonl"))
     low, high = {"cql_antmaze": (-2.0, 2.0), "iql_antmaze": (-1.0, 0.0)}[algo.PRESETS["antmaze-medium-play-v2"].reward_mode]
     assert records[-1]["step"] == 10 and low / (1 - 0.99) <= records[-1]["q_target"] <= max(high, 1.0) / (1 - 0.99)
+
+
+def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypatch, capsys, algo):
+    """Without an evaluation env (gymnasium-robotics not installed) a run trains and reports no score instead of a
+    made-up one."""
+    path = antmaze_file(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(algo, "d4rl_eval_env_factory", lambda env_id: None)
+    summary_path = algo.train(algo.parse_args(["--env-id", "antmaze-medium-play-v2", "--dataset-path", path,
+                                               "--total-steps", "10", "--eval-every", "5", "--batch-size", "16"]))
+    assert "no evaluation environment for antmaze-medium-play-v2" in capsys.readouterr().out
+    summary = json.loads(open(summary_path).read())
+    assert summary["final_score"] is None and summary["evaluations"] == []

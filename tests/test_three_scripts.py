@@ -14,7 +14,8 @@ import ofql
 from conftest import ROOT
 
 MODULES = (ofql, dql, fql)
-SHARED_SECTIONS = ("D4RL data", "Evaluation", "Checkpoints", "Training loop")
+SHARED_SECTIONS = ("D4RL data", "Minari datasets", "Data sources", "Evaluation environments", "Evaluation",
+                   "Checkpoints", "Training loop")
 COMMON_FLAGS = ("exp_name", "env_id", "dataset_path", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name",
                 "wandb_entity", "save_model", "resume", "total_steps", "batch_size", "actor_lr", "critic_lr", "gamma", "tau",
                 "max_q_backup", "num_backup_actions", "reward_mode", "grad_norm", "eval_every", "eval_episodes",
@@ -27,7 +28,7 @@ ALGORITHM_DEFAULTS = ("exp_name", "total_steps", "actor_lr", "max_q_backup", "re
 def sections(name):
     """{section title: text} of a script, split at its '# ----' banner lines."""
     text = open(f"{ROOT}/{name}.py").read()
-    parts = re.split(r"\n# -{20,}\n# (.+)\n# -{20,}\n", text)
+    parts = re.split(r"\n# -{20,}\n# (.+)\n(?:# .+\n)*# -{20,}\n", text)
     return {title: body for title, body in zip(parts[1::2], parts[2::2])}
 
 
@@ -41,7 +42,7 @@ def test_the_shared_sections_are_identical_text():
             assert texts["fql"][title] == texts["ofql"][title], f"fql.py's section '{title}' differs from ofql.py's"
     # the same sections in the same order (the titles of the ALGO LOGIC sections name each algorithm's parts)
     order = {name: [t.split(":")[0] for t in found] for name, found in texts.items()}
-    assert order["dql"] == order["ofql"] == order["fql"] and len(order["ofql"]) == 7
+    assert order["dql"] == order["ofql"] == order["fql"] and len(order["ofql"]) == 10
 
 
 def test_the_shared_tables_and_flags_agree():
@@ -85,8 +86,9 @@ def test_all_three_evaluate_a_policy_identically(monkeypatch):
     results = []
     for m in MODULES:
         monkeypatch.setattr(m, "select_action", lambda agent, obs, k: torch.tanh(obs @ weights))
-        envs = m.make_eval_envs(args.env_id, args.eval_episodes)
-        result = m.evaluate(None, envs, args, torch.device("cpu"))
+        source = m.DataSource({}, "", 11, 3, m.d4rl_eval_env_factory(args.env_id), "Hopper-v4", *ofql.DOMAINS["hopper"][:2])
+        envs = m.make_eval_envs(source, args.eval_episodes)
+        result = m.evaluate(None, envs, source, args, torch.device("cpu"))
         envs.close()
         results.append({k: v for k, v in result.items() if k != "decision_rate"})
     assert results[0]["return"] != 0 and results[1] == results[0] and results[2] == results[0]

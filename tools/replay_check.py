@@ -1,0 +1,223 @@
+"""Check an evaluation adapter of ofql.py (dql.py and fql.py share it) against a real D4RL file: put the env in the
+states stored in the file, step the stored actions, and report how far the env's next observations and rewards are
+from the file's next rows.
+
+    python tools/replay_check.py --env-id antmaze-medium-play-v2          # the cached D4RL file (downloaded if missing)
+    python tools/replay_check.py --env-id pen-human-v1 --dataset-path pen-human-v1.hdf5 --num-transitions 5000
+
+Without the real files (they cannot be downloaded where this was written), tests/test_eval_adapters.py runs the same
+checks on files recorded with the adapters themselves, where the error is ~0 and a corrupted copy is flagged.
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import h5py
+import mujoco
+import numpy as np
+import tyro
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import ofql  # noqa: E402
+
+
+@dataclass
+class Args:
+    env_id: str = "antmaze-medium-play-v2"
+    """a D4RL id of the AntMaze, Kitchen or pen datasets"""
+    dataset_path: Optional[str] = None
+    """the D4RL file; default: the cached one ($D4RL_DATASET_DIR), downloaded if missing"""
+    num_transitions: int = 1000
+    """how many transitions to replay"""
+
+
+def antmaze_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -> dict:
+    """Replay a D4RL-layout antmaze file in the env: for each checked row i, set the state the row starts from
+    (from infos/qpos, infos/qvel) and the goal infos/goal[i], step actions[i], and compare with observations[i + 1]
+    and rewards[i]. D4RL's generator (scripts/generation/generate_ant_maze_datasets.py append_data) stores the
+    qpos/qvel *after* the row's step (D4RL issue #200), so the start state of row i is then infos row i - 1; the
+    alignment is detected from the data. Rows at episode ends (timeouts, or terminals followed by a jump of > 5 m as
+    in scripts/check_antmaze_datasets.py) and rows without a stored start state are skipped."""
+    with h5py.File(hdf5_path, "r") as f:
+        n = min(len(f["observations"]), num_transitions + 2)
+        obs, actions, rewards = f["observations"][:n], f["actions"][:n], f["rewards"][:n].reshape(-1)
+        qpos, qvel, goals = f["infos/qpos"][:n], f["infos/qvel"][:n], f["infos/goal"][:n]
+        terminals = f["terminals"][:n].reshape(-1).astype(bool)
+        timeouts = f["timeouts"][:n].reshape(-1).astype(bool) if "timeouts" in f else np.zeros(n, bool)
+    state = np.concatenate([qpos, qvel], 1)
+    after_step = np.abs(state[:-1] - obs[1:]).mean() < np.abs(state - obs).mean()
+    jump = np.linalg.norm(obs[1:, :2] - obs[:-1, :2], axis=1) > 5.0
+    continues = ~(timeouts[:-1] | (terminals[:-1] & jump))  # row i + 1 follows row i in the same episode
+    rows = np.flatnonzero(continues[1:] & continues[:-1]) + 1 if after_step else np.flatnonzero(continues)
+    rows = rows[:num_transitions]
+    env = ofql.D4RLAntMazeEnv(ofql.antmaze_maze_name(env_id))
+    env.reset(seed=0)
+    errors, mismatches = [], 0
+    for i in rows:
+        j = i - 1 if after_step else i
+        env.set_state(qpos[j], qvel[j])
+        env.set_goal(goals[i])
+        next_obs, reward, *_ = env.step(actions[i])
+        errors.append(np.abs(next_obs - obs[i + 1]))
+        mismatches += reward != rewards[i]
+    env.close()
+    errors = np.array(errors).reshape(-1, obs.shape[1])
+    return {
+        "transitions": len(rows),
+        "state_alignment": "after_step" if after_step else "before_step",
+        "obs_max_abs_err": float(errors.max()) if len(rows) else float("nan"),
+        "obs_mean_abs_err": float(errors.mean()) if len(rows) else float("nan"),
+        "xy_max_abs_err": float(errors[:, :2].max()) if len(rows) else float("nan"),
+        "reward_mismatch_rate": float(mismatches / len(rows)) if len(rows) else float("nan"),
+    }
+
+
+def _read_replay_keys(path: str, keys) -> dict[str, np.ndarray]:
+    data = {}
+    with h5py.File(path, "r") as f:
+        for key in keys:
+            try:
+                data[key] = f[key][()]
+            except (KeyError, TypeError):  # missing, or a parent is a dataset (kitchen files keep `infos` as one)
+                pass
+    for key in ("rewards", "terminals", "timeouts"):
+        if key in data:
+            data[key] = data[key].reshape(-1)
+    return data
+
+
+def _episode_ends(data) -> np.ndarray:
+    """Row i ends its episode (row i + 1 belongs to another one): terminals or timeouts, and the last row."""
+    n = len(data["observations"])
+    ends = data["terminals"].astype(bool) | data.get("timeouts", np.zeros(n)).astype(bool)
+    ends[-1] = True
+    return ends
+
+
+def _spread(indices: np.ndarray, num: int) -> np.ndarray:
+    """At most `num` of `indices`, evenly spread over the file."""
+    if len(indices) <= num:
+        return indices
+    return indices[np.unique(np.linspace(0, len(indices) - 1, num).round().astype(int))]
+
+
+def _err_stats(prefix: str, err: np.ndarray) -> dict[str, float]:
+    """err: (transitions, dims) absolute errors."""
+    if err.size == 0:
+        return {}
+    per_row = err.max(axis=1)
+    return {f"{prefix}_mean": float(err.mean()), f"{prefix}_p90": float(np.percentile(per_row, 90)),
+            f"{prefix}_max": float(per_row.max())}
+
+
+def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -> dict:
+    """Replay up to `num_transitions` within-episode transitions of a D4RL-layout kitchen file.
+
+    State: infos/qpos and infos/qvel when the file has them, else qpos = obs[i][:30] (noisy, kettle quaternion
+    renormalised) and qvel = finite difference with the previous row (0 on an episode's first row). The controller
+    starts from obs[i][:9], as in D4RL. The env's NOISE-FREE next observation is compared with obs[i + 1], so on real
+    data the error includes D4RL's observation noise (up to 0.01 per joint). Rewards follow the files' convention:
+    rewards[j] = number of tasks done in obs[j], so the env's next observation is scored against rewards[i + 1].
+    Also reported: the largest deviation of the files' goal part from kitchen_goal (checks the task set) and the
+    number of rows whose reward differs from ofql.kitchen_dataset_reward(obs[j]) (checks goals and thresholds).
+    """
+    data = _read_replay_keys(hdf5_path, ("observations", "actions", "rewards", "terminals", "timeouts",
+                                         "infos/qpos", "infos/qvel"))
+    tasks, obs = ofql.KITCHEN_TASKS[env_id], data["observations"].astype(np.float64)
+    env = ofql.D4RLKitchenEnv(tasks, obs_noise=False)
+    env.reset(seed=0)
+    has_state = "infos/qpos" in data and "infos/qvel" in data
+    ends = _episode_ends(data)
+    rows = _spread(np.flatnonzero(~ends), num_transitions)
+    obs_err, reward_err = [], []
+    for i in rows:
+        if has_state:
+            qpos, qvel = data["infos/qpos"][i].astype(np.float64), data["infos/qvel"][i].astype(np.float64)
+        else:
+            qpos, qvel = _unit_kettle(obs[i, :30]), np.zeros(env.model.nv)
+            if i > 0 and not ends[i - 1]:
+                mujoco.mj_differentiatePos(env.model, qvel, env.robot.dt, _unit_kettle(obs[i - 1, :30]), qpos)
+        env.set_state(qpos, qvel, robot_qpos_obs=obs[i, :9])
+        next_obs = env.step(data["actions"][i])[0]
+        obs_err.append(np.abs(next_obs[:30] - obs[i + 1, :30]))
+        reward_err.append(abs(ofql.kitchen_dataset_reward(next_obs, tasks) - data["rewards"][i + 1]))
+    obs_err, reward_err = np.array(obs_err).reshape(-1, 30), np.array(reward_err)
+    labels = np.array([ofql.kitchen_dataset_reward(o, tasks) for o in obs])
+    return {
+        "env_id": env_id, "transitions": len(rows),
+        "state_from": "infos/qpos, infos/qvel" if has_state else "observations (qvel: finite differences)",
+        **_err_stats("next_obs_err", obs_err), **_err_stats("next_robot_qpos_err", obs_err[:, :9]),
+        **_err_stats("next_object_qpos_err", obs_err[:, 9:]),
+        "reward_err_max": float(reward_err.max(initial=0.0)),
+        "reward_mismatch_frac": float((reward_err > 0.5).mean()) if len(reward_err) else 0.0,
+        "goal_err_max": float(np.abs(obs[:, 30:] - env.goal).max()),
+        "reward_label_mismatches": int((np.abs(labels - data["rewards"]) > 0.5).sum()),
+    }
+
+
+def _unit_kettle(qpos: np.ndarray) -> np.ndarray:
+    qpos = np.array(qpos, dtype=np.float64)
+    qpos[26:30] /= np.linalg.norm(qpos[26:30])
+    return qpos
+
+
+def pen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -> dict:
+    """Replay up to `num_transitions` rows of a D4RL-layout pen file (needs infos/qpos, infos/qvel and
+    infos/desired_orien, which D4RL's pen-*-v1 files carry; scripts/generation/hand_dapg_demos.py).
+
+    Per row i: set the stored state and compare the env's observation with obs[i] (checks the layout): the hand
+    joints and pen velocity (obs[:24], obs[27:33]) must match; the positions and axes (obs[24:27], obs[33:45]) come
+    from MuJoCo's kinematics, which mj_step leaves one 2 ms substep old, so they match only for a pen at rest.
+    Then step actions[i], compare the reward with rewards[i] and `terminated` with terminals[i] (D4RL writes the
+    reward and done of step i on row i), and the next observation with obs[i + 1] when row i does not end its
+    episode.
+    """
+    keys = ("observations", "actions", "rewards", "terminals", "timeouts", "infos/qpos", "infos/qvel",
+            "infos/desired_orien")
+    data = _read_replay_keys(hdf5_path, keys)
+    if missing := [k for k in keys if k != "timeouts" and k not in data]:
+        raise ValueError(f"{hdf5_path} lacks {missing}; the pen replay needs D4RL's stored simulator states")
+    env = ofql.make_pen_env(env_id)
+    env.reset(seed=0)
+    obs, ends = data["observations"].astype(np.float64), _episode_ends(data)
+    rows = _spread(np.arange(len(obs)), num_transitions)
+    state_err, next_err, reward_err, terminal_wrong = [], [], [], 0
+    for i in rows:
+        env.unwrapped.set_env_state({k: data[f"infos/{k}"][i].astype(np.float64)
+                                     for k in ("qpos", "qvel", "desired_orien")})
+        state_err.append(np.abs(env.unwrapped._get_obs() - obs[i]))
+        next_obs, reward, terminated, _, _ = env.step(data["actions"][i])
+        reward_err.append(abs(reward - data["rewards"][i]))
+        terminal_wrong += int(terminated != bool(data["terminals"][i]))
+        if not ends[i]:
+            next_err.append(np.abs(next_obs - obs[i + 1]))
+    return {
+        "env_id": env_id, "transitions": len(rows), "state_from": "infos/qpos, infos/qvel, infos/desired_orien",
+        **_err_stats("state_joint_obs_err", np.array(state_err)[:, np.r_[0:24, 27:33]]),
+        **_err_stats("state_obs_err", np.array(state_err)), **_err_stats("next_obs_err", np.array(next_err)),
+        "reward_err_mean": float(np.mean(reward_err)), "reward_err_max": float(np.max(reward_err)),
+        "terminal_mismatches": terminal_wrong,
+    }
+
+
+CHECKS = {"antmaze": antmaze_replay_check, "kitchen": kitchen_replay_check, "pen": pen_replay_check}
+
+
+def main(args: Args) -> dict:
+    domain = args.env_id.split("-")[0]
+    if domain not in CHECKS or args.env_id not in ofql.DATASETS:
+        raise SystemExit(f"replay checks exist for {', '.join(i for i in ofql.DATASETS if i.split('-')[0] in CHECKS)}")
+    path = args.dataset_path or ofql.dataset_cache_path(args.env_id)
+    if args.dataset_path is None and not os.path.exists(path):
+        rel_path, size, sha256 = ofql.DATASETS[args.env_id]
+        ofql.download(ofql.D4RL_URL + rel_path, path, size, sha256)
+    ofql.fix_gymnasium_robotics_joints()
+    result = {"env_id": args.env_id, "dataset": path, **CHECKS[domain](args.env_id, path, args.num_transitions)}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
