@@ -1151,14 +1151,15 @@ def train(args: Args) -> str:
     wall_clock = elapsed + time.time() - session_start
     best = max(evals, key=lambda e: e["return"]) if evals else None  # the score increases with the return
     summary = {
-        "algorithm": os.path.basename(__file__)[: -len(".py")], "env_id": args.env_id, "dataset": source.path,
+        "algorithm": os.path.basename(__file__)[: -len(".py")], "env_id": args.env_id,
+        "source": "minari" if is_minari_id(args.env_id) else "d4rl", "dataset": source.path,
         "eval_env": source.eval_env_id, "seed": args.seed, "steps": args.total_steps, "wall_clock_sec": wall_clock,
         "train_steps_per_sec": (args.total_steps - start_step + 1) / train_time if train_time else None,
         "num_candidates": args.num_candidates, "eval_episodes": args.eval_episodes,
         "final_score": evals[-1]["score"] if evals else None, "final_score_std": evals[-1]["score_std"] if evals else None,
         "best_score": best["score"] if best else None, "best_score_std": best["score_std"] if best else None,
-        "best_step": best["step"] if best else None,
-        "decision_rate": evals[-1]["decision_rate"] if evals else None, "evaluations": evals,
+        "best_step": best["step"] if best else None, "final_return": evals[-1]["return"] if evals else None,
+        "best_return": best["return"] if best else None, "decision_rate": evals[-1]["decision_rate"] if evals else None, "evaluations": evals,
     }
     summary_path = os.path.join(run_dir, "summary.json")
     with open(summary_path, "w") as f:

@@ -98,7 +98,7 @@ def test_d4rl_layout_file_trains_and_evaluates(tmp_path, env_id):
         record_adapter_file(path, env_id)
     summary = run("ofql.py", tmp_path, "--env-id", env_id, "--dataset-path", str(path))
     e = summary["evaluations"][0]
-    assert summary["eval_env"] == ofql.domain_of(env_id).eval_env and e["step"] == 6
+    assert summary["eval_env"] == ofql.domain_of(env_id).eval_env and e["step"] == 6 and summary["source"] == "d4rl"
     assert e["score"] == pytest.approx(ofql.normalized_score(env_id, e["return"]), rel=1e-6, abs=1e-6)
 
 
@@ -109,7 +109,8 @@ def test_minari_dataset_trains_and_evaluates(tmp_path, monkeypatch, env_id):
     record_minari_dataset(dataset_id, gym_id, kwargs)
     summary = run("ofql.py", tmp_path, "--env-id", dataset_id)
     e = summary["evaluations"][0]
-    assert summary["env_id"] == dataset_id and summary["eval_env"] == gym_id
+    assert summary["env_id"] == dataset_id and summary["eval_env"] == gym_id and summary["source"] == "minari"
+    assert summary["final_return"] == e["return"]
     assert summary["dataset"] == os.path.join(str(tmp_path / "minari"), dataset_id)
     assert e["score"] == pytest.approx(e["return"], rel=1e-6)  # the dataset's own reference returns: 0 and 100
     config = json.loads(open(os.path.join(tmp_path, "runs", os.listdir(tmp_path / "runs")[0], "config.json")).read())
