@@ -549,10 +549,11 @@ def sample_t_r(batch_size: int, flow_ratio: float, mu: float, sigma: float, devi
 
 def meanflow_target(u_fn, a, eps, r, t):
     """Prediction u(a_t, r, t) and the stop-gradient MeanFlow target u_tgt (Eq. 13-15).
-    du/dt along the trajectory is the JVP of u with tangents (v, 0, 1) for (a_t, r, t) (Eq. 54)."""
+    du/dt along the trajectory is the JVP of u with tangents (v, 0, 1) for (a_t, r, t) (Eq. 54); r, whose tangent
+    is 0, is held fixed instead, which spares the JVP from carrying zeros through r's embedding (same result)."""
     a_t = (1 - t) * a + t * eps  # Eq. 8
     v = eps - a  # conditional velocity
-    u, dudt = torch.func.jvp(u_fn, (a_t, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    u, dudt = torch.func.jvp(lambda a_t, t: u_fn(a_t, r, t), (a_t, t), (v, torch.ones_like(t)))
     return u, (v - (t - r) * dudt).detach()  # Eq. 15, sg(.)
 
 

@@ -144,3 +144,17 @@ def test_one_step_action_equals_fine_ode_integration():
     torch.testing.assert_close(actions, integrate_v(eps, 1.0, 0.0).clamp(-1, 1), rtol=1e-8, atol=1e-8)
     torch.testing.assert_close(actions.mean(0), MU, rtol=0, atol=0.02)
     torch.testing.assert_close(actions.std(0), SIGMA, rtol=0.05, atol=0)
+
+
+def test_holding_r_fixed_equals_the_jvp_with_tangent_zero_for_r():
+    """meanflow_target closes over r instead of passing it a zero tangent: the same du/dt as the (v, 0, 1) JVP."""
+    torch.manual_seed(4)
+    actor, obs = ofql.Actor(5, 3), torch.randn(64, 5)
+    a, eps = torch.rand(64, 3) * 2 - 1, torch.randn(64, 3)
+    t, r = ofql.sample_t_r(64, 0.25, -0.4, 1.0, "cpu")
+    u_fn = lambda a_t, r, t: actor(a_t, r, t, obs)  # noqa: E731
+    u, u_tgt = ofql.meanflow_target(u_fn, a, eps, r, t)
+    v, a_t = eps - a, (1 - t) * a + t * eps
+    u3, dudt3 = torch.func.jvp(u_fn, (a_t, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+    torch.testing.assert_close(u, u3)
+    torch.testing.assert_close(u_tgt, v - (t - r) * dudt3)
