@@ -514,7 +514,8 @@ class Actor(nn.Module):
             self.register_buffer(name, value.float(), persistent=False)
 
     def forward(self, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([a_t, self.t_emb(t), obs], dim=-1))
+        # a t of shape (1, 1), the same step for every row (as in sampling), is embedded once
+        return self.net(torch.cat([a_t, self.t_emb(t).expand(len(a_t), -1), obs], dim=-1))
 
 
 class Critic(nn.Module):
@@ -570,7 +571,7 @@ def behavior_cloning_loss(actor: Actor, obs, actions) -> torch.Tensor:
 def denoise_step(actor: Actor, a_i: torch.Tensor, i: int, obs: torch.Tensor) -> torch.Tensor:
     """One ancestral step a_i -> a_{i-1} (Eq. 5, with DQL's code: the prediction of a_0 clipped to the action
     range, then the posterior mean and the posterior noise, none at i = 0)."""
-    eps_hat = actor(a_i, torch.full((len(obs), 1), float(i), device=obs.device), obs)
+    eps_hat = actor(a_i, torch.full((1, 1), float(i), device=obs.device), obs)
     a_0 = (actor.sqrt_recip_alphas_cumprod[i] * a_i - actor.sqrt_recipm1_alphas_cumprod[i] * eps_hat).clamp(-1.0, 1.0)
     mean = actor.posterior_mean_coef1[i] * a_0 + actor.posterior_mean_coef2[i] * a_i
     if i == 0:

@@ -516,7 +516,9 @@ class Actor(nn.Module):
         self.net = mlp(act_dim + 2 * time_dim + obs_dim, act_dim)
 
     def forward(self, a_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([a_t, self.t_emb(t), self.r_emb(r), obs], dim=-1))
+        # (r, t) of shape (1, 1), the same times for every row (as for the one-step action), are embedded once
+        times = torch.cat([self.t_emb(t), self.r_emb(r)], dim=-1).expand(len(a_t), -1)
+        return self.net(torch.cat([a_t, times, obs], dim=-1))
 
 
 class Critic(nn.Module):
@@ -569,7 +571,7 @@ def behavior_cloning_loss(actor: Actor, obs, actions, args: Args) -> tuple[torch
 def sample_actions(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
     """One network call, differentiable (Eq. 16): a = clip(eps - u(eps, r=0, t=1; s), -1, 1)."""
     eps = torch.randn(len(obs), actor.act_dim, device=obs.device)
-    zeros, ones = torch.zeros(len(obs), 1, device=obs.device), torch.ones(len(obs), 1, device=obs.device)
+    zeros, ones = torch.zeros(1, 1, device=obs.device), torch.ones(1, 1, device=obs.device)
     return (eps - actor(eps, zeros, ones, obs)).clamp(-1.0, 1.0)
 
 
