@@ -1,5 +1,6 @@
-"""Tests of the Kitchen and pen evaluation adapters of ofql.py (shared by dql.py and fql.py) (CPU, no network). Expected values are computed here from D4RL's numbers, not
-from the adapter's tables."""
+"""Tests of the Kitchen and pen evaluation adapters of ofql.py (shared by dql.py and fql.py), CPU, no network.
+Expected values are computed here from D4RL's numbers, not from the adapter's tables."""
+import json
 import os
 import sys
 
@@ -325,3 +326,13 @@ def test_pen_replay(tmp_path):
         del f["infos/qvel"]
     with pytest.raises(ValueError, match="infos/qvel"):
         rc.pen_replay_check("pen-human-v1", path)
+
+
+def test_replay_check_command(tmp_path, capsys):
+    """tools/replay_check.py as a user runs it on a file: prints the check's figures as JSON."""
+    path = write_pen_file(str(tmp_path / "p.hdf5"))
+    result = rc.main(rc.Args(env_id="pen-cloned-v1", dataset_path=path, num_transitions=20))
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == result and result["transitions"] == 20 and result["dataset"] == path
+    with pytest.raises(SystemExit, match="replay checks exist for antmaze-medium-play-v2"):
+        rc.main(rc.Args(env_id="hopper-medium-v2", dataset_path=path))
