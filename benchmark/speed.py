@@ -10,6 +10,7 @@ candidate and with each script's evaluation candidates. The algorithms take turn
 figure is the median over the rounds, so that a slow phase of the machine hits all three alike. Writes
 benchmark/results/speed/<device>.{md,json}.
 """
+import inspect
 import json
 import os
 import platform
@@ -93,6 +94,29 @@ def time_decisions(module, agent, obs: torch.Tensor, candidates: int, args: Args
     return args.decisions / (time.perf_counter() - start)
 
 
+def profile_update(module, agent, buffer, script_args, device, reps: int = 10) -> dict:
+    """Milliseconds of the parts of one update: the critic's loss (with its next actions), the actor's loss, the
+    BC loss alone, and the rest of update() (backward passes, optimizer steps, target networks)."""
+    batch = buffer.sample(script_args.batch_size)
+    bc_args = (script_args,) if len(inspect.signature(module.behavior_cloning_loss).parameters) == 4 else ()
+
+    def ms(fn) -> float:
+        fn()
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(device)
+        return (time.perf_counter() - start) / reps * 1000
+
+    parts = {"critic loss": ms(lambda: module.critic_loss_fn(agent, batch, script_args)),
+             "actor loss": ms(lambda: module.actor_loss_fn(agent, batch, script_args)),
+             "of which BC loss": ms(lambda: module.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, *bc_args)),
+             "update": ms(lambda: module.update(agent, batch, script_args, 7))}
+    parts["backward, optimizers, targets"] = parts["update"] - parts["critic loss"] - parts["actor loss"]
+    return parts
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -142,6 +166,8 @@ def main(args: Args) -> dict:
     if "ofql" in a and "fql" in a:
         ratios["OFQL/FQL training time"] = a["fql"]["updates_per_sec"] / a["ofql"]["updates_per_sec"]
     result["ratios"] = ratios
+    result["update_profile_ms"] = {name: profile_update(module, agent, buffer, script_args, device)
+                                   for name, (module, script_args, agent, buffer) in setups.items()}
     write(result, args)
     return result
 
@@ -160,6 +186,11 @@ def write(result: dict, args: Args) -> None:
         lines.append(f"| {name} | {r['updates_per_sec']:.1f} | {r['hours_per_1M_updates']:.1f} | {d['1']:.2f} | "
                      f"{d[k]:.3f} ({k}) |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
+    profile = result["update_profile_ms"]
+    parts = list(next(iter(profile.values())))
+    lines += ["", "Where one update's time goes (ms):", "", "| script | " + " | ".join(parts) + " |",
+              "|---|" + "---:|" * len(parts)]
+    lines += [f"| {name} | " + " | ".join(f"{p[k]:.1f}" for k in parts) + " |" for name, p in profile.items()]
     with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:

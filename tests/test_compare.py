@@ -58,3 +58,16 @@ def test_launch_passes_the_protocol_or_leaves_the_presets(tmp_path, monkeypatch,
     assert "--dataset-path" not in cmd  # --data-dir '': the real D4RL file
     compare.launch(args, "hopper-medium-v2", "bc", 0)
     assert launched[1][1].endswith("ofql.py") and launched[1][launched[1].index("--eta") + 1] == "0"
+
+
+def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
+    import speed
+
+    result = speed.main(speed.Args(device="cpu", updates=2, warmup=1, rounds=1, decisions=1, decision_batch=8,
+                                   dataset_size=1000, out_dir=str(tmp_path)))
+    a = result["algorithms"]
+    assert set(a) == {"ofql", "dql", "fql"} and set(a["ofql"]["decisions_per_sec"]) == {"1", "50"}
+    assert set(a["fql"]["decisions_per_sec"]) == {"1"}  # FQL evaluates its one-step policy only
+    assert result["ratios"]["OFQL/DQL training time"] == pytest.approx(a["dql"]["updates_per_sec"] / a["ofql"]["updates_per_sec"])
+    assert a["ofql"]["hours_per_1M_updates"] == pytest.approx(1e6 / a["ofql"]["updates_per_sec"] / 3600)
+    assert "| ofql |" in open(tmp_path / "cpu.md").read() and json.load(open(tmp_path / "cpu.json")) == result
