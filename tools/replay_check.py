@@ -220,4 +220,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except ofql.UserError as e:
+        raise SystemExit(f"replay_check.py: error: {e}") from None
