@@ -139,7 +139,7 @@ def write_report(args: Args) -> None:
                             "steps": steps, "scores": curves.tolist(), "dataset_mean_score": data_score,
                             "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs]))})
             shown = "-" if data_score is None else f"{data_score:.1f}"
-            rows.append(f"| {env_id} | {shown} | {algorithm} | {final.mean():.1f} ± {final.std():.1f} | "
+            rows.append(f"| {env_id} | {shown} | {algorithm} | {len(runs)} | {final.mean():.1f} ± {final.std():.1f} | "
                         f"{best.mean():.1f} ± {best.std():.1f} | {' / '.join(f'{s:.0f}' for s in curves.mean(0))} |")
         if data_score is not None:
             ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")
@@ -151,7 +151,8 @@ def write_report(args: Args) -> None:
                 f"{args.total_steps} steps, {args.eval_episodes} evaluation episodes, {args.num_candidates} candidate(s)")
     header = (f"{protocol}, evaluation every {args.eval_every} steps, seeds {args.seeds}; score = mean ± std "
               "over seeds of the normalized score (mean over episodes) at the last / the best evaluation.\n\n"
-              "| dataset | dataset mean | algorithm | last | best | curve (every evaluation) |\n|---|---|---|---|---|---|\n")
+              "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) |\n"
+              "|---|---|---|---|---|---|---|\n")
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(header + "\n".join(rows) + "\n")
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:

@@ -34,8 +34,8 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     compare.write_report(args)
     table = open(os.path.join(out, "results.md")).read()
     # ofql: last 30, 50 -> 40 ± 10; best 50, 50 -> 50 ± 0; curve = seed mean at every evaluation
-    assert "| ofql | 40.0 ± 10.0 | 50.0 ± 0.0 | 15 / 45 / 40 |" in table
-    assert "| dql | 7.0 ± 0.0 | 7.0 ± 0.0 | 5 / 6 / 7 |" in table
+    assert "| ofql | 2 | 40.0 ± 10.0 | 50.0 ± 0.0 | 15 / 45 / 40 |" in table
+    assert "| dql | 1 | 7.0 ± 0.0 | 7.0 ± 0.0 | 5 / 6 / 7 |" in table
     assert "| fql |" not in table  # no runs, no row
     results = json.load(open(os.path.join(out, "results.json")))
     assert [r["algorithm"] for r in results] == ["ofql", "dql"] and results[0]["seeds"] == [0, 1]
