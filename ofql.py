@@ -180,7 +180,7 @@ DOMAINS = {
     "hopper": Domain(-20.272305, 3234.3, 11, 3, "Hopper-v4"),
     "walker2d": Domain(1.629008, 4592.3, 17, 6, "Walker2d-v4"),
     "antmaze": Domain(0.0, 1.0, 29, 8, "D4RL's antmaze-v2 env on Gymnasium-Robotics AntMaze-v5"),
-    "kitchen": Domain(0.0, 4.0, 60, 9, "D4RL's kitchen-v0 env on Gymnasium-Robotics FrankaKitchen-v1"),
+    "kitchen": Domain(0.0, 4.0, 60, 9, "D4RL's kitchen-v0 env on Gymnasium-Robotics' Franka kitchen model"),
     "pen": Domain(96.262799, 3076.8331017826877, 45, 24, "D4RL's pen-v1 env on Gymnasium-Robotics AdroitHandPen-v1"),
 }
 
@@ -438,6 +438,8 @@ class DataSource(NamedTuple):
 def load_source(env_id: str, dataset_path: Optional[str], reward_mode: str) -> DataSource:
     """A D4RL id (the D4RL file, or a local file in its layout) or a Minari id, rewards transformed."""
     if is_minari_id(env_id):
+        if dataset_path is not None:
+            raise UserError(f"--dataset-path is for D4RL-layout files; {env_id} is read from $MINARI_DATASETS_PATH")
         source = load_minari(env_id)
         source.data["rewards"] = transform_rewards(source.data["rewards"], reward_mode)
         return source
@@ -825,10 +827,8 @@ KITCHEN_TASKS = {  # TASK_ELEMENTS of the class each id is registered with (d4rl
 # task: (its entries of obs[:30] = the 30 qpos, its goal); OBS_ELEMENT_INDICES / OBS_ELEMENT_GOALS of kitchen_envs.py
 KITCHEN_ELEMENTS = {
     "bottom burner": ([11, 12], [-0.88, -0.01]),
-    "top burner": ([15, 16], [-0.92, -0.01]),
     "light switch": ([17, 18], [-0.69, -0.05]),
     "slide cabinet": ([19], [0.37]),
-    "hinge cabinet": ([20, 21], [0.0, 1.45]),
     "microwave": ([22], [-0.75]),
     "kettle": ([23, 24, 25, 26, 27, 28, 29], [-0.23, 0.75, 1.62, 0.99, 0.0, 0.0, -0.06]),
 }
@@ -864,12 +864,6 @@ def kitchen_completed(obs: np.ndarray, tasks) -> list[str]:
     """The tasks whose entries of the (noisy) observation are within KITCHEN_THRESHOLD of their goal."""
     return [task for task in tasks
             if np.linalg.norm(obs[KITCHEN_ELEMENTS[task][0]] - KITCHEN_ELEMENTS[task][1]) < KITCHEN_THRESHOLD]
-
-
-def kitchen_dataset_reward(obs: np.ndarray, tasks) -> float:
-    """The reward stored in D4RL's kitchen files: the number of tasks done IN THAT ROW's observation (D4RL's
-    scripts/generation/generate_kitchen_datasets.py relabels with REMOVE_TASKS_WHEN_COMPLETE = False)."""
-    return float(len(kitchen_completed(obs, tasks)))
 
 
 class D4RLKitchenEnv(gym.Env):
@@ -963,10 +957,9 @@ def make_pen_env(env_id: str) -> gym.Env:
 
 def fix_gymnasium_robotics_joints() -> None:
     """gymnasium-robotics 1.4.2 reads joints with `assert model.jnt_type[j] in (mjtJoint.mjJNT_HINGE, ...)`; under
-    mujoco 4.0 a numpy integer never equals a mjtJoint member that way, and FrankaKitchen-v1 fails to build. Where
-    that is so, swap its two joint readers for ones that compare plain ints."""
+    mujoco 4.0 a numpy integer never equals a mjtJoint member that way, and FrankaKitchen-v1 (the env of Minari's
+    Kitchen datasets) fails to build. Where that is so, swap its two joint readers for ones that compare plain ints."""
     try:
-        import mujoco
         from gymnasium_robotics.utils import mujoco_utils
     except ImportError:
         return
@@ -997,7 +990,6 @@ def d4rl_eval_env_factory(env_id: str) -> Optional[Callable[[], gym.Env]]:
         import gymnasium_robotics  # noqa: F401
     except ImportError:
         return None
-    fix_gymnasium_robotics_joints()
     return functools.partial(makers[domain], env_id) if domain in makers else None
 
 

@@ -303,3 +303,8 @@ def test_kitchen_needs_the_joint_fix_under_mujoco4():
         width = {0: 7, 1: 4}.get(int(model.jnt_type[j]), 1)  # mjJNT_FREE = 0, mjJNT_BALL = 1
         np.testing.assert_array_equal(mujoco_utils.get_joint_qpos(model, data, name),
                                       data.qpos[model.jnt_qposadr[j]: model.jnt_qposadr[j] + width])
+
+
+def test_a_dataset_path_with_a_minari_id_is_refused():
+    with pytest.raises(ofql.UserError, match="--dataset-path is for D4RL-layout files"):
+        ofql.load_source("D4RL/pen/human-v2", "pen.hdf5", "raw")

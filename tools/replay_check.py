@@ -112,6 +112,12 @@ def _err_stats(prefix: str, err: np.ndarray) -> dict[str, float]:
             f"{prefix}_max": float(per_row.max())}
 
 
+def kitchen_dataset_reward(obs: np.ndarray, tasks) -> float:
+    """The reward stored in D4RL's kitchen files: the number of tasks done IN THAT ROW's observation (D4RL's
+    scripts/generation/generate_kitchen_datasets.py relabels with REMOVE_TASKS_WHEN_COMPLETE = False)."""
+    return float(len(ofql.kitchen_completed(obs, tasks)))
+
+
 def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -> dict:
     """Replay up to `num_transitions` within-episode transitions of a D4RL-layout kitchen file.
 
@@ -121,7 +127,7 @@ def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 100
     data the error includes D4RL's observation noise (up to 0.01 per joint). Rewards follow the files' convention:
     rewards[j] = number of tasks done in obs[j], so the env's next observation is scored against rewards[i + 1].
     Also reported: the largest deviation of the files' goal part from kitchen_goal (checks the task set) and the
-    number of rows whose reward differs from ofql.kitchen_dataset_reward(obs[j]) (checks goals and thresholds).
+    number of rows whose reward differs from kitchen_dataset_reward(obs[j]) (checks goals and thresholds).
     """
     data = _read_replay_keys(hdf5_path, ("observations", "actions", "rewards", "terminals", "timeouts",
                                          "infos/qpos", "infos/qvel"))
@@ -142,9 +148,9 @@ def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 100
         env.set_state(qpos, qvel, robot_qpos_obs=obs[i, :9])
         next_obs = env.step(data["actions"][i])[0]
         obs_err.append(np.abs(next_obs[:30] - obs[i + 1, :30]))
-        reward_err.append(abs(ofql.kitchen_dataset_reward(next_obs, tasks) - data["rewards"][i + 1]))
+        reward_err.append(abs(kitchen_dataset_reward(next_obs, tasks) - data["rewards"][i + 1]))
     obs_err, reward_err = np.array(obs_err).reshape(-1, 30), np.array(reward_err)
-    labels = np.array([ofql.kitchen_dataset_reward(o, tasks) for o in obs])
+    labels = np.array([kitchen_dataset_reward(o, tasks) for o in obs])
     return {
         "env_id": env_id, "transitions": len(rows),
         "state_from": "infos/qpos, infos/qvel" if has_state else "observations (qvel: finite differences)",
