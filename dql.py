@@ -47,6 +47,9 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be used when available"""
+    cuda_graph: bool = True
+    """if toggled, on CUDA the whole training iteration is captured once as a CUDA graph and replayed (the fast
+    path); --no-cuda-graph runs it eagerly, as on the CPU"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "ofql"
@@ -650,16 +653,20 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 
 
 @torch.no_grad()
-def update_targets(agent: Agent, args: Args, step: int) -> None:
+def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
+    """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps from `ema_start` on
+    (until then DQL keeps the initial network). The EMA rate is a tensor, 0 off schedule, so the step count never
+    leaves the device."""
     for p_target, p in zip(agent.critic_target.parameters(), agent.critic.parameters()):
         p_target.lerp_(p, args.tau)
-    if step % args.ema_every == 0 and step >= args.ema_start:  # until then DQL keeps the initial network
-        for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
-            p_ema.lerp_(p, 1.0 - args.ema_decay)
+    rate = (1.0 - args.ema_decay) * ((step >= args.ema_start) & (step % args.ema_every == 0))
+    for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
+        p_ema.lerp_(p, rate)
 
 
-def update(agent: Agent, batch: Batch, args: Args, step: int) -> dict[str, torch.Tensor]:
-    """One DQL iteration: critic step, actor step, target networks. Returns detached metrics."""
+def update(agent: Agent, batch: Batch, args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One DQL iteration: critic step, actor step, target networks; `step` (a device tensor) is this iteration's
+    number. Returns detached metrics. Nothing here reads a value back to the host."""
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     metrics["critic_grad_norm"] = optimizer_step(agent.critic_optimizer, agent.critic, critic_loss, args.grad_norm)
     actor_loss, actor_metrics = actor_loss_fn(agent, batch, args)
@@ -1073,6 +1080,67 @@ def load_checkpoint(path: str, agent: Agent) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Training step: eager, or captured once as a CUDA graph and replayed (the fast path)
+# ---------------------------------------------------------------------------------------------------------------
+def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
+    """Adam's capturable mode keeps its step counts on the parameters' device and never reads them back to the host,
+    as capture requires. Set again after a resume: load_state_dict restores the mode of the run that saved it."""
+    for group in optimizer.param_groups:
+        group["capturable"] = capturable
+        for p in group["params"]:
+            if "step" in optimizer.state.get(p, {}):
+                optimizer.state[p]["step"] = optimizer.state[p]["step"].to(p.device if capturable else "cpu")
+
+
+class TrainStep:
+    """Each call runs the next iteration of Algorithm 1 (update() on a fresh batch) and returns its metrics. The step
+    count lives on the device, and neither sampling nor update() reads anything back to the host.
+
+    Fast path (CUDA and --cuda-graph): the first `warmup` calls run eagerly on a side stream (they create Adam's
+    state and CUDA's lazy handles); the next one captures a whole iteration (batch indices drawn on the GPU, both
+    losses with the JVP, the backward passes, gradient clipping, both capturable Adam steps, the target networks) as
+    one CUDA graph, and from then on each call is one replay of it instead of about a thousand kernel launches. A
+    replay recomputes the same kernels on the same tensors in place, and PyTorch advances the random-number offset
+    at each replay, so every replay is a new iteration with fresh batches and noise."""
+
+    warmup = 3
+
+    def __init__(self, agent: Agent, buffer: OfflineBuffer, args: Args, device: torch.device, last_step: int):
+        self.agent, self.buffer, self.batch_size, self.args = agent, buffer, args.batch_size, args
+        self.step = torch.tensor(last_step, device=device)  # the number of the last iteration run
+        self.use_graph = args.cuda_graph and device.type == "cuda"
+        for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
+            set_capturable(optimizer, self.use_graph)
+        self.eager_calls_left = self.warmup if self.use_graph else -1
+        self.stream = torch.cuda.Stream(device) if self.use_graph else None
+        self.graph, self.metrics = None, None
+
+    def iteration(self) -> dict[str, torch.Tensor]:
+        self.step += 1
+        return update(self.agent, self.buffer.sample(self.batch_size), self.args, self.step)
+
+    def __call__(self) -> dict[str, torch.Tensor]:
+        if not self.use_graph:
+            return self.iteration()
+        if self.eager_calls_left > 0:  # warm-up iterations on a side stream (PyTorch's notes on CUDA graphs)
+            self.eager_calls_left -= 1
+            self.stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.stream):
+                metrics = self.iteration()
+            torch.cuda.current_stream().wait_stream(self.stream)
+            return metrics
+        if self.graph is None:  # capture only records the kernels: the replay below runs this iteration
+            self.graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.metrics = self.iteration()
+            except RuntimeError as e:
+                raise UserError(f"capturing the training step as a CUDA graph failed ({e}); run with --no-cuda-graph") from e
+        self.graph.replay()
+        return self.metrics
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Training loop
 # ---------------------------------------------------------------------------------------------------------------
 def train(args: Args) -> str:
@@ -1109,7 +1177,10 @@ def train(args: Args) -> str:
                 kept = [line for line in f if json.loads(line)["step"] <= state["step"]]
             with open(metrics_path, "w") as f:
                 f.writelines(kept)
-    config = {**vars(args), "device": str(device), "transitions": buffer.size, "torch": torch.__version__}
+    train_step = TrainStep(agent, buffer, args, device, last_step=start_step - 1)  # after the resume: it sets Adam's mode
+    print(f"training on {device}: " + ("one CUDA graph per iteration (--no-cuda-graph: eager)" if train_step.use_graph else "eager"))
+    config = {**vars(args), "device": str(device), "training_step": "cuda_graph" if train_step.use_graph else "eager",
+              "transitions": buffer.size, "torch": torch.__version__}
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     if args.track:
@@ -1129,7 +1200,7 @@ def train(args: Args) -> str:
     session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
     for step in tqdm(range(start_step, args.total_steps + 1), initial=start_step - 1, total=args.total_steps,
                      desc=args.env_id, unit="step", mininterval=2.0):
-        metrics = update(agent, buffer.sample(args.batch_size), args, step)
+        metrics = train_step()
         values = torch.stack(list(metrics.values()))
         metric_sum, window_steps = metric_sum + values, window_steps + 1
         # the first step at which each metric became non-finite, kept on the device: no sync per step

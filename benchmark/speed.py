@@ -3,13 +3,16 @@
     python benchmark/speed.py                       # whatever device torch finds; a few minutes on a 2-core CPU
     python benchmark/speed.py --device cpu --threads 1
 
-Training: `update()` of each script on batches drawn from a synthetic dataset of the given shape, timed over
---updates steps after --warmup steps, with one device sync at the end of each timed block. Decision frequency
+Training: each script's TrainStep (update() on a batch drawn on the device) on a synthetic dataset of the given
+shape, timed over --updates iterations after --warmup iterations, with one device sync at the end of each timed block;
+on CUDA for both paths, eager and the CUDA graph (the fast path; the warm-up covers its capture). Decision frequency
 (Appendix D of the OFQL paper): batches of --decision-batch states per second through `select_action`, with 1
 candidate and with each script's evaluation candidates. The algorithms take turns in --rounds rounds and each
-figure is the median over the rounds, so that a slow phase of the machine hits all three alike. Writes
-benchmark/results/speed/<device>.{md,json}.
+figure is the median over the rounds, so that a slow phase of the machine hits all three alike. Also: where one
+eager update's time goes, and how many ATen operators (about the kernels a CUDA graph replays) one iteration runs.
+Writes benchmark/results/speed/<device>.{md,json}.
 """
+import dataclasses
 import inspect
 import json
 import os
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import tyro
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -72,14 +76,14 @@ def synthetic_data(obs_dim: int, act_dim: int, n: int) -> dict:
             "rewards": rng.normal(size=n).astype(np.float32), "terminals": rng.random(n) < 0.01}
 
 
-def time_updates(module, agent, buffer, args: Args, script_args, step: int, device) -> float:
-    """Seconds per update over one timed block."""
-    for i in range(args.warmup):
-        module.update(agent, buffer.sample(args.batch_size), script_args, step + i)
+def time_updates(train_step, args: Args, device) -> float:
+    """Seconds per iteration over one timed block."""
+    for _ in range(args.warmup):
+        train_step()
     sync(device)
     start = time.perf_counter()
-    for i in range(args.updates):
-        module.update(agent, buffer.sample(args.batch_size), script_args, step + args.warmup + i)
+    for _ in range(args.updates):
+        train_step()
     sync(device)
     return (time.perf_counter() - start) / args.updates
 
@@ -112,9 +116,39 @@ def profile_update(module, agent, buffer, script_args, device, reps: int = 10) -
     parts = {"critic loss": ms(lambda: module.critic_loss_fn(agent, batch, script_args)),
              "actor loss": ms(lambda: module.actor_loss_fn(agent, batch, script_args)),
              "of which BC loss": ms(lambda: module.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, *bc_args)),
-             "update": ms(lambda: module.update(agent, batch, script_args, 7))}
+             "update": ms(lambda: module.update(agent, batch, script_args, torch.tensor(7, device=device)))}
     parts["backward, optimizers, targets"] = parts["update"] - parts["critic loss"] - parts["actor loss"]
     return parts
+
+
+class CountOps(TorchDispatchMode):
+    """Counts the ATen operators that compute: not views, allocations, metadata checks, host reads or profiler marks."""
+
+    SKIP = ("aten.empty", "aten._efficientzerotensor", "aten.is_", "aten._has_", "aten._local_scalar_dense", "profiler.")
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and not str(func).startswith(self.SKIP):
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(module, domain, script_args) -> int:
+    """ATen operators of one iteration on the CPU (foreach Adam, as on CUDA); on CUDA each is about one kernel."""
+    buffer = module.OfflineBuffer(synthetic_data(domain.obs_dim, domain.act_dim, 1000), torch.device("cpu"))
+    agent = module.make_agent(domain.obs_dim, domain.act_dim, script_args, torch.device("cpu"))
+    for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
+        optimizer.defaults["foreach"] = True
+        for group in optimizer.param_groups:
+            group["foreach"] = True
+    train_step = module.TrainStep(agent, buffer, script_args, torch.device("cpu"), last_step=0)
+    train_step()  # creates Adam's state
+    with CountOps() as counter:
+        train_step()
+    return counter.count
 
 
 def device_name(device: torch.device) -> str:
@@ -131,43 +165,56 @@ def main(args: Args) -> dict:
     torch.manual_seed(0)
     domain = ofql.domain_of(args.env_id)
     data = synthetic_data(domain.obs_dim, domain.act_dim, args.dataset_size)
+    paths = ["eager", "cuda_graph"] if device.type == "cuda" else ["eager"]
     setups = {}
     for name in args.algorithms:
         module = MODULES[name]
         script_args = module.parse_args(["--env-id", args.env_id, "--batch-size", str(args.batch_size)])
-        setups[name] = (module, script_args, module.make_agent(domain.obs_dim, domain.act_dim, script_args, device),
-                        module.OfflineBuffer(data, device))
+        buffer = module.OfflineBuffer(data, device)
+        steps = {}
+        for path in paths:
+            path_args = dataclasses.replace(script_args, cuda_graph=path == "cuda_graph")
+            agent = module.make_agent(domain.obs_dim, domain.act_dim, path_args, device)
+            steps[path] = module.TrainStep(agent, buffer, path_args, device, last_step=0)
+        setups[name] = (module, script_args, steps, buffer)
     obs = torch.as_tensor(data["observations"][: args.decision_batch], device=device)
-    seconds = {name: [] for name in setups}
+    seconds = {(name, path): [] for name in setups for path in paths}
     rates = {(name, k): [] for name, (_, a, _, _) in setups.items() for k in sorted({1, a.num_candidates})}
     for r in range(args.rounds):
-        for name, (module, script_args, agent, buffer) in setups.items():
-            seconds[name].append(time_updates(module, agent, buffer, args, script_args, 1 + r * (args.warmup + args.updates), device))
+        for name, (module, script_args, steps, buffer) in setups.items():
+            for path, train_step in steps.items():
+                seconds[(name, path)].append(time_updates(train_step, args, device))
             for (n, k) in rates:
                 if n == name:
-                    rates[(n, k)].append(time_decisions(module, agent, obs, k, args, device))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {1 / seconds[n][-1]:.1f} updates/s" for n in setups), flush=True)
+                    rates[(n, k)].append(time_decisions(module, steps["eager"].agent, obs, k, args, device))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {p} {1 / s[-1]:.1f} updates/s" for (n, p), s in seconds.items()),
+              flush=True)
 
     result = {"device": device_name(device), "torch": torch.__version__, "env_id": args.env_id, "batch_size": args.batch_size,
-              "decision_batch": args.decision_batch, "updates_per_round": args.updates, "rounds": args.rounds, "algorithms": {}}
-    for name in setups:
-        per_update = statistics.median(seconds[name])
+              "decision_batch": args.decision_batch, "updates_per_round": args.updates, "rounds": args.rounds,
+              "paths": paths, "algorithms": {}}
+    for name, (module, script_args, _, _) in setups.items():
+        per_update = {path: statistics.median(seconds[(name, path)]) for path in paths}
         result["algorithms"][name] = {
-            "updates_per_sec": 1 / per_update, "hours_per_1M_updates": per_update * 1e6 / 3600,
+            "updates_per_sec": {path: 1 / t for path, t in per_update.items()},
+            "hours_per_1M_updates": {path: t * 1e6 / 3600 for path, t in per_update.items()},
             "decisions_per_sec": {str(k): statistics.median(v) for (n, k), v in rates.items() if n == name},
+            "ops_per_iteration": count_ops(module, domain, script_args),
         }
     a = result["algorithms"]
     ratios = {}
+    for path in paths:
+        if "ofql" in a and "dql" in a:
+            ratios[f"OFQL/DQL training time, {path}"] = a["dql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
+        if "ofql" in a and "fql" in a:
+            ratios[f"OFQL/FQL training time, {path}"] = a["fql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
     if "ofql" in a and "dql" in a:
-        ratios["OFQL/DQL training time"] = a["dql"]["updates_per_sec"] / a["ofql"]["updates_per_sec"]
         ratios["OFQL/DQL decision frequency, 1 candidate"] = a["ofql"]["decisions_per_sec"]["1"] / a["dql"]["decisions_per_sec"]["1"]
         if "50" in a["ofql"]["decisions_per_sec"] and "50" in a["dql"]["decisions_per_sec"]:
             ratios["OFQL/DQL decision frequency, 50 candidates"] = a["ofql"]["decisions_per_sec"]["50"] / a["dql"]["decisions_per_sec"]["50"]
-    if "ofql" in a and "fql" in a:
-        ratios["OFQL/FQL training time"] = a["fql"]["updates_per_sec"] / a["ofql"]["updates_per_sec"]
     result["ratios"] = ratios
-    result["update_profile_ms"] = {name: profile_update(module, agent, buffer, script_args, device)
-                                   for name, (module, script_args, agent, buffer) in setups.items()}
+    result["update_profile_ms"] = {name: profile_update(module, steps["eager"].agent, buffer, script_args, device)
+                                   for name, (module, script_args, steps, buffer) in setups.items()}
     write(result, args)
     return result
 
@@ -175,16 +222,19 @@ def main(args: Args) -> dict:
 def write(result: dict, args: Args) -> None:
     os.makedirs(args.out_dir, exist_ok=True)
     stem = "cuda" if "CPU" not in result["device"] else "cpu"
+    paths = result["paths"]
     lines = [f"Device: {result['device']}; torch {result['torch']}; {result['env_id']} shapes, batch {result['batch_size']}, "
              f"decision batches of {result['decision_batch']} states; median over {result['rounds']} rounds of "
              f"{result['updates_per_round']} updates.", "",
-             "| script | updates/s | hours per 1M updates | decisions/s, 1 candidate | decisions/s, evaluation candidates |",
-             "|---|---:|---:|---:|---:|"]
+             "| script | " + " | ".join(f"updates/s, {p}" for p in paths) + " | " + " | ".join(f"hours per 1M, {p}" for p in paths)
+             + " | decisions/s, 1 candidate | decisions/s, evaluation candidates | ATen ops per iteration |",
+             "|---|" + "---:|" * (2 * len(paths) + 3)]
     for name, r in result["algorithms"].items():
         d = r["decisions_per_sec"]
         k = max(d, key=int)
-        lines.append(f"| {name} | {r['updates_per_sec']:.1f} | {r['hours_per_1M_updates']:.1f} | {d['1']:.2f} | "
-                     f"{d[k]:.3f} ({k}) |")
+        lines.append(f"| {name} | " + " | ".join(f"{r['updates_per_sec'][p]:.1f}" for p in paths) + " | "
+                     + " | ".join(f"{r['hours_per_1M_updates'][p]:.2f}" for p in paths)
+                     + f" | {d['1']:.2f} | {d[k]:.3f} ({k}) | {r['ops_per_iteration']} |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
     profile = result["update_profile_ms"]
     parts = list(next(iter(profile.values())))

@@ -27,8 +27,9 @@ def train_bandit(eta: float, steps: int = 2000, seed: int = SEED) -> torch.Tenso
             "rewards": REWARDS[mode].numpy(), "terminals": torch.ones(4096).numpy()}
     args = dataclasses.replace(ofql.Args(), eta=eta, actor_lr=1e-3, critic_lr=1e-3, grad_norm=0.0, batch_size=128)
     buffer, agent = ofql.OfflineBuffer(data, torch.device("cpu")), ofql.make_agent(1, 2, args, torch.device("cpu"))
-    for step in range(1, steps + 1):
-        ofql.update(agent, buffer.sample(args.batch_size), args, step)
+    train_step = ofql.TrainStep(agent, buffer, args, torch.device("cpu"), last_step=0)
+    for _ in range(steps):
+        train_step()
     with torch.no_grad():
         return ofql.sample_actions(agent.actor, torch.zeros(2000, 1))
 

@@ -152,7 +152,7 @@ def test_schedule_lives_on_the_actor_and_is_not_trained(agent_and_batch):
 def test_update_runs_the_dql_step(agent_and_batch):
     agent, batch, args = agent_and_batch
     before = [p.clone() for p in agent.actor.parameters()]
-    metrics = dql.update(agent, batch, args, step=1)
+    metrics = dql.update(agent, batch, args, step=torch.tensor(1))
     assert set(metrics) == {"critic_loss", "q_data", "q_target", "critic_grad_norm", "actor_loss", "bc_loss", "q_loss",
                             "q_policy", "actor_grad_norm"}
     assert all(torch.isfinite(v) for v in metrics.values())
@@ -177,8 +177,8 @@ def test_ema_policy_stays_at_its_initialisation_until_step_1000(agent_and_batch)
         for p in agent.actor.parameters():
             p.add_(1.0)
     for step in (5, 995, 1001):
-        dql.update_targets(agent, args, step)
+        dql.update_targets(agent, args, torch.tensor(step))
         assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters())), step
-    dql.update_targets(agent, args, 1000)
+    dql.update_targets(agent, args, torch.tensor(1000))
     for p0, p_ema, p in zip(initial, agent.actor_ema.parameters(), agent.actor.parameters()):
         torch.testing.assert_close(p_ema, 0.995 * p0 + 0.005 * p)

@@ -110,7 +110,7 @@ def test_actor_loss_is_fqls_sum_and_update_leaves_the_critic_to_its_own_loss(age
     twin.critic.load_state_dict(agent.critic.state_dict())
     twin.critic_target.load_state_dict(agent.critic_target.state_dict())
     torch.manual_seed(1)
-    fql.update(agent, batch, args, step=1)
+    fql.update(agent, batch, args, step=torch.tensor(1))
     torch.manual_seed(1)
     td_loss, _ = fql.critic_loss_fn(twin, batch, args)
     fql.optimizer_step(twin.critic_optimizer, twin.critic, td_loss, args.grad_norm)

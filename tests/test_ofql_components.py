@@ -131,16 +131,16 @@ def test_update_moves_targets_by_polyak_and_ema_rules(agent_and_batch):
     agent, batch, args = agent_and_batch
     args = dataclasses.replace(args, ema_start=10, ema_every=5)
     before = [p.clone() for p in agent.critic_target.parameters()]
-    metrics = ofql.update(agent, batch, args, step=5)  # before ema_start: the EMA policy is a copy
+    metrics = ofql.update(agent, batch, args, step=torch.tensor(5))  # before ema_start: the EMA policy is a copy
     assert all(torch.isfinite(v) for v in metrics.values()) and not any(v.requires_grad for v in metrics.values())
     for p_target, p_old, p in zip(agent.critic_target.parameters(), before, agent.critic.parameters()):
         torch.testing.assert_close(p_target, p_old + args.tau * (p - p_old))
     for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
         torch.testing.assert_close(p_ema, p)
     ema_before = [p.clone() for p in agent.actor_ema.parameters()]
-    ofql.update(agent, batch, args, step=11)  # not a multiple of ema_every: untouched
+    ofql.update(agent, batch, args, step=torch.tensor(11))  # not a multiple of ema_every: untouched
     assert all(torch.equal(a, b) for a, b in zip(ema_before, agent.actor_ema.parameters()))
-    ofql.update(agent, batch, args, step=15)
+    ofql.update(agent, batch, args, step=torch.tensor(15))
     for p_ema, p_old, p in zip(agent.actor_ema.parameters(), ema_before, agent.actor.parameters()):
         torch.testing.assert_close(p_ema, 0.995 * p_old + 0.005 * p)
 
@@ -149,7 +149,7 @@ def test_gradient_clipping_bounds_the_step(agent_and_batch):
     agent, batch, args = agent_and_batch
     args = dataclasses.replace(args, grad_norm=1e-3)
     batch = batch._replace(rewards=batch.rewards * 1000)
-    metrics = ofql.update(agent, batch, args, step=1)
+    metrics = ofql.update(agent, batch, args, step=torch.tensor(1))
     assert metrics["critic_grad_norm"] > 1e-3  # the norm reported is the norm before clipping
 
 

@@ -15,8 +15,8 @@ from conftest import ROOT
 
 MODULES = (ofql, dql, fql)
 SHARED_SECTIONS = ("D4RL data", "Minari datasets", "Data sources", "Evaluation environments", "Evaluation",
-                   "Checkpoints", "Training loop")
-COMMON_FLAGS = ("exp_name", "env_id", "dataset_path", "seed", "torch_deterministic", "cuda", "track", "wandb_project_name",
+                   "Checkpoints", "Training step", "Training loop")
+COMMON_FLAGS = ("exp_name", "env_id", "dataset_path", "seed", "torch_deterministic", "cuda", "cuda_graph", "track", "wandb_project_name",
                 "wandb_entity", "save_model", "resume", "total_steps", "batch_size", "actor_lr", "critic_lr", "gamma", "tau",
                 "max_q_backup", "num_backup_actions", "reward_mode", "grad_norm", "eval_every", "eval_episodes",
                 "num_candidates", "log_every")
@@ -42,7 +42,7 @@ def test_the_shared_sections_are_identical_text():
             assert texts["fql"][title] == texts["ofql"][title], f"fql.py's section '{title}' differs from ofql.py's"
     # the same sections in the same order (the titles of the ALGO LOGIC sections name each algorithm's parts)
     order = {name: [t.split(":")[0] for t in found] for name, found in texts.items()}
-    assert order["dql"] == order["ofql"] == order["fql"] and len(order["ofql"]) == 10
+    assert order["dql"] == order["ofql"] == order["fql"] and len(order["ofql"]) == 11
 
 
 def test_the_shared_tables_and_flags_agree():
