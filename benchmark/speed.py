@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import tyro
+from torch.nn import utils as nn_utils
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,19 +137,40 @@ class CountOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count_ops(module, domain, script_args) -> int:
-    """ATen operators of one iteration on the CPU (foreach Adam, as on CUDA); on CUDA each is about one kernel."""
+def count_ops(module, domain, script_args) -> dict:
+    """ATen operators of the parts of one iteration on the CPU (foreach Adam, as on CUDA); on CUDA each is about one
+    kernel, and a graph replay costs about their number times a few microseconds."""
     buffer = module.OfflineBuffer(synthetic_data(domain.obs_dim, domain.act_dim, 1000), torch.device("cpu"))
     agent = module.make_agent(domain.obs_dim, domain.act_dim, script_args, torch.device("cpu"))
-    for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
-        optimizer.defaults["foreach"] = True
+    optimizers = (agent.critic_optimizer, agent.actor_optimizer)
+    for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["foreach"] = True
-    train_step = module.TrainStep(agent, buffer, script_args, torch.device("cpu"), last_step=0)
-    train_step()  # creates Adam's state
-    with CountOps() as counter:
-        train_step()
-    return counter.count
+    module.TrainStep(agent, buffer, script_args, torch.device("cpu"), last_step=0)()  # creates Adam's state
+    counts = {}
+
+    def counted(part, fn):
+        with CountOps() as counter:
+            out = fn()
+        counts[part] = counter.count
+        return out
+
+    batch = counted("batch", lambda: buffer.sample(script_args.batch_size))
+    losses = (counted("critic loss", lambda: module.critic_loss_fn(agent, batch, script_args)[0]),
+              counted("actor loss", lambda: module.actor_loss_fn(agent, batch, script_args)[0]))
+    modules = (agent.critic, agent.actor)
+
+    def backward():
+        for optimizer, loss in zip(optimizers, losses):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+
+    counted("backward", backward)
+    counted("clipping", lambda: [nn_utils.clip_grad_norm_(m.parameters(), 1.0) for m in modules])
+    counted("Adam", lambda: [optimizer.step() for optimizer in optimizers])
+    counted("targets", lambda: module.update_targets(agent, script_args, torch.tensor(5)))
+    counts["iteration"] = sum(counts.values())
+    return counts
 
 
 def device_name(device: torch.device) -> str:
@@ -199,7 +221,7 @@ def main(args: Args) -> dict:
             "updates_per_sec": {path: 1 / t for path, t in per_update.items()},
             "hours_per_1M_updates": {path: t * 1e6 / 3600 for path, t in per_update.items()},
             "decisions_per_sec": {str(k): statistics.median(v) for (n, k), v in rates.items() if n == name},
-            "ops_per_iteration": count_ops(module, domain, script_args),
+            "ops": count_ops(module, domain, script_args),
         }
     a = result["algorithms"]
     ratios = {}
@@ -234,13 +256,18 @@ def write(result: dict, args: Args) -> None:
         k = max(d, key=int)
         lines.append(f"| {name} | " + " | ".join(f"{r['updates_per_sec'][p]:.1f}" for p in paths) + " | "
                      + " | ".join(f"{r['hours_per_1M_updates'][p]:.2f}" for p in paths)
-                     + f" | {d['1']:.2f} | {d[k]:.3f} ({k}) | {r['ops_per_iteration']} |")
+                     + f" | {d['1']:.2f} | {d[k]:.3f} ({k}) | {r['ops']['iteration']} |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
     profile = result["update_profile_ms"]
     parts = list(next(iter(profile.values())))
     lines += ["", "Where one update's time goes (ms):", "", "| script | " + " | ".join(parts) + " |",
               "|---|" + "---:|" * len(parts)]
     lines += [f"| {name} | " + " | ".join(f"{p[k]:.1f}" for k in parts) + " |" for name, p in profile.items()]
+    ops = {name: r["ops"] for name, r in result["algorithms"].items()}
+    parts = list(next(iter(ops.values())))
+    lines += ["", "ATen operators per part of one iteration (about the CUDA kernels a graph replays):", "",
+              "| script | " + " | ".join(parts) + " |", "|---|" + "---:|" * len(parts)]
+    lines += [f"| {name} | " + " | ".join(str(c[k]) for k in parts) + " |" for name, c in ops.items()]
     with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:

@@ -73,5 +73,7 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
         a["dql"]["updates_per_sec"]["eager"] / a["ofql"]["updates_per_sec"]["eager"])
     assert a["ofql"]["hours_per_1M_updates"]["eager"] == pytest.approx(1e6 / a["ofql"]["updates_per_sec"]["eager"] / 3600)
     # DQL's 5-step chain (back-propagated) runs more operators than OFQL's one JVP and one-step policy
-    assert a["dql"]["ops_per_iteration"] > a["ofql"]["ops_per_iteration"] > 100
+    assert a["dql"]["ops"]["iteration"] > a["ofql"]["ops"]["iteration"] > 100
+    assert a["ofql"]["ops"]["iteration"] == sum(v for k, v in a["ofql"]["ops"].items() if k != "iteration")
+    assert a["dql"]["ops"]["critic loss"] > 2 * a["ofql"]["ops"]["critic loss"]  # 5 denoising calls against 1
     assert "| ofql |" in open(tmp_path / "cpu.md").read() and json.load(open(tmp_path / "cpu.json")) == result
