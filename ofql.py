@@ -1010,24 +1010,56 @@ def select_action(agent: Agent, obs: torch.Tensor, num_candidates: int) -> torch
     if num_candidates == 1:
         return actions[:, 0]
     q = agent.critic_target.q_min(obs_rep, actions.flatten(0, 1)).view(len(obs), num_candidates)
-    idx = torch.multinomial(F.softmax(q, dim=-1), 1).squeeze(-1)
+    # softmax(q) sampled as argmax(q - log E), E ~ Exp(1): torch.multinomial's own draw for one sample (the same
+    # numbers), without its check of the probabilities on the host, which a CUDA graph cannot hold
+    idx = (q - torch.empty_like(q).exponential_().log()).argmax(dim=-1)
     return actions[torch.arange(len(obs), device=obs.device), idx]
+
+
+class ActionSelector:
+    """select_action on batches of `batch_size` states. With `use_graph` (CUDA and --cuda-graph) it is captured once
+    as a CUDA graph and each call is one replay: the observations are copied in, the actions come out in a tensor
+    that the next call overwrites. The graph reads the networks in place, so it stays valid while they train."""
+
+    def __init__(self, agent: Agent, num_candidates: int, batch_size: int, obs_dim: int, device: torch.device, use_graph: bool):
+        self.agent, self.num_candidates, self.graph = agent, num_candidates, None
+        if use_graph:
+            self.obs = torch.zeros(batch_size, obs_dim, device=device)
+            stream = torch.cuda.Stream(device)  # warm-up on a side stream, then capture
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                select_action(agent, self.obs, num_candidates)
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(self.graph):
+                    self.actions = select_action(agent, self.obs, num_candidates)
+            except RuntimeError as e:
+                raise UserError(f"capturing the policy as a CUDA graph failed ({e}); run with --no-cuda-graph") from e
+
+    def __call__(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            return select_action(self.agent, obs, self.num_candidates)
+        self.obs.copy_(obs)
+        self.graph.replay()
+        return self.actions
 
 
 def make_eval_envs(source: DataSource, num_envs: int) -> Optional[gym.vector.VectorEnv]:
     return None if source.make_env is None else gym.vector.SyncVectorEnv([source.make_env] * num_envs)
 
 
-def evaluate(agent: Agent, envs: gym.vector.VectorEnv, source: DataSource, args: Args, device: torch.device) -> dict:
-    """One episode per sub-environment, all in parallel. Returns the returns, the normalized scores (None without
-    reference returns) and the policy's decision rate (action batches per second, policy time only)."""
+def evaluate(policy: Callable[[torch.Tensor], torch.Tensor], envs: gym.vector.VectorEnv, source: DataSource, args: Args,
+             device: torch.device) -> dict:
+    """One episode per sub-environment, all in parallel, with `policy` (an ActionSelector). Returns the returns, the
+    normalized scores (None without reference returns) and the decision rate (action batches per second, policy
+    time only)."""
     obs, _ = envs.reset(seed=args.seed + 100)
     returns, finished = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
     policy_time, decisions = 0.0, 0
     while not finished.all():
         start = time.perf_counter()
-        actions = select_action(agent, torch.as_tensor(obs, dtype=torch.float32, device=device), args.num_candidates)
-        actions = actions.cpu().numpy()
+        actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         policy_time, decisions = policy_time + time.perf_counter() - start, decisions + 1
         obs, rewards, terminations, truncations, _ = envs.step(actions)
         returns += np.where(finished, 0.0, rewards)
@@ -1163,7 +1195,10 @@ def train(args: Args) -> str:
             with open(metrics_path, "w") as f:
                 f.writelines(kept)
     train_step = TrainStep(agent, buffer, args, device, last_step=start_step - 1)  # after the resume: it sets Adam's mode
-    print(f"training on {device}: " + ("one CUDA graph per iteration (--no-cuda-graph: eager)" if train_step.use_graph else "eager"))
+    if envs is not None:
+        policy = ActionSelector(agent, args.num_candidates, args.eval_episodes, source.obs_dim, device, train_step.use_graph)
+    print(f"training on {device}: " + ("one CUDA graph per iteration and one for the policy (--no-cuda-graph: eager)"
+                                       if train_step.use_graph else "eager"))
     config = {**vars(args), "device": str(device), "training_step": "cuda_graph" if train_step.use_graph else "eager",
               "transitions": buffer.size, "torch": torch.__version__}
     with open(os.path.join(run_dir, "config.json"), "w") as f:
@@ -1203,7 +1238,7 @@ def train(args: Args) -> str:
                             "learning rate, or a --grad-norm)")
         record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
         if envs is not None and eval_step:
-            evals.append({"step": step, **evaluate(agent, envs, source, args, device)})
+            evals.append({"step": step, **evaluate(policy, envs, source, args, device)})
             record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step" and v is not None})
         tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         log(record)

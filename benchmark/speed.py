@@ -6,7 +6,7 @@
 Training: each script's TrainStep (update() on a batch drawn on the device) on a synthetic dataset of the given
 shape, timed over --updates iterations after --warmup iterations, with one device sync at the end of each timed block;
 on CUDA for both paths, eager and the CUDA graph (the fast path; the warm-up covers its capture). Decision frequency
-(Appendix D of the OFQL paper): batches of --decision-batch states per second through `select_action`, with 1
+(Appendix D of the OFQL paper): batches of --decision-batch states per second through `ActionSelector`, with 1
 candidate and with each script's evaluation candidates. The algorithms take turns in --rounds rounds and each
 figure is the median over the rounds, so that a slow phase of the machine hits all three alike. Also: where one
 eager update's time goes, and how many ATen operators (about the kernels a CUDA graph replays) one iteration runs.
@@ -89,13 +89,13 @@ def time_updates(train_step, args: Args, device) -> float:
     return (time.perf_counter() - start) / args.updates
 
 
-def time_decisions(module, agent, obs: torch.Tensor, candidates: int, args: Args, device) -> float:
-    """Decision batches per second (the actions are copied to the host, as evaluation does)."""
-    module.select_action(agent, obs, candidates).cpu()
+def time_decisions(policy, obs: torch.Tensor, args: Args, device) -> float:
+    """Decision batches per second through an ActionSelector (the actions are copied to the host, as evaluation does)."""
+    policy(obs).cpu()
     sync(device)
     start = time.perf_counter()
     for _ in range(args.decisions):
-        module.select_action(agent, obs, candidates).cpu()
+        policy(obs).cpu()
     return args.decisions / (time.perf_counter() - start)
 
 
@@ -201,14 +201,16 @@ def main(args: Args) -> dict:
         setups[name] = (module, script_args, steps, buffer)
     obs = torch.as_tensor(data["observations"][: args.decision_batch], device=device)
     seconds = {(name, path): [] for name in setups for path in paths}
-    rates = {(name, k): [] for name, (_, a, _, _) in setups.items() for k in sorted({1, a.num_candidates})}
+    policies = {(name, path, k): module.ActionSelector(steps[path].agent, k, len(obs), domain.obs_dim, device, path == "cuda_graph")
+                for name, (module, a, steps, _) in setups.items() for path in paths for k in sorted({1, a.num_candidates})}
+    rates = {key: [] for key in policies}
     for r in range(args.rounds):
         for name, (module, script_args, steps, buffer) in setups.items():
             for path, train_step in steps.items():
                 seconds[(name, path)].append(time_updates(train_step, args, device))
-            for (n, k) in rates:
+            for (n, path, k), policy in policies.items():
                 if n == name:
-                    rates[(n, k)].append(time_decisions(module, steps["eager"].agent, obs, k, args, device))
+                    rates[(n, path, k)].append(time_decisions(policy, obs, args, device))
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {p} {1 / s[-1]:.1f} updates/s" for (n, p), s in seconds.items()),
               flush=True)
 
@@ -220,20 +222,20 @@ def main(args: Args) -> dict:
         result["algorithms"][name] = {
             "updates_per_sec": {path: 1 / t for path, t in per_update.items()},
             "hours_per_1M_updates": {path: t * 1e6 / 3600 for path, t in per_update.items()},
-            "decisions_per_sec": {str(k): statistics.median(v) for (n, k), v in rates.items() if n == name},
+            "decisions_per_sec": {path: {str(k): statistics.median(v) for (n, p, k), v in rates.items() if n == name and p == path}
+                                  for path in paths},
             "ops": count_ops(module, domain, script_args),
         }
     a = result["algorithms"]
     ratios = {}
     for path in paths:
-        if "ofql" in a and "dql" in a:
-            ratios[f"OFQL/DQL training time, {path}"] = a["dql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
         if "ofql" in a and "fql" in a:
             ratios[f"OFQL/FQL training time, {path}"] = a["fql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
-    if "ofql" in a and "dql" in a:
-        ratios["OFQL/DQL decision frequency, 1 candidate"] = a["ofql"]["decisions_per_sec"]["1"] / a["dql"]["decisions_per_sec"]["1"]
-        if "50" in a["ofql"]["decisions_per_sec"] and "50" in a["dql"]["decisions_per_sec"]:
-            ratios["OFQL/DQL decision frequency, 50 candidates"] = a["ofql"]["decisions_per_sec"]["50"] / a["dql"]["decisions_per_sec"]["50"]
+        if "ofql" in a and "dql" in a:
+            ratios[f"OFQL/DQL training time, {path}"] = a["dql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
+            ofql_rates, dql_rates = a["ofql"]["decisions_per_sec"][path], a["dql"]["decisions_per_sec"][path]
+            for k in sorted(set(ofql_rates) & set(dql_rates), key=int):
+                ratios[f"OFQL/DQL decision frequency, {k} candidate{'s' * (k != '1')}, {path}"] = ofql_rates[k] / dql_rates[k]
     result["ratios"] = ratios
     result["update_profile_ms"] = {name: profile_update(module, steps["eager"].agent, buffer, script_args, device)
                                    for name, (module, script_args, steps, buffer) in setups.items()}
@@ -249,14 +251,16 @@ def write(result: dict, args: Args) -> None:
              f"decision batches of {result['decision_batch']} states; median over {result['rounds']} rounds of "
              f"{result['updates_per_round']} updates.", "",
              "| script | " + " | ".join(f"updates/s, {p}" for p in paths) + " | " + " | ".join(f"hours per 1M, {p}" for p in paths)
-             + " | decisions/s, 1 candidate | decisions/s, evaluation candidates | ATen ops per iteration |",
-             "|---|" + "---:|" * (2 * len(paths) + 3)]
+             + " | " + " | ".join(f"decisions/s, 1 candidate, {p} | decisions/s, evaluation candidates, {p}" for p in paths)
+             + " | ATen ops per iteration |", "|---|" + "---:|" * (4 * len(paths) + 1)]
     for name, r in result["algorithms"].items():
-        d = r["decisions_per_sec"]
-        k = max(d, key=int)
+        decisions = []
+        for p in paths:
+            d = r["decisions_per_sec"][p]
+            decisions += [f"{d['1']:.2f}", f"{d[max(d, key=int)]:.3f} ({max(d, key=int)})"]
         lines.append(f"| {name} | " + " | ".join(f"{r['updates_per_sec'][p]:.1f}" for p in paths) + " | "
-                     + " | ".join(f"{r['hours_per_1M_updates'][p]:.2f}" for p in paths)
-                     + f" | {d['1']:.2f} | {d[k]:.3f} ({k}) | {r['ops']['iteration']} |")
+                     + " | ".join(f"{r['hours_per_1M_updates'][p]:.2f}" for p in paths) + " | " + " | ".join(decisions)
+                     + f" | {r['ops']['iteration']} |")
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
     profile = result["update_profile_ms"]
     parts = list(next(iter(profile.values())))

@@ -66,8 +66,10 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
     result = speed.main(speed.Args(device="cpu", updates=2, warmup=1, rounds=1, decisions=1, decision_batch=8,
                                    dataset_size=1000, out_dir=str(tmp_path)))
     a = result["algorithms"]
-    assert set(a) == {"ofql", "dql", "fql"} and set(a["ofql"]["decisions_per_sec"]) == {"1", "50"}
-    assert set(a["fql"]["decisions_per_sec"]) == {"1"}  # FQL evaluates its one-step policy only
+    assert set(a) == {"ofql", "dql", "fql"} and set(a["ofql"]["decisions_per_sec"]["eager"]) == {"1", "50"}
+    assert set(a["fql"]["decisions_per_sec"]["eager"]) == {"1"}  # FQL evaluates its one-step policy only
+    assert result["ratios"]["OFQL/DQL decision frequency, 50 candidates, eager"] == pytest.approx(
+        a["ofql"]["decisions_per_sec"]["eager"]["50"] / a["dql"]["decisions_per_sec"]["eager"]["50"])
     assert result["paths"] == ["eager"]  # the CUDA graph exists on CUDA only
     assert result["ratios"]["OFQL/DQL training time, eager"] == pytest.approx(
         a["dql"]["updates_per_sec"]["eager"] / a["ofql"]["updates_per_sec"]["eager"])

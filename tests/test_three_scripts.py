@@ -79,16 +79,15 @@ def test_all_three_compute_identical_scores():
         assert all(np.array_equal(s, scores[0]) for s in scores)
 
 
-def test_all_three_evaluate_a_policy_identically(monkeypatch):
+def test_all_three_evaluate_a_policy_identically():
     """The same fixed policy, run through each script's evaluate(), gets the same episodes and the same score."""
     weights = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (11, 3)).astype(np.float32))
     args = ofql.Args(env_id="hopper-medium-v2", eval_episodes=2, seed=5)
     results = []
     for m in MODULES:
-        monkeypatch.setattr(m, "select_action", lambda agent, obs, k: torch.tanh(obs @ weights))
         source = m.DataSource({}, "", 11, 3, m.d4rl_eval_env_factory(args.env_id), "Hopper-v4", *ofql.DOMAINS["hopper"][:2])
         envs = m.make_eval_envs(source, args.eval_episodes)
-        result = m.evaluate(None, envs, source, args, torch.device("cpu"))
+        result = m.evaluate(lambda obs: torch.tanh(obs @ weights), envs, source, args, torch.device("cpu"))
         envs.close()
         results.append({k: v for k, v in result.items() if k != "decision_rate"})
     assert results[0]["return"] != 0 and results[1] == results[0] and results[2] == results[0]

@@ -17,7 +17,8 @@ aten = torch.ops.aten
 # operators that read a tensor's value on the host (.item(), bool(t), Python control flow on a tensor) or whose
 # output shape depends on the data: each one is a device-to-host sync on CUDA and cannot be captured
 HOST_READS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-              aten.repeat_interleave.Tensor, aten._unique2.default, aten.unique_consecutive.default}
+              aten.repeat_interleave.Tensor, aten._unique2.default, aten.unique_consecutive.default,
+              aten.multinomial.default}  # multinomial checks its probabilities on the host
 
 
 class RecordHostReads(TorchDispatchMode):
@@ -58,6 +59,49 @@ def test_an_iteration_never_reads_a_value_back_to_the_host(module):
     with RecordHostReads() as recorder:  # the recorder does see one: Python control flow on a tensor
         assert bool(train_step()["critic_loss"] >= 0)
     assert recorder.found == ["aten._local_scalar_dense.default"]
+
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_choosing_an_action_never_reads_a_value_back_to_the_host(module):
+    args, agent, _ = small_setup(module, torch.device("cpu"))
+    with RecordHostReads() as recorder:
+        for k in (1, 50):
+            module.ActionSelector(agent, k, 10, OBS, torch.device("cpu"), use_graph=False)(torch.randn(10, OBS))
+    assert recorder.found == []
+
+
+def test_the_candidate_is_drawn_from_softmax_q():
+    """select_action's draw (argmax of q - log E, E ~ Exp(1), which needs no host read) against softmax(q): with
+    q = 3 a_0 and the candidates regenerated from the same seed, the best candidate of each state is picked as often
+    as softmax(q) says, summed over 20,000 states (a plain argmax or a wrong temperature is many sigmas off)."""
+
+    class Linear(torch.nn.Module):
+        def q_min(self, obs, actions):
+            return 3.0 * actions[:, :1]
+
+    _, agent, _ = small_setup(ofql, torch.device("cpu"))
+    agent = dataclasses.replace(agent, critic_target=Linear())
+    obs, k = torch.randn(20_000, OBS), 3
+    torch.manual_seed(1)
+    chosen = ofql.select_action(agent, obs, k)
+    torch.manual_seed(1)  # the same noise: the same candidates
+    candidates = ofql.sample_actions(agent.actor, obs.repeat_interleave(k, dim=0)).view(len(obs), k, -1)
+    picked = (candidates == chosen[:, None]).all(dim=-1)
+    assert (picked.sum(dim=1) >= 1).all()  # the returned action is one of the candidates
+    distinct = picked.sum(dim=1) == 1  # (clipping to [-1, 1] makes a few candidates equal)
+    assert distinct.float().mean() > 0.9
+    picked, candidates = picked[distinct], candidates[distinct]
+    p = torch.softmax(3.0 * candidates[:, :, 0], dim=-1)
+    best = p.argmax(dim=1, keepdim=True)
+    expected, got = p.gather(1, best).sum().item(), picked.gather(1, best).sum().item()
+    sigma = (p.gather(1, best) * (1 - p.gather(1, best))).sum().item() ** 0.5
+    assert abs(got - expected) < 4 * sigma and len(p) - expected > 40 * sigma
+    # the rule is torch.multinomial's draw for one sample, number for number (minus its host-side check)
+    q = torch.randn(1000, 7)
+    torch.manual_seed(2)
+    reference = torch.multinomial(torch.softmax(q, dim=-1), 1).squeeze(-1)
+    torch.manual_seed(2)
+    assert torch.equal((q - torch.empty_like(q).exponential_().log()).argmax(dim=-1), reference)
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -145,3 +189,24 @@ def test_cuda_iterations_make_no_device_sync(module, cuda_graph):
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert (train_step.graph is not None) == cuda_graph
+
+
+@cuda
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_the_captured_policy_chooses_the_eager_actions(module):
+    """Same seed, same actions, with 1 and 50 candidates; and the graph reads the networks in place, so it follows
+    them when they change."""
+    device = torch.device("cuda")
+    _, agent, _ = small_setup(module, device)
+    obs = torch.randn(10, OBS, device=device)
+    for k in (1, 50):
+        eager = module.ActionSelector(agent, k, 10, OBS, device, use_graph=False)
+        graph = module.ActionSelector(agent, k, 10, OBS, device, use_graph=True)
+        for change in (0.0, 0.05):
+            with torch.no_grad():
+                for p in agent.actor.parameters():
+                    p.add_(change)
+            torch.manual_seed(3)
+            expected = eager(obs).clone()
+            torch.manual_seed(3)
+            torch.testing.assert_close(graph(obs).clone(), expected, rtol=1e-5, atol=1e-6)
