@@ -1027,7 +1027,7 @@ class ActionSelector:
             self.obs = torch.zeros(batch_size, obs_dim, device=device)
             stream = torch.cuda.Stream(device)  # warm-up on a side stream, then capture
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
+            with torch.cuda.stream(stream), torch.random.fork_rng(devices=[device]):  # leaves training's noise as it was
                 select_action(agent, self.obs, num_candidates)
             torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()

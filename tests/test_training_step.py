@@ -153,7 +153,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_replays_compute_the_eager_iterations(module):
     """Same initial networks and seed: the eager path (plain Adam) and the fast path (3 eager warm-up iterations on a
     side stream, a capture, replays with capturable Adam) give the same metrics at every step and the same networks.
-    The random numbers are the same too: a replay starts at the generator's offset, as the eager kernels do."""
+    The random numbers are the same too: a replay starts at the generator's offset, as the eager kernels do, and
+    capturing the evaluation policy leaves the generator as it found it."""
     device = torch.device("cuda")
     args, eager_agent, buffer = small_setup(module, device, cuda_graph=False)
     _, graph_agent, _ = small_setup(module, device, cuda_graph=True)
@@ -162,6 +163,8 @@ def test_cuda_graph_replays_compute_the_eager_iterations(module):
         train_step = module.TrainStep(agent, buffer, flags, device, last_step=0)
         assert train_step.use_graph == (name == "graph")
         torch.manual_seed(7)
+        # as in train(): the evaluation policy is built (and, on the fast path, captured) before the first iteration
+        module.ActionSelector(agent, 50, 4, OBS, device, use_graph=name == "graph")
         runs[name] = [{k: v.clone() for k, v in train_step().items()} for _ in range(10)]
         assert int(train_step.step) == 10
     for step, (e, g) in enumerate(zip(runs["eager"], runs["graph"]), start=1):
