@@ -1035,13 +1035,14 @@ class ActionSelector:
     as a CUDA graph and each call is one replay: the observations are copied in, the actions come out in a tensor
     that the next call overwrites. The graph reads the networks in place, so it stays valid while they train."""
 
-    def __init__(self, agent: Agent, num_candidates: int, batch_size: int, obs_dim: int, device: torch.device, use_graph: bool):
+    def __init__(self, agent: Agent, num_candidates: int, batch_size: int, obs_dim: int, device: torch.device,
+                 use_graph: bool):
         self.agent, self.num_candidates, self.graph = agent, num_candidates, None
         if use_graph:
             self.obs = torch.zeros(batch_size, obs_dim, device=device)
             stream = torch.cuda.Stream(device)  # warm-up on a side stream, then capture
             stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream), torch.random.fork_rng(devices=[device]):  # leaves training's noise as it was
+            with torch.cuda.stream(stream), torch.random.fork_rng(devices=[device]):  # training's noise stays as it was
                 select_action(agent, self.obs, num_candidates)
             torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
@@ -1166,7 +1167,8 @@ class TrainStep:
                 with torch.cuda.graph(self.graph):
                     self.metrics = self.iteration()
             except RuntimeError as e:
-                raise UserError(f"capturing the training step as a CUDA graph failed ({e}); run with --no-cuda-graph") from e
+                raise UserError(f"capturing the training step as a CUDA graph failed ({e}); "
+                                "run with --no-cuda-graph") from e
         self.graph.replay()
         return self.metrics
 
@@ -1208,9 +1210,10 @@ def train(args: Args) -> str:
                 kept = [line for line in f if json.loads(line)["step"] <= state["step"]]
             with open(metrics_path, "w") as f:
                 f.writelines(kept)
-    train_step = TrainStep(agent, buffer, args, device, last_step=start_step - 1)  # after the resume: it sets Adam's mode
+    train_step = TrainStep(agent, buffer, args, device, last_step=start_step - 1)  # after the resume (Adam's mode)
     if envs is not None:
-        policy = ActionSelector(agent, args.num_candidates, args.eval_episodes, source.obs_dim, device, train_step.use_graph)
+        policy = ActionSelector(agent, args.num_candidates, args.eval_episodes, source.obs_dim, device,
+                                train_step.use_graph)
     print(f"training on {device}: " + ("one CUDA graph per iteration and one for the policy (--no-cuda-graph: eager)"
                                        if train_step.use_graph else "eager"))
     config = {**vars(args), "device": str(device), "training_step": "cuda_graph" if train_step.use_graph else "eager",
