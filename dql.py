@@ -1157,7 +1157,8 @@ class TrainStep:
         if self.eager_calls_left > 0:  # warm-up iterations on a side stream (PyTorch's notes on CUDA graphs)
             self.eager_calls_left -= 1
             self.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(self.stream):
+            with torch.cuda.stream(self.stream), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # until capture
                 metrics = self.iteration()
             torch.cuda.current_stream().wait_stream(self.stream)
             return metrics
