@@ -1,6 +1,7 @@
-"""The training step of the three scripts (TrainStep): what makes it capturable as a CUDA graph, checked on the CPU
-(no value read back to the host, Adam's capturable mode set and undone across checkpoints), and, where CUDA is
-present, that the captured graph computes what the eager iterations compute."""
+"""The fast path of the three scripts (TrainStep, ActionSelector): what makes the training iteration and the policy
+capturable as CUDA graphs, checked on the CPU (no value read back to the host, the softmax(Q) candidate draw, Adam's
+capturable mode set and undone across checkpoints), and, where CUDA is present, that the captured graphs compute
+what the eager code computes."""
 import dataclasses
 
 import pytest
