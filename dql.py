@@ -99,7 +99,8 @@ class Args:
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env (preset)"""
     num_candidates: int = 50
-    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample (preset)"""
+    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample
+    (preset); with more, the policy's own sample is evaluated too (eval/policy_score)"""
     log_every: int = 1000
     """print and record the mean training metrics every this many steps"""
 
@@ -634,8 +635,9 @@ def critic_loss_fn(agent: Agent, batch: Batch, args: Args) -> tuple[torch.Tensor
 
 
 def actor_loss_fn(agent: Agent, batch: Batch, args: Args) -> tuple[torch.Tensor, dict]:
-    """L_DBC - eta * Q(s, a_pi) / E|Q| (Eq. 7); the normaliser is a constant. As in DQL, a coin flip
-    picks which head is maximised and which one normalises."""
+    """L_DBC - eta * Q(s, a_pi) / E|Q| (Eq. 7); the normaliser is a constant. The paper writes E|Q| over dataset
+    actions; the code, as DQL's and the OFQL author's, takes it at the policy's actions, from the other head of a
+    coin flip between the twin heads (one head is maximised, the other normalises)."""
     bc_loss = behavior_cloning_loss(agent.actor, batch.obs, batch.actions)
     q1, q2 = agent.critic(batch.obs, sample_actions(agent.actor, batch.obs))
     flip = torch.rand((), device=q1.device) < 0.5
@@ -1215,6 +1217,10 @@ def train(args: Args) -> str:
     if envs is not None:
         policy = ActionSelector(agent, args.num_candidates, args.eval_episodes, source.obs_dim, device,
                                 train_step.use_graph)
+        # with candidates, the policy's own sample is evaluated too: a low score with both is a poor policy, a low
+        # score with candidates only is a critic that cannot rank them yet (early in a run)
+        own_policy = None if args.num_candidates == 1 else ActionSelector(
+            agent, 1, args.eval_episodes, source.obs_dim, device, train_step.use_graph)
     print(f"training on {device}: " + ("one CUDA graph per iteration and one for the policy (--no-cuda-graph: eager)"
                                        if train_step.use_graph else "eager"))
     config = {**vars(args), "device": str(device), "training_step": "cuda_graph" if train_step.use_graph else "eager",
@@ -1257,6 +1263,9 @@ def train(args: Args) -> str:
         record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
         if envs is not None and eval_step:
             evals.append({"step": step, **evaluate(policy, envs, source, args, device)})
+            if own_policy is not None:
+                own = evaluate(own_policy, envs, source, args, device)
+                evals[-1].update({f"policy_{k}": own[k] for k in ("score", "score_std", "return", "return_std")})
             record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step" and v is not None})
         tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         log(record)
@@ -1275,7 +1284,8 @@ def train(args: Args) -> str:
         "final_score": evals[-1]["score"] if evals else None, "final_score_std": evals[-1]["score_std"] if evals else None,
         "best_score": best["score"] if best else None, "best_score_std": best["score_std"] if best else None,
         "best_step": best["step"] if best else None, "final_return": evals[-1]["return"] if evals else None,
-        "best_return": best["return"] if best else None, "decision_rate": evals[-1]["decision_rate"] if evals else None, "evaluations": evals,
+        "best_return": best["return"] if best else None,
+        "final_policy_score": evals[-1].get("policy_score") if evals else None, "decision_rate": evals[-1]["decision_rate"] if evals else None, "evaluations": evals,
     }
     summary_path = os.path.join(run_dir, "summary.json")
     with open(summary_path, "w") as f:

@@ -97,7 +97,8 @@ class Args:
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env (preset)"""
     num_candidates: int = 1
-    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample (preset)"""
+    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample
+    (preset); with more, the policy's own sample is evaluated too (eval/policy_score)"""
     log_every: int = 1000
     """print and record the mean training metrics every this many steps"""
 
@@ -115,25 +116,26 @@ class Preset:
 
 
 # AntMaze and pen: FQL's published flags (alpha, q_agg, 500k steps, IQL's AntMaze reward, raw Q term). MuJoCo and
-# Kitchen, which FQL never ran: its advice for new tasks (normalised Q term) with alpha = 1 / eta of ofql.py's
-# preset (the same weight of Q against the BC terms) and OFQL's step budget. README.md "Presets" has the sources.
+# Kitchen, which FQL never ran: as the OFQL authors ran FQL there (Appendix N), the normalised Q term and alpha from
+# the grid {0.03, 0.1, 0.3, 1, 3, 10}; our rule: the grid value nearest (log scale) to 1 / eta of ofql.py's preset,
+# which is 10 for every one (eta <= 0.1), with OFQL's step budget. README.md "Presets" has the sources.
 _FQL = dict(normalize_q=False, total_steps=500_000, eval_episodes=100)
 PRESETS = {
     "halfcheetah-medium-v2": Preset(alpha=10.0),
     "halfcheetah-medium-replay-v2": Preset(alpha=10.0),
     "halfcheetah-medium-expert-v2": Preset(alpha=10.0),
-    "hopper-medium-v2": Preset(alpha=100.0),
-    "hopper-medium-replay-v2": Preset(alpha=100.0),
-    "hopper-medium-expert-v2": Preset(alpha=100.0),
+    "hopper-medium-v2": Preset(alpha=10.0),
+    "hopper-medium-replay-v2": Preset(alpha=10.0),
+    "hopper-medium-expert-v2": Preset(alpha=10.0),
     "walker2d-medium-v2": Preset(alpha=10.0),
-    "walker2d-medium-replay-v2": Preset(alpha=100.0),
+    "walker2d-medium-replay-v2": Preset(alpha=10.0),
     "walker2d-medium-expert-v2": Preset(alpha=10.0),
     "antmaze-medium-play-v2": Preset(alpha=10.0, reward_mode="iql_antmaze", **_FQL),
     "antmaze-medium-diverse-v2": Preset(alpha=10.0, reward_mode="iql_antmaze", **_FQL),
     "antmaze-large-play-v2": Preset(alpha=3.0, reward_mode="iql_antmaze", **_FQL),
     "antmaze-large-diverse-v2": Preset(alpha=3.0, reward_mode="iql_antmaze", **_FQL),
-    "kitchen-mixed-v0": Preset(alpha=1000.0, total_steps=1_000_000, eval_episodes=100),
-    "kitchen-partial-v0": Preset(alpha=1000.0, total_steps=1_000_000, eval_episodes=100),
+    "kitchen-mixed-v0": Preset(alpha=10.0, total_steps=1_000_000, eval_episodes=100),
+    "kitchen-partial-v0": Preset(alpha=10.0, total_steps=1_000_000, eval_episodes=100),
     "pen-human-v1": Preset(alpha=10000.0, q_agg="min", **_FQL),
     "pen-cloned-v1": Preset(alpha=10000.0, q_agg="min", **_FQL),
 }
@@ -1176,6 +1178,10 @@ def train(args: Args) -> str:
     if envs is not None:
         policy = ActionSelector(agent, args.num_candidates, args.eval_episodes, source.obs_dim, device,
                                 train_step.use_graph)
+        # with candidates, the policy's own sample is evaluated too: a low score with both is a poor policy, a low
+        # score with candidates only is a critic that cannot rank them yet (early in a run)
+        own_policy = None if args.num_candidates == 1 else ActionSelector(
+            agent, 1, args.eval_episodes, source.obs_dim, device, train_step.use_graph)
     print(f"training on {device}: " + ("one CUDA graph per iteration and one for the policy (--no-cuda-graph: eager)"
                                        if train_step.use_graph else "eager"))
     config = {**vars(args), "device": str(device), "training_step": "cuda_graph" if train_step.use_graph else "eager",
@@ -1218,6 +1224,9 @@ def train(args: Args) -> str:
         record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
         if envs is not None and eval_step:
             evals.append({"step": step, **evaluate(policy, envs, source, args, device)})
+            if own_policy is not None:
+                own = evaluate(own_policy, envs, source, args, device)
+                evals[-1].update({f"policy_{k}": own[k] for k in ("score", "score_std", "return", "return_std")})
             record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step" and v is not None})
         tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         log(record)
@@ -1236,7 +1245,8 @@ def train(args: Args) -> str:
         "final_score": evals[-1]["score"] if evals else None, "final_score_std": evals[-1]["score_std"] if evals else None,
         "best_score": best["score"] if best else None, "best_score_std": best["score_std"] if best else None,
         "best_step": best["step"] if best else None, "final_return": evals[-1]["return"] if evals else None,
-        "best_return": best["return"] if best else None, "decision_rate": evals[-1]["decision_rate"] if evals else None, "evaluations": evals,
+        "best_return": best["return"] if best else None,
+        "final_policy_score": evals[-1].get("policy_score") if evals else None, "decision_rate": evals[-1]["decision_rate"] if evals else None, "evaluations": evals,
     }
     summary_path = os.path.join(run_dir, "summary.json")
     with open(summary_path, "w") as f:

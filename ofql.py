@@ -77,7 +77,7 @@ class Args:
     ema_every: int = 5
     """the EMA policy is updated every this many steps"""
     ema_start: int = 1000
-    """before this step the EMA policy is a copy of the policy"""
+    """the EMA policy starts moving at this step; before it, it is the initial network (as in DQL's code)"""
     eta: float = 0.1
     """the weight of the normalised Q term in the actor loss (Eq. 7) (preset)"""
     flow_ratio: float = 0.5
@@ -86,8 +86,8 @@ class Args:
     """the mean of the logit-normal distribution of t and r"""
     time_sigma: float = 1.0
     """the std of the logit-normal distribution of t and r"""
-    adaptive_weight_power: float = 1.0
-    """power p of MeanFlow's adaptive loss weight 1/(err + 1e-3)^p; 0 gives the plain squared error of Eq. 14"""
+    adaptive_weight_power: float = 0.0
+    """power p of MeanFlow's adaptive loss weight 1/(err + 1e-3)^p; 0 (default) is the plain squared error of Eq. 14"""
     max_q_backup: bool = False
     """if toggled, the critic target takes the max over `num_backup_actions` next actions per head (preset)"""
     num_backup_actions: int = 10
@@ -103,7 +103,8 @@ class Args:
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env (preset)"""
     num_candidates: int = 50
-    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample (preset)"""
+    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample
+    (preset); with more, the policy's own sample is evaluated too (eval/policy_score)"""
     log_every: int = 1000
     """print and record the mean training metrics every this many steps"""
 
@@ -122,8 +123,8 @@ class Preset:
     num_candidates: int = 50
 
 
-# eta from the paper's grid {0.001, 0.01, 0.1, 0.3, 0.5}; grad_norm, lr, reward and evaluation rules from DQL's
-# official table; total_steps from Appendix B (2000 epochs x 1000 steps for MuJoCo, 1000 otherwise).
+# eta from the paper's grid {0.001, 0.01, 0.1, 0.3, 0.5}; Adam 3e-4 for both networks (Appendix B); grad_norm, reward
+# and evaluation rules from DQL's official table; total_steps from Appendix B (2000 epochs x 1000 steps for MuJoCo).
 # README.md "Presets" names the source of every value.
 _LONG = dict(total_steps=1_000_000, eval_episodes=100)
 PRESETS = {
@@ -142,8 +143,8 @@ PRESETS = {
     "antmaze-large-diverse-v2": Preset(eta=0.3, grad_norm=7.0, max_q_backup=True, reward_mode="cql_antmaze", **_LONG),
     "kitchen-mixed-v0": Preset(eta=0.001, grad_norm=10.0, **_LONG),
     "kitchen-partial-v0": Preset(eta=0.001, grad_norm=10.0, **_LONG),
-    "pen-human-v1": Preset(eta=0.01, grad_norm=7.0, actor_lr=3e-5, reward_mode="standardize", **_LONG),
-    "pen-cloned-v1": Preset(eta=0.01, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_LONG),
+    "pen-human-v1": Preset(eta=0.01, grad_norm=7.0, reward_mode="standardize", **_LONG),
+    "pen-cloned-v1": Preset(eta=0.01, grad_norm=8.0, reward_mode="standardize", **_LONG),
 }
 
 
@@ -565,7 +566,8 @@ def meanflow_target(u_fn, a, eps, r, t):
 
 
 def behavior_cloning_loss(actor: Actor, obs, actions, args: Args) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_FBC (Eq. 14) with MeanFlow's adaptive weight; returns (loss, plain mean squared error)."""
+    """L_FBC (Eq. 14): the squared error to the stop-gradient target, weighted by MeanFlow's adaptive weight
+    1/(err + 1e-3)^p when p = --adaptive-weight-power > 0 (p = 0: Eq. 14); returns (loss, plain mean squared error)."""
     t, r = sample_t_r(len(obs), args.flow_ratio, args.time_mu, args.time_sigma, obs.device)
     u, u_tgt = meanflow_target(lambda a_t, r, t: actor(a_t, r, t, obs), actions, torch.randn_like(actions), r, t)
     err = (u - u_tgt).pow(2).mean(dim=-1)
@@ -621,8 +623,9 @@ def critic_loss_fn(agent: Agent, batch: Batch, args: Args) -> tuple[torch.Tensor
 
 
 def actor_loss_fn(agent: Agent, batch: Batch, args: Args) -> tuple[torch.Tensor, dict]:
-    """L_FBC - eta * Q(s, a_pi) / E|Q| (Eq. 7, Eq. 17); the normaliser is a constant. As in DQL, a coin flip
-    picks which head is maximised and which one normalises."""
+    """L_FBC - eta * Q(s, a_pi) / E|Q| (Eq. 7); the normaliser is a constant. The paper writes E|Q| over dataset
+    actions; the code, as DQL's and the OFQL author's, takes it at the policy's actions, from the other head of a
+    coin flip between the twin heads (one head is maximised, the other normalises)."""
     bc_loss, bc_mse = behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
     q1, q2 = agent.critic(batch.obs, sample_actions(agent.actor, batch.obs))
     flip = torch.rand((), device=q1.device) < 0.5
@@ -641,11 +644,12 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 
 @torch.no_grad()
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
-    """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps (a copy of the policy
-    before `ema_start`). The EMA rate is a tensor, 0 off schedule, so the step count never leaves the device."""
+    """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps from `ema_start` on
+    (until then DQL keeps the initial network). The EMA rate is a tensor, 0 off schedule, so the step count never
+    leaves the device."""
     for p_target, p in zip(agent.critic_target.parameters(), agent.critic.parameters()):
         p_target.lerp_(p, args.tau)
-    rate = torch.where(step < args.ema_start, 1.0, 1.0 - args.ema_decay) * (step % args.ema_every == 0)
+    rate = (1.0 - args.ema_decay) * ((step >= args.ema_start) & (step % args.ema_every == 0))
     for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
         p_ema.lerp_(p, rate)
 
@@ -1201,6 +1205,10 @@ def train(args: Args) -> str:
     if envs is not None:
         policy = ActionSelector(agent, args.num_candidates, args.eval_episodes, source.obs_dim, device,
                                 train_step.use_graph)
+        # with candidates, the policy's own sample is evaluated too: a low score with both is a poor policy, a low
+        # score with candidates only is a critic that cannot rank them yet (early in a run)
+        own_policy = None if args.num_candidates == 1 else ActionSelector(
+            agent, 1, args.eval_episodes, source.obs_dim, device, train_step.use_graph)
     print(f"training on {device}: " + ("one CUDA graph per iteration and one for the policy (--no-cuda-graph: eager)"
                                        if train_step.use_graph else "eager"))
     config = {**vars(args), "device": str(device), "training_step": "cuda_graph" if train_step.use_graph else "eager",
@@ -1243,6 +1251,9 @@ def train(args: Args) -> str:
         record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
         if envs is not None and eval_step:
             evals.append({"step": step, **evaluate(policy, envs, source, args, device)})
+            if own_policy is not None:
+                own = evaluate(own_policy, envs, source, args, device)
+                evals[-1].update({f"policy_{k}": own[k] for k in ("score", "score_std", "return", "return_std")})
             record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step" and v is not None})
         tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         log(record)
@@ -1261,7 +1272,8 @@ def train(args: Args) -> str:
         "final_score": evals[-1]["score"] if evals else None, "final_score_std": evals[-1]["score_std"] if evals else None,
         "best_score": best["score"] if best else None, "best_score_std": best["score_std"] if best else None,
         "best_step": best["step"] if best else None, "final_return": evals[-1]["return"] if evals else None,
-        "best_return": best["return"] if best else None, "decision_rate": evals[-1]["decision_rate"] if evals else None, "evaluations": evals,
+        "best_return": best["return"] if best else None,
+        "final_policy_score": evals[-1].get("policy_score") if evals else None, "decision_rate": evals[-1]["decision_rate"] if evals else None, "evaluations": evals,
     }
     summary_path = os.path.join(run_dir, "summary.json")
     with open(summary_path, "w") as f:

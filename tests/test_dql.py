@@ -167,18 +167,3 @@ def test_presets_are_dqls_table():
     args = dql.parse_args(["--env-id", "pen-human-v1", "--eta", "0.3", "--diffusion-steps", "10"])
     assert (args.eta, args.actor_lr, args.reward_mode, args.diffusion_steps) == (0.3, 3e-5, "standardize", 10)
     assert dql.parse_args(["--env-id", "walker2d-medium-v2"]).grad_norm == 1.0
-
-
-def test_ema_policy_stays_at_its_initialisation_until_step_1000(agent_and_batch):
-    """DQL's rule: every 5 steps from step 1000, ema <- 0.995 ema + 0.005 actor; before that the initial network."""
-    agent, _, args = agent_and_batch
-    initial = [p.clone() for p in agent.actor_ema.parameters()]
-    with torch.no_grad():
-        for p in agent.actor.parameters():
-            p.add_(1.0)
-    for step in (5, 995, 1001):
-        dql.update_targets(agent, args, torch.tensor(step))
-        assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters())), step
-    dql.update_targets(agent, args, torch.tensor(1000))
-    for p0, p_ema, p in zip(initial, agent.actor_ema.parameters(), agent.actor.parameters()):
-        torch.testing.assert_close(p_ema, 0.995 * p0 + 0.005 * p)

@@ -72,6 +72,22 @@ def test_script_trains_evaluates_and_writes_a_valid_run(tmp_path, hopper_file, a
     assert checkpoint["step"] == 40 and all(name in checkpoint for name in algo.Agent.__dataclass_fields__)
 
 
+def test_with_candidates_the_policys_own_sample_is_evaluated_too(tmp_path, hopper_file, monkeypatch, algo):
+    monkeypatch.chdir(tmp_path)
+    built, selector = [], algo.ActionSelector
+    monkeypatch.setattr(algo, "ActionSelector", lambda agent, k, *a: built.append(k) or selector(agent, k, *a))
+    summary = json.load(open(algo.train(algo.parse_args(small_run_flags(hopper_file, 20)))))
+    assert built == [5, 1]  # the protocol's policy, then the policy's own sample
+    e = summary["evaluations"][-1]
+    assert e["policy_score"] == pytest.approx(algo.normalized_score("hopper-medium-v2", e["policy_return"]), rel=1e-6)
+    assert summary["final_policy_score"] == e["policy_score"] and e["policy_return"] != e["return"]
+    records = read_jsonl(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0] / "metrics.jsonl")
+    assert records[-1]["eval/policy_score"] == e["policy_score"]
+    built.clear()
+    summary = json.load(open(algo.train(algo.parse_args(small_run_flags(hopper_file, 20) + ["--num-candidates", "1"]))))
+    assert built == [1] and "policy_score" not in summary["evaluations"][-1] and summary["final_policy_score"] is None
+
+
 def _comparable(records):
     return [{k: v for k, v in r.items() if k not in ("steps_per_sec", "eval/decision_rate", "decision_rate")} for r in records]
 

@@ -152,3 +152,11 @@ def test_presets_follow_fqls_flags():
     args = fql.parse_args(["--env-id", "antmaze-large-play-v2", "--alpha", "30"])
     assert (args.alpha, args.q_agg, args.reward_mode, args.grad_norm, args.num_candidates) == (30.0, "mean", "iql_antmaze", 0.0, 1)
     assert fql.parse_args(["--env-id", "hopper-medium-v2"]).normalize_q
+
+
+@pytest.mark.parametrize("env_id", [e for e in fql.PRESETS if not e.startswith(("antmaze", "pen"))])
+def test_mujoco_and_kitchen_presets_are_inside_the_papers_alpha_grid(env_id):
+    """Appendix N: the OFQL authors ran FQL on MuJoCo and Kitchen with the normalised Q term and alpha from this grid."""
+    args = fql.parse_args(["--env-id", env_id])
+    assert args.alpha in (0.03, 0.1, 0.3, 1.0, 3.0, 10.0) and args.normalize_q
+

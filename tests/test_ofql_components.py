@@ -59,15 +59,44 @@ def test_bc_loss_is_differentiable_and_its_target_is_not(agent_and_batch):
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_adaptive_weight_power_zero_is_plain_mse(agent_and_batch):
+@pytest.fixture
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def test_default_bc_loss_is_eq_14_computed_directly(float64):
+    """The default loss is Eq. 14, mean ||u(a_t, r, t) - sg(u_tgt)||^2 with u_tgt = v - (t - r) du/dt (Eq. 15), here
+    with du/dt by central finite differences along (a_t, t) -> (a_t + h v, t + h), not the JVP."""
+    torch.manual_seed(0)
+    actor, obs, actions = ofql.Actor(OBS, ACT), torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1
+    args = ofql.Args()
+    assert args.adaptive_weight_power == 0.0
+    torch.manual_seed(1)
+    loss, mse = ofql.behavior_cloning_loss(actor, obs, actions, args)
+    torch.manual_seed(1)  # the same draws, in the loss's order: (t, r), then the noise
+    t, r = ofql.sample_t_r(B, args.flow_ratio, args.time_mu, args.time_sigma, "cpu")
+    eps = torch.randn_like(actions)
+    a_t, v, h = (1 - t) * actions + t * eps, eps - actions, 1e-6
+    with torch.no_grad():
+        dudt = (actor(a_t + h * v, r, t + h, obs) - actor(a_t - h * v, r, t - h, obs)) / (2 * h)
+        expected = (actor(a_t, r, t, obs) - (v - (t - r) * dudt)).pow(2).mean()
+    assert loss.dtype == torch.float64
+    torch.testing.assert_close(loss.detach(), expected, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(mse.detach(), expected, rtol=1e-6, atol=1e-9)
+
+
+def test_adaptive_weight_power_one_is_meanflows_weighting(agent_and_batch):
     agent, batch, args = agent_and_batch
     torch.manual_seed(1)
-    loss, mse = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, dataclasses.replace(args, adaptive_weight_power=0.0))
+    loss, mse = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
     torch.testing.assert_close(loss, mse)
     torch.manual_seed(1)
-    loss_p1, mse_p1 = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
+    loss_p1, mse_p1 = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions,
+                                                 dataclasses.replace(args, adaptive_weight_power=1.0))
     torch.testing.assert_close(mse_p1, mse)
-    assert loss_p1 < 1.0  # each row's weighted error e / (e + 1e-3) is below 1
+    assert loss_p1 < 1.0 < mse  # each row's weighted error e / (e + 1e-3) is below 1
 
 
 def test_one_step_action_is_differentiable_and_bounded(agent_and_batch):
@@ -131,17 +160,16 @@ def test_update_moves_targets_by_polyak_and_ema_rules(agent_and_batch):
     agent, batch, args = agent_and_batch
     args = dataclasses.replace(args, ema_start=10, ema_every=5)
     before = [p.clone() for p in agent.critic_target.parameters()]
-    metrics = ofql.update(agent, batch, args, step=torch.tensor(5))  # before ema_start: the EMA policy is a copy
+    initial = [p.clone() for p in agent.actor_ema.parameters()]
+    metrics = ofql.update(agent, batch, args, step=torch.tensor(5))  # before ema_start: the initial network
     assert all(torch.isfinite(v) for v in metrics.values()) and not any(v.requires_grad for v in metrics.values())
     for p_target, p_old, p in zip(agent.critic_target.parameters(), before, agent.critic.parameters()):
         torch.testing.assert_close(p_target, p_old + args.tau * (p - p_old))
-    for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
-        torch.testing.assert_close(p_ema, p)
-    ema_before = [p.clone() for p in agent.actor_ema.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters()))
     ofql.update(agent, batch, args, step=torch.tensor(11))  # not a multiple of ema_every: untouched
-    assert all(torch.equal(a, b) for a, b in zip(ema_before, agent.actor_ema.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters()))
     ofql.update(agent, batch, args, step=torch.tensor(15))
-    for p_ema, p_old, p in zip(agent.actor_ema.parameters(), ema_before, agent.actor.parameters()):
+    for p_ema, p_old, p in zip(agent.actor_ema.parameters(), initial, agent.actor.parameters()):
         torch.testing.assert_close(p_ema, 0.995 * p_old + 0.005 * p)
 
 
@@ -173,6 +201,8 @@ def test_presets_become_defaults_and_flags_override_them():
     args = ofql.parse_args(["--env-id", "antmaze-large-play-v2"])
     assert (args.eta, args.max_q_backup, args.reward_mode, args.total_steps, args.grad_norm) == (0.3, True, "cql_antmaze", 1_000_000, 10.0)
     args = ofql.parse_args(["--env-id=pen-human-v1", "--eta", "0.5", "--no-max-q-backup", "--num-candidates", "1"])
-    assert (args.eta, args.actor_lr, args.reward_mode, args.num_candidates) == (0.5, 3e-5, "standardize", 1)
+    assert (args.eta, args.actor_lr, args.reward_mode, args.num_candidates) == (0.5, 3e-4, "standardize", 1)
+    # Appendix B: Adam 3e-4 for both networks, for every dataset
+    assert all(ofql.parse_args(["--env-id", e]).actor_lr == ofql.Args.critic_lr == 3e-4 for e in ofql.PRESETS)
     with pytest.raises(ofql.UserError, match="supported: halfcheetah-medium-v2"):
         ofql.parse_args(["--env-id", "hopper-medium-v3"])

@@ -2,6 +2,7 @@
 the data loader, the normalized score, the evaluation, checkpoints and the training loop. These tests keep the
 copies from drifting apart, by text and by behaviour."""
 import dataclasses
+import inspect
 import re
 
 import numpy as np
@@ -91,3 +92,23 @@ def test_all_three_evaluate_a_policy_identically():
         envs.close()
         results.append({k: v for k, v in result.items() if k != "decision_rate"})
     assert results[0]["return"] != 0 and results[1] == results[0] and results[2] == results[0]
+
+
+@pytest.mark.parametrize("module", [ofql, dql])
+def test_dql_and_ofql_share_dqls_ema_rule(module):
+    """One rule (DQL's code): the EMA policy keeps its initial network until step 1000, then every 5 steps
+    ema <- 0.995 ema + 0.005 actor. The same text in both scripts, and this behaviour."""
+    assert inspect.getsource(ofql.update_targets) == inspect.getsource(dql.update_targets)
+    torch.manual_seed(0)
+    agent = module.make_agent(11, 3, module.Args(), torch.device("cpu"))
+    initial = [p.clone() for p in agent.actor_ema.parameters()]
+    with torch.no_grad():
+        for p in agent.actor.parameters():
+            p.add_(1.0)
+    for step in (1, 5, 995, 1001):
+        module.update_targets(agent, module.Args(), torch.tensor(step))
+        assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters())), step
+    module.update_targets(agent, module.Args(), torch.tensor(1000))
+    for p0, p_ema, p in zip(initial, agent.actor_ema.parameters(), agent.actor.parameters()):
+        torch.testing.assert_close(p_ema, 0.995 * p0 + 0.005 * p)
+
