@@ -56,6 +56,9 @@ class Args:
     """where the runs, the table (results.md, results.json) and the curves (curves.png) go"""
     plot_only: bool = False
     """skip training; rebuild the table and the PNG from the runs in --out-dir"""
+    keep_rows: bool = True
+    """an (dataset, algorithm) with no runs in --out-dir keeps its row from the previous results.json there (runs
+    made before a change that left that algorithm's numbers alone); --no-keep-rows drops it"""
 
 
 def dataset_file(args: Args, env_id: str):
@@ -121,25 +124,34 @@ def write_report(args: Args) -> None:
     import matplotlib.pyplot as plt
 
     summaries = latest_summaries(args)
+    previous_path = os.path.join(args.out_dir, "results.json")
+    previous = {}
+    if args.keep_rows and os.path.exists(previous_path):
+        previous = {(r["env_id"], r["algorithm"]): r for r in json.load(open(previous_path))}
     rows, results = [], []
     fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
     for ax, env_id in zip(axes[0], args.datasets):
         data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if args.data_dir else None
         for algorithm in args.algorithms:
             runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
-            if not runs:
+            if runs:
+                result = {"env_id": env_id, "algorithm": algorithm, "seeds": [r["seed"] for r in runs],
+                          "steps": [e["step"] for e in runs[0]["evaluations"]],
+                          "scores": [[e["score"] for e in r["evaluations"]] for r in runs],
+                          "dataset_mean_score": data_score,
+                          "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs]))}
+            elif (env_id, algorithm) in previous:
+                result = previous[(env_id, algorithm)]
+            else:
                 continue
-            steps = [e["step"] for e in runs[0]["evaluations"]]
-            curves = np.array([[e["score"] for e in r["evaluations"]] for r in runs])
-            final, best = curves[:, -1], curves.max(axis=1)
-            ax.plot(steps, curves.mean(0), label=f"{algorithm} ({len(runs)} seed{'s' * (len(runs) > 1)})")
-            if len(runs) > 1:
+            results.append(result)
+            steps, curves = result["steps"], np.array(result["scores"])
+            final, best, n = curves[:, -1], curves.max(axis=1), len(curves)
+            ax.plot(steps, curves.mean(0), label=f"{algorithm} ({n} seed{'s' * (n > 1)})")
+            if n > 1:
                 ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
-            results.append({"env_id": env_id, "algorithm": algorithm, "seeds": [r["seed"] for r in runs],
-                            "steps": steps, "scores": curves.tolist(), "dataset_mean_score": data_score,
-                            "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs]))})
             shown = "-" if data_score is None else f"{data_score:.1f}"
-            rows.append(f"| {env_id} | {shown} | {algorithm} | {len(runs)} | {final.mean():.1f} ± {final.std():.1f} | "
+            rows.append(f"| {env_id} | {shown} | {algorithm} | {n} | {final.mean():.1f} ± {final.std():.1f} | "
                         f"{best.mean():.1f} ± {best.std():.1f} | {' / '.join(f'{s:.0f}' for s in curves.mean(0))} |")
         if data_score is not None:
             ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")

@@ -1,6 +1,8 @@
 """benchmark/compare.py: the commands it launches and the table it builds from the runs' summary.json files."""
+import dataclasses
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -44,6 +46,15 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     expected = np.mean([100 * (r + 20.272305) / (3234.3 + 20.272305) for r in returns])
     assert len(returns) == 2 and results[0]["dataset_mean_score"] == pytest.approx(expected, rel=1e-5)
     assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+    # a new ofql run replaces ofql's row; dql, with no runs left, keeps its row from the previous results.json
+    for name in os.listdir(os.path.join(out, "runs")):
+        shutil.rmtree(os.path.join(out, "runs", name))
+    fake_run(out, "hopper-medium-v2", "ofql", 0, [1.0, 2.0, 3.0])
+    compare.write_report(args)
+    table = open(os.path.join(out, "results.md")).read()
+    assert "| ofql | 1 | 3.0 ± 0.0 | 3.0 ± 0.0 | 1 / 2 / 3 |" in table and "| dql | 1 | 7.0 ± 0.0 |" in table
+    compare.write_report(dataclasses.replace(args, keep_rows=False))
+    assert "| dql |" not in open(os.path.join(out, "results.md")).read()
 
 
 @pytest.mark.parametrize("presets", [False, True])
