@@ -55,8 +55,8 @@ class Args:
     """mean of the logit-normal (t, r) draws (paper: -0.4)"""
     time_sigma: float = 1.0
     """standard deviation of the logit-normal (t, r) draws (paper: 1.0)"""
-    # ofql.py uses p = 1. Here p = 0, so that all three models are fitted with plain MSE: p = 1 on its own (even
-    # with the JVP term removed) keeps one-step samples from collapsing and would blur the comparison.
+    # p = 0, as in ofql.py: all three models are fitted with plain MSE. p = 1 on its own (even with the JVP term
+    # removed) keeps one-step samples from collapsing and would blur the comparison.
     adaptive_weight_power: float = 0.0
     """p of MeanFlow's adaptive loss weight 1 / sg(err + 1e-3)^p; 0 is plain MSE (Eq. 14), as for the other models"""
     n_eval: int = 4000
@@ -169,7 +169,7 @@ def meanflow_target(u_fn, a, eps, r, t):
 
 
 def meanflow_loss(u_net: nn.Module, a: torch.Tensor, args: Args) -> torch.Tensor:
-    """Eq. 14 with MeanFlow's adaptive weight: mean(err / sg(err + 1e-3)^p), err = per-sample MSE."""
+    """Eq. 14 (p = 0), or with MeanFlow's adaptive weight: mean(err / sg(err + 1e-3)^p), err = per-sample MSE."""
     t, r = sample_t_r(a.shape[0], args.flow_ratio, args.time_mu, args.time_sigma, a.device)
     u, u_tgt = meanflow_target(u_net, a, torch.randn_like(a), r, t)
     err = (u - u_tgt).pow(2).mean(dim=-1)

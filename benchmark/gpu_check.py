@@ -1,0 +1,656 @@
+"""One command that verifies a GPU machine: the CUDA tests, eager against CUDA-graph training of the three scripts,
+and the GPU speed figures, in one results folder.
+
+    python benchmark/gpu_check.py                      # on a CUDA machine: a few minutes on a data-centre GPU
+    python benchmark/gpu_check.py --train-steps 5000   # longer parity runs
+
+1. The device, its driver, torch's and CUDA's versions.
+2. `python -m pytest -q tests/test_training_step.py` (eager vs graph for the three scripts, no device sync, the
+   captured policy): passed/skipped/failed; on CUDA a skipped test is a failure (they skip only without CUDA).
+3. ofql.py, dql.py and fql.py, each trained twice on a small D4RL-layout file recorded here in Hopper-v4 (seeded
+   random policy), same seed: --no-cuda-graph and --cuda-graph. The logged window means are compared: the windows
+   up to --tight-steps within the tests' tolerance (rtol, atol), later ones within --drift-rtol (rounding noise of
+   two correct paths grows with the steps); the largest difference is reported. A run that fails, or that does not
+   train on the path it was asked for, is a failure: the check never falls back to eager.
+4. benchmark/speed.py: updates/s and decisions/s (1 and the evaluation's candidates), eager and graph, the ratios,
+   against the speed targets (reported; they fail the check only with --fail-on-targets).
+5. summary.md and results.json in --out-dir; the summary is printed. Exit 1 if a check failed.
+
+Without CUDA it checks its own CPU parts (the data file, every script for a few eager steps on both flags, the
+metrics, the comparison, the speed.py interface, the summary) and prints one line; exit 0.
+"""
+
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import h5py
+import numpy as np
+import torch
+import tyro
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ("ofql", "dql", "fql")
+ENV_ID = "hopper-medium-v2"  # the scripts' presets for the shapes; the data is the file recorded here
+SKIPPED_KEYS = ("step", "steps_per_sec")  # logged values that are not training metrics (nor are eval/*)
+# the speed targets on one H100/H200 (docs/gpu-check.md): (label, speed.py figure, bound, >= or <=)
+TARGETS = (
+    ("OFQL updates/s, CUDA graph", ("ofql", "updates_per_sec", "cuda_graph"), 1500.0, ">="),
+    (
+        "OFQL decisions/s (batches of 2500 states), 1 candidate, CUDA graph",
+        ("ofql", "decisions_1", "cuda_graph"),
+        1e4,
+        ">=",
+    ),
+    ("OFQL/DQL training time, CUDA graph", ("ratio", "OFQL/DQL training time, cuda_graph"), 0.5, "<="),
+    (
+        "OFQL/DQL decision frequency, 1 candidate, CUDA graph",
+        ("ratio", "OFQL/DQL decision frequency, 1 candidate, cuda_graph"),
+        4.0,
+        ">=",
+    ),
+)
+# speed.py in the CPU mode: only its interface and output files are checked
+CPU_SPEED_FLAGS = (
+    "--device cpu --threads 1 --warmup 1 --updates 2 --rounds 1 --decisions 1 --decision-batch 50 "
+    "--dataset-size 2000 --algorithms ofql"
+)
+
+
+@dataclass
+class Args:
+    out_dir: str | None = None
+    """the results folder; default benchmark/results/gpu_check, or its cpu_mode/ subfolder without CUDA (so that a
+    CPU run never overwrites GPU results)"""
+    train_steps: int = 2000
+    """gradient steps of each parity run (step 3)"""
+    log_every: int = 100
+    """logging window of the parity runs: each logged value is the mean over this many steps"""
+    tight_steps: int = 200
+    """the windows ending at or before this step must agree within --rtol/--atol (the tests' tolerance)"""
+    rtol: float = 1e-4
+    """relative tolerance of the early windows (tests/test_training_step.py's)"""
+    atol: float = 1e-5
+    """absolute tolerance of the early windows (tests/test_training_step.py's)"""
+    drift_rtol: float = 0.05
+    """every later window must agree within this relative difference: the two paths round differently (capturable
+    Adam) and that noise grows with the steps (docs/gpu-check.md); a coarse bound, the CUDA tests check each step"""
+    seed: int = 0
+    """seed of the data recording and of every run"""
+    transitions: int = 5000
+    """transitions in the recorded Hopper-v4 file"""
+    scripts: list[str] = field(default_factory=lambda: list(SCRIPTS))
+    """which scripts to train in step 3"""
+    tests: bool = True
+    """run step 2 (--no-tests skips it)"""
+    speed: bool = True
+    """run step 4 (--no-speed skips it)"""
+    speed_flags: str = ""
+    """more flags for benchmark/speed.py, e.g. --speed-flags='--rounds 5'"""
+    fail_on_targets: bool = False
+    """if toggled, a missed speed target fails the check"""
+    cpu_steps: int = 10
+    """gradient steps of each run in the CPU mode"""
+    timeout: int = 600
+    """seconds after which a subprocess (a run, the tests, speed.py) is stopped and reported as failed"""
+
+
+class CheckError(Exception):
+    """A problem that stops the check before it can measure anything (one line)."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step 1: the device
+# ---------------------------------------------------------------------------------------------------------------
+def driver_version() -> str:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown (no nvidia-smi)"
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
+
+
+def device_info(cuda: bool) -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    if cuda:
+        props = torch.cuda.get_device_properties(0)
+        info.update(
+            device=props.name,
+            devices=torch.cuda.device_count(),
+            capability=f"{props.major}.{props.minor}",
+            memory_gib=round(props.total_memory / 2**30, 1),
+            driver=driver_version(),
+            cudnn=torch.backends.cudnn.version(),
+        )
+    else:
+        info["device"] = f"{platform.machine()} CPU, {os.cpu_count()} cores (no CUDA)"
+    return info
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Subprocesses
+# ---------------------------------------------------------------------------------------------------------------
+def start(cmd: list[str], cwd: str, log_path: str) -> tuple[subprocess.Popen, float]:
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", "1")  # runs side by side on a small CPU
+    with open(log_path, "w") as log:
+        return subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env), time.time()
+
+
+def read_text(path: str) -> str:
+    with open(path, errors="replace") as f:
+        return f.read()
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> int | None:
+    """The exit code, or None when it ran past the timeout (then it is stopped)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+
+
+def error_line(log_path: str, rc: int | None, timeout: int) -> str:
+    """One line for a failed subprocess: its own error line (the scripts' 'error: ...', an exception's last line)."""
+    if rc is None:
+        return f"timed out after {timeout} s (see {log_path})"
+    lines = [line.strip() for line in read_text(log_path).splitlines() if line.strip()]
+    errors = [line for line in lines if "error" in line.lower()]
+    line = (errors or lines or ["no output"])[-1]
+    if "--no-cuda-graph" in line:
+        line = "CUDA GRAPH FAILED: " + line
+    return f"exit {rc}: {line}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step 2: the CUDA tests
+# ---------------------------------------------------------------------------------------------------------------
+def pytest_counts(output: str) -> dict:
+    """The counts of pytest's final summary line ('18 passed, 6 skipped in 5.2s', '23 tests collected in 1.1s')."""
+    counts = {"passed": 0, "skipped": 0, "failed": 0, "errors": 0, "collected": 0}
+    for line in reversed(output.splitlines()):
+        found = re.findall(r"(\d+) (passed|skipped|failed|errors?|tests? collected)\b", line)
+        if found and re.search(r" in [\d.]+s", line):
+            for n, what in found:
+                key = "errors" if what.startswith("error") else ("collected" if "collected" in what else what)
+                counts[key] += int(n)
+            break
+    return counts
+
+
+def tests_verdict(counts: dict, rc: int | None, cuda: bool) -> str | None:
+    """None if the tests passed, else why not. On CUDA every test must run: they skip only without CUDA."""
+    if cuda and (counts["failed"] or counts["errors"]):
+        return f"{counts['failed']} failed, {counts['errors']} errors"
+    if cuda and counts["skipped"]:
+        return f"{counts['skipped']} skipped on a CUDA machine"
+    if cuda and not counts["passed"] or not cuda and not counts["collected"]:
+        return "no test ran"
+    return None if rc == 0 else f"pytest exited {rc}"
+
+
+def run_tests(args: Args, out: str, cuda: bool) -> dict:
+    """On CUDA the whole file; without CUDA only its collection (its CUDA tests would skip)."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "tests/test_training_step.py"] + ([] if cuda else ["--collect-only"])
+    log = os.path.join(out, "tests.log")
+    proc, t0 = start(cmd, ROOT, log)
+    rc = finish(proc, args.timeout)
+    counts = pytest_counts(read_text(log))
+    problem = tests_verdict(counts, rc, cuda) if rc is not None else f"timed out after {args.timeout} s"
+    return {
+        "command": " ".join(cmd[1:]),
+        "returncode": rc,
+        **counts,
+        "seconds": time.time() - t0,
+        "ok": problem is None,
+        "problem": problem,
+        "log": log,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step 3: eager against CUDA-graph training
+# ---------------------------------------------------------------------------------------------------------------
+def record_hopper(path: str, transitions: int, seed: int) -> dict:
+    """A D4RL-layout file recorded in gymnasium's Hopper-v4 with a seeded uniform random policy."""
+    try:
+        import gymnasium as gym
+    except ImportError:
+        raise CheckError(
+            "gymnasium is not installed: pip install 'gymnasium[mujoco]' (the check records its data in Hopper-v4)"
+        ) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            env = gym.make("Hopper-v4")
+    except gym.error.Error as e:  # DependencyNotInstalled when mujoco is missing
+        raise CheckError(f"cannot make Hopper-v4 ({e}): pip install 'gymnasium[mujoco]'") from None
+    rng, episode = np.random.default_rng(seed), 0
+    keys = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+    rows = {k: [] for k in keys}
+    obs, _ = env.reset(seed=seed)
+    while len(rows["rewards"]) < transitions:
+        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(action)
+        for key, value in zip(keys, (obs, action, reward, next_obs, terminated, truncated and not terminated)):
+            rows[key].append(value)
+        obs = next_obs
+        if terminated or truncated:
+            episode += 1
+            obs, _ = env.reset(seed=seed + episode)
+    env.close()
+    with h5py.File(path, "w") as f:
+        for key in keys:
+            f.create_dataset(key, data=np.asarray(rows[key], dtype=bool if key in keys[4:] else np.float32))
+    return {"path": path, "transitions": transitions, "episodes": episode}
+
+
+def train_command(script: str, graph: bool, data_path: str, steps: int, log_every: int, args: Args) -> list[str]:
+    return [
+        sys.executable,
+        os.path.join(ROOT, f"{script}.py"),
+        "--env-id",
+        ENV_ID,
+        "--dataset-path",
+        data_path,
+        "--total-steps",
+        str(steps),
+        "--log-every",
+        str(log_every),
+        "--eval-every",
+        str(steps),
+        "--eval-episodes",
+        "2",
+        "--num-candidates",
+        "1",
+        "--seed",
+        str(args.seed),
+        "--exp-name",
+        f"{script}_{'graph' if graph else 'eager'}",
+        "--cuda-graph" if graph else "--no-cuda-graph",
+    ]
+
+
+def read_run(log_path: str, cwd: str) -> dict:
+    """The files of a finished run, found from the 'summary: <path>' line it prints last."""
+    summary_lines = [line for line in read_text(log_path).splitlines() if line.startswith("summary: ")]
+    if not summary_lines:
+        raise CheckError(f"no 'summary:' line in {log_path}")
+    run_dir = os.path.join(cwd, os.path.dirname(summary_lines[-1][len("summary: ") :]))
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    summary = json.loads(read_text(os.path.join(run_dir, "summary.json")))
+    config = json.loads(read_text(os.path.join(run_dir, "config.json")))
+    return {
+        "run_dir": run_dir,
+        "records": records,
+        "steps_per_sec": summary["train_steps_per_sec"],
+        "final_score": summary["final_score"],
+        "device": config["device"],
+        "training_step": config["training_step"],
+    }
+
+
+def path_problem(run: dict, graph: bool, cuda: bool) -> str | None:
+    """A run that did not train where and how it was asked to (never a silent eager fallback)."""
+    expected = "cuda_graph" if graph and cuda else "eager"
+    if run["training_step"] != expected:
+        return f"trained with training_step={run['training_step']}, expected {expected}"
+    if cuda and not run["device"].startswith("cuda"):
+        return f"trained on {run['device']}, expected cuda"
+    return None
+
+
+def finish_run(proc, t0, log, cwd, graph: bool, cuda: bool, timeout: int) -> dict:
+    rc = finish(proc, timeout)
+    result = {"mode": "graph" if graph else "eager", "log": log, "seconds": time.time() - t0, "error": None}
+    if rc != 0:
+        return {**result, "error": error_line(log, rc, timeout)}
+    try:
+        result.update(read_run(log, cwd))
+    except (CheckError, OSError, KeyError, ValueError) as e:
+        return {**result, "error": f"unreadable run: {e}"}
+    return {**result, "error": path_problem(result, graph, cuda)}
+
+
+def train_pair(script: str, data_path: str, steps: tuple[int, int], work: str, args: Args, cuda: bool) -> dict:
+    """The eager and the graph run of one script: one after the other on CUDA (their steps/s are compared), side by
+    side without CUDA (both are eager there)."""
+    logs = {graph: os.path.join(work, f"{script}_{'graph' if graph else 'eager'}.log") for graph in (False, True)}
+
+    def launch(graph: bool):
+        return start(train_command(script, graph, data_path, *steps, args), work, logs[graph])
+
+    def wait(graph: bool, proc_t0) -> dict:
+        return finish_run(*proc_t0, logs[graph], work, graph, cuda, args.timeout)
+
+    if cuda:
+        runs = {graph: wait(graph, launch(graph)) for graph in (False, True)}
+    else:
+        started = {graph: launch(graph) for graph in (False, True)}
+        runs = {graph: wait(graph, proc_t0) for graph, proc_t0 in started.items()}
+    eager, graph = runs[False], runs[True]
+    comparison = None
+    if "records" in eager and "records" in graph:  # both ran to the end (if on a wrong path, still compared)
+        comparison = compare_logs(
+            eager["records"], graph["records"], args.rtol, args.atol, args.tight_steps, args.drift_rtol
+        )
+    problems = [f"{r['mode']} run: {r['error']}" for r in (eager, graph) if r["error"]]
+    problems += comparison["problems"] if comparison else []
+    return {
+        "eager": {k: v for k, v in eager.items() if k != "records"},
+        "graph": {k: v for k, v in graph.items() if k != "records"},
+        "comparison": comparison,
+        "ok": not problems,
+        "problems": problems,
+    }
+
+
+def metric_keys(record: dict) -> set:
+    return {k for k in record if k not in SKIPPED_KEYS and not k.startswith("eval/")}
+
+
+def compare_logs(
+    eager: list[dict], graph: list[dict], rtol: float, atol: float, tight_steps: int, drift_rtol: float
+) -> dict:
+    """Compare two metrics.jsonl logs window by window. The relative difference of a value is
+    |g - e| / (|e| + atol / rtol): above rtol exactly when the tests' assert_close(g, e, rtol, atol) fails. A window
+    ending at or before tight_steps must stay within rtol, every window within drift_rtol; a step or a metric that
+    only one log has, a non-finite value and an empty log are problems too."""
+    e_by_step, g_by_step = {r["step"]: r for r in eager}, {r["step"]: r for r in graph}
+    problems = [] if e_by_step else ["the eager run logged no metrics"]
+    for step in sorted(set(e_by_step) ^ set(g_by_step)):
+        problems.append(f"step {step} logged only by the {'eager' if step in e_by_step else 'graph'} run")
+    worst, tight_worst, first_beyond = (0.0, None, None), 0.0, None
+    for step in sorted(set(e_by_step) & set(g_by_step)):
+        e, g = e_by_step[step], g_by_step[step]
+        for key in sorted(metric_keys(e) ^ metric_keys(g)):
+            problems.append(f"{key} at step {step} logged only by the {'eager' if key in e else 'graph'} run")
+        for key in sorted(metric_keys(e) & metric_keys(g)):
+            if not (math.isfinite(e[key]) and math.isfinite(g[key])):
+                problems.append(f"{key} at step {step} is not finite (eager {e[key]}, graph {g[key]})")
+                continue
+            rel = abs(g[key] - e[key]) / (abs(e[key]) + atol / rtol)
+            if rel > worst[0]:
+                worst = (rel, key, step)
+            if rel > rtol and first_beyond is None:
+                first_beyond = (step, key)
+            if step <= tight_steps:
+                tight_worst = max(tight_worst, rel)
+                if rel > rtol:
+                    problems.append(
+                        f"{key} at step {step}: eager {e[key]:.6g}, graph {g[key]:.6g} "
+                        f"(relative difference {rel:.2g} > rtol {rtol:g})"
+                    )
+            elif rel > drift_rtol:
+                problems.append(
+                    f"{key} at step {step}: eager {e[key]:.6g}, graph {g[key]:.6g} "
+                    f"(relative difference {rel:.2g} > drift_rtol {drift_rtol:g})"
+                )
+    return {
+        "windows": len(set(e_by_step) & set(g_by_step)),
+        "tight_max_rel": tight_worst,
+        "max_rel": worst[0],
+        "max_rel_at": None if worst[1] is None else {"metric": worst[1], "step": worst[2]},
+        "first_beyond_rtol": None if first_beyond is None else {"step": first_beyond[0], "metric": first_beyond[1]},
+        "problems": problems,
+    }
+
+
+def run_parity(args: Args, out: str, cuda: bool) -> dict:
+    work = os.path.join(out, "work")  # the runs' cwd: runs/<name>/ and a log per run
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    data = record_hopper(os.path.join(work, "hopper-random.hdf5"), args.transitions, args.seed)
+    steps, log_every = (args.train_steps, args.log_every) if cuda else (args.cpu_steps, max(1, args.cpu_steps // 2))
+    pairs = {}
+    for script in args.scripts:
+        pairs[script] = train_pair(script, data["path"], (steps, log_every), work, args, cuda)
+        if cuda:
+            print(f"{script}.py eager vs CUDA graph: {'ok' if pairs[script]['ok'] else 'FAILED'}", flush=True)
+    return {"data": data, "steps": steps, "log_every": log_every, "scripts": pairs}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step 4: speed.py
+# ---------------------------------------------------------------------------------------------------------------
+def speed_figures(result: dict) -> dict:
+    """Per script and path: updates/s, decisions/s with 1 candidate and with the evaluation's candidates."""
+    figures = {}
+    for name, r in result["algorithms"].items():
+        for path in result["paths"]:
+            d = r["decisions_per_sec"][path]
+            k = max(d, key=int)
+            figures.setdefault(name, {})[path] = {
+                "updates_per_sec": r["updates_per_sec"][path],
+                "decisions_1": d["1"],
+                "decisions_k": d[k],
+                "k": int(k),
+            }
+    return figures
+
+
+def check_targets(figures: dict, ratios: dict) -> list[dict]:
+    rows = []
+    for label, where, bound, sense in TARGETS:
+        if where[0] == "ratio":
+            value = ratios.get(where[1])
+        else:
+            value = figures.get(where[0], {}).get(where[2], {}).get(where[1])
+        met = None if value is None else (value >= bound if sense == ">=" else value <= bound)
+        rows.append({"target": label, "bound": f"{sense} {bound:g}", "value": value, "met": met})
+    return rows
+
+
+def run_speed(args: Args, out: str, cuda: bool) -> dict:
+    speed_dir = os.path.join(out, "speed")
+    stem = "cuda" if cuda else "cpu"
+    if os.path.exists(os.path.join(speed_dir, f"{stem}.json")):
+        os.remove(os.path.join(speed_dir, f"{stem}.json"))
+    flags = ["--device", "cuda"] if cuda else CPU_SPEED_FLAGS.split()
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "benchmark", "speed.py"),
+        "--out-dir",
+        speed_dir,
+        *flags,
+        *args.speed_flags.split(),
+    ]
+    log = os.path.join(out, "speed.log")
+    proc, t0 = start(cmd, ROOT, log)
+    rc = finish(proc, args.timeout)
+    result = {"command": " ".join(cmd[1:]), "log": log, "seconds": time.time() - t0, "error": None}
+    if rc != 0:
+        return {**result, "ok": False, "error": error_line(log, rc, args.timeout)}
+    try:
+        raw = json.loads(read_text(os.path.join(speed_dir, f"{stem}.json")))
+        figures, ratios = speed_figures(raw), raw["ratios"]
+    except (OSError, KeyError, ValueError) as e:
+        return {**result, "ok": False, "error": f"unreadable speed.py output: {e!r}"}
+    targets = check_targets(figures, ratios) if cuda else []
+    missed = [t["target"] for t in targets if not t["met"]]
+    ok = not (args.fail_on_targets and missed)
+    return {
+        **result,
+        "ok": ok,
+        "error": None if ok else f"missed targets: {', '.join(missed)}",
+        "device": raw["device"],
+        "figures": figures,
+        "ratios": ratios,
+        "targets": targets,
+        "table": os.path.join(speed_dir, f"{stem}.md"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Step 5: the summary
+# ---------------------------------------------------------------------------------------------------------------
+def fmt(value, spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def check_rows(report: dict) -> list[str]:
+    rows = []
+    tests = report.get("tests")
+    if tests:
+        counts = (
+            f"{tests['passed']} passed, {tests['skipped']} skipped, {tests['failed']} failed, {tests['errors']} errors"
+        )
+        if not report["cuda"]:
+            counts = f"{tests['collected']} collected (not run without CUDA)"
+        rows.append(("CUDA tests (tests/test_training_step.py)", tests["ok"], tests["problem"] or counts))
+    for script, pair in report.get("parity", {}).get("scripts", {}).items():
+        c = pair["comparison"]
+        detail = "; ".join(pair["problems"][:3]) + (
+            f" (+{len(pair['problems']) - 3} more)" if len(pair["problems"]) > 3 else ""
+        )
+        if not detail:
+            detail = f"{c['windows']} windows; max relative difference {c['max_rel']:.2g}" + (
+                f" ({c['max_rel_at']['metric']}, step {c['max_rel_at']['step']})" if c["max_rel_at"] else ""
+            )
+        rows.append((f"{script}.py: eager vs CUDA graph", pair["ok"], detail))
+    speed = report.get("speed")
+    if speed:
+        rows.append(
+            ("benchmark/speed.py", speed["ok"], speed["error"] or f"{speed['seconds']:.0f} s; see {speed['table']}")
+        )
+    return ["| check | result | detail |", "|---|---|---|"] + [
+        f"| {name} | {'pass' if ok else '**FAIL**'} | {detail} |" for name, ok, detail in rows
+    ]
+
+
+PARITY_HEADER = (
+    "| script | steps/s, eager | steps/s, CUDA graph | graph / eager | max rel. diff, early windows "
+    "| max rel. diff, all windows | first window beyond rtol |"
+)
+
+
+def parity_table(parity: dict) -> list[str]:
+    data = parity["data"]
+    intro = f"Parity runs: {parity['steps']} steps, windows of {parity['log_every']} steps, {data['transitions']} "
+    lines = [intro + "Hopper-v4 random-policy transitions.", "", PARITY_HEADER, "|---|---:|---:|---:|---:|---:|---|"]
+    for script, pair in parity["scripts"].items():
+        e, g, c = pair["eager"].get("steps_per_sec"), pair["graph"].get("steps_per_sec"), pair["comparison"]
+        first = c and c["first_beyond_rtol"]
+        first = f"{first['step']} ({first['metric']})" if first else "-"
+        lines.append(
+            f"| {script} | {fmt(e)} | {fmt(g)} | {fmt(g / e if e and g else None, '.2f')} | "
+            f"{fmt(c and c['tight_max_rel'], '.2g')} | {fmt(c and c['max_rel'], '.2g')} | {first} |"
+        )
+    return lines
+
+
+def speed_tables(speed: dict) -> list[str]:
+    paths = sorted({p for f in speed["figures"].values() for p in f}, key=["eager", "cuda_graph"].index)
+    lines = [
+        f"speed.py on {speed['device']}:",
+        "",
+        "| script | "
+        + " | ".join(
+            f"updates/s, {p} | decisions/s, 1 candidate, {p} | decisions/s, evaluation candidates, {p}" for p in paths
+        )
+        + " |",
+        "|---|" + "---:|" * (3 * len(paths)),
+    ]
+    for name, f in speed["figures"].items():
+        cells = [
+            f"{f[p]['updates_per_sec']:.1f} | {f[p]['decisions_1']:.1f} | {f[p]['decisions_k']:.1f} ({f[p]['k']})"
+            for p in paths
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if speed["ratios"]:
+        lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in speed["ratios"].items()]
+    if speed["targets"]:
+        lines += ["", "| target (one H100/H200) | bound | measured | met |", "|---|---|---:|---|"]
+        lines += [
+            f"| {t['target']} | {t['bound']} | {fmt(t['value'], '.2f')} | "
+            f"{'-' if t['met'] is None else ('yes' if t['met'] else '**no**')} |"
+            for t in speed["targets"]
+        ]
+    return lines
+
+
+def markdown(report: dict) -> str:
+    d = report["device"]
+    head = (
+        f"{d['device']}; driver {d.get('driver', '-')}; torch {d['torch']}; CUDA {d['cuda'] or '-'}; "
+        f"cuDNN {d.get('cudnn', '-')}; Python {d['python']}"
+    )
+    lines = ["# GPU check", "", head, "", f"**{'PASS' if report['ok'] else 'FAIL'}** in {report['seconds']:.0f} s", ""]
+    lines += check_rows(report)
+    if report.get("parity"):
+        lines += ["", *parity_table(report["parity"])]
+    if report.get("speed") and report["speed"].get("figures"):
+        lines += ["", *speed_tables(report["speed"])]
+    return "\n".join(lines) + "\n"
+
+
+def write(report: dict, out: str) -> str:
+    text = markdown(report)
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------------------------
+def failures(report: dict) -> list[str]:
+    found = [] if not report.get("tests") or report["tests"]["ok"] else [f"tests: {report['tests']['problem']}"]
+    for script, pair in report.get("parity", {}).get("scripts", {}).items():
+        found += [f"{script}: {p}" for p in pair["problems"]]
+    if report.get("speed") and not report["speed"]["ok"]:
+        found.append(f"speed.py: {report['speed']['error']}")
+    return found
+
+
+def main(args: Args) -> int:
+    t0, cuda = time.time(), torch.cuda.is_available()
+    out = args.out_dir or os.path.join(ROOT, "benchmark", "results", "gpu_check", "" if cuda else "cpu_mode")
+    os.makedirs(out, exist_ok=True)
+    report = {"cuda": cuda, "device": device_info(cuda), "args": asdict(args)}
+    say = print if cuda else lambda *_, **__: None  # progress on CUDA; one line at the end without
+    say(" ".join(f"{k}={v}" for k, v in report["device"].items()), flush=True)
+    if args.tests:
+        report["tests"] = run_tests(args, out, cuda)
+        say(f"tests: {'ok' if report['tests']['ok'] else 'FAILED'}", flush=True)
+    report["parity"] = run_parity(args, out, cuda)
+    if args.speed:
+        report["speed"] = run_speed(args, out, cuda)
+        say(f"speed.py: {'ok' if report['speed']['ok'] else 'FAILED'}", flush=True)
+    report["failures"] = failures(report)
+    report["ok"], report["seconds"] = not report["failures"], time.time() - t0
+    text = write(report, out)
+    if not cuda:
+        state = "work" if report["ok"] else "FAILED: " + "; ".join(report["failures"])
+        print(f"gpu_check: no CUDA device: nothing measured; the CPU parts {state} ({time.time() - t0:.0f} s, {out})")
+        return 0 if report["ok"] else 1
+    print(text + "\n".join(f"FAILED: {f}" for f in report["failures"]))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(tyro.cli(Args)))
+    except CheckError as e:
+        print(f"gpu_check: error: {e}", file=sys.stderr)
+        sys.exit(1)
