@@ -5,6 +5,7 @@ Every model is the paper's toy MLP (3 hidden layers of 64, Mish; Appendix C), tr
 data with the same budget. The script writes a Fig. 6/7-style grid of samples and a table of the
 energy distance between each model's samples and a held-out ground-truth sample.
 """
+
 import csv
 import os
 import time
@@ -108,7 +109,12 @@ def sample_moons(n: int, rng: np.random.Generator) -> np.ndarray:
     return 2 * (np.stack([x - 0.5, y - 0.25], axis=1) + 0.08 * rng.standard_normal((n, 2)))
 
 
-DATASETS = {"checkerboard": sample_checkerboard, "spiral": sample_spiral, "crescent": sample_crescent, "moons": sample_moons}
+DATASETS = {
+    "checkerboard": sample_checkerboard,
+    "spiral": sample_spiral,
+    "crescent": sample_crescent,
+    "moons": sample_moons,
+}
 
 
 def sample_dataset(name: str, n: int, seed: int, split: int) -> torch.Tensor:
@@ -148,7 +154,9 @@ class ToyMLP(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # u-param: MeanFlow (Eq. 13-15), the same code as ofql.py without the state s.
 # ------------------------------------------------------------------------------------------------
-def sample_t_r(batch_size: int, flow_ratio: float, mu: float, sigma: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_t_r(
+    batch_size: int, flow_ratio: float, mu: float, sigma: float, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, r) for Eq. 14: two logit-normal(mu, sigma) draws, t = max and r = min; a fraction
     `flow_ratio` of the batch gets r = t (plain flow matching rows). Rows are i.i.d., so the
     first rows are as good as random ones, and the count is exact."""
@@ -303,7 +311,11 @@ def run_dataset(name: str, args: Args) -> dict[tuple[str, int], torch.Tensor]:
 # Outputs: a Fig. 6/7-style grid and the table of distances.
 # ------------------------------------------------------------------------------------------------
 def columns(args: Args) -> list[tuple[str, int]]:
-    return [("v-param", k) for k in args.steps] + [("DDPM", k) for k in args.steps] + [("u-param", k) for k in args.u_steps]
+    return (
+        [("v-param", k) for k in args.steps]
+        + [("DDPM", k) for k in args.steps]
+        + [("u-param", k) for k in args.u_steps]
+    )
 
 
 def plot_grid(truth: dict, samples: dict, distances: dict, args: Args, path: str) -> None:
@@ -344,10 +356,13 @@ def write_tables(distances: dict, floor: dict, args: Args, out: str) -> str:
         cells = [f"{distances[n, method, k]:.4f}" for n in names]
         cells = [f"**{c}**" if distances[n, method, k] == b else c for c, n, b in zip(cells, names, best)]
         lines.append(f"| {method} | {k} | " + " | ".join(cells) + " |")
-    lines.append("| fresh ground-truth sample (noise floor) | - | " + " | ".join(f"{floor[n]:.4f}" for n in names) + " |")
+    lines.append(
+        "| fresh ground-truth sample (noise floor) | - | " + " | ".join(f"{floor[n]:.4f}" for n in names) + " |"
+    )
     table = "\n".join(lines) + "\n\n" + "\n".join(claim_check(distances, names, args))
     with open(os.path.join(out, "toy_meanflow.md"), "w") as f:
-        f.write(f"Energy distance D^2 between {args.n_eval} generated and {args.n_eval} held-out points, lower is better.\n\n")
+        f.write(f"Energy distance D^2 between {args.n_eval} generated and {args.n_eval} held-out points, ")
+        f.write("lower is better.\n\n")
         f.write(table + "\n")
     return table
 

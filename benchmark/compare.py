@@ -7,6 +7,7 @@
 Each run is the unmodified script (`ofql.py`, ...) as a subprocess, writing its usual runs/<run_name>/ under
 --out-dir; the table and the PNG are rebuilt from those files, so --plot-only redraws them without training.
 """
+
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import ofql  # noqa: E402  (only for the normalized score)
+import d4rl_compat  # noqa: E402  (only for the normalized score)
 
 # name: (script, extra flags). "bc" is the behaviour-cloning reference: OFQL's MeanFlow loss alone (eta = 0).
 ALGORITHMS = {"bc": ("ofql.py", ["--eta", "0"]), "ofql": ("ofql.py", []), "dql": ("dql.py", []), "fql": ("fql.py", [])}
@@ -70,7 +71,7 @@ def dataset_mean_score(env_id: str, path: str) -> float:
     with h5py.File(path, "r") as f:
         rewards, ends = f["rewards"][()], f["terminals"][()] | f["timeouts"][()]
     returns = np.add.reduceat(rewards, np.r_[0, np.flatnonzero(ends[:-1]) + 1])
-    return float(np.mean(ofql.normalized_score(env_id, returns)))
+    return float(np.mean(d4rl_compat.normalized_score(env_id, returns)))
 
 
 def run_name(env_id: str, algorithm: str, seed: int) -> str:
@@ -79,17 +80,36 @@ def run_name(env_id: str, algorithm: str, seed: int) -> str:
 
 def launch(args: Args, env_id: str, algorithm: str, seed: int) -> subprocess.Popen:
     script, flags = ALGORITHMS[algorithm]
-    cmd = [sys.executable, os.path.join(ROOT, script), "--env-id", env_id, "--seed", str(seed), "--exp-name", algorithm,
-           "--eval-every", str(args.eval_every), *flags, *args.extra_flags.split()]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, script),
+        "--env-id",
+        env_id,
+        "--seed",
+        str(seed),
+        "--exp-name",
+        algorithm,
+        "--eval-every",
+        str(args.eval_every),
+        *flags,
+        *args.extra_flags.split(),
+    ]
     if not args.presets:
-        cmd += ["--total-steps", str(args.total_steps), "--eval-episodes", str(args.eval_episodes),
-                "--num-candidates", str(args.num_candidates)]
+        cmd += [
+            "--total-steps",
+            str(args.total_steps),
+            "--eval-episodes",
+            str(args.eval_episodes),
+            "--num-candidates",
+            str(args.num_candidates),
+        ]
     if args.data_dir:
         cmd += ["--dataset-path", dataset_file(args, env_id)]
     log = open(os.path.join(args.out_dir, run_name(env_id, algorithm, seed) + ".log"), "w")
     print(" ".join(cmd[1:]), flush=True)
-    return subprocess.Popen(cmd, cwd=args.out_dir, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen(
+        cmd, cwd=args.out_dir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
 
 
 def train_all(args: Args) -> None:
@@ -135,11 +155,15 @@ def write_report(args: Args) -> None:
         for algorithm in args.algorithms:
             runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
             if runs:
-                result = {"env_id": env_id, "algorithm": algorithm, "seeds": [r["seed"] for r in runs],
-                          "steps": [e["step"] for e in runs[0]["evaluations"]],
-                          "scores": [[e["score"] for e in r["evaluations"]] for r in runs],
-                          "dataset_mean_score": data_score,
-                          "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs]))}
+                result = {
+                    "env_id": env_id,
+                    "algorithm": algorithm,
+                    "seeds": [r["seed"] for r in runs],
+                    "steps": [e["step"] for e in runs[0]["evaluations"]],
+                    "scores": [[e["score"] for e in r["evaluations"]] for r in runs],
+                    "dataset_mean_score": data_score,
+                    "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs])),
+                }
             elif (env_id, algorithm) in previous:
                 result = previous[(env_id, algorithm)]
             else:
@@ -151,20 +175,27 @@ def write_report(args: Args) -> None:
             if n > 1:
                 ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
             shown = "-" if data_score is None else f"{data_score:.1f}"
-            rows.append(f"| {env_id} | {shown} | {algorithm} | {n} | {final.mean():.1f} ± {final.std():.1f} | "
-                        f"{best.mean():.1f} ± {best.std():.1f} | {' / '.join(f'{s:.0f}' for s in curves.mean(0))} |")
+            rows.append(
+                f"| {env_id} | {shown} | {algorithm} | {n} | {final.mean():.1f} ± {final.std():.1f} | "
+                f"{best.mean():.1f} ± {best.std():.1f} | {' / '.join(f'{s:.0f}' for s in curves.mean(0))} |"
+            )
         if data_score is not None:
             ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")
         ax.set(title=env_id, xlabel="gradient steps", ylabel="normalized score")
         ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=110)
-    protocol = ("each script's preset steps, evaluation episodes and candidates" if args.presets else
-                f"{args.total_steps} steps, {args.eval_episodes} evaluation episodes, {args.num_candidates} candidate(s)")
-    header = (f"{protocol}, evaluation every {args.eval_every} steps, seeds {args.seeds}; score = mean ± std "
-              "over seeds of the normalized score (mean over episodes) at the last / the best evaluation.\n\n"
-              "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) |\n"
-              "|---|---|---|---|---|---|---|\n")
+    protocol = (
+        "each script's preset steps, evaluation episodes and candidates"
+        if args.presets
+        else f"{args.total_steps} steps, {args.eval_episodes} evaluation episodes, {args.num_candidates} candidate(s)"
+    )
+    header = (
+        f"{protocol}, evaluation every {args.eval_every} steps, seeds {args.seeds}; score = mean ± std "
+        "over seeds of the normalized score (mean over episodes) at the last / the best evaluation.\n\n"
+        "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) |\n"
+        "|---|---|---|---|---|---|---|\n"
+    )
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(header + "\n".join(rows) + "\n")
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:

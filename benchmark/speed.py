@@ -3,15 +3,17 @@
     python benchmark/speed.py                       # whatever device torch finds; a few minutes on a 2-core CPU
     python benchmark/speed.py --device cpu --threads 1
 
-Training: each script's TrainStep (update() on a batch drawn on the device) on a synthetic dataset of the given
-shape, timed over --updates iterations after --warmup iterations, with one device sync at the end of each timed block;
-on CUDA for both paths, eager and the CUDA graph (the fast path; the warm-up covers its capture). Decision frequency
-(Appendix D of the OFQL paper): batches of --decision-batch states per second through `ActionSelector`, with 1
-candidate and with each script's evaluation candidates. The algorithms take turns in --rounds rounds and each
-figure is the median over the rounds, so that a slow phase of the machine hits all three alike. Also: where one
-eager update's time goes, and how many ATen operators (about the kernels a CUDA graph replays) one iteration runs.
+Training: each script's training iteration as train() runs it (update() on a batch drawn on the device) on a
+synthetic dataset of the given shape, timed over --updates iterations after --warmup iterations, with one device sync
+at the end of each timed block; on CUDA for both paths, eager and the CUDA graph (the fast path; the warm-up covers
+its capture). Decision frequency (Appendix D of the OFQL paper): batches of --decision-batch states per second through
+`make_policy`, with 1 candidate and with each script's evaluation candidates. The algorithms take turns in --rounds
+rounds and each figure is the median over the rounds, so that a slow phase of the machine hits all three alike. Also:
+where one eager update's time goes, and how many ATen operators (about the kernels a CUDA graph replays) one iteration
+runs.
 Writes benchmark/results/speed/<device>.{md,json}.
 """
+
 import dataclasses
 import inspect
 import json
@@ -30,6 +32,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import d4rl_compat  # noqa: E402
 import dql  # noqa: E402
 import fql  # noqa: E402
 import ofql  # noqa: E402
@@ -73,8 +76,28 @@ def sync(device: torch.device) -> None:
 def synthetic_data(obs_dim: int, act_dim: int, n: int) -> dict:
     rng = np.random.default_rng(0)
     obs = rng.normal(size=(n, obs_dim)).astype(np.float32)
-    return {"observations": obs, "next_observations": obs + 0.01, "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
-            "rewards": rng.normal(size=n).astype(np.float32), "terminals": rng.random(n) < 0.01}
+    return {
+        "observations": obs,
+        "next_observations": obs + 0.01,
+        "actions": rng.uniform(-1, 1, (n, act_dim)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": rng.random(n) < 0.01,
+    }
+
+
+def training_iteration(module, agent, buffer, script_args, device) -> tuple:
+    """(iteration, agent): what train() runs at each step, update() on a fresh batch with the step count on the
+    device, served by the script's cuda_graph on the fast path (Adam in capturable mode)."""
+    use_graph = script_args.cuda_graph and device.type == "cuda"
+    for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
+        module.set_capturable(optimizer, use_graph)
+    step = torch.tensor(0, device=device)
+
+    def iteration():
+        step.add_(1)
+        return module.update(agent, buffer.sample(script_args.batch_size), script_args, step)
+
+    return (module.cuda_graph(iteration, warmup=3, what="the training step") if use_graph else iteration), agent
 
 
 def time_updates(train_step, args: Args, device) -> float:
@@ -90,7 +113,7 @@ def time_updates(train_step, args: Args, device) -> float:
 
 
 def time_decisions(policy, obs: torch.Tensor, args: Args, device) -> float:
-    """Decision batches per second through an ActionSelector (the actions are copied to the host, as evaluation does)."""
+    """Decision batches per second through make_policy (the actions are copied to the host, as evaluation does)."""
     policy(obs).cpu()
     sync(device)
     start = time.perf_counter()
@@ -114,10 +137,12 @@ def profile_update(module, agent, buffer, script_args, device, reps: int = 10) -
         sync(device)
         return (time.perf_counter() - start) / reps * 1000
 
-    parts = {"critic loss": ms(lambda: module.critic_loss_fn(agent, batch, script_args)),
-             "actor loss": ms(lambda: module.actor_loss_fn(agent, batch, script_args)),
-             "of which BC loss": ms(lambda: module.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, *bc_args)),
-             "update": ms(lambda: module.update(agent, batch, script_args, torch.tensor(7, device=device)))}
+    parts = {
+        "critic loss": ms(lambda: module.critic_loss_fn(agent, batch, script_args)),
+        "actor loss": ms(lambda: module.actor_loss_fn(agent, batch, script_args)),
+        "of which BC loss": ms(lambda: module.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, *bc_args)),
+        "update": ms(lambda: module.update(agent, batch, script_args, torch.tensor(7, device=device))),
+    }
     parts["backward, optimizers, targets"] = parts["update"] - parts["critic loss"] - parts["actor loss"]
     return parts
 
@@ -125,7 +150,14 @@ def profile_update(module, agent, buffer, script_args, device, reps: int = 10) -
 class CountOps(TorchDispatchMode):
     """Counts the ATen operators that compute: not views, allocations, metadata checks, host reads or profiler marks."""
 
-    SKIP = ("aten.empty", "aten._efficientzerotensor", "aten.is_", "aten._has_", "aten._local_scalar_dense", "profiler.")
+    SKIP = (
+        "aten.empty",
+        "aten._efficientzerotensor",
+        "aten.is_",
+        "aten._has_",
+        "aten._local_scalar_dense",
+        "profiler.",
+    )
 
     def __init__(self):
         super().__init__()
@@ -146,7 +178,7 @@ def count_ops(module, domain, script_args) -> dict:
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["foreach"] = True
-    module.TrainStep(agent, buffer, script_args, torch.device("cpu"), last_step=0)()  # creates Adam's state
+    training_iteration(module, agent, buffer, script_args, torch.device("cpu"))[0]()  # creates Adam's state
     counts = {}
 
     def counted(part, fn):
@@ -156,8 +188,10 @@ def count_ops(module, domain, script_args) -> dict:
         return out
 
     batch = counted("batch", lambda: buffer.sample(script_args.batch_size))
-    losses = (counted("critic loss", lambda: module.critic_loss_fn(agent, batch, script_args)[0]),
-              counted("actor loss", lambda: module.actor_loss_fn(agent, batch, script_args)[0]))
+    losses = (
+        counted("critic loss", lambda: module.critic_loss_fn(agent, batch, script_args)[0]),
+        counted("actor loss", lambda: module.actor_loss_fn(agent, batch, script_args)[0]),
+    )
     modules = (agent.critic, agent.actor)
 
     def backward():
@@ -176,16 +210,20 @@ def count_ops(module, domain, script_args) -> dict:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores"
+    cpu = platform.processor() or platform.machine()
+    return f"{cpu} CPU, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores"
 
 
 def main(args: Args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     torch.manual_seed(0)
-    domain = ofql.domain_of(args.env_id)
+    domain = d4rl_compat.domain_of(args.env_id)
     data = synthetic_data(domain.obs_dim, domain.act_dim, args.dataset_size)
     paths = ["eager", "cuda_graph"] if device.type == "cuda" else ["eager"]
     setups = {}
@@ -197,48 +235,73 @@ def main(args: Args) -> dict:
         for path in paths:
             path_args = dataclasses.replace(script_args, cuda_graph=path == "cuda_graph")
             agent = module.make_agent(domain.obs_dim, domain.act_dim, path_args, device)
-            steps[path] = module.TrainStep(agent, buffer, path_args, device, last_step=0)
+            steps[path] = training_iteration(module, agent, buffer, path_args, device)
         setups[name] = (module, script_args, steps, buffer)
     obs = torch.as_tensor(data["observations"][: args.decision_batch], device=device)
     seconds = {(name, path): [] for name in setups for path in paths}
-    policies = {(name, path, k): module.ActionSelector(steps[path].agent, k, len(obs), domain.obs_dim, device, path == "cuda_graph")
-                for name, (module, a, steps, _) in setups.items() for path in paths for k in sorted({1, a.num_candidates})}
+    policies = {
+        (name, path, k): module.make_policy(steps[path][1], k, len(obs), domain.obs_dim, device, path == "cuda_graph")
+        for name, (module, a, steps, _) in setups.items()
+        for path in paths
+        for k in sorted({1, a.num_candidates})
+    }
     rates = {key: [] for key in policies}
     for r in range(args.rounds):
-        for name, (module, script_args, steps, buffer) in setups.items():
-            for path, train_step in steps.items():
-                seconds[(name, path)].append(time_updates(train_step, args, device))
+        for name, (_, _, steps, _) in setups.items():
+            for path, (iteration, _) in steps.items():
+                seconds[(name, path)].append(time_updates(iteration, args, device))
             for (n, path, k), policy in policies.items():
                 if n == name:
                     rates[(n, path, k)].append(time_decisions(policy, obs, args, device))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {p} {1 / s[-1]:.1f} updates/s" for (n, p), s in seconds.items()),
-              flush=True)
+        print(
+            f"round {r + 1}/{args.rounds}: "
+            + ", ".join(f"{n} {p} {1 / s[-1]:.1f} updates/s" for (n, p), s in seconds.items()),
+            flush=True,
+        )
 
-    result = {"device": device_name(device), "torch": torch.__version__, "env_id": args.env_id, "batch_size": args.batch_size,
-              "decision_batch": args.decision_batch, "updates_per_round": args.updates, "rounds": args.rounds,
-              "paths": paths, "algorithms": {}}
+    result = {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "env_id": args.env_id,
+        "batch_size": args.batch_size,
+        "decision_batch": args.decision_batch,
+        "updates_per_round": args.updates,
+        "rounds": args.rounds,
+        "paths": paths,
+        "algorithms": {},
+    }
     for name, (module, script_args, _, _) in setups.items():
         per_update = {path: statistics.median(seconds[(name, path)]) for path in paths}
         result["algorithms"][name] = {
             "updates_per_sec": {path: 1 / t for path, t in per_update.items()},
             "hours_per_1M_updates": {path: t * 1e6 / 3600 for path, t in per_update.items()},
-            "decisions_per_sec": {path: {str(k): statistics.median(v) for (n, p, k), v in rates.items() if n == name and p == path}
-                                  for path in paths},
+            "decisions_per_sec": {
+                path: {str(k): statistics.median(v) for (n, p, k), v in rates.items() if n == name and p == path}
+                for path in paths
+            },
             "ops": count_ops(module, domain, script_args),
         }
     a = result["algorithms"]
     ratios = {}
     for path in paths:
         if "ofql" in a and "fql" in a:
-            ratios[f"OFQL/FQL training time, {path}"] = a["fql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
+            ratios[f"OFQL/FQL training time, {path}"] = (
+                a["fql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
+            )
         if "ofql" in a and "dql" in a:
-            ratios[f"OFQL/DQL training time, {path}"] = a["dql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
+            ratios[f"OFQL/DQL training time, {path}"] = (
+                a["dql"]["updates_per_sec"][path] / a["ofql"]["updates_per_sec"][path]
+            )
             ofql_rates, dql_rates = a["ofql"]["decisions_per_sec"][path], a["dql"]["decisions_per_sec"][path]
             for k in sorted(set(ofql_rates) & set(dql_rates), key=int):
-                ratios[f"OFQL/DQL decision frequency, {k} candidate{'s' * (k != '1')}, {path}"] = ofql_rates[k] / dql_rates[k]
+                ratios[f"OFQL/DQL decision frequency, {k} candidate{'s' * (k != '1')}, {path}"] = (
+                    ofql_rates[k] / dql_rates[k]
+                )
     result["ratios"] = ratios
-    result["update_profile_ms"] = {name: profile_update(module, steps["eager"].agent, buffer, script_args, device)
-                                   for name, (module, script_args, steps, buffer) in setups.items()}
+    result["update_profile_ms"] = {
+        name: profile_update(module, steps["eager"][1], buffer, script_args, device)
+        for name, (module, script_args, steps, buffer) in setups.items()
+    }
     write(result, args)
     return result
 
@@ -247,30 +310,55 @@ def write(result: dict, args: Args) -> None:
     os.makedirs(args.out_dir, exist_ok=True)
     stem = "cuda" if "CPU" not in result["device"] else "cpu"
     paths = result["paths"]
-    lines = [f"Device: {result['device']}; torch {result['torch']}; {result['env_id']} shapes, batch {result['batch_size']}, "
-             f"decision batches of {result['decision_batch']} states; median over {result['rounds']} rounds of "
-             f"{result['updates_per_round']} updates.", "",
-             "| script | " + " | ".join(f"updates/s, {p}" for p in paths) + " | " + " | ".join(f"hours per 1M, {p}" for p in paths)
-             + " | " + " | ".join(f"decisions/s, 1 candidate, {p} | decisions/s, evaluation candidates, {p}" for p in paths)
-             + " | ATen ops per iteration |", "|---|" + "---:|" * (4 * len(paths) + 1)]
+    lines = [
+        f"Device: {result['device']}; torch {result['torch']}; {result['env_id']} shapes, "
+        f"batch {result['batch_size']}, "
+        f"decision batches of {result['decision_batch']} states; median over {result['rounds']} rounds of "
+        f"{result['updates_per_round']} updates.",
+        "",
+        "| script | "
+        + " | ".join(f"updates/s, {p}" for p in paths)
+        + " | "
+        + " | ".join(f"hours per 1M, {p}" for p in paths)
+        + " | "
+        + " | ".join(f"decisions/s, 1 candidate, {p} | decisions/s, evaluation candidates, {p}" for p in paths)
+        + " | ATen ops per iteration |",
+        "|---|" + "---:|" * (4 * len(paths) + 1),
+    ]
     for name, r in result["algorithms"].items():
         decisions = []
         for p in paths:
             d = r["decisions_per_sec"][p]
             decisions += [f"{d['1']:.2f}", f"{d[max(d, key=int)]:.3f} ({max(d, key=int)})"]
-        lines.append(f"| {name} | " + " | ".join(f"{r['updates_per_sec'][p]:.1f}" for p in paths) + " | "
-                     + " | ".join(f"{r['hours_per_1M_updates'][p]:.2f}" for p in paths) + " | " + " | ".join(decisions)
-                     + f" | {r['ops']['iteration']} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{r['updates_per_sec'][p]:.1f}" for p in paths)
+            + " | "
+            + " | ".join(f"{r['hours_per_1M_updates'][p]:.2f}" for p in paths)
+            + " | "
+            + " | ".join(decisions)
+            + f" | {r['ops']['iteration']} |"
+        )
     lines += ["", "| ratio | value |", "|---|---:|"] + [f"| {k} | {v:.2f} |" for k, v in result["ratios"].items()]
     profile = result["update_profile_ms"]
     parts = list(next(iter(profile.values())))
-    lines += ["", "Where one update's time goes (ms):", "", "| script | " + " | ".join(parts) + " |",
-              "|---|" + "---:|" * len(parts)]
+    lines += [
+        "",
+        "Where one update's time goes (ms):",
+        "",
+        "| script | " + " | ".join(parts) + " |",
+        "|---|" + "---:|" * len(parts),
+    ]
     lines += [f"| {name} | " + " | ".join(f"{p[k]:.1f}" for k in parts) + " |" for name, p in profile.items()]
     ops = {name: r["ops"] for name, r in result["algorithms"].items()}
     parts = list(next(iter(ops.values())))
-    lines += ["", "ATen operators per part of one iteration (about the CUDA kernels a graph replays):", "",
-              "| script | " + " | ".join(parts) + " |", "|---|" + "---:|" * len(parts)]
+    lines += [
+        "",
+        "ATen operators per part of one iteration (about the CUDA kernels a graph replays):",
+        "",
+        "| script | " + " | ".join(parts) + " |",
+        "|---|" + "---:|" * len(parts),
+    ]
     lines += [f"| {name} | " + " | ".join(str(c[k]) for k in parts) + " |" for name, c in ops.items()]
     with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

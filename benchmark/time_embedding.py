@@ -8,6 +8,7 @@ measures of the one-step policy on 4096 dataset states with shared noise: its me
 actions, and to a fine ODE integration (100 Euler steps of the instantaneous velocity u(a_t, t, t)) of the same
 network, the gap that Eq. 13's identity should close. Writes results.md and results.json to --out-dir.
 """
+
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import d4rl_compat  # noqa: E402
 import ofql  # noqa: E402
 
 # name: (features, scale of t inside the sinusoid, with DQL's time MLP Linear(d, 2d)-Mish-Linear(2d, d))
@@ -89,8 +91,18 @@ def run_one(args: Args) -> None:
     variant, seed = args.run_one.split(":")
     ofql.Actor = actor_class(variant)  # make_agent builds whatever ofql.Actor names
     torch.set_num_threads(1)
-    argv = ["--env-id", args.env_id, "--dataset-path", args.dataset_path, "--seed", seed, "--exp-name", variant,
-            "--save-model", *args.flags.split()]
+    argv = [
+        "--env-id",
+        args.env_id,
+        "--dataset-path",
+        args.dataset_path,
+        "--seed",
+        seed,
+        "--exp-name",
+        variant,
+        "--save-model",
+        *args.flags.split(),
+    ]
     ofql.train(ofql.parse_args(argv))
 
 
@@ -101,10 +113,26 @@ def train_all(args: Args) -> None:
         while queue and len(running) < args.jobs:
             job = queue.pop(0)
             log = open(os.path.join(args.out_dir, job.replace(":", "__") + ".log"), "w")
-            cmd = [sys.executable, os.path.abspath(__file__), "--run-one", job, "--dataset-path", args.dataset_path,
-                   "--env-id", args.env_id, f"--flags={args.flags}"]
-            running.append(subprocess.Popen(cmd, cwd=args.out_dir, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "OMP_NUM_THREADS": "1"}))
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--run-one",
+                job,
+                "--dataset-path",
+                args.dataset_path,
+                "--env-id",
+                args.env_id,
+                f"--flags={args.flags}",
+            ]
+            running.append(
+                subprocess.Popen(
+                    cmd,
+                    cwd=args.out_dir,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "OMP_NUM_THREADS": "1"},
+                )
+            )
         time.sleep(5)
         for proc in [p for p in running if p.poll() is not None]:
             running.remove(proc)
@@ -124,13 +152,15 @@ def offline_measures(actor: ofql.Actor, obs: torch.Tensor, actions: torch.Tensor
         t = one * i / ode_steps
         a = a - actor(a, t, t, obs) / ode_steps
     a = a.clamp(-1, 1)
-    return {"one_step_to_data": float((one_step - actions).pow(2).mean()),
-            "ode_to_data": float((a - actions).pow(2).mean()),
-            "one_step_to_ode": float((one_step - a).pow(2).mean())}
+    return {
+        "one_step_to_data": float((one_step - actions).pow(2).mean()),
+        "ode_to_data": float((a - actions).pow(2).mean()),
+        "one_step_to_ode": float((one_step - a).pow(2).mean()),
+    }
 
 
 def report(args: Args) -> None:
-    data = ofql.load_dataset(args.env_id, args.dataset_path, "raw")
+    data = d4rl_compat.load(args.env_id, args.dataset_path).data
     idx = np.random.default_rng(0).choice(len(data["observations"]), 4096, replace=False)
     obs, actions = torch.as_tensor(data["observations"][idx]), torch.as_tensor(data["actions"][idx])
     runs_dir = os.path.join(args.out_dir, "runs")
@@ -145,27 +175,42 @@ def report(args: Args) -> None:
             summary = json.load(open(os.path.join(path, "summary.json")))
             actor = actor_class(variant)(obs.shape[1], actions.shape[1])
             actor.load_state_dict(torch.load(os.path.join(path, "checkpoint.pt"), weights_only=False)["actor"])
-            rows.append({"seed": int(seed), "steps": [e["step"] for e in summary["evaluations"]],
-                         "scores": [e["score"] for e in summary["evaluations"]],
-                         "steps_per_sec": summary["train_steps_per_sec"], **offline_measures(actor, obs, actions)})
+            rows.append(
+                {
+                    "seed": int(seed),
+                    "steps": [e["step"] for e in summary["evaluations"]],
+                    "scores": [e["score"] for e in summary["evaluations"]],
+                    "steps_per_sec": summary["train_steps_per_sec"],
+                    **offline_measures(actor, obs, actions),
+                }
+            )
         if rows:
             results.append({"variant": variant, "runs": rows})
-    lines = [f"`ofql.py {args.flags}` on {os.path.basename(args.dataset_path)} ({args.env_id}), seeds {args.seeds}; "
-             "scores: normalized score of the one-step policy (10 episodes), mean over seeds at each evaluation; "
-             "offline: mean squared action distance on 4096 dataset states at the last step (mean over seeds).", "",
-             "| embedding | scores at each evaluation | mean | one-step to data | ODE to data | one-step to ODE | "
-             "steps/s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`ofql.py {args.flags}` on {os.path.basename(args.dataset_path)} ({args.env_id}), seeds {args.seeds}; "
+        "scores: normalized score of the one-step policy (10 episodes), mean over seeds at each evaluation; "
+        "offline: mean squared action distance on 4096 dataset states at the last step (mean over seeds).",
+        "",
+        "| embedding | scores at each evaluation | mean | one-step to data | ODE to data | one-step to ODE | steps/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         scores = np.array([run["scores"] for run in r["runs"]])
-        mean = {k: np.mean([run[k] for run in r["runs"]]) for k in
-                ("one_step_to_data", "ode_to_data", "one_step_to_ode", "steps_per_sec")}
-        lines.append(f"| {r['variant']} | {' / '.join(f'{s:.1f}' for s in scores.mean(0))} | {scores.mean():.1f} | "
-                     f"{mean['one_step_to_data']:.4f} | {mean['ode_to_data']:.4f} | {mean['one_step_to_ode']:.4f} | "
-                     f"{mean['steps_per_sec']:.1f} |")
+        mean = {
+            k: np.mean([run[k] for run in r["runs"]])
+            for k in ("one_step_to_data", "ode_to_data", "one_step_to_ode", "steps_per_sec")
+        }
+        lines.append(
+            f"| {r['variant']} | {' / '.join(f'{s:.1f}' for s in scores.mean(0))} | {scores.mean():.1f} | "
+            f"{mean['one_step_to_data']:.4f} | {mean['ode_to_data']:.4f} | {mean['one_step_to_ode']:.4f} | "
+            f"{mean['steps_per_sec']:.1f} |"
+        )
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump({"flags": args.flags, "dataset": os.path.basename(args.dataset_path), "results": results}, f, indent=1)
+        json.dump(
+            {"flags": args.flags, "dataset": os.path.basename(args.dataset_path), "results": results}, f, indent=1
+        )
     print("\n".join(lines))
 
 

@@ -1,4 +1,5 @@
 """Shared test helpers: small files in the exact D4RL hdf5 layout, recorded in the real gymnasium envs."""
+
 import os
 import sys
 import warnings
@@ -23,7 +24,10 @@ def record_d4rl_file(path, gym_id="Hopper-v4", episodes=3, max_steps=40, seed=0,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         env = gym.make(gym_id)
-    rows = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "qpos", "qvel")}
+    rows = {
+        k: []
+        for k in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts", "qpos", "qvel")
+    }
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
         for t in range(max_steps):
@@ -31,8 +35,10 @@ def record_d4rl_file(path, gym_id="Hopper-v4", episodes=3, max_steps=40, seed=0,
             rows["qpos"].append(env.unwrapped.data.qpos.copy())
             rows["qvel"].append(env.unwrapped.data.qvel.copy())
             next_obs, reward, terminated, _, _ = env.step(action)
-            for key, value in zip(("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"),
-                                  (obs, action, reward, next_obs, terminated, t == max_steps - 1 and not terminated)):
+            for key, value in zip(
+                ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"),
+                (obs, action, reward, next_obs, terminated, t == max_steps - 1 and not terminated),
+            ):
                 rows[key].append(value)
             obs = next_obs
             if terminated:

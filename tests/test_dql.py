@@ -1,5 +1,8 @@
 """dql.py: the VP schedule and the DDPM posterior against their definitions, the T-step sampler against the exact
 reverse process for data whose noise predictor is known in closed form, BPTT through the chain, shapes and losses."""
+
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -14,8 +17,13 @@ def agent_and_batch():
     torch.manual_seed(0)
     args = dql.Args()
     agent = dql.make_agent(OBS, ACT, args, torch.device("cpu"))
-    batch = dql.Batch(torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1, torch.randn(B, 1), torch.randn(B, OBS),
-                      (torch.rand(B, 1) < 0.2).float())
+    batch = dql.Batch(
+        torch.randn(B, OBS),
+        torch.rand(B, ACT) * 2 - 1,
+        torch.randn(B, 1),
+        torch.randn(B, OBS),
+        (torch.rand(B, 1) < 0.2).float(),
+    )
     return agent, batch, args
 
 
@@ -48,7 +56,9 @@ def test_posterior_coefficients_are_the_gaussian_posterior():
     # at i = 0 the posterior is the point a_0 (zero variance, clipped in the log)
     assert c["posterior_mean_coef1"][0] == 1 and c["posterior_mean_coef2"][0] == 0
     assert c["posterior_log_variance_clipped"][0] == pytest.approx(np.log(1e-20))
-    torch.testing.assert_close(c["sqrt_recip_alphas_cumprod"] * c["sqrt_alphas_cumprod"], torch.ones(5, dtype=abar.dtype))
+    torch.testing.assert_close(
+        c["sqrt_recip_alphas_cumprod"] * c["sqrt_alphas_cumprod"], torch.ones(5, dtype=abar.dtype)
+    )
     torch.testing.assert_close(c["sqrt_recipm1_alphas_cumprod"] ** 2, 1 / abar - 1)
 
 
@@ -85,7 +95,10 @@ def reverse_chain_moments(steps, mu, sigma):
         gain = 1 / (abar[i] * sigma**2 + 1 - abar[i])  # E[eps | a_i] = sqrt(1 - abar) gain (a_i - sqrt(abar) mu)
         shrink = c["sqrt_recipm1_alphas_cumprod"][i] * (1 - abar[i]).sqrt() * gain
         k, m = c["sqrt_recip_alphas_cumprod"][i] - shrink, shrink * abar[i].sqrt() * mu
-        slope, offset = c["posterior_mean_coef1"][i] * k + c["posterior_mean_coef2"][i], c["posterior_mean_coef1"][i] * m
+        slope, offset = (
+            c["posterior_mean_coef1"][i] * k + c["posterior_mean_coef2"][i],
+            c["posterior_mean_coef1"][i] * m,
+        )
         noise_var = 0.0 if i == 0 else c["posterior_log_variance_clipped"][i].exp()
         mean, var = slope * mean + offset, slope**2 * var + noise_var
     return float(mean), float(var)
@@ -153,17 +166,55 @@ def test_update_runs_the_dql_step(agent_and_batch):
     agent, batch, args = agent_and_batch
     before = [p.clone() for p in agent.actor.parameters()]
     metrics = dql.update(agent, batch, args, step=torch.tensor(1))
-    assert set(metrics) == {"critic_loss", "q_data", "q_target", "critic_grad_norm", "actor_loss", "bc_loss", "q_loss",
-                            "q_policy", "actor_grad_norm"}
+    assert set(metrics) == {
+        "critic_loss",
+        "q_data",
+        "q_target",
+        "critic_grad_norm",
+        "actor_loss",
+        "bc_loss",
+        "q_loss",
+        "q_policy",
+        "actor_grad_norm",
+    }
     assert all(torch.isfinite(v) for v in metrics.values())
-    assert metrics["actor_loss"].item() == pytest.approx(metrics["bc_loss"].item() + args.eta * metrics["q_loss"].item(), rel=1e-5)
+    assert metrics["actor_loss"].item() == pytest.approx(
+        metrics["bc_loss"].item() + args.eta * metrics["q_loss"].item(), rel=1e-5
+    )
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters()))
 
 
 def test_presets_are_dqls_table():
     args = dql.parse_args(["--env-id", "antmaze-medium-play-v2"])
     assert (args.eta, args.actor_lr, args.max_q_backup, args.reward_mode, args.grad_norm, args.total_steps) == (
-        2.0, 1e-3, True, "cql_antmaze", 2.0, 1_000_000)
+        2.0,
+        1e-3,
+        True,
+        "cql_antmaze",
+        2.0,
+        1_000_000,
+    )
     args = dql.parse_args(["--env-id", "pen-human-v1", "--eta", "0.3", "--diffusion-steps", "10"])
     assert (args.eta, args.actor_lr, args.reward_mode, args.diffusion_steps) == (0.3, 3e-5, "standardize", 10)
     assert dql.parse_args(["--env-id", "walker2d-medium-v2"]).grad_norm == 1.0
+
+
+def test_max_q_backup_takes_the_max_over_several_next_actions_of_the_ema_policy(agent_and_batch):
+    """With --max-q-backup each head takes the max over num_backup_actions next actions (of the EMA policy), then the
+    min of the heads; without it, one next action."""
+    agent, batch, args = agent_and_batch
+    for max_q in (False, True):
+        a = dataclasses.replace(args, max_q_backup=max_q, num_backup_actions=4)
+        torch.manual_seed(5)
+        _, metrics = dql.critic_loss_fn(agent, batch, a)
+        torch.manual_seed(5)
+        k = 4 if max_q else 1
+        next_obs = batch.next_obs.repeat_interleave(k, 0)
+        with torch.no_grad():
+            q1, q2 = agent.critic_target(next_obs, dql.sample_actions(agent.actor_ema, next_obs))
+        next_q = torch.min(q1.view(B, k).amax(1), q2.view(B, k).amax(1)).unsqueeze(1)
+        expected = batch.rewards + 0.99 * (1 - batch.dones) * next_q
+        torch.testing.assert_close(metrics["q_target"], expected.mean())
+        if max_q:  # the max over the next actions matters here: their min gives another target
+            low = torch.min(q1.view(B, k).amin(1), q2.view(B, k).amin(1)).unsqueeze(1)
+            assert (metrics["q_target"] - (batch.rewards + 0.99 * (1 - batch.dones) * low).mean()).abs() > 1e-3

@@ -1,5 +1,6 @@
 """fql.py: the Euler flow against known velocity fields, the stop-gradient distillation target, which parameters
 each loss term reaches, the critic target's Q aggregation, FQL's networks and presets."""
+
 import pytest
 import torch
 
@@ -13,8 +14,13 @@ def agent_and_batch():
     torch.manual_seed(0)
     args = fql.Args()
     agent = fql.make_agent(OBS, ACT, args, torch.device("cpu"))
-    batch = fql.Batch(torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1, torch.randn(B, 1), torch.randn(B, OBS),
-                      (torch.rand(B, 1) < 0.2).float())
+    batch = fql.Batch(
+        torch.randn(B, OBS),
+        torch.rand(B, ACT) * 2 - 1,
+        torch.randn(B, 1),
+        torch.randn(B, OBS),
+        (torch.rand(B, 1) < 0.2).float(),
+    )
     return agent, batch, args
 
 
@@ -135,10 +141,10 @@ def test_critic_target_aggregates_the_heads_of_the_one_step_policy(agent_and_bat
 def test_networks_are_fqls(agent_and_batch):
     agent, batch, _ = agent_and_batch
     linears = [m for m in agent.critic.q1 if isinstance(m, torch.nn.Linear)]
-    assert [l.out_features for l in linears] == [512, 512, 512, 512, 1]
+    assert [layer.out_features for layer in linears] == [512, 512, 512, 512, 1]
     assert sum(isinstance(m, torch.nn.LayerNorm) for m in agent.critic.q1) == 4
     assert not any(isinstance(m, torch.nn.LayerNorm) for m in agent.actor.modules())
-    assert all(l.bias.abs().sum() == 0 for l in linears)  # Flax's zero bias; Glorot-uniform weights
+    assert all(layer.bias.abs().sum() == 0 for layer in linears)  # Flax's zero bias; Glorot-uniform weights
     bound = (6 / (linears[1].in_features + linears[1].out_features)) ** 0.5
     assert linears[1].weight.abs().max() <= bound and linears[1].weight.abs().max() > 0.95 * bound
     assert agent.actor(torch.randn(B, ACT), batch.obs).shape == (B, ACT)
@@ -148,15 +154,85 @@ def test_networks_are_fqls(agent_and_batch):
 
 def test_presets_follow_fqls_flags():
     args = fql.parse_args(["--env-id", "pen-human-v1"])
-    assert (args.alpha, args.q_agg, args.normalize_q, args.total_steps, args.reward_mode) == (10000.0, "min", False, 500_000, "raw")
+    assert (args.alpha, args.q_agg, args.normalize_q, args.total_steps, args.reward_mode) == (
+        10000.0,
+        "min",
+        False,
+        500_000,
+        "raw",
+    )
     args = fql.parse_args(["--env-id", "antmaze-large-play-v2", "--alpha", "30"])
-    assert (args.alpha, args.q_agg, args.reward_mode, args.grad_norm, args.num_candidates) == (30.0, "mean", "iql_antmaze", 0.0, 1)
+    assert (args.alpha, args.q_agg, args.reward_mode, args.grad_norm, args.num_candidates) == (
+        30.0,
+        "mean",
+        "iql_antmaze",
+        0.0,
+        1,
+    )
     assert fql.parse_args(["--env-id", "hopper-medium-v2"]).normalize_q
 
 
 @pytest.mark.parametrize("env_id", [e for e in fql.PRESETS if not e.startswith(("antmaze", "pen"))])
 def test_mujoco_and_kitchen_presets_are_inside_the_papers_alpha_grid(env_id):
-    """Appendix N: the OFQL authors ran FQL on MuJoCo and Kitchen with the normalised Q term and alpha from this grid."""
+    """Appendix N: the OFQL authors ran FQL on MuJoCo and Kitchen with the normalised Q term, alpha from this grid."""
     args = fql.parse_args(["--env-id", env_id])
     assert args.alpha in (0.03, 0.1, 0.3, 1.0, 3.0, 10.0) and args.normalize_q
 
+
+@pytest.mark.parametrize("q_agg", ["mean", "min"])
+def test_max_q_backup_takes_the_max_over_several_next_actions(agent_and_batch, q_agg):
+    """With --max-q-backup each head takes the max over num_backup_actions next actions of the one-step policy, then
+    the heads are aggregated (`q_agg`)."""
+    agent, batch, _ = agent_and_batch
+    args = fql.Args(q_agg=q_agg, max_q_backup=True, num_backup_actions=4)
+    torch.manual_seed(3)
+    _, m = fql.critic_loss_fn(agent, batch, args)
+    torch.manual_seed(3)
+    next_obs = batch.next_obs.repeat_interleave(4, 0)
+    with torch.no_grad():
+        q1, q2 = agent.critic_target(next_obs, fql.sample_actions(agent.actor, next_obs))
+    q1, q2 = q1.view(B, 4).amax(1, keepdim=True), q2.view(B, 4).amax(1, keepdim=True)
+    next_q = (q1 + q2) / 2 if q_agg == "mean" else torch.min(q1, q2)
+    expected = batch.rewards + 0.99 * (1 - batch.dones) * next_q
+    assert m["q_target"].item() == pytest.approx(expected.mean().item(), rel=1e-6)
+
+
+def test_actor_loss_distils_onto_the_flow_steps_euler_target(agent_and_batch):
+    """The distillation term of actor_loss_fn is |mu(z; s) - flow(z; s)|^2 with the BC flow integrated in flow_steps
+    Euler steps, the same z as the one-step action (regenerated here from the same seed)."""
+    agent, batch, args = agent_and_batch
+    # a velocity field whose Euler integral depends on the step count (the initial network's is nearly constant)
+    agent.actor.velocity = lambda a_t, t, obs: torch.sin(4.0 * t) - 2.0 * t * a_t + 0.1 * obs[:, :ACT]
+    for flow_steps in (10, 3):
+        a = fql.Args(flow_steps=flow_steps)
+        torch.manual_seed(4)
+        _, m = fql.actor_loss_fn(agent, batch, a)
+        torch.manual_seed(4)
+        fql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions)  # the same draws, in the same order
+        z = torch.randn_like(batch.actions)
+        with torch.no_grad():
+            actions = agent.actor(z, batch.obs)
+            flow = lambda a_t, t: agent.actor.velocity(a_t, t, batch.obs)
+            expected = torch.nn.functional.mse_loss(actions, fql.euler_flow(flow, z, flow_steps))
+            one_step = torch.nn.functional.mse_loss(actions, fql.euler_flow(flow, z, 1))
+        assert m["distill_loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+        assert abs(m["distill_loss"].item() - one_step.item()) > 0.05 * one_step.item()  # 1 step: another target
+
+
+def test_actor_loss_sends_the_q_gradient_to_the_one_step_policy_only(agent_and_batch):
+    """Another critic changes the one-step policy's gradient of actor_loss_fn and leaves the BC flow's unchanged."""
+    agent, batch, args = agent_and_batch
+
+    def gradients():
+        agent.actor.zero_grad()
+        torch.manual_seed(4)
+        fql.actor_loss_fn(agent, batch, args)[0].backward()
+        return [[p.grad.clone() for p in net.parameters()] for net in (agent.actor.flow, agent.actor.onestep)]
+
+    (flow_a, onestep_a), _ = gradients(), None
+    with torch.no_grad():
+        for p in agent.critic.parameters():
+            p.mul_(-2.0)
+    flow_b, onestep_b = gradients()
+    assert all(torch.equal(a, b) for a, b in zip(flow_a, flow_b))
+    assert not all(torch.allclose(a, b) for a, b in zip(onestep_a, onestep_b))

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
-import gpu_check
+import gpu_check  # noqa: E402
 
 
 def log(*windows, keys=("critic_loss", "actor_loss")):

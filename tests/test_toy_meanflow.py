@@ -1,4 +1,5 @@
 """Tests for toy_meanflow.py: the distance, the MeanFlow target, and a quick end-to-end run."""
+
 import csv
 
 import pytest

@@ -1,8 +1,14 @@
-"""The fast path of the three scripts (TrainStep, ActionSelector): what makes the training iteration and the policy
-capturable as CUDA graphs, checked on the CPU (no value read back to the host, the softmax(Q) candidate draw, Adam's
-capturable mode set and undone across checkpoints), and, where CUDA is present, that the captured graphs compute
-what the eager code computes."""
+"""The CUDA training step of the three scripts (cuda_graph, set_capturable, make_policy): what makes the training
+iteration and the policy capturable as CUDA graphs, checked on the CPU (no value read back to the host, the
+softmax(Q) candidate draw, cuda_graph's warm-up / capture / replay sequence and its one-line failure, Adam's
+capturable mode undone when a fast-path checkpoint resumes on the CPU), and, where CUDA is present, that the captured
+graphs compute what the eager code computes."""
+
+import contextlib
 import dataclasses
+import json
+import os
+import types
 
 import pytest
 import torch
@@ -11,15 +17,22 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import dql
 import fql
 import ofql
+from d4rl_compat import UserError
 
 MODULES = (ofql, dql, fql)
 OBS, ACT = 11, 3
 aten = torch.ops.aten
 # operators that read a tensor's value on the host (.item(), bool(t), Python control flow on a tensor) or whose
 # output shape depends on the data: each one is a device-to-host sync on CUDA and cannot be captured
-HOST_READS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.masked_select.default,
-              aten.repeat_interleave.Tensor, aten._unique2.default, aten.unique_consecutive.default,
-              aten.multinomial.default}  # multinomial checks its probabilities on the host
+HOST_READS = {
+    aten._local_scalar_dense.default,
+    aten.nonzero.default,
+    aten.masked_select.default,
+    aten.repeat_interleave.Tensor,
+    aten._unique2.default,
+    aten.unique_consecutive.default,
+    aten.multinomial.default,
+}  # multinomial checks its probabilities on the host
 
 
 class RecordHostReads(TorchDispatchMode):
@@ -35,14 +48,36 @@ class RecordHostReads(TorchDispatchMode):
 
 def small_setup(module, device, **overrides):
     torch.manual_seed(0)
-    args = dataclasses.replace(module.Args(), batch_size=32, ema_start=4, ema_every=2, **overrides) \
-        if module is not fql else dataclasses.replace(module.Args(), batch_size=32, **overrides)
+    args = (
+        dataclasses.replace(module.Args(), batch_size=32, ema_start=4, ema_every=2, **overrides)
+        if module is not fql
+        else dataclasses.replace(module.Args(), batch_size=32, **overrides)
+    )
     g = torch.Generator().manual_seed(1)
     obs = torch.randn(500, OBS, generator=g)
-    data = {"observations": obs.numpy(), "next_observations": (obs + 0.1).numpy(),
-            "actions": (torch.rand(500, ACT, generator=g) * 2 - 1).numpy(), "rewards": torch.randn(500, generator=g).numpy(),
-            "terminals": (torch.rand(500, generator=g) < 0.05).numpy()}
+    data = {
+        "observations": obs.numpy(),
+        "next_observations": (obs + 0.1).numpy(),
+        "actions": (torch.rand(500, ACT, generator=g) * 2 - 1).numpy(),
+        "rewards": torch.randn(500, generator=g).numpy(),
+        "terminals": (torch.rand(500, generator=g) < 0.05).numpy(),
+    }
     return args, module.make_agent(OBS, ACT, args, device), module.OfflineBuffer(data, device)
+
+
+def training_iteration(module, agent, buffer, args, device, last_step=0):
+    """What train() runs at each step: update() on a fresh batch with the step count on the device; on the fast path
+    the same function served by cuda_graph, with Adam in capturable mode. Returns (iteration, step count)."""
+    use_graph = args.cuda_graph and device.type == "cuda"
+    for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
+        module.set_capturable(optimizer, use_graph)
+    step = torch.tensor(last_step, device=device)
+
+    def iteration():
+        step.add_(1)
+        return module.update(agent, buffer.sample(args.batch_size), args, step)
+
+    return (module.cuda_graph(iteration, warmup=3, what="the training step") if use_graph else iteration), step
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
@@ -51,14 +86,14 @@ def test_an_iteration_never_reads_a_value_back_to_the_host(module):
     # Adam's CPU path reads its step count with .item(); its fused path does not (on CUDA, capturable Adam is used)
     agent.actor_optimizer = torch.optim.Adam(agent.actor.parameters(), lr=args.actor_lr, fused=True)
     agent.critic_optimizer = torch.optim.Adam(agent.critic.parameters(), lr=args.critic_lr, fused=True)
-    train_step = module.TrainStep(agent, buffer, args, torch.device("cpu"), last_step=0)
+    iteration, _ = training_iteration(module, agent, buffer, args, torch.device("cpu"))
     with RecordHostReads() as recorder:
         for _ in range(6):  # covers the EMA branches: before ema_start, on and off the EMA schedule
-            train_step()
+            iteration()
     assert recorder.found == []
 
     with RecordHostReads() as recorder:  # the recorder does see one: Python control flow on a tensor
-        assert bool(train_step()["critic_loss"] >= 0)
+        assert bool(iteration()["critic_loss"] >= 0)
     assert recorder.found == ["aten._local_scalar_dense.default"]
 
 
@@ -67,7 +102,7 @@ def test_choosing_an_action_never_reads_a_value_back_to_the_host(module):
     args, agent, _ = small_setup(module, torch.device("cpu"))
     with RecordHostReads() as recorder:
         for k in (1, 50):
-            module.ActionSelector(agent, k, 10, OBS, torch.device("cpu"), use_graph=False)(torch.randn(10, OBS))
+            module.make_policy(agent, k, 10, OBS, torch.device("cpu"), use_graph=False)(torch.randn(10, OBS))
     assert recorder.found == []
 
 
@@ -77,8 +112,8 @@ def test_the_candidate_is_drawn_from_softmax_q():
     as softmax(q) says, summed over 20,000 states (a plain argmax or a wrong temperature is many sigmas off)."""
 
     class Linear(torch.nn.Module):
-        def q_min(self, obs, actions):
-            return 3.0 * actions[:, :1]
+        def forward(self, obs, actions):
+            return 3.0 * actions[:, :1], 3.0 * actions[:, :1] + 1.0  # the min of the two heads is the first
 
     _, agent, _ = small_setup(ofql, torch.device("cpu"))
     agent = dataclasses.replace(agent, critic_target=Linear())
@@ -105,44 +140,110 @@ def test_the_candidate_is_drawn_from_softmax_q():
     assert torch.equal((q - torch.empty_like(q).exponential_().log()).argmax(dim=-1), reference)
 
 
+class FakeCuda:
+    """Stands in for torch.cuda's streams and graphs: records what cuda_graph runs where."""
+
+    def __init__(self, fail_capture=False):
+        self.log, self.capturing, self.fail_capture = [], False, fail_capture
+        fake = self
+
+        class Graph:
+            def replay(self):
+                fake.log.append("replay")
+
+        class Capture:
+            def __init__(self, graph):
+                pass
+
+            def __enter__(self):
+                if fake.fail_capture:
+                    raise RuntimeError("operation not permitted when stream is capturing")
+                fake.capturing = True
+
+            def __exit__(self, *exc):
+                fake.capturing = False
+
+        class Stream:
+            def wait_stream(self, other):
+                pass
+
+        self.Stream, self.CUDAGraph, self.graph = Stream, Graph, Capture
+        self.stream = lambda stream: contextlib.nullcontext()
+        self.current_stream = lambda: Stream()
+
+
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
-def test_a_checkpoint_of_the_cuda_graph_path_resumes_on_the_cpu(module, tmp_path):
-    """A run with the fast path saves Adam in capturable mode; load_state_dict brings that mode back, and CPU Adam
-    refuses it. TrainStep sets the mode of the run that resumes, and the resumed run continues exactly."""
-    args, agent, buffer = small_setup(module, torch.device("cpu"))
-    train_step = module.TrainStep(agent, buffer, args, torch.device("cpu"), last_step=0)
-    for _ in range(3):
-        train_step()
-    for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
-        module.set_capturable(optimizer, True)  # as a CUDA run leaves them (steps on the parameters' device)
-    module.save_checkpoint(str(tmp_path / "checkpoint.pt"), agent, 3, [], 0.0)
-
-    _, resumed, _ = small_setup(module, torch.device("cpu"))
-    module.load_checkpoint(str(tmp_path / "checkpoint.pt"), resumed)
-    assert resumed.actor_optimizer.param_groups[0]["capturable"]
-    with pytest.raises(AssertionError, match="capturable"):  # what happens without TrainStep's reset
-        module.optimizer_step(resumed.critic_optimizer, resumed.critic, module.critic_loss_fn(resumed, buffer.sample(8), args)[0], 0)
-    module.load_checkpoint(str(tmp_path / "checkpoint.pt"), resumed)
-    resumed_step = module.TrainStep(resumed, buffer, args, torch.device("cpu"), last_step=3)
-    train_step = module.TrainStep(agent, buffer, args, torch.device("cpu"), last_step=3)
-    assert not resumed.actor_optimizer.param_groups[0]["capturable"]
-    assert all(s["step"].device.type == "cpu" for s in resumed.actor_optimizer.state.values())
-    torch.manual_seed(5)
-    for _ in range(3):
-        expected = train_step()
-    torch.manual_seed(5)
-    for _ in range(3):
-        got = resumed_step()
-    assert int(resumed_step.step) == 6
-    for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=0)
-    for a, b in zip(agent.actor.parameters(), resumed.actor.parameters()):
-        assert torch.equal(a, b)
+def test_cuda_graph_warms_up_then_captures_once_then_replays(module, monkeypatch):
+    """cuda_graph's sequence, with torch.cuda's streams and graphs faked (no GPU needed): `warmup` eager calls, each
+    returning its own result; right after the last one a single capture that records fn without a replay; then one
+    replay per call, returning the captured outputs. A failed capture is one UserError naming --no-cuda-graph."""
+    fake = FakeCuda()
+    monkeypatch.setattr(
+        module.torch,
+        "cuda",
+        types.SimpleNamespace(
+            **{k: getattr(fake, k) for k in ("Stream", "CUDAGraph", "graph", "stream", "current_stream")}
+        ),
+    )
+    calls = []
+    fn = lambda: calls.append("capture" if fake.capturing else "eager") or len(calls)
+    served = module.cuda_graph(fn, warmup=3, what="the training step")
+    assert [served() for _ in range(3)] == [1, 2, 3] and calls == ["eager"] * 3 + ["capture"] and fake.log == []
+    assert [served() for _ in range(2)] == [4, 4] and fake.log == ["replay"] * 2 and len(calls) == 4
+    fake.fail_capture = True
+    failing = module.cuda_graph(fn, warmup=1, what="the policy")
+    with pytest.raises(UserError, match=r"capturing the policy as a CUDA graph failed .*run with --no-cuda-graph"):
+        failing()
 
 
-def test_the_fast_path_is_off_without_cuda():
-    args, agent, buffer = small_setup(ofql, torch.device("cpu"))
-    assert args.cuda_graph and not ofql.TrainStep(agent, buffer, args, torch.device("cpu"), 0).use_graph
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_a_checkpoint_of_the_cuda_graph_path_resumes_on_the_cpu(module, hopper_file, tmp_path, monkeypatch):
+    """A fast-path run saves Adam in capturable mode, which load_state_dict brings back and CPU Adam refuses; train()
+    sets the mode of the run that resumes after loading the checkpoint, and the resumed run continues exactly."""
+    monkeypatch.chdir(tmp_path)
+    flags = [
+        "--env-id",
+        "hopper-medium-v2",
+        "--dataset-path",
+        hopper_file,
+        "--eval-every",
+        "10",
+        "--eval-episodes",
+        "1",
+        "--num-candidates",
+        "1",
+        "--batch-size",
+        "16",
+        "--log-every",
+        "5",
+        "--save-model",
+    ]
+    straight = os.path.dirname(module.train(module.parse_args(flags + ["--total-steps", "20", "--exp-name", "a"])))
+    first = os.path.dirname(module.train(module.parse_args(flags + ["--total-steps", "10", "--exp-name", "b"])))
+    state = torch.load(f"{first}/checkpoint.pt", weights_only=False)
+    for name in ("actor_optimizer", "critic_optimizer"):  # as a CUDA run leaves them
+        for group in state[name]["param_groups"]:
+            group["capturable"] = True
+    torch.save(state, f"{first}/checkpoint.pt")
+    _, agent, buffer = small_setup(module, torch.device("cpu"))
+    agent.critic_optimizer.load_state_dict(state["critic_optimizer"])
+    with pytest.raises(AssertionError, match="capturable"):  # what happens without train()'s reset
+        module.update(agent, buffer.sample(8), module.Args(), torch.tensor(1))
+    module.train(module.parse_args(flags + ["--total-steps", "20", "--resume", f"{first}/checkpoint.pt"]))
+
+    def records(run_dir):
+        with open(f"{run_dir}/metrics.jsonl") as f:
+            return [{k: v for k, v in json.loads(line).items() if "per_sec" not in k and "rate" not in k} for line in f]
+
+    assert records(first) == records(straight) and len(records(first)) == 4
+
+
+def test_the_fast_path_is_off_without_cuda(hopper_file, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "2", "--batch-size", "8"]
+    summary = ofql.train(ofql.parse_args(flags + ["--eval-episodes", "1", "--num-candidates", "1"]))
+    assert "training on cpu: eager" in capsys.readouterr().out
+    assert json.load(open(os.path.join(os.path.dirname(summary), "config.json")))["training_step"] == "eager"
     assert not ofql.parse_args(["--no-cuda-graph"]).cuda_graph
 
 
@@ -160,14 +261,14 @@ def test_cuda_graph_replays_compute_the_eager_iterations(module):
     args, eager_agent, buffer = small_setup(module, device, cuda_graph=False)
     _, graph_agent, _ = small_setup(module, device, cuda_graph=True)
     runs = {}
-    for name, agent, flags in (("eager", eager_agent, args), ("graph", graph_agent, dataclasses.replace(args, cuda_graph=True))):
-        train_step = module.TrainStep(agent, buffer, flags, device, last_step=0)
-        assert train_step.use_graph == (name == "graph")
+    for name, agent in (("eager", eager_agent), ("graph", graph_agent)):
+        flags = dataclasses.replace(args, cuda_graph=name == "graph")
+        iteration, step = training_iteration(module, agent, buffer, flags, device)
         torch.manual_seed(7)
         # as in train(): the evaluation policy is built (and, on the fast path, captured) before the first iteration
-        module.ActionSelector(agent, 50, 4, OBS, device, use_graph=name == "graph")
-        runs[name] = [{k: v.clone() for k, v in train_step().items()} for _ in range(10)]
-        assert int(train_step.step) == 10
+        module.make_policy(agent, 50, 4, OBS, device, use_graph=name == "graph")
+        runs[name] = [{k: v.clone() for k, v in iteration().items()} for _ in range(10)]
+        assert int(step) == 10
     for step, (e, g) in enumerate(zip(runs["eager"], runs["graph"]), start=1):
         for key in e:
             torch.testing.assert_close(g[key], e[key], rtol=1e-4, atol=1e-5, msg=f"{key} at step {step}")
@@ -180,19 +281,19 @@ def test_cuda_graph_replays_compute_the_eager_iterations(module):
 @pytest.mark.parametrize("cuda_graph", [False, True], ids=["eager", "graph"])
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_cuda_iterations_make_no_device_sync(module, cuda_graph):
-    """Every iteration but the first (lazy initialisation) and the capturing one (torch.cuda.graph synchronizes on
-    entry) runs under CUDA's sync debug mode 'error': no iteration waits for the GPU."""
+    """Every iteration but the first (lazy initialisation) and the last warm-up one, which captures (torch.cuda.graph
+    synchronizes on entry), runs under CUDA's sync debug mode 'error': no iteration waits for the GPU."""
     device = torch.device("cuda")
     args, agent, buffer = small_setup(module, device, cuda_graph=cuda_graph)
-    train_step = module.TrainStep(agent, buffer, args, device, last_step=0)
+    iteration, step = training_iteration(module, agent, buffer, args, device)
     for i in range(1, 11):
-        checked = i != 1 and not (cuda_graph and i == train_step.warmup + 1)
+        checked = i != 1 and not (cuda_graph and i == 3)
         torch.cuda.set_sync_debug_mode("error" if checked else "default")
         try:
-            train_step()
+            iteration()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    assert (train_step.graph is not None) == cuda_graph
+    assert int(step) == 10
 
 
 @cuda
@@ -204,8 +305,8 @@ def test_the_captured_policy_chooses_the_eager_actions(module):
     _, agent, _ = small_setup(module, device)
     obs = torch.randn(10, OBS, device=device)
     for k in (1, 50):
-        eager = module.ActionSelector(agent, k, 10, OBS, device, use_graph=False)
-        graph = module.ActionSelector(agent, k, 10, OBS, device, use_graph=True)
+        eager = module.make_policy(agent, k, 10, OBS, device, use_graph=False)
+        graph = module.make_policy(agent, k, 10, OBS, device, use_graph=True)
         for change in (0.0, 0.05):
             with torch.no_grad():
                 for p in agent.actor.parameters():

@@ -1,18 +1,19 @@
-"""Check an evaluation adapter of ofql.py (dql.py and fql.py share it) against a real D4RL file: put the env in the
-states stored in the file, step the stored actions, and report how far the env's next observations and rewards are
-from the file's next rows.
+"""Check an evaluation adapter of d4rl_compat.py (the evaluation envs of ofql.py, dql.py and fql.py) against a real
+D4RL file: put the env in the states stored in the file, step the stored actions, and report how far the env's next
+observations and rewards are from the file's next rows.
 
     python tools/replay_check.py --env-id antmaze-medium-play-v2          # the cached D4RL file (downloaded if missing)
     python tools/replay_check.py --env-id pen-human-v1 --dataset-path pen-human-v1.hdf5 --num-transitions 5000
 
-Without the real files (they cannot be downloaded where this was written), tests/test_eval_adapters.py runs the same
-checks on files recorded with the adapters themselves, where the error is ~0 and a corrupted copy is flagged.
+Without the real files (they cannot be downloaded where this was written), tests/test_d4rl_compat_antmaze.py and
+tests/test_d4rl_compat_kitchen_pen.py run the same checks on files recorded with the adapters themselves, where the
+error is ~0 and a corrupted copy is flagged.
 """
+
 import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Optional
 
 import h5py
 import mujoco
@@ -20,14 +21,14 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import ofql  # noqa: E402
+import d4rl_compat  # noqa: E402
 
 
 @dataclass
 class Args:
     env_id: str = "antmaze-medium-play-v2"
     """a D4RL id of the AntMaze, Kitchen or pen datasets"""
-    dataset_path: Optional[str] = None
+    dataset_path: str | None = None
     """the D4RL file; default: the cached one ($D4RL_DATASET_DIR), downloaded if missing"""
     num_transitions: int = 1000
     """how many transitions to replay"""
@@ -52,7 +53,7 @@ def antmaze_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 100
     continues = ~(timeouts[:-1] | (terminals[:-1] & jump))  # row i + 1 follows row i in the same episode
     rows = np.flatnonzero(continues[1:] & continues[:-1]) + 1 if after_step else np.flatnonzero(continues)
     rows = rows[:num_transitions]
-    env = ofql.D4RLAntMazeEnv(ofql.antmaze_maze_name(env_id))
+    env = d4rl_compat.D4RLAntMazeEnv(d4rl_compat.antmaze_maze_name(env_id))
     env.reset(seed=0)
     errors, mismatches = [], 0
     for i in rows:
@@ -108,14 +109,17 @@ def _err_stats(prefix: str, err: np.ndarray) -> dict[str, float]:
     if err.size == 0:
         return {}
     per_row = err.max(axis=1)
-    return {f"{prefix}_mean": float(err.mean()), f"{prefix}_p90": float(np.percentile(per_row, 90)),
-            f"{prefix}_max": float(per_row.max())}
+    return {
+        f"{prefix}_mean": float(err.mean()),
+        f"{prefix}_p90": float(np.percentile(per_row, 90)),
+        f"{prefix}_max": float(per_row.max()),
+    }
 
 
 def kitchen_dataset_reward(obs: np.ndarray, tasks) -> float:
     """The reward stored in D4RL's kitchen files: the number of tasks done IN THAT ROW's observation (D4RL's
     scripts/generation/generate_kitchen_datasets.py relabels with REMOVE_TASKS_WHEN_COMPLETE = False)."""
-    return float(len(ofql.kitchen_completed(obs, tasks)))
+    return float(len(d4rl_compat.kitchen_completed(obs, tasks)))
 
 
 def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -> dict:
@@ -129,10 +133,11 @@ def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 100
     Also reported: the largest deviation of the files' goal part from kitchen_goal (checks the task set) and the
     number of rows whose reward differs from kitchen_dataset_reward(obs[j]) (checks goals and thresholds).
     """
-    data = _read_replay_keys(hdf5_path, ("observations", "actions", "rewards", "terminals", "timeouts",
-                                         "infos/qpos", "infos/qvel"))
-    tasks, obs = ofql.KITCHEN_TASKS[env_id], data["observations"].astype(np.float64)
-    env = ofql.D4RLKitchenEnv(tasks, obs_noise=False)
+    data = _read_replay_keys(
+        hdf5_path, ("observations", "actions", "rewards", "terminals", "timeouts", "infos/qpos", "infos/qvel")
+    )
+    tasks, obs = d4rl_compat.KITCHEN_TASKS[env_id], data["observations"].astype(np.float64)
+    env = d4rl_compat.D4RLKitchenEnv(tasks, obs_noise=False)
     env.reset(seed=0)
     has_state = "infos/qpos" in data and "infos/qvel" in data
     ends = _episode_ends(data)
@@ -152,9 +157,11 @@ def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 100
     obs_err, reward_err = np.array(obs_err).reshape(-1, 30), np.array(reward_err)
     labels = np.array([kitchen_dataset_reward(o, tasks) for o in obs])
     return {
-        "env_id": env_id, "transitions": len(rows),
+        "env_id": env_id,
+        "transitions": len(rows),
         "state_from": "infos/qpos, infos/qvel" if has_state else "observations (qvel: finite differences)",
-        **_err_stats("next_obs_err", obs_err), **_err_stats("next_robot_qpos_err", obs_err[:, :9]),
+        **_err_stats("next_obs_err", obs_err),
+        **_err_stats("next_robot_qpos_err", obs_err[:, :9]),
         **_err_stats("next_object_qpos_err", obs_err[:, 9:]),
         "reward_err_max": float(reward_err.max(initial=0.0)),
         "reward_mismatch_frac": float((reward_err > 0.5).mean()) if len(reward_err) else 0.0,
@@ -180,19 +187,28 @@ def pen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -
     reward and done of step i on row i), and the next observation with obs[i + 1] when row i does not end its
     episode.
     """
-    keys = ("observations", "actions", "rewards", "terminals", "timeouts", "infos/qpos", "infos/qvel",
-            "infos/desired_orien")
+    keys = (
+        "observations",
+        "actions",
+        "rewards",
+        "terminals",
+        "timeouts",
+        "infos/qpos",
+        "infos/qvel",
+        "infos/desired_orien",
+    )
     data = _read_replay_keys(hdf5_path, keys)
     if missing := [k for k in keys if k != "timeouts" and k not in data]:
         raise ValueError(f"{hdf5_path} lacks {missing}; the pen replay needs D4RL's stored simulator states")
-    env = ofql.make_pen_env(env_id)
+    env = d4rl_compat.make_pen_env(env_id)
     env.reset(seed=0)
     obs, ends = data["observations"].astype(np.float64), _episode_ends(data)
     rows = _spread(np.arange(len(obs)), num_transitions)
     state_err, next_err, reward_err, terminal_wrong = [], [], [], 0
     for i in rows:
-        env.unwrapped.set_env_state({k: data[f"infos/{k}"][i].astype(np.float64)
-                                     for k in ("qpos", "qvel", "desired_orien")})
+        env.unwrapped.set_env_state(
+            {k: data[f"infos/{k}"][i].astype(np.float64) for k in ("qpos", "qvel", "desired_orien")}
+        )
         state_err.append(np.abs(env.unwrapped._get_obs() - obs[i]))
         next_obs, reward, terminated, _, _ = env.step(data["actions"][i])
         reward_err.append(abs(reward - data["rewards"][i]))
@@ -200,10 +216,14 @@ def pen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -
         if not ends[i]:
             next_err.append(np.abs(next_obs - obs[i + 1]))
     return {
-        "env_id": env_id, "transitions": len(rows), "state_from": "infos/qpos, infos/qvel, infos/desired_orien",
+        "env_id": env_id,
+        "transitions": len(rows),
+        "state_from": "infos/qpos, infos/qvel, infos/desired_orien",
         **_err_stats("state_joint_obs_err", np.array(state_err)[:, np.r_[0:24, 27:33]]),
-        **_err_stats("state_obs_err", np.array(state_err)), **_err_stats("next_obs_err", np.array(next_err)),
-        "reward_err_mean": float(np.mean(reward_err)), "reward_err_max": float(np.max(reward_err)),
+        **_err_stats("state_obs_err", np.array(state_err)),
+        **_err_stats("next_obs_err", np.array(next_err)),
+        "reward_err_mean": float(np.mean(reward_err)),
+        "reward_err_max": float(np.max(reward_err)),
         "terminal_mismatches": terminal_wrong,
     }
 
@@ -213,13 +233,15 @@ CHECKS = {"antmaze": antmaze_replay_check, "kitchen": kitchen_replay_check, "pen
 
 def main(args: Args) -> dict:
     domain = args.env_id.split("-")[0]
-    if domain not in CHECKS or args.env_id not in ofql.DATASETS:
-        raise SystemExit(f"replay checks exist for {', '.join(i for i in ofql.DATASETS if i.split('-')[0] in CHECKS)}")
-    path = args.dataset_path or ofql.dataset_cache_path(args.env_id)
+    if domain not in CHECKS or args.env_id not in d4rl_compat.DATASETS:
+        raise SystemExit(
+            f"replay checks exist for {', '.join(i for i in d4rl_compat.DATASETS if i.split('-')[0] in CHECKS)}"
+        )
+    path = args.dataset_path or d4rl_compat.dataset_cache_path(args.env_id)
     if args.dataset_path is None and not os.path.exists(path):
-        rel_path, size, sha256 = ofql.DATASETS[args.env_id]
-        ofql.download(ofql.D4RL_URL + rel_path, path, size, sha256)
-    ofql.fix_gymnasium_robotics_joints()
+        rel_path, size, sha256 = d4rl_compat.DATASETS[args.env_id]
+        d4rl_compat.download(d4rl_compat.D4RL_URL + rel_path, path, size, sha256)
+    d4rl_compat.fix_gymnasium_robotics_joints()
     result = {"env_id": args.env_id, "dataset": path, **CHECKS[domain](args.env_id, path, args.num_transitions)}
     print(json.dumps(result, indent=1))
     return result
@@ -228,5 +250,5 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except ofql.UserError as e:
+    except d4rl_compat.UserError as e:
         raise SystemExit(f"replay_check.py: error: {e}") from None

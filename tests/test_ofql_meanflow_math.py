@@ -6,6 +6,7 @@ v(x, t) = m_t' + (s_t' / s_t)(x - m_t), and its flow keeps the standardised coor
 point at time r of the trajectory through x at time t is x_r = m_r + (s_r / s_t)(x - m_t). Hence the exact average
 velocity (Eq. 10) is u(x, r, t) = (x - x_r) / (t - r).
 """
+
 import pytest
 import torch
 

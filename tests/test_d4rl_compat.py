@@ -1,7 +1,9 @@
-"""ofql.py's D4RL loader on small files in the exact D4RL layout; the network is never touched."""
+"""d4rl_compat's D4RL loader on small files in the exact D4RL layout; the network is never touched."""
+
 import hashlib
 import io
 import os
+import sys
 import urllib.error
 import urllib.request
 import warnings
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import d4rl_compat
 import ofql
 from conftest import record_d4rl_file
 
@@ -37,8 +40,10 @@ def d4rl_qlearning_loop(dataset, max_episode_steps=1000):
         done_.append(done_bool)
         episode_step += 1
     return {
-        "observations": np.array(obs_, dtype=np.float32), "actions": np.array(action_, dtype=np.float32),
-        "next_observations": np.array(next_obs_, dtype=np.float32), "rewards": np.array(reward_, dtype=np.float32),
+        "observations": np.array(obs_, dtype=np.float32),
+        "actions": np.array(action_, dtype=np.float32),
+        "next_observations": np.array(next_obs_, dtype=np.float32),
+        "rewards": np.array(reward_, dtype=np.float32),
         "terminals": np.array(done_, dtype=bool),
     }
 
@@ -49,8 +54,14 @@ def test_qlearning_semantics_on_a_hand_made_case():
     obs = np.arange(12, dtype=np.float32)[:, None]
     terminals, timeouts = np.zeros(12, bool), np.zeros(12, bool)
     terminals[6], timeouts[[4, 9]] = True, True
-    data = {"observations": obs, "actions": obs * 10, "rewards": obs[:, 0] * 100, "terminals": terminals, "timeouts": timeouts}
-    out = ofql.qlearning_dataset(data)
+    data = {
+        "observations": obs,
+        "actions": obs * 10,
+        "rewards": obs[:, 0] * 100,
+        "terminals": terminals,
+        "timeouts": timeouts,
+    }
+    out = d4rl_compat.qlearning_dataset(data)
     rows = [0, 1, 2, 3, 5, 6, 7, 8, 10]
     np.testing.assert_array_equal(out["observations"][:, 0], rows)
     np.testing.assert_array_equal(out["next_observations"][:, 0], np.array(rows) + 1)
@@ -64,13 +75,15 @@ def test_qlearning_matches_d4rl_loop_on_random_flags(with_timeouts):
     rng = np.random.default_rng(0)
     n = 5000
     data = {
-        "observations": rng.normal(size=(n, 4)).astype(np.float32), "actions": rng.normal(size=(n, 2)).astype(np.float32),
-        "rewards": rng.normal(size=n).astype(np.float32), "terminals": rng.random(n) < 0.01,
+        "observations": rng.normal(size=(n, 4)).astype(np.float32),
+        "actions": rng.normal(size=(n, 2)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": rng.random(n) < 0.01,
     }
     if with_timeouts:
         data["timeouts"] = rng.random(n) < 0.01
         data["timeouts"][np.flatnonzero(data["terminals"])[:5]] = True  # rows with both flags
-    expected, got = d4rl_qlearning_loop(data, 37), ofql.qlearning_dataset(data, 37)
+    expected, got = d4rl_qlearning_loop(data, 37), d4rl_compat.qlearning_dataset(data, 37)
     assert got.keys() == expected.keys()
     for key in expected:
         assert got[key].dtype == expected[key].dtype
@@ -82,18 +95,22 @@ def test_real_layout_file_loads_with_d4rl_semantics(tmp_path):
     path = tmp_path / "hopper_medium-v2.hdf5"
     rows = record_d4rl_file(path, episodes=8, max_steps=20, seed=3)
     assert rows["terminals"].any() and rows["timeouts"].any()
-    data = ofql.load_dataset("hopper-medium-v2", str(path), "raw")
-    expected = d4rl_qlearning_loop({k: rows[k] for k in ("observations", "actions", "rewards", "terminals", "timeouts")})
+    data = d4rl_compat.load_d4rl("hopper-medium-v2", str(path), "raw")
+    expected = d4rl_qlearning_loop(
+        {k: rows[k] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
+    )
     for key in expected:
         np.testing.assert_array_equal(data[key], expected[key])
     within_episode = ~data["terminals"]  # inside an episode the next observation is the recorded one
-    np.testing.assert_allclose(data["next_observations"][within_episode],
-                               rows["next_observations"][:-1][~rows["timeouts"][:-1]][within_episode])
+    np.testing.assert_allclose(
+        data["next_observations"][within_episode],
+        rows["next_observations"][:-1][~rows["timeouts"][:-1]][within_episode],
+    )
 
 
 def test_cached_file_is_used_and_no_download_is_attempted(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "cache"))
-    path = ofql.dataset_cache_path("hopper-medium-replay-v2")
+    path = d4rl_compat.dataset_cache_path("hopper-medium-replay-v2")
     assert path == str(tmp_path / "cache" / "hopper_medium_replay-v2.hdf5")
     os.makedirs(os.path.dirname(path))
     record_d4rl_file(path)
@@ -102,22 +119,24 @@ def test_cached_file_is_used_and_no_download_is_attempted(tmp_path, monkeypatch)
         raise AssertionError("the loader tried to download")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    assert len(ofql.load_dataset("hopper-medium-replay-v2", None, "raw")["rewards"]) > 0
+    assert len(d4rl_compat.load_d4rl("hopper-medium-replay-v2", None, "raw")["rewards"]) > 0
 
 
 def test_default_cache_dir_is_d4rls(monkeypatch):
     monkeypatch.delenv("D4RL_DATASET_DIR", raising=False)
-    assert ofql.dataset_cache_path("walker2d-medium-expert-v2") == os.path.expanduser(
-        "~/.d4rl/datasets/walker2d_medium_expert-v2.hdf5")
+    assert d4rl_compat.dataset_cache_path("walker2d-medium-expert-v2") == os.path.expanduser(
+        "~/.d4rl/datasets/walker2d_medium_expert-v2.hdf5"
+    )
 
 
 def test_urls_follow_d4rls_naming():
-    assert ofql.DATASETS["halfcheetah-medium-v2"][0] == "gym_mujoco_v2/halfcheetah_medium-v2.hdf5"
-    assert ofql.DATASETS["hopper-medium-replay-v2"][0] == "gym_mujoco_v2/hopper_medium_replay-v2.hdf5"
-    assert ofql.DATASETS["antmaze-large-diverse-v2"][0] == (
-        "ant_maze_v2/Ant_maze_hardest-maze_noisy_multistart_True_multigoal_True_sparse_fixed.hdf5")
-    assert ofql.DATASETS["kitchen-mixed-v0"][0] == "kitchen/kitchen_microwave_kettle_bottomburner_light-v0.hdf5"
-    assert ofql.DATASETS["pen-cloned-v1"][0] == "hand_dapg_v1/pen-cloned-v1.hdf5"
+    assert d4rl_compat.DATASETS["halfcheetah-medium-v2"][0] == "gym_mujoco_v2/halfcheetah_medium-v2.hdf5"
+    assert d4rl_compat.DATASETS["hopper-medium-replay-v2"][0] == "gym_mujoco_v2/hopper_medium_replay-v2.hdf5"
+    assert d4rl_compat.DATASETS["antmaze-large-diverse-v2"][0] == (
+        "ant_maze_v2/Ant_maze_hardest-maze_noisy_multistart_True_multigoal_True_sparse_fixed.hdf5"
+    )
+    assert d4rl_compat.DATASETS["kitchen-mixed-v0"][0] == "kitchen/kitchen_microwave_kettle_bottomburner_light-v0.hdf5"
+    assert d4rl_compat.DATASETS["pen-cloned-v1"][0] == "hand_dapg_v1/pen-cloned-v1.hdf5"
 
 
 class FakeResponse(io.BytesIO):
@@ -143,7 +162,7 @@ def test_download_verifies_and_renames(tmp_path, monkeypatch):
     payload = b"x" * 3_000_000
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(payload))
     path = str(tmp_path / "d" / "file.hdf5")
-    ofql.download("http://example.invalid/file.hdf5", path, len(payload), hashlib.sha256(payload).hexdigest())
+    d4rl_compat.download("http://example.invalid/file.hdf5", path, len(payload), hashlib.sha256(payload).hexdigest())
     assert open(path, "rb").read() == payload
     assert os.listdir(tmp_path / "d") == ["file.hdf5"]
 
@@ -151,25 +170,25 @@ def test_download_verifies_and_renames(tmp_path, monkeypatch):
 def test_sha256_mismatch_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(b"corrupted bytes"))
     path = str(tmp_path / "file.hdf5")
-    with pytest.raises(ofql.DatasetError, match="sha256"):
-        ofql.download("http://example.invalid/file.hdf5", path, None, "0" * 64)
+    with pytest.raises(d4rl_compat.DatasetError, match="sha256"):
+        d4rl_compat.download("http://example.invalid/file.hdf5", path, None, "0" * 64)
     assert os.listdir(tmp_path) == []
 
 
 def test_truncated_download_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(b"only part"))
-    with pytest.raises(ofql.DatasetError, match="incomplete"):
-        ofql.download("http://example.invalid/file.hdf5", str(tmp_path / "file.hdf5"), 10**6, None)
+    with pytest.raises(d4rl_compat.DatasetError, match="incomplete"):
+        d4rl_compat.download("http://example.invalid/file.hdf5", str(tmp_path / "file.hdf5"), 10**6, None)
     assert os.listdir(tmp_path) == []
 
 
 def test_offline_and_not_cached_names_the_url_and_the_place(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(b"", fail_after=0))
-    with pytest.raises(ofql.DatasetError) as info:
-        ofql.load_dataset("walker2d-medium-v2", None, "raw")
+    with pytest.raises(d4rl_compat.DatasetError) as info:
+        d4rl_compat.load_d4rl("walker2d-medium-v2", None, "raw")
     message = str(info.value)
-    assert ofql.D4RL_URL + "gym_mujoco_v2/walker2d_medium-v2.hdf5" in message
+    assert d4rl_compat.D4RL_URL + "gym_mujoco_v2/walker2d_medium-v2.hdf5" in message
     assert str(tmp_path / "walker2d_medium-v2.hdf5") in message and "--dataset-path" in message
     assert os.listdir(tmp_path) == []
 
@@ -177,36 +196,38 @@ def test_offline_and_not_cached_names_the_url_and_the_place(tmp_path, monkeypatc
 def test_corrupt_file_is_a_clear_error(tmp_path):
     path = tmp_path / "broken.hdf5"
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    with pytest.raises(ofql.DatasetError, match="not a readable hdf5"):
-        ofql.load_dataset("hopper-medium-v2", str(path), "raw")
+    with pytest.raises(d4rl_compat.DatasetError, match="not a readable hdf5"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", str(path), "raw")
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(ofql.DatasetError, match="does not exist"):
-        ofql.load_dataset("hopper-medium-v2", str(tmp_path / "nope.hdf5"), "raw")
+    with pytest.raises(d4rl_compat.DatasetError, match="does not exist"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", str(tmp_path / "nope.hdf5"), "raw")
 
 
 def test_shape_mismatch_with_the_environment(hopper_file):
-    with pytest.raises(ofql.DatasetError, match=r"'observations' has shape \(\d+, 11\), walker2d-medium-v2 needs \(\d+, 17\)"):
-        ofql.load_dataset("walker2d-medium-v2", hopper_file, "raw")
+    with pytest.raises(
+        d4rl_compat.DatasetError, match=r"'observations' has shape \(\d+, 11\), walker2d-medium-v2 needs \(\d+, 17\)"
+    ):
+        d4rl_compat.load_d4rl("walker2d-medium-v2", hopper_file, "raw")
 
 
 def test_missing_key_and_row_mismatch(tmp_path, hopper_file):
     with h5py.File(hopper_file, "a") as f:
         del f["rewards"]
-    with pytest.raises(ofql.DatasetError, match="lacks the D4RL key"):
-        ofql.load_dataset("hopper-medium-v2", hopper_file, "raw")
+    with pytest.raises(d4rl_compat.DatasetError, match="lacks the D4RL key"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
     with h5py.File(hopper_file, "a") as f:
         f["rewards"] = np.zeros(len(f["observations"]) + 1, np.float32)
-    with pytest.raises(ofql.DatasetError, match="'rewards' has"):
-        ofql.load_dataset("hopper-medium-v2", hopper_file, "raw")
+    with pytest.raises(d4rl_compat.DatasetError, match="'rewards' has"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
 def test_nan_in_data_is_rejected(hopper_file):
     with h5py.File(hopper_file, "a") as f:
         f["actions"][3, 0] = np.nan
-    with pytest.raises(ofql.DatasetError, match="NaN"):
-        ofql.load_dataset("hopper-medium-v2", hopper_file, "raw")
+    with pytest.raises(d4rl_compat.DatasetError, match="NaN"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
 def test_file_without_timeouts_uses_d4rls_step_count(tmp_path):
@@ -219,25 +240,25 @@ def test_file_without_timeouts_uses_d4rls_step_count(tmp_path):
         f["actions"] = rng.uniform(-1, 1, (n, 24)).astype(np.float32)
         f["rewards"] = rng.normal(size=(n, 1)).astype(np.float32)  # (N, 1) is squeezed as in d4rl
         f["terminals"] = terminals
-    data = ofql.load_dataset("pen-human-v1", str(path), "raw")
+    data = d4rl_compat.load_d4rl("pen-human-v1", str(path), "raw")
     with h5py.File(path) as f:
         raw = {k: f[k][()] for k in f}
     raw["rewards"] = raw["rewards"][:, 0]
-    expected = d4rl_qlearning_loop(raw, ofql.MAX_EPISODE_STEPS["pen"])
+    expected = d4rl_qlearning_loop(raw, d4rl_compat.MAX_EPISODE_STEPS["pen"])
     np.testing.assert_array_equal(data["observations"], expected["observations"])
     np.testing.assert_array_equal(data["terminals"], expected["terminals"])
 
 
 def test_reward_transforms():
     r = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
-    np.testing.assert_array_equal(ofql.transform_rewards(r, "raw"), r)
-    np.testing.assert_array_equal(ofql.transform_rewards(r, "cql_antmaze"), [-2.0, 2.0, -2.0, 2.0])
-    z = ofql.transform_rewards(np.array([1.0, 2.0, 3.0, 6.0]), "standardize")
+    np.testing.assert_array_equal(d4rl_compat.transform_rewards(r, "raw"), r)
+    np.testing.assert_array_equal(d4rl_compat.transform_rewards(r, "cql_antmaze"), [-2.0, 2.0, -2.0, 2.0])
+    z = d4rl_compat.transform_rewards(np.array([1.0, 2.0, 3.0, 6.0]), "standardize")
     assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-12
 
 
 def test_buffer_samples_aligned_transitions(hopper_file):
-    data = ofql.load_dataset("hopper-medium-v2", hopper_file, "raw")
+    data = d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
     buffer = ofql.OfflineBuffer(data, torch.device("cpu"))
     batch = buffer.sample(64)
     assert [x.shape for x in batch] == [(64, 11), (64, 3), (64, 1), (64, 11), (64, 1)]
@@ -252,9 +273,9 @@ def test_buffer_samples_aligned_transitions(hopper_file):
 
 
 def test_tables_cover_every_dataset_and_match_the_environments():
-    assert ofql.PRESETS.keys() == ofql.DATASETS.keys()
-    for env_id in ofql.DATASETS:
-        domain = ofql.domain_of(env_id)
+    assert ofql.PRESETS.keys() == d4rl_compat.DATASETS.keys()
+    for env_id in d4rl_compat.DATASETS:
+        domain = d4rl_compat.domain_of(env_id)
         if domain.eval_env.endswith("-v4"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -263,3 +284,21 @@ def test_tables_cover_every_dataset_and_match_the_environments():
             assert env.action_space.shape == (domain.act_dim,)
             assert np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)
             assert env.spec.max_episode_steps == 1000
+
+
+def test_the_normalized_score_of_an_evaluation_without_minari(hopper_file, monkeypatch):
+    """A D4RL run's evaluation score, with minari not importable: 100 (R - R_random) / (R_expert - R_random) with
+    D4RL's hopper reference returns (d4rl/infos.py), written out here."""
+    monkeypatch.setitem(sys.modules, "minari", None)  # `import minari` raises ImportError
+    with pytest.raises(ImportError):
+        import minari  # noqa: F401
+    source = d4rl_compat.load("hopper-medium-v2", hopper_file)
+    envs = gym.vector.SyncVectorEnv([source.make_env] * 2)
+    weights = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (11, 3)).astype(np.float32))
+    result = ofql.evaluate([lambda obs: torch.tanh(obs @ weights)], envs, source, ofql.Args(), torch.device("cpu"))
+    envs.close()
+    returns = (result["return"] - result["return_std"], result["return"] + result["return_std"])  # two episodes
+    scores = [100 * (r - -20.272305) / (3234.3 - -20.272305) for r in returns]
+    assert result["return"] > 10 and result["score"] == pytest.approx(np.mean(scores), rel=1e-9)
+    assert result["score_std"] == pytest.approx(np.std(scores), rel=1e-6)
+    assert d4rl_compat.normalized_score("hopper-medium-v2", 3234.3) == pytest.approx(100.0)

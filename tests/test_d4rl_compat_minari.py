@@ -1,6 +1,7 @@
-"""Minari datasets in ofql.py (shared by dql.py and fql.py): tiny Minari datasets written with minari's own writer under a temporary
+"""Minari datasets in d4rl_compat.py: tiny Minari datasets written with minari's own writer under a temporary
 MINARI_DATASETS_PATH, from short random-action rollouts of the real environments. CPU only, no network.
 """
+
 import copy
 import subprocess
 import sys
@@ -13,11 +14,12 @@ import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
 
+import d4rl_compat
 import ofql
 
 
 class Info:
-    """The fields the checks below read, taken from ofql's DataSource (plus the eval env's episode length)."""
+    """The fields the checks below read, taken from d4rl_compat's DataSource (plus the eval env's episode length)."""
 
     def __init__(self, source):
         self.source, self.obs_dim, self.act_dim, self.make_env = source, source.obs_dim, source.act_dim, source.make_env
@@ -28,12 +30,12 @@ class Info:
 
 
 def load(dataset_id):
-    source = ofql.load_minari(dataset_id)
+    source = d4rl_compat.load_minari(dataset_id)
     return source.data, Info(source)
 
 
 def score(info, returns):
-    return ofql.normalized_scores(info.source, np.asarray(returns, dtype=np.float64))
+    return info.source.normalized_score(np.asarray(returns, dtype=np.float64))
 
 
 def observation_layout(space, prefix=""):
@@ -41,6 +43,7 @@ def observation_layout(space, prefix=""):
     if isinstance(space, gym.spaces.Dict):
         return [part for k in sorted(space.keys()) for part in observation_layout(space[k], f"{prefix}{k}/")]
     return [(prefix.rstrip("/") or "observation", int(np.prod(space.shape)))]
+
 
 gym.register_envs(gymnasium_robotics)
 pytestmark = [
@@ -90,17 +93,32 @@ def rollout(env: gym.Env, seed: int, max_steps: int) -> EpisodeBuffer:
         truncations.append(bool(truncated))
         if terminated or truncated:
             break
-    return EpisodeBuffer(seed=seed, observations=stack(observations), actions=np.stack(actions), rewards=rewards,
-                         terminations=terminations, truncations=truncations)
+    return EpisodeBuffer(
+        seed=seed,
+        observations=stack(observations),
+        actions=np.stack(actions),
+        rewards=rewards,
+        terminations=terminations,
+        truncations=truncations,
+    )
 
 
 def write_dataset(dataset_id, env, episodes, eval_env=None, ref_min=None, ref_max=None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return minari.create_dataset_from_buffers(
-            dataset_id, episodes, env=env, eval_env=eval_env, ref_min_score=ref_min, ref_max_score=ref_max,
-            algorithm_name="random", author="test", author_email="test@example.com",
-            code_permalink="https://example.com", description="tiny test dataset", data_format="hdf5",
+            dataset_id,
+            episodes,
+            env=env,
+            eval_env=eval_env,
+            ref_min_score=ref_min,
+            ref_max_score=ref_max,
+            algorithm_name="random",
+            author="test",
+            author_email="test@example.com",
+            code_permalink="https://example.com",
+            description="tiny test dataset",
+            data_format="hdf5",
         )
 
 
@@ -108,8 +126,13 @@ def check_transitions(data, dataset, obs_dim, act_dim):
     """Shapes, dtypes, and every row against the raw episodes read back independently through minari."""
     n = dataset.total_steps
     assert set(data) == {"observations", "actions", "next_observations", "rewards", "terminals"}
-    for key, shape, dtype in [("observations", (n, obs_dim), np.float32), ("next_observations", (n, obs_dim), np.float32),
-                              ("actions", (n, act_dim), np.float32), ("rewards", (n,), np.float32), ("terminals", (n,), bool)]:
+    for key, shape, dtype in [
+        ("observations", (n, obs_dim), np.float32),
+        ("next_observations", (n, obs_dim), np.float32),
+        ("actions", (n, act_dim), np.float32),
+        ("rewards", (n,), np.float32),
+        ("terminals", (n,), bool),
+    ]:
         assert data[key].shape == shape and data[key].dtype == dtype, key
     row = 0
     for ep in minari.load_dataset(dataset.id).iterate_episodes():
@@ -148,44 +171,58 @@ def check_env(info, dataset, seed=3):
 
 
 def test_ids_and_presets():
-    assert ofql.is_minari_id("mujoco/hopper/medium-v0") and not ofql.is_minari_id("hopper-medium-v2")
-    assert ofql.MINARI_PRESET_KEYS["mujoco/hopper/medium-v0"] == "hopper-medium-v2"
-    assert ofql.MINARI_PRESET_KEYS["mujoco/halfcheetah/medium-replay-v0"] == "halfcheetah-medium-replay-v2"
-    assert ofql.MINARI_PRESET_KEYS["mujoco/walker2d/medium-expert-v0"] == "walker2d-medium-expert-v2"
-    assert ofql.MINARI_PRESET_KEYS["D4RL/antmaze/large-play-v1"] == "antmaze-large-play-v2"
-    assert ofql.MINARI_PRESET_KEYS["D4RL/antmaze/medium-diverse-v1"] == "antmaze-medium-diverse-v2"
-    assert ofql.MINARI_PRESET_KEYS["D4RL/kitchen/mixed-v2"] == "kitchen-mixed-v0"
-    assert ofql.MINARI_PRESET_KEYS["D4RL/kitchen/partial-v2"] == "kitchen-partial-v0"
-    assert ofql.MINARI_PRESET_KEYS["D4RL/pen/human-v2"] == "pen-human-v1"
-    assert ofql.MINARI_PRESET_KEYS["D4RL/pen/cloned-v2"] == "pen-cloned-v1"
-    assert len(ofql.MINARI_PRESET_KEYS) == 17
-    assert ofql.parse_args(["--env-id", "D4RL/antmaze/large-play-v1"]).eta == ofql.PRESETS["antmaze-large-play-v2"].eta
+    assert d4rl_compat.is_minari_id("mujoco/hopper/medium-v0") and not d4rl_compat.is_minari_id("hopper-medium-v2")
+    assert d4rl_compat.MINARI_PRESET_KEYS["mujoco/hopper/medium-v0"] == "hopper-medium-v2"
+    assert d4rl_compat.MINARI_PRESET_KEYS["mujoco/halfcheetah/medium-replay-v0"] == "halfcheetah-medium-replay-v2"
+    assert d4rl_compat.MINARI_PRESET_KEYS["mujoco/walker2d/medium-expert-v0"] == "walker2d-medium-expert-v2"
+    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/antmaze/large-play-v1"] == "antmaze-large-play-v2"
+    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/antmaze/medium-diverse-v1"] == "antmaze-medium-diverse-v2"
+    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/kitchen/mixed-v2"] == "kitchen-mixed-v0"
+    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/kitchen/partial-v2"] == "kitchen-partial-v0"
+    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/pen/human-v2"] == "pen-human-v1"
+    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/pen/cloned-v2"] == "pen-cloned-v1"
+    assert len(d4rl_compat.MINARI_PRESET_KEYS) == 17
+    eta = ofql.PRESETS["antmaze-large-play-v2"]["eta"]
+    assert ofql.parse_args(["--env-id", "D4RL/antmaze/large-play-v1"]).eta == eta
     for bad in ("mujoco/hopper/expert-v0", "D4RL/antmaze/medium-play-v0", "D4RL/door/human-v2"):
-        with pytest.raises(ofql.UserError, match="unknown --env-id"):
+        with pytest.raises(d4rl_compat.UserError, match="unknown --env-id"):
             ofql.parse_args(["--env-id", bad])
 
 
 def test_flatten_observation_order_and_batches():
-    space = gym.spaces.Dict({
-        "observation": gym.spaces.Box(-1, 1, (3,)),
-        "desired_goal": gym.spaces.Dict({"kettle": gym.spaces.Box(-1, 1, (2,)), "bottom burner": gym.spaces.Box(-1, 1, (1,))}),
-        "achieved_goal": gym.spaces.Box(-1, 1, (2,)),
-    })
-    obs = {"observation": np.array([6.0, 7, 8]), "achieved_goal": np.array([1.0, 2]),
-           "desired_goal": {"kettle": np.array([4.0, 5]), "bottom burner": np.array([3.0])}}
-    np.testing.assert_array_equal(ofql.flatten_observation(space, obs), np.arange(1, 9, dtype=np.float32))
-    np.testing.assert_array_equal(ofql.flatten_observation(space, obs), gym.spaces.flatten(space, obs))
-    assert observation_layout(space) == [("achieved_goal", 2), ("desired_goal/bottom burner", 1),
-                                            ("desired_goal/kettle", 2), ("observation", 3)]
-    batch = {k: (np.stack([v, v + 10]) if not isinstance(v, dict) else {j: np.stack([w, w + 10]) for j, w in v.items()})
-             for k, v in obs.items()}
-    flat = ofql.flatten_observation(space, batch)
+    space = gym.spaces.Dict(
+        {
+            "observation": gym.spaces.Box(-1, 1, (3,)),
+            "desired_goal": gym.spaces.Dict(
+                {"kettle": gym.spaces.Box(-1, 1, (2,)), "bottom burner": gym.spaces.Box(-1, 1, (1,))}
+            ),
+            "achieved_goal": gym.spaces.Box(-1, 1, (2,)),
+        }
+    )
+    obs = {
+        "observation": np.array([6.0, 7, 8]),
+        "achieved_goal": np.array([1.0, 2]),
+        "desired_goal": {"kettle": np.array([4.0, 5]), "bottom burner": np.array([3.0])},
+    }
+    np.testing.assert_array_equal(d4rl_compat.flatten_observation(space, obs), np.arange(1, 9, dtype=np.float32))
+    np.testing.assert_array_equal(d4rl_compat.flatten_observation(space, obs), gym.spaces.flatten(space, obs))
+    assert observation_layout(space) == [
+        ("achieved_goal", 2),
+        ("desired_goal/bottom burner", 1),
+        ("desired_goal/kettle", 2),
+        ("observation", 3),
+    ]
+    batch = {
+        k: (np.stack([v, v + 10]) if not isinstance(v, dict) else {j: np.stack([w, w + 10]) for j, w in v.items()})
+        for k, v in obs.items()
+    }
+    flat = d4rl_compat.flatten_observation(space, batch)
     assert flat.shape == (2, 8) and flat.dtype == np.float32
     np.testing.assert_array_equal(flat[1], np.arange(1, 9) + 10)
-    with pytest.raises(ofql.DatasetError):
-        ofql.flatten_observation(gym.spaces.Box(-1, 1, (3,)), np.zeros(4))
-    with pytest.raises(ofql.DatasetError):
-        ofql.flatten_observation(gym.spaces.Discrete(3), 1)
+    with pytest.raises(d4rl_compat.DatasetError):
+        d4rl_compat.flatten_observation(gym.spaces.Box(-1, 1, (3,)), np.zeros(4))
+    with pytest.raises(d4rl_compat.DatasetError):
+        d4rl_compat.flatten_observation(gym.spaces.Discrete(3), 1)
 
 
 def test_mujoco_hopper():
@@ -216,12 +253,18 @@ def test_antmaze_dict_observations_and_eval_env():
     data, info = load("D4RL/antmaze/tiny-v1")
     assert (info.obs_dim, info.act_dim) == (31, 8)
     assert info.max_episode_steps == 700 and info.eval_env_id == "AntMaze_Medium_Diverse_GR-v4"  # the eval spec
-    assert observation_layout(dataset.observation_space) == [("achieved_goal", 2), ("desired_goal", 2), ("observation", 27)]
+    assert observation_layout(dataset.observation_space) == [
+        ("achieved_goal", 2),
+        ("desired_goal", 2),
+        ("observation", 27),
+    ]
     check_transitions(data, dataset, 31, 8)
     assert not data["terminals"].any()  # a continuing task never terminates
     first = episodes[0].observations
-    np.testing.assert_array_equal(data["observations"][0], np.float32(np.concatenate(
-        [first["achieved_goal"][0], first["desired_goal"][0], first["observation"][0]])))
+    np.testing.assert_array_equal(
+        data["observations"][0],
+        np.float32(np.concatenate([first["achieved_goal"][0], first["desired_goal"][0], first["observation"][0]])),
+    )
     raw = check_env(info, dataset)
     eval_env = info.make_env()
     env_obs, _ = eval_env.reset(seed=3)
@@ -233,17 +276,29 @@ def test_antmaze_dict_observations_and_eval_env():
 
 
 def test_kitchen_nested_dict_observations():
-    ofql.fix_gymnasium_robotics_joints()  # FrankaKitchen-v1 cannot be built under mujoco 4.0 without it
-    env = gym.make("FrankaKitchen-v1", tasks_to_complete=KITCHEN_TASKS, remove_task_when_completed=False,
-                   terminate_on_tasks_completed=False, max_episode_steps=450)
+    d4rl_compat.fix_gymnasium_robotics_joints()  # FrankaKitchen-v1 cannot be built under mujoco 4.0 without it
+    env = gym.make(
+        "FrankaKitchen-v1",
+        tasks_to_complete=KITCHEN_TASKS,
+        remove_task_when_completed=False,
+        terminate_on_tasks_completed=False,
+        max_episode_steps=450,
+    )
     episodes = [rollout(env, seed, max_steps=4) for seed in (0, 1)]
     dataset = write_dataset("D4RL/kitchen/tiny-v2", env, episodes)  # like the real ones: no reference scores
     data, info = load("D4RL/kitchen/tiny-v2")
     assert (info.obs_dim, info.act_dim, info.max_episode_steps) == (83, 9, 450)
     assert observation_layout(dataset.observation_space) == [
-        ("achieved_goal/bottom burner", 2), ("achieved_goal/kettle", 7), ("achieved_goal/light switch", 2),
-        ("achieved_goal/microwave", 1), ("desired_goal/bottom burner", 2), ("desired_goal/kettle", 7),
-        ("desired_goal/light switch", 2), ("desired_goal/microwave", 1), ("observation", 59)]
+        ("achieved_goal/bottom burner", 2),
+        ("achieved_goal/kettle", 7),
+        ("achieved_goal/light switch", 2),
+        ("achieved_goal/microwave", 1),
+        ("desired_goal/bottom burner", 2),
+        ("desired_goal/kettle", 7),
+        ("desired_goal/light switch", 2),
+        ("desired_goal/microwave", 1),
+        ("observation", 59),
+    ]
     check_transitions(data, dataset, 83, 9)
     check_env(info, dataset)
     assert info.ref_min_score is None and info.ref_max_score is None
@@ -267,10 +322,10 @@ def test_missing_dataset_offline(monkeypatch, minari_root):
         raise ConnectionError("[Errno -2] Name or service not known\nmore detail")
 
     monkeypatch.setattr(minari, "download_dataset", no_network)
-    with pytest.raises(ofql.DatasetError) as caught:
+    with pytest.raises(d4rl_compat.DatasetError) as caught:
         load("D4RL/pen/human-v2")
     message = str(caught.value)
-    assert isinstance(caught.value, ofql.DatasetError) and "\n" not in message
+    assert isinstance(caught.value, d4rl_compat.DatasetError) and "\n" not in message
     assert "minari download D4RL/pen/human-v2" in message and "MINARI_DATASETS_PATH" in message
     assert str(minari_root) in message and "ConnectionError" in message
 
@@ -279,32 +334,41 @@ def test_missing_dataset_without_hf_client(minari_root):
     """The real download path, where huggingface_hub is absent (as here): fails at once, same one-line error."""
     try:
         import huggingface_hub  # noqa: F401
+
         pytest.skip("huggingface_hub is installed: a real download attempt would wait on network retries")
     except ImportError:
         pass
-    with pytest.raises(ofql.DatasetError, match=r"minari download mujoco/hopper/medium-v0.*MINARI_DATASETS_PATH"):
+    with pytest.raises(
+        d4rl_compat.DatasetError, match=r"minari download mujoco/hopper/medium-v0.*MINARI_DATASETS_PATH"
+    ):
         load("mujoco/hopper/medium-v0")
 
 
 def test_kitchen_needs_the_joint_fix_under_mujoco4():
     """Documents why fix_gymnasium_robotics_joints exists, and that its readers agree with qpos/qvel addresses."""
-    code = ("import gymnasium as gym, gymnasium_robotics; gym.register_envs(gymnasium_robotics)\n"
-            "try:\n    gym.make('FrankaKitchen-v1')\n    print('builds')\nexcept AssertionError:\n    print('assert')")
+    code = (
+        "import gymnasium as gym, gymnasium_robotics; gym.register_envs(gymnasium_robotics)\n"
+        "try:\n    gym.make('FrankaKitchen-v1')\n    print('builds')\nexcept AssertionError:\n    print('assert')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     import mujoco
+
     assert out.strip().splitlines()[-1] == ("assert" if mujoco.__version__.startswith("4.") else "builds")
-    ofql.fix_gymnasium_robotics_joints()
+    d4rl_compat.fix_gymnasium_robotics_joints()
     from gymnasium_robotics.utils import mujoco_utils
+
     env = gym.make("FrankaKitchen-v1")
     env.reset(seed=0)
     model, data = env.unwrapped.robot_env.model, env.unwrapped.robot_env.data
     for j in range(model.njnt):
         name = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_JOINT, j)
         width = {0: 7, 1: 4}.get(int(model.jnt_type[j]), 1)  # mjJNT_FREE = 0, mjJNT_BALL = 1
-        np.testing.assert_array_equal(mujoco_utils.get_joint_qpos(model, data, name),
-                                      data.qpos[model.jnt_qposadr[j]: model.jnt_qposadr[j] + width])
+        np.testing.assert_array_equal(
+            mujoco_utils.get_joint_qpos(model, data, name),
+            data.qpos[model.jnt_qposadr[j] : model.jnt_qposadr[j] + width],
+        )
 
 
 def test_a_dataset_path_with_a_minari_id_is_refused():
-    with pytest.raises(ofql.UserError, match="--dataset-path is for D4RL-layout files"):
-        ofql.load_source("D4RL/pen/human-v2", "pen.hdf5", "raw")
+    with pytest.raises(d4rl_compat.UserError, match="--dataset-path is for D4RL-layout files"):
+        d4rl_compat.load("D4RL/pen/human-v2", "pen.hdf5", "raw")

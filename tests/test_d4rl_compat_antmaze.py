@@ -1,28 +1,39 @@
-"""Tests of the AntMaze evaluation adapter of ofql.py (shared by dql.py and fql.py) (CPU, no network, a few seconds). Expected values are computed here from D4RL's
-definitions (d4rl/locomotion/maze_env.py, goal_reaching_env.py, ant.py), not taken from the adapter."""
+"""Tests of the AntMaze evaluation adapter of d4rl_compat.py (CPU, no network, a few seconds). Expected values are
+computed here from D4RL's definitions (d4rl/locomotion/maze_env.py, goal_reaching_env.py, ant.py), not taken from the
+adapter."""
+
 import os
 import sys
 
+import gymnasium as gym
 import h5py
 import mujoco
 import numpy as np
 import pytest
 
-import gymnasium as gym
-import ofql
+import d4rl_compat
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import replay_check as rc  # noqa: E402
 
-make_antmaze_env = ofql.make_antmaze_env
+make_antmaze_env = d4rl_compat.make_antmaze_env
 
 MEDIUM, LARGE = "antmaze-medium-play-v2", "antmaze-large-diverse-v2"
 # D4RL's BIG_MAZE and HARDEST_MAZE walls (maze_env.py), 1 = wall; the start cell is (1, 1), scaling 4
 WALLS = {
     MEDIUM: ["11111111", "10011001", "10010001", "11000111", "10010001", "10100101", "10001001", "11111111"],
-    LARGE: ["111111111111", "100001000001", "101101010101", "100000010001", "101111011101", "100101000001",
-            "110101010111", "100100010001", "111111111111"],
+    LARGE: [
+        "111111111111",
+        "100001000001",
+        "101101010101",
+        "100000010001",
+        "101111011101",
+        "100101000001",
+        "110101010111",
+        "100100010001",
+        "111111111111",
+    ],
 }
 GOAL_CELL = {MEDIUM: (6, 6), LARGE: (7, 9)}  # BIG_MAZE_TEST / HARDEST_MAZE_TEST 'G'
 
@@ -148,8 +159,19 @@ def write_d4rl_file(path, env_id, after_step=True, episodes=3, steps=40, seed=0)
     (as in D4RL's data, whose episodes end only at timeouts)."""
     env = make_antmaze_env(env_id)
     u, rng = env.unwrapped, np.random.default_rng(seed)
-    data = {k: [] for k in ["observations", "actions", "rewards", "terminals", "timeouts", "infos/goal",
-                            "infos/qpos", "infos/qvel"]}
+    data = {
+        k: []
+        for k in [
+            "observations",
+            "actions",
+            "rewards",
+            "terminals",
+            "timeouts",
+            "infos/goal",
+            "infos/qpos",
+            "infos/qvel",
+        ]
+    }
     for episode in range(episodes):
         obs, info = env.reset(seed=seed + episode)
         if episode == 0:

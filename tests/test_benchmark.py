@@ -1,4 +1,5 @@
 """benchmark/compare.py: the commands it launches and the table it builds from the runs' summary.json files."""
+
 import dataclasses
 import json
 import os
@@ -19,8 +20,16 @@ def fake_run(out_dir, env_id, algorithm, seed, scores):
     os.makedirs(run_dir)
     evaluations = [{"step": 100 * (i + 1), "score": s} for i, s in enumerate(scores)]
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump({"seed": seed, "evaluations": evaluations, "train_steps_per_sec": 10.0, "eval_episodes": 10,
-                   "num_candidates": 1}, f)
+        json.dump(
+            {
+                "seed": seed,
+                "evaluations": evaluations,
+                "train_steps_per_sec": 10.0,
+                "eval_episodes": 10,
+                "num_candidates": 1,
+            },
+            f,
+        )
 
 
 def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
@@ -31,8 +40,14 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     fake_run(out, "hopper-medium-v2", "ofql", 0, [10.0, 50.0, 30.0])
     fake_run(out, "hopper-medium-v2", "ofql", 1, [20.0, 40.0, 50.0])
     fake_run(out, "hopper-medium-v2", "dql", 0, [5.0, 6.0, 7.0])
-    args = compare.Args(datasets=["hopper-medium-v2"], data_dir=str(data_dir), algorithms=["ofql", "dql", "fql"],
-                        seeds=[0, 1], out_dir=out, plot_only=True)
+    args = compare.Args(
+        datasets=["hopper-medium-v2"],
+        data_dir=str(data_dir),
+        algorithms=["ofql", "dql", "fql"],
+        seeds=[0, 1],
+        out_dir=out,
+        plot_only=True,
+    )
     compare.write_report(args)
     table = open(os.path.join(out, "results.md")).read()
     # ofql: last 30, 50 -> 40 ± 10; best 50, 50 -> 50 ± 0; curve = seed mean at every evaluation
@@ -42,7 +57,7 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     results = json.load(open(os.path.join(out, "results.json")))
     assert [r["algorithm"] for r in results] == ["ofql", "dql"] and results[0]["seeds"] == [0, 1]
     ends = np.flatnonzero(rows["terminals"] | rows["timeouts"])
-    returns = [rows["rewards"][start:end + 1].sum() for start, end in zip(np.r_[0, ends[:-1] + 1], ends)]
+    returns = [rows["rewards"][start : end + 1].sum() for start, end in zip(np.r_[0, ends[:-1] + 1], ends)]
     expected = np.mean([100 * (r + 20.272305) / (3234.3 + 20.272305) for r in returns])
     assert len(returns) == 2 and results[0]["dataset_mean_score"] == pytest.approx(expected, rel=1e-5)
     assert os.path.getsize(os.path.join(out, "curves.png")) > 10_000
@@ -64,7 +79,9 @@ def test_launch_passes_the_protocol_or_leaves_the_presets(tmp_path, monkeypatch,
     args = compare.Args(data_dir="", out_dir=str(tmp_path), presets=presets, total_steps=123)
     compare.launch(args, "hopper-medium-v2", "fql", 2)
     cmd = launched[0]
-    assert cmd[1].endswith("fql.py") and cmd[cmd.index("--seed") + 1] == "2" and cmd[cmd.index("--exp-name") + 1] == "fql"
+    assert (
+        cmd[1].endswith("fql.py") and cmd[cmd.index("--seed") + 1] == "2" and cmd[cmd.index("--exp-name") + 1] == "fql"
+    )
     assert ("--total-steps" in cmd) == (not presets) and ("--num-candidates" in cmd) == (not presets)
     assert "--dataset-path" not in cmd  # --data-dir '': the real D4RL file
     compare.launch(args, "hopper-medium-v2", "bc", 0)
@@ -74,17 +91,31 @@ def test_launch_passes_the_protocol_or_leaves_the_presets(tmp_path, monkeypatch,
 def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
     import speed
 
-    result = speed.main(speed.Args(device="cpu", updates=2, warmup=1, rounds=1, decisions=1, decision_batch=8,
-                                   dataset_size=1000, out_dir=str(tmp_path)))
+    result = speed.main(
+        speed.Args(
+            device="cpu",
+            updates=2,
+            warmup=1,
+            rounds=1,
+            decisions=1,
+            decision_batch=8,
+            dataset_size=1000,
+            out_dir=str(tmp_path),
+        )
+    )
     a = result["algorithms"]
     assert set(a) == {"ofql", "dql", "fql"} and set(a["ofql"]["decisions_per_sec"]["eager"]) == {"1", "50"}
     assert set(a["fql"]["decisions_per_sec"]["eager"]) == {"1"}  # FQL evaluates its one-step policy only
     assert result["ratios"]["OFQL/DQL decision frequency, 50 candidates, eager"] == pytest.approx(
-        a["ofql"]["decisions_per_sec"]["eager"]["50"] / a["dql"]["decisions_per_sec"]["eager"]["50"])
+        a["ofql"]["decisions_per_sec"]["eager"]["50"] / a["dql"]["decisions_per_sec"]["eager"]["50"]
+    )
     assert result["paths"] == ["eager"]  # the CUDA graph exists on CUDA only
     assert result["ratios"]["OFQL/DQL training time, eager"] == pytest.approx(
-        a["dql"]["updates_per_sec"]["eager"] / a["ofql"]["updates_per_sec"]["eager"])
-    assert a["ofql"]["hours_per_1M_updates"]["eager"] == pytest.approx(1e6 / a["ofql"]["updates_per_sec"]["eager"] / 3600)
+        a["dql"]["updates_per_sec"]["eager"] / a["ofql"]["updates_per_sec"]["eager"]
+    )
+    assert a["ofql"]["hours_per_1M_updates"]["eager"] == pytest.approx(
+        1e6 / a["ofql"]["updates_per_sec"]["eager"] / 3600
+    )
     # DQL's 5-step chain (back-propagated) runs more operators than OFQL's one JVP and one-step policy
     assert a["dql"]["ops"]["iteration"] > a["ofql"]["ops"]["iteration"] > 100
     assert a["ofql"]["ops"]["iteration"] == sum(v for k, v in a["ofql"]["ops"].items() if k != "iteration")

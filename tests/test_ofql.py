@@ -1,11 +1,14 @@
-"""Shapes, dtypes and gradients of ofql.py's networks, samplers and losses; the critic target; target updates;
-the normalized score; presets and command line."""
+"""ofql.py: shapes, dtypes and gradients of the networks, samplers and losses; the flow ratio; the critic target; an
+actor step raising Q; target updates; presets and command line; and, at the end, whether OFQL learns (a bandit)."""
+
 import dataclasses
+import os
 
 import numpy as np
 import pytest
 import torch
 
+import d4rl_compat
 import ofql
 
 OBS, ACT, B = 11, 3, 64
@@ -16,8 +19,13 @@ def agent_and_batch():
     torch.manual_seed(0)
     args = ofql.Args()
     agent = ofql.make_agent(OBS, ACT, args, torch.device("cpu"))
-    batch = ofql.Batch(torch.randn(B, OBS), torch.rand(B, ACT) * 2 - 1, torch.randn(B, 1), torch.randn(B, OBS),
-                       (torch.rand(B, 1) < 0.2).float())
+    batch = ofql.Batch(
+        torch.randn(B, OBS),
+        torch.rand(B, ACT) * 2 - 1,
+        torch.randn(B, 1),
+        torch.randn(B, OBS),
+        (torch.rand(B, 1) < 0.2).float(),
+    )
     return agent, batch, args
 
 
@@ -29,7 +37,6 @@ def test_network_shapes_and_dtypes(agent_and_batch):
     assert u.shape == (B, ACT) and q1.shape == q2.shape == (B, 1)
     assert u.dtype == q1.dtype == torch.float32
     assert ofql.SinusoidalPosEmb(64)(t).shape == (B, 64)
-    torch.testing.assert_close(agent.critic.q_min(batch.obs, batch.actions), torch.min(q1, q2))
 
 
 def test_sample_t_r_distribution():
@@ -50,8 +57,9 @@ def test_sample_t_r_distribution():
 def test_bc_loss_is_differentiable_and_its_target_is_not(agent_and_batch):
     agent, batch, args = agent_and_batch
     t, r = ofql.sample_t_r(B, 0.5, -0.4, 1.0, "cpu")
-    u, u_tgt = ofql.meanflow_target(lambda a_t, r, t: agent.actor(a_t, r, t, batch.obs), batch.actions,
-                                    torch.randn(B, ACT), r, t)
+    u, u_tgt = ofql.meanflow_target(
+        lambda a_t, r, t: agent.actor(a_t, r, t, batch.obs), batch.actions, torch.randn(B, ACT), r, t
+    )
     assert u.requires_grad and not u_tgt.requires_grad
     loss, mse = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
     assert loss.shape == mse.shape == () and torch.isfinite(loss)
@@ -93,8 +101,9 @@ def test_adaptive_weight_power_one_is_meanflows_weighting(agent_and_batch):
     loss, mse = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
     torch.testing.assert_close(loss, mse)
     torch.manual_seed(1)
-    loss_p1, mse_p1 = ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions,
-                                                 dataclasses.replace(args, adaptive_weight_power=1.0))
+    loss_p1, mse_p1 = ofql.behavior_cloning_loss(
+        agent.actor, batch.obs, batch.actions, dataclasses.replace(args, adaptive_weight_power=1.0)
+    )
     torch.testing.assert_close(mse_p1, mse)
     assert loss_p1 < 1.0 < mse  # each row's weighted error e / (e + 1e-3) is below 1
 
@@ -119,8 +128,9 @@ def test_select_action_picks_high_q_candidates(agent_and_batch):
     agent, batch, _ = agent_and_batch
 
     class Preferring(torch.nn.Module):
-        def q_min(self, obs, actions):
-            return 100.0 * (actions[:, :1] > 0).float()
+        def forward(self, obs, actions):
+            q = 100.0 * (actions[:, :1] > 0).float()
+            return q, q + 1.0
 
     agent = dataclasses.replace(agent, critic_target=Preferring())
     a = ofql.select_action(agent, batch.obs, 50)
@@ -181,28 +191,129 @@ def test_gradient_clipping_bounds_the_step(agent_and_batch):
     assert metrics["critic_grad_norm"] > 1e-3  # the norm reported is the norm before clipping
 
 
-@pytest.mark.parametrize("env_id, ret, score", [
-    ("halfcheetah-medium-v2", 4000.0, 34.4753706),  # d4rl.get_normalized_score(..., 4000) * 100
-    ("halfcheetah-medium-replay-v2", 12135.0, 100.0),
-    ("halfcheetah-medium-expert-v2", -280.178953, 0.0),
-    ("hopper-medium-v2", 3234.3, 100.0),
-    ("hopper-medium-replay-v2", -20.272305, 0.0),
-    ("walker2d-medium-v2", 1.629008, 0.0),
-    ("walker2d-medium-expert-v2", 4592.3, 100.0),
-    ("antmaze-large-play-v2", 0.5, 50.0),
-    ("kitchen-mixed-v0", 3.0, 75.0),
-    ("pen-human-v1", 3076.8331017826877, 100.0),
-])
+@pytest.mark.parametrize(
+    "env_id, ret, score",
+    [
+        ("halfcheetah-medium-v2", 4000.0, 34.4753706),  # d4rl.get_normalized_score(..., 4000) * 100
+        ("halfcheetah-medium-replay-v2", 12135.0, 100.0),
+        ("halfcheetah-medium-expert-v2", -280.178953, 0.0),
+        ("hopper-medium-v2", 3234.3, 100.0),
+        ("hopper-medium-replay-v2", -20.272305, 0.0),
+        ("walker2d-medium-v2", 1.629008, 0.0),
+        ("walker2d-medium-expert-v2", 4592.3, 100.0),
+        ("antmaze-large-play-v2", 0.5, 50.0),
+        ("kitchen-mixed-v0", 3.0, 75.0),
+        ("pen-human-v1", 3076.8331017826877, 100.0),
+    ],
+)
 def test_normalized_score_uses_d4rls_reference_returns(env_id, ret, score):
-    assert ofql.normalized_score(env_id, ret) == pytest.approx(score, abs=1e-6)
+    assert d4rl_compat.normalized_score(env_id, ret) == pytest.approx(score, abs=1e-6)
 
 
 def test_presets_become_defaults_and_flags_override_them():
     args = ofql.parse_args(["--env-id", "antmaze-large-play-v2"])
-    assert (args.eta, args.max_q_backup, args.reward_mode, args.total_steps, args.grad_norm) == (0.3, True, "cql_antmaze", 1_000_000, 10.0)
+    assert (args.eta, args.max_q_backup, args.reward_mode, args.total_steps, args.grad_norm) == (
+        0.3,
+        True,
+        "cql_antmaze",
+        1_000_000,
+        10.0,
+    )
     args = ofql.parse_args(["--env-id=pen-human-v1", "--eta", "0.5", "--no-max-q-backup", "--num-candidates", "1"])
     assert (args.eta, args.actor_lr, args.reward_mode, args.num_candidates) == (0.5, 3e-4, "standardize", 1)
     # Appendix B: Adam 3e-4 for both networks, for every dataset
     assert all(ofql.parse_args(["--env-id", e]).actor_lr == ofql.Args.critic_lr == 3e-4 for e in ofql.PRESETS)
-    with pytest.raises(ofql.UserError, match="supported: halfcheetah-medium-v2"):
+    with pytest.raises(d4rl_compat.UserError, match="supported: halfcheetah-medium-v2"):
         ofql.parse_args(["--env-id", "hopper-medium-v3"])
+
+
+@pytest.mark.parametrize("flow_ratio, batch_size", [(0.3, 101), (0.75, 64), (0.0, 10), (1.0, 10)])
+def test_the_flow_ratio_gives_exactly_floor_of_ratio_times_b_rows_with_r_equal_t(flow_ratio, batch_size, monkeypatch):
+    """sample_t_r, and the (t, r) that behavior_cloning_loss gives the MeanFlow target with --flow-ratio."""
+    torch.manual_seed(0)
+    t, r = ofql.sample_t_r(batch_size, flow_ratio, -0.4, 1.0, "cpu")
+    assert (r == t).sum().item() == int(np.floor(flow_ratio * batch_size))
+    seen, target = [], ofql.meanflow_target
+    monkeypatch.setattr(
+        ofql, "meanflow_target", lambda u_fn, a, eps, r, t: seen.append((r, t)) or target(u_fn, a, eps, r, t)
+    )
+    args = dataclasses.replace(ofql.Args(), flow_ratio=flow_ratio)
+    ofql.behavior_cloning_loss(ofql.Actor(OBS, ACT), torch.randn(batch_size, OBS), torch.zeros(batch_size, ACT), args)
+    r, t = seen[0]
+    assert (r == t).sum().item() == int(np.floor(flow_ratio * batch_size))
+
+
+def test_an_actor_step_raises_q(agent_and_batch):
+    """With the Q term dominant (eta = 100), a few actor steps (critic fixed) raise Q at the policy's actions."""
+    agent, batch, args = agent_and_batch
+    args = dataclasses.replace(args, eta=100.0)
+    agent.actor_optimizer = torch.optim.Adam(agent.actor.parameters(), lr=1e-2)
+    with torch.no_grad():
+        agent.critic.q1[-1].weight.mul_(10.0)  # a steeper Q
+    agent.critic.q2.load_state_dict(agent.critic.q1.state_dict())  # one Q function, whichever head is maximised
+
+    def q_of_policy():
+        torch.manual_seed(9)  # the same noise every time: the same states and eps
+        with torch.no_grad():
+            return agent.critic.q1(torch.cat([batch.obs, ofql.sample_actions(agent.actor, batch.obs)], -1)).mean()
+
+    before = q_of_policy()
+    for _ in range(5):
+        loss, _ = ofql.actor_loss_fn(agent, batch, args)
+        ofql.optimizer_step(agent.actor_optimizer, agent.actor, loss, 0.0)
+    assert q_of_policy() > before + 0.01
+
+
+# ----------------------------------------------------------------------------------------------------
+# Does OFQL learn? A multi-modal offline bandit in the spirit of DQL's 2-D bandit.
+#
+# One state, 2-D actions from four well-separated Gaussian modes, equally often; the top-right mode pays 1, the
+# others 0.5 (every transition is terminal). With eta = 0 (MeanFlow behaviour cloning alone) the one-step policy must
+# reproduce all four modes; with eta > 0 the Q term must move it onto the best mode. Trained with ofql.update itself.
+# ----------------------------------------------------------------------------------------------------
+MODES = torch.tensor([[0.5, 0.5], [-0.5, 0.5], [-0.5, -0.5], [0.5, -0.5]])
+REWARDS = torch.tensor([1.0, 0.5, 0.5, 0.5])
+SEED = int(os.environ.get("BANDIT_SEED", 0))
+
+
+def train_bandit(eta: float, steps: int = 2000, seed: int = SEED) -> torch.Tensor:
+    """Returns 2000 actions of the trained one-step policy."""
+    torch.manual_seed(seed)
+    mode = torch.randint(4, (4096,))
+    actions = (MODES[mode] + 0.1 * torch.randn(4096, 2)).clamp(-1, 1)
+    obs = torch.zeros(4096, 1)
+    data = {
+        "observations": obs.numpy(),
+        "actions": actions.numpy(),
+        "next_observations": obs.numpy(),
+        "rewards": REWARDS[mode].numpy(),
+        "terminals": torch.ones(4096).numpy(),
+    }
+    args = dataclasses.replace(ofql.Args(), eta=eta, actor_lr=1e-3, critic_lr=1e-3, grad_norm=0.0, batch_size=128)
+    buffer, agent = ofql.OfflineBuffer(data, torch.device("cpu")), ofql.make_agent(1, 2, args, torch.device("cpu"))
+    for step in range(1, steps + 1):  # as train() runs them
+        ofql.update(agent, buffer.sample(args.batch_size), args, torch.tensor(step))
+    with torch.no_grad():
+        return ofql.sample_actions(agent.actor, torch.zeros(2000, 1))
+
+
+def nearest_mode(actions):
+    distance = torch.cdist(actions, MODES)
+    return distance.argmin(dim=1), distance.min(dim=1).values
+
+
+# behaviour cloning alone needs more steps than Q-guidance with the plain loss of Eq. 14 (--adaptive-weight-power 0)
+@pytest.mark.parametrize("eta, steps", [(0.0, 4000), (0.3, 2000)])
+def test_bandit(eta, steps):
+    mode, distance = nearest_mode(train_bandit(eta, steps))
+    share = torch.bincount(mode, minlength=4).float() / len(mode)
+    print(
+        f"eta={eta}: share of samples per mode {share.tolist()}, "
+        f"within 0.3 of a mode {(distance < 0.3).float().mean():.2f}"
+    )
+    if eta == 0:  # behaviour cloning: every mode is reproduced, and the samples sit on the modes
+        assert share.min() > 0.12, share
+        assert (distance < 0.3).float().mean() > 0.5  # a uniform policy would give 0.28
+    else:  # Q-guidance: the samples concentrate on the best mode
+        assert share[0] > 0.95, share
+        assert ((mode == 0) & (distance < 0.3)).float().mean() > 0.75

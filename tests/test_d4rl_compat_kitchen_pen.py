@@ -1,5 +1,6 @@
-"""Tests of the Kitchen and pen evaluation adapters of ofql.py (shared by dql.py and fql.py), CPU, no network.
+"""Tests of the Kitchen and pen evaluation adapters of d4rl_compat.py, CPU, no network.
 Expected values are computed here from D4RL's numbers, not from the adapter's tables."""
+
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ import mujoco
 import numpy as np
 import pytest
 
-import ofql as kp
+import d4rl_compat
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -35,12 +36,12 @@ def n_done(obs, tasks):
 @pytest.fixture(scope="module")
 def kitchen():
     """A noise-free mixed kitchen (the model takes ~0.5 s to load, so it is shared)."""
-    return kp.D4RLKitchenEnv(kp.KITCHEN_TASKS["kitchen-mixed-v0"], obs_noise=False)
+    return d4rl_compat.D4RLKitchenEnv(d4rl_compat.KITCHEN_TASKS["kitchen-mixed-v0"], obs_noise=False)
 
 
 @pytest.fixture(scope="module")
 def noisy_kitchen():
-    return kp.make_kitchen_env("kitchen-mixed-v0")
+    return d4rl_compat.make_kitchen_env("kitchen-mixed-v0")
 
 
 # ----------------------------------------------------------------------------------------------- kitchen
@@ -48,9 +49,10 @@ def test_kitchen_reset_state_and_layout(kitchen):
     obs, info = kitchen.reset(seed=0)
     assert obs.shape == (60,) and kitchen.observation_space.shape == (60,) and kitchen.action_space.shape == (9,)
     # D4RL KitchenV0.init_qpos (a few entries) and zero velocity
-    np.testing.assert_allclose(obs[[0, 3, 7, 22, 23, 24, 25, 26]],
-                               [0.148388023, -2.4768576, 0.0479267505, 0.00108009684, -0.26939744, 0.350383255,
-                                1.61944683, 1.00618764])
+    np.testing.assert_allclose(
+        obs[[0, 3, 7, 22, 23, 24, 25, 26]],
+        [0.148388023, -2.4768576, 0.0479267505, 0.00108009684, -0.26939744, 0.350383255, 1.61944683, 1.00618764],
+    )
     np.testing.assert_array_equal(kitchen.data.qvel, 0.0)
     np.testing.assert_allclose(obs[:30], kitchen.data.qpos[:30])  # no noise: obs[:30] is the qpos
     goal = np.zeros(30)
@@ -60,12 +62,19 @@ def test_kitchen_reset_state_and_layout(kitchen):
     assert sorted(info["tasks_to_complete"]) == sorted(MIXED)
     # the joint order of Gymnasium-Robotics' model is D4RL's: the entries the tasks read are these joints
     names = [kitchen.model.joint(j).name for j in (11, 12, 17, 18, 19, 22, 23)]
-    assert names == ["knob_Joint_2", "bottom_left_burner", "light_switch", "light_joint", "slide_cabinet",
-                     "microwave", "kettle"]
+    assert names == [
+        "knob_Joint_2",
+        "bottom_left_burner",
+        "light_switch",
+        "light_joint",
+        "slide_cabinet",
+        "microwave",
+        "kettle",
+    ]
 
 
 def test_kitchen_partial_goal():
-    env = kp.make_kitchen_env("kitchen-partial-v0")
+    env = d4rl_compat.make_kitchen_env("kitchen-partial-v0")
     obs, _ = env.reset(seed=1)
     goal = np.zeros(30)
     for task in PARTIAL:
@@ -129,7 +138,7 @@ def test_kitchen_all_tasks_terminate(kitchen):
 
 def test_kitchen_episode_length(noisy_kitchen):
     noisy_kitchen.reset(seed=0)
-    for step in range(1, 300):
+    for step in range(1, 300):  # noqa: B007 (read after the loop)
         _, _, terminated, truncated, _ = noisy_kitchen.step(np.zeros(9))
         if terminated or truncated:
             break
@@ -137,7 +146,7 @@ def test_kitchen_episode_length(noisy_kitchen):
 
 
 def test_kitchen_vectorised():
-    envs = gym.vector.SyncVectorEnv([lambda: kp.make_kitchen_env("kitchen-mixed-v0")] * 2)
+    envs = gym.vector.SyncVectorEnv([lambda: d4rl_compat.make_kitchen_env("kitchen-mixed-v0")] * 2)
     obs, _ = envs.reset(seed=[0, 1])
     assert obs.shape == (2, 60) and not np.array_equal(obs[0], obs[1])  # different noise per seed
     obs, reward, terminated, truncated, _ = envs.step(np.zeros((2, 9), np.float32))
@@ -161,7 +170,7 @@ def pen_expected(u):
 
 
 def test_pen_reset_and_layout():
-    env = kp.make_pen_env("pen-human-v1")
+    env = d4rl_compat.make_pen_env("pen-human-v1")
     obs, _ = env.reset(seed=0)
     u = env.unwrapped
     assert obs.shape == (45,) and env.action_space.shape == (24,)
@@ -175,7 +184,7 @@ def test_pen_reset_and_layout():
 
 
 def test_pen_reward_at_goal_orientation():
-    env = kp.make_pen_env("pen-human-v1")
+    env = d4rl_compat.make_pen_env("pen-human-v1")
     env.reset(seed=0)
     u = env.unwrapped
     pen_id = mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_BODY, "Object")
@@ -190,7 +199,7 @@ def test_pen_reward_at_goal_orientation():
 
 
 def test_pen_drop_terminates():
-    env = kp.make_pen_env("pen-cloned-v1")
+    env = d4rl_compat.make_pen_env("pen-cloned-v1")
     env.reset(seed=0)
     u = env.unwrapped
     slides = [mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ("OBJTx", "OBJTy", "OBJTz")]
@@ -204,10 +213,10 @@ def test_pen_drop_terminates():
 
 
 def test_pen_episode_length():
-    env = kp.make_pen_env("pen-cloned-v1")
+    env = d4rl_compat.make_pen_env("pen-cloned-v1")
     env.reset(seed=0)
     env.unwrapped.model.opt.gravity[:] = 0  # keep the pen in the hand
-    for step in range(1, 150):
+    for step in range(1, 150):  # noqa: B007 (read after the loop)
         _, _, terminated, truncated, _ = env.step(np.zeros(24, np.float32))
         if terminated or truncated:
             break
@@ -215,10 +224,10 @@ def test_pen_episode_length():
 
 
 def test_unknown_ids():
-    with pytest.raises(kp.UserError):
-        kp.make_kitchen_env("kitchen-foo-v0")
-    with pytest.raises(kp.UserError):
-        kp.make_pen_env("door-human-v1")
+    with pytest.raises(d4rl_compat.UserError):
+        d4rl_compat.make_kitchen_env("kitchen-foo-v0")
+    with pytest.raises(d4rl_compat.UserError):
+        d4rl_compat.make_pen_env("door-human-v1")
 
 
 # ----------------------------------------------------------------------------------------------- replay
@@ -226,7 +235,7 @@ def write_kitchen_file(path, states=True, episodes=2, steps=25, seed=0):
     """A D4RL-layout kitchen file recorded with the (noise-free) adapter: rewards as D4RL's generator labels them
     (tasks done in the row's own observation), terminals on each episode's last row, `infos` as a plain dataset like
     D4RL's kitchen files, or the simulator states under infos/."""
-    env, rng = kp.D4RLKitchenEnv(MIXED, obs_noise=False), np.random.default_rng(seed)
+    env, rng = d4rl_compat.D4RLKitchenEnv(MIXED, obs_noise=False), np.random.default_rng(seed)
     rows = {k: [] for k in ("observations", "actions", "qpos", "qvel", "terminals")}
     for episode in range(episodes):
         obs, _ = env.reset(seed=episode)
@@ -256,9 +265,11 @@ def write_kitchen_file(path, states=True, episodes=2, steps=25, seed=0):
 
 def corrupt(path, out):
     with h5py.File(path, "r") as f, h5py.File(out, "w") as g:
+
         def copy(name, item):
             if isinstance(item, h5py.Dataset):
                 g[name] = item[()]
+
         f.visititems(copy)
         g["actions"][...] = -g["actions"][()]  # replay opposite actions
     return out
@@ -292,9 +303,20 @@ def test_kitchen_replay_from_observations(tmp_path):
 def write_pen_file(path, episodes=3, seed=0):
     """A D4RL-layout pen-v1 file recorded with the adapter (as D4RL's hand_dapg scripts write them: float32, the
     reward and done of step i on row i, timeouts on the last row of an episode that was not terminated)."""
-    env, rng = kp.make_pen_env("pen-human-v1"), np.random.default_rng(seed)
-    rows = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts", "infos/qpos",
-                            "infos/qvel", "infos/desired_orien")}
+    env, rng = d4rl_compat.make_pen_env("pen-human-v1"), np.random.default_rng(seed)
+    rows = {
+        k: []
+        for k in (
+            "observations",
+            "actions",
+            "rewards",
+            "terminals",
+            "timeouts",
+            "infos/qpos",
+            "infos/qvel",
+            "infos/desired_orien",
+        )
+    }
     for episode in range(episodes):
         obs, _ = env.reset(seed=episode)
         for t in range(60):
@@ -302,8 +324,9 @@ def write_pen_file(path, episodes=3, seed=0):
             action = rng.uniform(-0.3, 0.3, 24)
             next_obs, reward, terminated, _, _ = env.step(action)
             timeout = t == 59 and not terminated
-            for key, value in zip(rows, (obs, action, reward, terminated, timeout, state["qpos"], state["qvel"],
-                                         state["desired_orien"])):
+            for key, value in zip(
+                rows, (obs, action, reward, terminated, timeout, state["qpos"], state["qvel"], state["desired_orien"])
+            ):
                 rows[key].append(value)
             obs = next_obs
             if terminated:
