@@ -170,22 +170,19 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256, depth: int = 3) -> nn.
     return nn.Sequential(*layers, nn.Linear(dim, out_dim))
 
 
-def time_mlp(dim: int) -> nn.Sequential:
-    return nn.Sequential(SinusoidalPosEmb(dim), nn.Linear(dim, 2 * dim), nn.Mish(), nn.Linear(2 * dim, dim))
-
-
 class Actor(nn.Module):
-    """Average velocity u_theta(a_t, r, t; s) (Appendix B): DQL's MLP on [a_t, emb(t), emb(r), s]."""
+    """Average velocity u_theta(a_t, r, t; s) (Appendix B): DQL's MLP on [a_t, emb(t), emb(r), s], emb the
+    64-dimensional sinusoidal embedding itself, without DQL's time MLP (docs/learning.md: it learned slower)."""
 
     def __init__(self, obs_dim: int, act_dim: int, time_dim: int = 64):
         super().__init__()
         self.act_dim = act_dim
-        self.t_emb, self.r_emb = time_mlp(time_dim), time_mlp(time_dim)
+        self.time_emb = SinusoidalPosEmb(time_dim)
         self.net = mlp(act_dim + 2 * time_dim + obs_dim, act_dim)
 
     def forward(self, a_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         # (r, t) of shape (1, 1), the same times for every row (as for the one-step action), are embedded once
-        times = torch.cat([self.t_emb(t), self.r_emb(r)], dim=-1).expand(len(a_t), -1)
+        times = torch.cat([self.time_emb(t), self.time_emb(r)], dim=-1).expand(len(a_t), -1)
         return self.net(torch.cat([a_t, times, obs], dim=-1))
 
 
