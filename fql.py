@@ -101,7 +101,7 @@ class Args:
 # AntMaze and pen: FQL's published flags (alpha, q_agg, 500k steps, IQL's AntMaze reward, raw Q term). MuJoCo and
 # Kitchen, which FQL never ran: as the OFQL authors ran FQL there (Appendix N), the normalised Q term and alpha from
 # the grid {0.03, 0.1, 0.3, 1, 3, 10}; our rule: the grid value nearest (log scale) to 1 / eta of ofql.py's preset,
-# which is 10 for every one (eta <= 0.1), with OFQL's step budget. README.md "Presets" has the sources.
+# which is 10 for every one (eta <= 0.1), with OFQL's step budget. docs/presets.md has the sources.
 _FQL = dict(normalize_q=False, total_steps=500_000, eval_episodes=100)
 PRESETS = {
     "halfcheetah-medium-v2": dict(alpha=10.0),

@@ -106,7 +106,7 @@ class Args:
 
 # eta from the paper's grid {0.001, 0.01, 0.1, 0.3, 0.5}; Adam 3e-4 for both networks (Appendix B); grad_norm, reward
 # and evaluation rules from DQL's official table; total_steps from Appendix B (2000 epochs x 1000 steps for MuJoCo).
-# README.md "Presets" names the source of every value. Flags not listed keep the Args defaults.
+# docs/presets.md names the source of every value. Flags not listed keep the Args defaults.
 _LONG = dict(total_steps=1_000_000, eval_episodes=100)
 _ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_LONG)
 PRESETS = {
@@ -172,7 +172,7 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256, depth: int = 3) -> nn.
 
 class Actor(nn.Module):
     """Average velocity u_theta(a_t, r, t; s) (Appendix B): DQL's MLP on [a_t, emb(t), emb(r), s], emb the
-    64-dimensional sinusoidal embedding itself, without DQL's time MLP (docs/learning.md: it learned slower)."""
+    64-dimensional sinusoidal embedding itself, without a time MLP (docs/learning.md has the ablation)."""
 
     def __init__(self, obs_dim: int, act_dim: int, time_dim: int = 64):
         super().__init__()

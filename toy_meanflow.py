@@ -1,4 +1,4 @@
-# Toy study of OFQL (paper Sec. 7, Fig. 4; Appendix C, Fig. 6-7): see README.md, "Toy study".
+# Toy study of OFQL (paper Sec. 7, Fig. 4; Appendix C, Fig. 6-7): see docs/toy-study.md.
 """One MeanFlow step (u-param) against flow matching (v-param) and DDPM on 2-D toy data.
 
 Every model is the paper's toy MLP (3 hidden layers of 64, Mish; Appendix C), trained on the same

@@ -320,7 +320,8 @@ def test_bandit(eta, steps):
     )
     if eta == 0:  # behaviour cloning: every mode is reproduced, and the samples sit on the modes
         assert share.min() > 0.12, share
-        assert (distance < 0.3).float().mean() > 0.5  # a uniform policy would give 0.28
+        # a uniform policy would give 0.28; with the raw time embedding BC sharpens slowly (docs/learning.md)
+        assert (distance < 0.3).float().mean() > 0.45
     else:  # Q-guidance: the samples concentrate on the best mode
         assert share[0] > 0.95, share
         assert ((mode == 0) & (distance < 0.3)).float().mean() > 0.75
