@@ -10,13 +10,17 @@ Public API:
     eval_env_factory(env_id)                                             the evaluation env of a D4RL id (a factory)
     preset_key(env_id)                                                   the D4RL id whose presets an id uses
     UserError, DatasetError                                              reported by the scripts as one line, exit 2
+    check_flags, run_folder, check_resume, trim_log, replaced_when_written, how_to_continue
+                                                                         the scripts' flags and run files, checked
 """
 
 import contextlib
 import functools
 import glob
 import hashlib
+import json
 import os
+import shlex
 import tempfile
 import urllib.error
 import urllib.request
@@ -119,6 +123,105 @@ def preset_key(env_id: str) -> str | None:
 
 def is_minari_id(env_id: str) -> bool:
     return "/" in env_id  # 'mujoco/hopper/medium-v0'; D4RL ids have no '/'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scripts' run files and flags, checked as the data are: one UserError line instead of a traceback or lost data
+# ---------------------------------------------------------------------------------------------------------------
+FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (any other: a finite number)
+    "(0, inf)": "total_steps batch_size eval_every eval_episodes num_candidates log_every num_backup_actions ema_every "
+    "diffusion_steps flow_steps actor_lr critic_lr time_sigma",
+    "[0, inf)": "seed grad_norm eta alpha ema_start adaptive_weight_power",
+    "[0, 1]": "gamma tau ema_decay flow_ratio",
+}
+# the flags a --resume may change (the length, logging, evaluation, the device), and what config.json adds to them
+RESUMABLE = set(
+    "resume total_steps exp_name cuda cuda_graph track wandb_project_name wandb_entity save_model eval_every "
+    "eval_episodes num_candidates log_every device training_step torch".split()
+)
+
+
+def check_flags(flags: dict) -> None:
+    """Every number flag finite and within its FLAG_RANGES range (at start-up, before anything is read or written)."""
+    for name, value in flags.items():
+        if type(value) not in (int, float):  # bool, str, None: tyro has checked them
+            continue
+        bound = next((b for b, names in FLAG_RANGES.items() if name in names.split()), "(-inf, inf)")
+        low, high = (float(x) for x in bound[1:-1].split(","))
+        if not (np.isfinite(value) and (low < value or low == value and bound[0] == "[") and value <= high):
+            raise UserError(f"--{name.replace('_', '-')} must be a number in {bound}, not {value}")
+
+
+@contextlib.contextmanager
+def run_folder(name: str, resume: str | None):
+    """The folder of a run, around what may fail before the run writes anything (loading the data): with `resume`,
+    the checkpoint's; else runs/<name>, made at once (a place where runs/ cannot be made fails before any data are
+    loaded) and by this run only (when another run took the name, as one started in the same second does: a suffix
+    _1, _2, ...); removed again if what it surrounds fails."""
+    if resume:
+        if not os.path.isfile(resume):
+            raise UserError(f"cannot resume from {resume}: no such file")
+        yield os.path.dirname(resume) or "."
+        return
+    for run_dir in (os.path.join("runs", name) + (f"_{i}" if i else "") for i in range(1_000_000)):
+        try:
+            os.makedirs(run_dir)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot make the run folder {run_dir} in {os.getcwd()} ({e.strerror or e})") from None
+    try:
+        yield run_dir
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(run_dir)  # only ever removes an empty folder
+        raise
+
+
+def check_resume(config: dict, saved: dict, step: int) -> None:
+    """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
+    UserError names each flag (but RESUMABLE) that differs, and a --total-steps below `step`."""
+    keys = sorted((config.keys() | saved.keys()) - RESUMABLE)
+    diff = [
+        f"--{k.replace('_', '-')} {config.get(k)} (was {saved.get(k)})" for k in keys if config.get(k) != saved.get(k)
+    ]
+    if config.get("total_steps", step) < step:
+        diff.append(f"--total-steps {config['total_steps']} (below its step, {step})")
+    if diff:
+        raise UserError(f"its run had other flags: {', '.join(diff)}")
+
+
+def trim_log(path: str, step: int) -> None:
+    """Keep the records of a metrics.jsonl up to `step`, and drop a partial last line (a kill, a full disk)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+
+@contextlib.contextmanager
+def replaced_when_written(path: str):
+    """Yields a temporary path next to `path` to write; renamed to `path` once written, removed if the write fails
+    or is interrupted (Ctrl-C): `path` holds the old file or the whole new one, never part of one."""
+    tmp = path + ".tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def how_to_continue(argv: list[str], run_dir: str, args) -> str:
+    """After Ctrl-C: the last checkpoint of the run (in `run_dir`, else --resume's) and the command line `argv`
+    (sys.argv) with --resume pointing at it; or why there is none."""
+    last = next((p for p in (os.path.join(run_dir, "checkpoint.pt"), args.resume) if p and os.path.isfile(p)), None)
+    if last is None:
+        return "no checkpoint was written" + ("" if args.save_model else " (--save-model is off)")
+    flags = [a for a, before in zip(argv[1:], argv) if not a.startswith("--resume") and before != "--resume"]
+    return f"last checkpoint {last}; continue with: {shlex.join(['python', argv[0], *flags, '--resume', last])}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
