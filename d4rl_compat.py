@@ -19,6 +19,7 @@ import functools
 import glob
 import hashlib
 import json
+import math
 import os
 import shlex
 import tempfile
@@ -131,7 +132,8 @@ def is_minari_id(env_id: str) -> bool:
 FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (any other: a finite number)
     "(0, inf)": "total_steps batch_size eval_every eval_episodes num_candidates log_every num_backup_actions ema_every "
     "diffusion_steps flow_steps actor_lr critic_lr time_sigma",
-    "[0, inf)": "seed grad_norm eta alpha ema_start adaptive_weight_power",
+    "[0, inf)": "grad_norm eta alpha ema_start adaptive_weight_power",
+    "[0, 4294967295]": "seed",  # numpy's seeds
     "[0, 1]": "gamma tau ema_decay flow_ratio",
 }
 # the flags a --resume may change (the length, logging, evaluation, the device), and what config.json adds to them
@@ -148,7 +150,11 @@ def check_flags(flags: dict) -> None:
             continue
         bound = next((b for b, names in FLAG_RANGES.items() if name in names.split()), "(-inf, inf)")
         low, high = (float(x) for x in bound[1:-1].split(","))
-        if not (np.isfinite(value) and (low < value or low == value and bound[0] == "[") and value <= high):
+        if not (
+            (type(value) is int or math.isfinite(value))
+            and (low < value or low == value and bound[0] == "[")
+            and value <= high
+        ):
             raise UserError(f"--{name.replace('_', '-')} must be a number in {bound}, not {value}")
 
 
