@@ -10,12 +10,18 @@ Public API:
     eval_env_factory(env_id)                                             the evaluation env of a D4RL id (a factory)
     preset_key(env_id)                                                   the D4RL id whose presets an id uses
     UserError, DatasetError                                              reported by the scripts as one line, exit 2
+    check_flags, run_folder, check_resume, trim_log, replaced_when_written, how_to_continue
+                                                                         the scripts' flags and run files, checked
 """
 
 import contextlib
 import functools
+import glob
 import hashlib
+import json
+import math
 import os
+import shlex
 import tempfile
 import urllib.error
 import urllib.request
@@ -118,6 +124,110 @@ def preset_key(env_id: str) -> str | None:
 
 def is_minari_id(env_id: str) -> bool:
     return "/" in env_id  # 'mujoco/hopper/medium-v0'; D4RL ids have no '/'
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The scripts' run files and flags, checked as the data are: one UserError line instead of a traceback or lost data
+# ---------------------------------------------------------------------------------------------------------------
+FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (any other: a finite number)
+    "(0, inf)": "total_steps batch_size eval_every eval_episodes num_candidates log_every num_backup_actions ema_every "
+    "diffusion_steps flow_steps actor_lr critic_lr time_sigma",
+    "[0, inf)": "grad_norm eta alpha ema_start adaptive_weight_power",
+    "[0, 4294967295]": "seed",  # numpy's seeds
+    "[0, 1]": "gamma tau ema_decay flow_ratio",
+}
+# the flags a --resume may change (the length, logging, evaluation, the device), and what config.json adds to them
+RESUMABLE = set(
+    "resume total_steps exp_name cuda cuda_graph track wandb_project_name wandb_entity save_model eval_every "
+    "eval_episodes num_candidates log_every device training_step torch".split()
+)
+
+
+def check_flags(flags: dict) -> None:
+    """Every number flag finite and within its FLAG_RANGES range (at start-up, before anything is read or written)."""
+    for name, value in flags.items():
+        if type(value) not in (int, float):  # bool, str, None: tyro has checked them
+            continue
+        bound = next((b for b, names in FLAG_RANGES.items() if name in names.split()), "(-inf, inf)")
+        low, high = (float(x) for x in bound[1:-1].split(","))
+        if not (
+            (type(value) is int or math.isfinite(value))
+            and (low < value or low == value and bound[0] == "[")
+            and value <= high
+        ):
+            raise UserError(f"--{name.replace('_', '-')} must be a number in {bound}, not {value}")
+
+
+@contextlib.contextmanager
+def run_folder(name: str, resume: str | None):
+    """The folder of a run, around what may fail before the run writes anything (loading the data): with `resume`,
+    the checkpoint's; else runs/<name>, made at once (a place where runs/ cannot be made fails before any data are
+    loaded) and by this run only (when another run took the name, as one started in the same second does: a suffix
+    _1, _2, ...); removed again if what it surrounds fails."""
+    if resume:
+        if not os.path.isfile(resume):
+            raise UserError(f"cannot resume from {resume}: no such file")
+        yield os.path.dirname(resume) or "."
+        return
+    for run_dir in (os.path.join("runs", name) + (f"_{i}" if i else "") for i in range(1_000_000)):
+        try:
+            os.makedirs(run_dir)
+            break
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot make the run folder {run_dir} in {os.getcwd()} ({e.strerror or e})") from None
+    try:
+        yield run_dir
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.rmdir(run_dir)  # only ever removes an empty folder
+        raise
+
+
+def check_resume(config: dict, saved: dict, step: int) -> None:
+    """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
+    UserError names each flag (but RESUMABLE) that differs, and a --total-steps below `step`."""
+    keys = sorted((config.keys() | saved.keys()) - RESUMABLE)
+    diff = [
+        f"--{k.replace('_', '-')} {config.get(k)} (was {saved.get(k)})" for k in keys if config.get(k) != saved.get(k)
+    ]
+    if config.get("total_steps", step) < step:
+        diff.append(f"--total-steps {config['total_steps']} (below its step, {step})")
+    if diff:
+        raise UserError(f"its run had other flags: {', '.join(diff)}")
+
+
+def trim_log(path: str, step: int) -> None:
+    """Keep the records of a metrics.jsonl up to `step`, and drop a partial last line (a kill, a full disk)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+
+@contextlib.contextmanager
+def replaced_when_written(path: str):
+    """Yields a temporary path next to `path` to write; renamed to `path` once written, removed if the write fails
+    or is interrupted (Ctrl-C): `path` holds the old file or the whole new one, never part of one."""
+    tmp = path + ".tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def how_to_continue(argv: list[str], run_dir: str, args) -> str:
+    """After Ctrl-C: the last checkpoint of the run (in `run_dir`, else --resume's) and the command line `argv`
+    (sys.argv) with --resume pointing at it; or why there is none."""
+    last = next((p for p in (os.path.join(run_dir, "checkpoint.pt"), args.resume) if p and os.path.isfile(p)), None)
+    if last is None:
+        return "no checkpoint was written" + ("" if args.save_model else " (--save-model is off)")
+    flags = [a for a, before in zip(argv[1:], argv) if not a.startswith("--resume") and before != "--resume"]
+    return f"last checkpoint {last}; continue with: {shlex.join(['python', argv[0], *flags, '--resume', last])}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -239,14 +349,21 @@ def dataset_cache_path(env_id: str) -> str:
 
 
 def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
-    """Stream `url` to a temporary file next to `path`, check size and sha256, then rename: no partial file
-    is ever left under the final name."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Stream `url` to a temporary file next to `path`, check size (the known one, else the server's Content-Length)
+    and sha256, then rename: no partial file is ever left under the final name."""
     tmp, digest = f"{path}.part{os.getpid()}", hashlib.sha256()
     try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise DatasetError(
+            f"cannot create the dataset folder {os.path.dirname(path)} ({e.strerror or e}); set D4RL_DATASET_DIR to "
+            "a writable folder, or pass --dataset-path FILE"
+        ) from None
+    try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
-            total = int(response.headers.get("Content-Length") or 0) or size
-            with tqdm(total=total, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
+            length = response.headers.get("Content-Length")
+            size = size or (int(length) if length and length.isdigit() else None)
+            with tqdm(total=size, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
                 while chunk := response.read(1 << 20):
                     f.write(chunk)
                     digest.update(chunk)
@@ -266,19 +383,59 @@ def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
             os.remove(tmp)
 
 
-def read_d4rl_hdf5(path: str, env_id: str) -> dict[str, np.ndarray]:
-    """The arrays of a D4RL-layout hdf5 file, checked against the environment's sizes."""
-    if not os.path.isfile(path):
+def remove_stale_downloads(path: str) -> None:
+    """Delete the `<path>.part<pid>` files of downloads whose process is gone (killed: its `finally` never ran)."""
+    for part in glob.glob(glob.escape(path) + ".part*"):
+        pid = part.rsplit(".part", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.remove(part)
+            except OSError:
+                pass  # it exists (another user's): still downloading
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False) -> dict[str, np.ndarray]:
+    """The arrays of a D4RL-layout hdf5 file, checked against the environment's sizes; a file that cannot be used is
+    one DatasetError that says why (`cached`: a file of the download cache, which may be deleted and downloaded again;
+    a --dataset-path file may be the user's only copy)."""
+    if os.path.isdir(path):
+        raise DatasetError(f"{path} is a directory; --dataset-path takes an hdf5 file in the D4RL layout")
+    if not os.path.exists(path):
         raise DatasetError(f"dataset file {path} does not exist")
-    keys = ("observations", "actions", "rewards", "terminals", "timeouts")
+    try:
+        with open(path, "rb") as f:
+            signature = f.read(8)
+    except OSError as e:
+        raise DatasetError(f"cannot read {path} ({e.strerror or e})") from None
+    keys, data = ("observations", "actions", "rewards", "terminals", "timeouts"), {}
     try:
         with h5py.File(path, "r") as f:
-            data = {k: f[k][()] for k in keys if k in f}
-    except OSError as e:
-        raise DatasetError(f"{path} is not a readable hdf5 file ({e}); delete it and download it again") from None
+            for key in keys:
+                if key in f and not isinstance(f[key], h5py.Dataset):
+                    raise DatasetError(f"{path}: '{key}' is a {type(f[key]).__name__}, not an array")
+                if key in f:
+                    data[key] = np.asarray(f[key][()])
+    except DatasetError:
+        raise
+    except Exception as e:  # h5py raises OSError, KeyError, RuntimeError, ValueError, TypeError on damaged files
+        what = "is truncated" if "truncated file" in str(e) else "is a damaged hdf5 file"
+        what = (
+            what if signature == HDF5_SIGNATURE or "file signature not found" not in str(e) else "is not an hdf5 file"
+        )
+        advice = "; delete it and download it again" if cached else ""
+        raise DatasetError(f"{path} {what} ({type(e).__name__}: {e}){advice}".replace("\n", " ")) from None
     if missing := [k for k in keys[:4] if k not in data]:
         raise DatasetError(f"{path} lacks the D4RL key(s) {missing}")
-    d, n = domain_of(env_id), len(data["observations"])
+    for key, x in data.items():
+        if x.dtype != bool and not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+            raise DatasetError(f"{path}: '{key}' holds {x.dtype} values, not numbers")
+    d, n = domain_of(env_id), len(data["observations"]) if data["observations"].ndim else 0
     for key, shape in {"observations": (n, d.obs_dim), "actions": (n, d.act_dim)}.items():
         if data[key].shape != shape:
             raise DatasetError(f"{path}: '{key}' has shape {data[key].shape}, {env_id} needs {shape}")
@@ -289,6 +446,14 @@ def read_d4rl_hdf5(path: str, env_id: str) -> dict[str, np.ndarray]:
                 raise DatasetError(f"{path}: '{key}' has {len(data[key])} rows, 'observations' has {n}")
     if not all(np.isfinite(data[k]).all() for k in ("observations", "actions", "rewards")):
         raise DatasetError(f"{path} contains NaN or infinite values")
+    for key in ("terminals", "timeouts"):
+        if key in data and not np.isin(data[key], (0, 1)).all():
+            raise DatasetError(f"{path}: '{key}' must hold 0/1 flags (it has {np.unique(data[key])[:5]}...)")
+    if np.abs(data["actions"]).max(initial=0.0) > 1.0 + 1e-4:
+        raise DatasetError(
+            f"{path}: actions outside [-1, 1] (max |a| = {np.abs(data['actions']).max():.4g}); "
+            "the policies act in [-1, 1]"
+        )
     return data
 
 
@@ -331,12 +496,16 @@ def load_d4rl(env_id: str, dataset_path: str | None, reward_mode: str) -> dict[s
     """qlearning_dataset of `dataset_path`, or of the D4RL file of `env_id` (downloaded if missing), rewards
     transformed."""
     if dataset_path is None:
-        dataset_path = dataset_cache_path(env_id)
+        dataset_path = cache_path = dataset_cache_path(env_id)
+        remove_stale_downloads(cache_path)
         if not os.path.exists(dataset_path):
             rel_path, size, sha256 = DATASETS[env_id]
             download(D4RL_URL + rel_path, dataset_path, size, sha256)
+    else:
+        cache_path = None
     domain = env_id.split("-")[0]
-    data = qlearning_dataset(read_d4rl_hdf5(dataset_path, env_id), MAX_EPISODE_STEPS.get(domain, 1000))
+    data = read_d4rl_hdf5(dataset_path, env_id, cached=dataset_path == cache_path)
+    data = qlearning_dataset(data, MAX_EPISODE_STEPS.get(domain, 1000))
     if len(data["rewards"]) == 0:
         raise DatasetError(f"{dataset_path} has no usable transitions")
     data["rewards"] = transform_rewards(data["rewards"], reward_mode)
@@ -377,6 +546,9 @@ def flatten_observation(space: gym.Space, obs) -> np.ndarray:
     return x.reshape(x.shape[:batch] + (-1,))
 
 
+MINARI_DOWNLOAD_PACKAGE = "huggingface_hub"  # what minari.download_dataset imports (the extra minari[hf])
+
+
 def open_minari(dataset_id: str):
     """The local dataset under $MINARI_DATASETS_PATH (default ~/.minari/datasets), downloaded first if missing."""
     try:
@@ -387,11 +559,16 @@ def open_minari(dataset_id: str):
     if not os.path.isdir(os.path.join(get_dataset_path(dataset_id), "data")):
         try:
             minari.download_dataset(dataset_id)
-        except Exception as e:  # no network, no huggingface_hub, unknown remote id
+        except ImportError as e:  # minari downloads from Hugging Face with the package of its [hf] extra
+            raise DatasetError(
+                f"downloading Minari dataset {dataset_id} needs {MINARI_DOWNLOAD_PACKAGE} (minari: {e}); "
+                f"pip install 'minari[hf]=={getattr(minari, '__version__', '0.5.4')}' (as in requirements.txt)"
+            ) from None
+        except Exception as e:  # no network, unknown remote id
             raise DatasetError(
                 f"Minari dataset {dataset_id} is not in {get_dataset_path()} and could not be downloaded "
-                f"({type(e).__name__}); run `minari download {dataset_id}` where there is network "
-                "access, and point MINARI_DATASETS_PATH at the folder that holds it"
+                f"({type(e).__name__}: {e}); run `minari download {dataset_id}` where there is network "
+                "access, and point MINARI_DATASETS_PATH at the folder that holds it".replace("\n", " ")
             ) from None
     return minari.load_dataset(dataset_id), str(get_dataset_path(dataset_id))
 

@@ -412,33 +412,29 @@ def evaluate(policies: list, envs: gym.vector.VectorEnv, source: d4rl_compat.Dat
 # ---------------------------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------------------
-def save_checkpoint(path: str, agent: Agent, step: int, evals: list, elapsed: float) -> None:
+def save_checkpoint(run_dir: str, agent: Agent, step: int, evals: list, elapsed: float, config: dict) -> None:
     state = {name: getattr(agent, name).state_dict() for name in Agent.__dataclass_fields__}
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     rng["cuda"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    torch.save({**state, "step": step, "evals": evals, "elapsed": elapsed, "rng": rng}, path + ".tmp")
-    os.replace(path + ".tmp", path)
+    with d4rl_compat.replaced_when_written(f"{run_dir}/checkpoint.pt") as tmp:  # never half a checkpoint
+        torch.save({**state, "step": step, "evals": evals, "elapsed": elapsed, "rng": rng, "config": config}, tmp)
 
 
-def resume(path: str, agent: Agent) -> tuple[int, list, float]:
-    """Load a checkpoint; drop what its run logged after it. Returns (first step to run, evaluations, seconds)."""
+def resume(path: str, agent: Agent, config: dict) -> tuple[int, list, float]:
+    """Load a checkpoint of a run with these flags (check_resume); drop its later logs. -> (next step, evals, secs)"""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
+        d4rl_compat.check_resume(config, state["config"], state["step"])
         for name in Agent.__dataclass_fields__:
             getattr(agent, name).load_state_dict(state[name])
-    except (OSError, RuntimeError, KeyError) as e:
-        raise UserError(f"cannot resume from {path}: {e}") from None
+    except Exception as e:  # missing, empty, truncated, another run's: one line
+        raise UserError(f"cannot resume from {path}: {e if isinstance(e, UserError) else repr(e)}") from None
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    metrics_path = os.path.join(os.path.dirname(path), "metrics.jsonl")
-    if os.path.exists(metrics_path):
-        with open(metrics_path) as f:
-            kept = [line for line in f if json.loads(line)["step"] <= state["step"]]
-        with open(metrics_path, "w") as f:
-            f.writelines(kept)
+    d4rl_compat.trim_log(os.path.join(os.path.dirname(path), "metrics.jsonl"), state["step"])
     return state["step"] + 1, state["evals"], state["elapsed"]
 
 
@@ -488,10 +484,10 @@ def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], An
 # ---------------------------------------------------------------------------------------------------------------
 def train(args: Args) -> str:
     """Train, evaluate and log one run; returns the path of its summary.json."""
-    source = d4rl_compat.load(args.env_id, args.dataset_path, args.reward_mode)
+    d4rl_compat.check_flags(vars(args))  # before anything is read or written; then the run folder, then the data
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = (os.path.dirname(args.resume) or ".") if args.resume else os.path.join("runs", run_name)
-    os.makedirs(run_dir, exist_ok=True)
+    with d4rl_compat.run_folder(run_name, args.resume) as run_dir:  # made before the data are loaded
+        source = d4rl_compat.load(args.env_id, args.dataset_path, args.reward_mode)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -505,8 +501,11 @@ def train(args: Args) -> str:
     envs = None if source.make_env is None else gym.vector.SyncVectorEnv([source.make_env] * args.eval_episodes)
     if source.limitation:
         print(f"NOTE: {args.env_id}: {source.limitation}")
-    start_step, evals, elapsed = resume(args.resume, agent) if args.resume else (1, [], 0.0)
     use_graph = args.cuda_graph and device.type == "cuda"
+    config = {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}
+    config.update(device=str(device), training_step="cuda_graph" if use_graph else "eager")
+    config.update(transitions=buffer.size, torch=torch.__version__)
+    start_step, evals, elapsed = resume(args.resume, agent, config) if args.resume else (1, [], 0.0)
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
         set_capturable(optimizer, use_graph)  # after the resume, which restores the saved run's mode
     last_step = torch.tensor(start_step - 1, device=device)  # on the device: no iteration reads it back
@@ -521,49 +520,49 @@ def train(args: Args) -> str:
     candidates = [args.num_candidates, 1] if args.num_candidates > 1 else [1]
     policies = [make_policy(agent, k, args.eval_episodes, source.obs_dim, device, use_graph) for k in candidates]
     print(f"training on {device}: " + ("CUDA graphs (--no-cuda-graph: eager)" if use_graph else "eager"))
-    config = {**vars(args), "device": str(device), "training_step": "cuda_graph" if use_graph else "eager"}
-    config.update(transitions=buffer.size, torch=torch.__version__)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
+    with open(f"{run_dir}/config{f'_resumed_at_{start_step - 1}' if args.resume else ''}.json", "w") as f:
         json.dump(config, f, indent=2)
     if args.track:
         import wandb
 
-        name = os.path.basename(run_dir)
-        where = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=name, id=name)
-        wandb.init(config=config, save_code=True, resume="allow", **where)
+        where = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=os.path.basename(run_dir))
+        wandb.init(config=config, save_code=True, resume="allow", id=where["name"], **where)
     metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)  # line-buffered
 
     metric_sum, window_steps, first_bad = 0.0, 0, -1
     session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
     progress = dict(initial=start_step - 1, total=args.total_steps, desc=args.env_id, unit="step", mininterval=2)
-    for step in tqdm(range(start_step, args.total_steps + 1), **progress):
-        metrics = iteration()
-        values = torch.stack(list(metrics.values()))
-        metric_sum, window_steps = metric_sum + values, window_steps + 1
-        # the first step at which each metric became non-finite, kept on the device: no sync per step
-        first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
-        eval_step = step % args.eval_every == 0 or step == args.total_steps
-        if step % args.log_every != 0 and not eval_step:
-            continue
+    try:
+        for step in tqdm(range(start_step, args.total_steps + 1), **progress):
+            metrics = iteration()
+            values = torch.stack(list(metrics.values()))
+            metric_sum, window_steps = metric_sum + values, window_steps + 1
+            # the first step at which each metric became non-finite, kept on the device: no sync per step
+            first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
+            eval_step = step % args.eval_every == 0 or step == args.total_steps
+            if step % args.log_every != 0 and not eval_step:
+                continue
 
-        means = (metric_sum / window_steps).tolist()  # the only host sync of a logging window
-        window_time = time.perf_counter() - window_start
-        train_time += window_time
-        if (first_bad >= 0).any():
-            bad_step, index = min((s, i) for i, s in enumerate(first_bad.tolist()) if s >= 0)
-            hint = "try a lower --eta or learning rate, or a --grad-norm"
-            raise UserError(f"non-finite {list(metrics)[index]} at step {bad_step}; stopping ({hint})")
-        record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
-        if envs is not None and eval_step:
-            evals.append({"step": step, **evaluate(policies, envs, source, args, device)})
-            record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step" and v is not None})
-        tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        metrics_file.write(json.dumps(record) + "\n")
-        if args.track:
-            wandb.log(record, step=step)
-        if args.save_model and eval_step:
-            save_checkpoint(f"{run_dir}/checkpoint.pt", agent, step, evals, elapsed + time.time() - session_start)
-        metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
+            means = (metric_sum / window_steps).tolist()  # the only host sync of a logging window
+            window_time = time.perf_counter() - window_start
+            train_time += window_time
+            if (first_bad >= 0).any():
+                bad_step, index = min((s, i) for i, s in enumerate(first_bad.tolist()) if s >= 0)
+                hint = "try a lower --eta or learning rate, or a --grad-norm"
+                raise UserError(f"non-finite {list(metrics)[index]} at step {bad_step}; stopping ({hint})")
+            record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
+            if envs is not None and eval_step:
+                evals.append({"step": step, **evaluate(policies, envs, source, args, device)})
+                record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step" and v is not None})
+            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+            metrics_file.write(json.dumps(record) + "\n")
+            if args.track:
+                wandb.log(record, step=step)
+            if args.save_model and eval_step:
+                save_checkpoint(run_dir, agent, step, evals, elapsed + time.time() - session_start, config)
+            metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
+    except KeyboardInterrupt:  # __main__ prints it in one line: the checkpoint to resume from, and the command
+        raise KeyboardInterrupt(d4rl_compat.how_to_continue(sys.argv, run_dir, args)) from None
 
     steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
     summary = summarize(args, source, evals, elapsed + time.time() - session_start, steps_per_sec)
@@ -595,6 +594,7 @@ def summarize(args: Args, source: d4rl_compat.DataSource, evals: list, wall_cloc
 if __name__ == "__main__":
     try:
         print(f"summary: {train(parse_args())}")
-    except UserError as e:
-        print(f"{os.path.basename(__file__)}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, Ctrl-C (how to continue)
+        stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+        print(f"{os.path.basename(__file__)}: {stop}: {str(e) or 'no checkpoint was written'}", file=sys.stderr)
+        sys.exit(130 if stop == "interrupted" else 2)  # 130: as for any SIGINT

@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -193,11 +194,136 @@ def test_offline_and_not_cached_names_the_url_and_the_place(tmp_path, monkeypatc
     assert os.listdir(tmp_path) == []
 
 
-def test_corrupt_file_is_a_clear_error(tmp_path):
-    path = tmp_path / "broken.hdf5"
-    path.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
-    with pytest.raises(d4rl_compat.DatasetError, match="not a readable hdf5"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", str(path), "raw")
+def test_corrupt_file_is_a_clear_error(tmp_path, monkeypatch):
+    """A damaged file gets "delete it and download it again" only in the download cache: a --dataset-path file may
+    be the user's only copy, and the error says what is wrong with it instead."""
+    broken = b"\x89HDF\r\n\x1a\n" + b"\0" * 100
+    (tmp_path / "broken.hdf5").write_bytes(broken)
+    with pytest.raises(d4rl_compat.DatasetError, match="broken.hdf5 is a damaged hdf5 file") as info:
+        d4rl_compat.load_d4rl("hopper-medium-v2", str(tmp_path / "broken.hdf5"), "raw")
+    assert "delete" not in str(info.value)
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    (tmp_path / "hopper_medium-v2.hdf5").write_bytes(broken)
+    with pytest.raises(d4rl_compat.DatasetError, match="delete it and download it again"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", None, "raw")
+
+
+def test_a_dataset_path_that_is_not_usable_says_why(tmp_path, hopper_file, monkeypatch):
+    """Not an hdf5 file, a truncated one, a directory, a file that may not be read: each named as such, never with
+    advice to delete it."""
+    cases = {"text.hdf5": b"observations,actions\n1,2\n", "cut.hdf5": open(hopper_file, "rb").read()[:3000]}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+    expected = {"text.hdf5": "is not an hdf5 file", "cut.hdf5": "is truncated", "": "is a directory"}
+    for name, message in expected.items():
+        with pytest.raises(d4rl_compat.DatasetError, match=message) as info:
+            d4rl_compat.load_d4rl("hopper-medium-v2", str(tmp_path / name), "raw")
+        assert "delete" not in str(info.value) and "does not exist" not in str(info.value)
+
+    def no_permission(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(d4rl_compat, "open", no_permission, raising=False)  # as root, chmod 000 would not stop it
+    with pytest.raises(d4rl_compat.DatasetError, match=r"cannot read .*hopper_medium-v2.hdf5 \(Permission denied\)"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+
+
+def rewrite(path, key, value):
+    with h5py.File(path, "a") as f:
+        del f[key]
+        if value is not None:
+            f[key] = value
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("rewards", np.array([b"high"] * 160), "'rewards' holds |S4 values, not numbers"),
+        ("observations", np.float32(1.0), r"'observations' has shape \(\), hopper-medium-v2 needs"),
+        ("actions", None, "lacks the D4RL key"),
+        ("terminals", np.full(160, np.nan, np.float32), "'terminals' must hold 0/1 flags"),
+        ("actions", np.full((160, 3), 1.5, np.float32), r"actions outside \[-1, 1\]"),
+    ],
+)
+def test_malformed_arrays_are_one_line_errors(hopper_file, key, value, message):
+    rows = len(h5py.File(hopper_file, "r")["rewards"])
+    if value is not None and value.ndim and len(value) == 160:
+        value = value[:rows] if len(value) >= rows else np.resize(value, (rows,) + value.shape[1:])
+    rewrite(hopper_file, key, value)
+    with pytest.raises(d4rl_compat.DatasetError, match=message):
+        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+
+
+def test_a_group_where_an_array_should_be(hopper_file):
+    with h5py.File(hopper_file, "a") as f:
+        del f["rewards"]
+        f.create_group("rewards").create_dataset("x", data=np.zeros(3))
+    with pytest.raises(d4rl_compat.DatasetError, match="'rewards' is a Group, not an array"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+
+
+def test_randomly_corrupted_files_load_or_stop_with_one_line(tmp_path):
+    """300 copies of a small D4RL-layout file, each with a few random bytes overwritten (seeded): every copy either
+    loads, with arrays of the right shapes and finite values, or stops with the module's one-line DatasetError."""
+    path = tmp_path / "hopper_medium-v2.hdf5"
+    record_d4rl_file(path, episodes=2, max_steps=10)
+    original, rng = path.read_bytes(), np.random.default_rng(0)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(300):
+        damaged = bytearray(original)
+        for offset in rng.integers(0, len(damaged), rng.integers(1, 9)):
+            damaged[offset] = rng.integers(256)
+        copy = tmp_path / f"copy{i}.hdf5"
+        copy.write_bytes(bytes(damaged))
+        try:
+            data = d4rl_compat.load_d4rl("hopper-medium-v2", str(copy), "raw")
+        except d4rl_compat.DatasetError as e:
+            assert "\n" not in str(e) and "delete" not in str(e)
+            outcomes["refused"] += 1
+        else:
+            n = len(data["observations"])
+            assert data["observations"].shape == data["next_observations"].shape == (n, 11)
+            assert data["actions"].shape == (n, 3) and data["rewards"].shape == data["terminals"].shape == (n,)
+            assert all(np.isfinite(data[k]).all() for k in ("observations", "actions", "rewards"))
+            outcomes["loaded"] += 1
+        copy.unlink()
+    assert outcomes["loaded"] > 0 and outcomes["refused"] > 0
+
+
+def test_a_cache_folder_that_cannot_be_created_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "file" / "datasets"))  # under a file: never a folder
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(b"unused"))
+    with pytest.raises(d4rl_compat.DatasetError, match="cannot create the dataset folder .*D4RL_DATASET_DIR"):
+        d4rl_compat.load_d4rl("hopper-medium-v2", None, "raw")
+
+
+def test_a_download_shorter_than_its_content_length_is_refused(tmp_path, monkeypatch):
+    """antmaze-medium-play-v2 and Kitchen have no known size or sha256: the server's Content-Length is the check."""
+    response = fake_urlopen(b"x" * 1000)
+
+    def urlopen(url, timeout=None):
+        r = response(url, timeout)
+        r.headers = {"Content-Length": "5000"}
+        return r
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(d4rl_compat.DatasetError, match=r"incomplete \(1000 of 5000 bytes\)"):
+        d4rl_compat.download("http://example.invalid/f.hdf5", str(tmp_path / "f.hdf5"), None, None)
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_parts_of_killed_downloads_are_removed(tmp_path, monkeypatch):
+    """A download killed with SIGKILL leaves its `.part<pid>` file; the next load of the same dataset removes the
+    parts of processes that are gone and keeps those of live ones."""
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    record_d4rl_file(tmp_path / "hopper_medium-v2.hdf5", episodes=1, max_steps=10)
+    for pid in (dead.pid, os.getppid()):
+        (tmp_path / f"hopper_medium-v2.hdf5.part{pid}").write_bytes(b"partial")
+    d4rl_compat.load_d4rl("hopper-medium-v2", None, "raw")
+    assert sorted(os.listdir(tmp_path)) == ["hopper_medium-v2.hdf5", f"hopper_medium-v2.hdf5.part{os.getppid()}"]
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

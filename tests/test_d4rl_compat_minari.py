@@ -3,6 +3,7 @@ MINARI_DATASETS_PATH, from short random-action rollouts of the real environments
 """
 
 import copy
+import os
 import subprocess
 import sys
 import warnings
@@ -16,6 +17,7 @@ from minari.data_collector import EpisodeBuffer
 
 import d4rl_compat
 import ofql
+from conftest import ROOT
 
 
 class Info:
@@ -330,18 +332,26 @@ def test_missing_dataset_offline(monkeypatch, minari_root):
     assert str(minari_root) in message and "ConnectionError" in message
 
 
-def test_missing_dataset_without_hf_client(minari_root):
-    """The real download path, where huggingface_hub is absent (as here): fails at once, same one-line error."""
-    try:
-        import huggingface_hub  # noqa: F401
+def test_missing_download_client_is_named_exactly(monkeypatch, minari_root):
+    """minari.download_dataset imports huggingface_hub (the extra minari[hf]); without it the one-line error names
+    that package and the pip command, and does not blame the network. Mocked: no test touches the network."""
 
-        pytest.skip("huggingface_hub is installed: a real download attempt would wait on network retries")
-    except ImportError:
-        pass
-    with pytest.raises(
-        d4rl_compat.DatasetError, match=r"minari download mujoco/hopper/medium-v0.*MINARI_DATASETS_PATH"
-    ):
+    def without_hf(dataset_id, force_download=False):  # what minari 0.5.4 raises when huggingface_hub is absent
+        raise ImportError('huggingface_hub is not installed. Please install it using `pip install "minari[hf]"`')
+
+    monkeypatch.setattr(minari, "download_dataset", without_hf)
+    with pytest.raises(d4rl_compat.DatasetError) as caught:
         load("mujoco/hopper/medium-v0")
+    message = str(caught.value)
+    assert "huggingface_hub" in message and "pip install 'minari[hf]==0.5.4'" in message and "\n" not in message
+    assert "network" not in message
+
+
+def test_requirements_install_minaris_download_client():
+    """requirements.txt pins minari with the [hf] extra, whose huggingface_hub minari.download_dataset imports."""
+    lines = [line.split("#")[0].strip() for line in open(os.path.join(ROOT, "requirements.txt"))]
+    assert "minari[hf]==0.5.4" in lines and any(line.startswith("huggingface_hub==") for line in lines)
+    assert d4rl_compat.MINARI_DOWNLOAD_PACKAGE == "huggingface_hub"
 
 
 def test_kitchen_needs_the_joint_fix_under_mujoco4():

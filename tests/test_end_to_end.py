@@ -1,12 +1,16 @@
 """ofql.py, dql.py and fql.py run as a user runs them, on tiny D4RL-layout files, with real evaluation episodes
 in Hopper-v4."""
 
+import dataclasses
+import glob
 import importlib
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import h5py
 import numpy as np
@@ -168,6 +172,8 @@ def test_different_seeds_give_different_runs(tmp_path, hopper_file, monkeypatch,
             ["--env-id", "hopper-medium-v2", "--dataset-path", "missing.hdf5"],
             "dataset file missing.hdf5 does not exist",
         ),
+        (["--env-id", "hopper-medium-v2", "--batch-size", "-4"], "--batch-size must be a number in (0, inf), not -4"),
+        (["--env-id", "hopper-medium-v2", "--dataset-path", "/dev/null"], "/dev/null is not an hdf5 file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, flags, message, algo):
@@ -273,3 +279,151 @@ def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypat
     assert "NOTE: antmaze-medium-play-v2: no evaluation environment" in capsys.readouterr().out
     summary = json.loads(open(summary_path).read())
     assert summary["final_score"] is None and summary["evaluations"] == []
+
+
+# --- reliability: what a user meets in the first days (one line and exit code 2, never lost data) ----------------
+BAD_NUMBERS = {
+    "common": [
+        ("--eval-every", "0"),
+        ("--log-every", "0"),
+        ("--batch-size", "-4"),
+        ("--batch-size", "0"),
+        ("--eval-episodes", "0"),
+        ("--total-steps", "0"),
+        ("--num-candidates", "0"),
+        ("--grad-norm", "-1"),
+        ("--gamma", "nan"),
+        ("--seed", "-1"),
+    ],
+    "ofql": [("--eta", "-1"), ("--flow-ratio", "1.5"), ("--time-sigma", "0")],
+    "dql": [("--diffusion-steps", "0"), ("--eta", "-1")],
+    "fql": [("--flow-steps", "0"), ("--alpha", "-1")],
+}
+
+
+def test_bad_numbers_stop_before_anything_is_read_or_written(tmp_path, monkeypatch, algo):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        d4rl_compat, "load", lambda *a: pytest.fail("the data were loaded before the flags were checked")
+    )
+    for flag, value in BAD_NUMBERS["common"] + BAD_NUMBERS[algo.__name__]:
+        with pytest.raises(algo.UserError, match=f"^{flag} must be a number in .*, not {value}"):
+            algo.train(algo.parse_args(["--env-id", "hopper-medium-v2", flag, value]))
+    assert os.listdir(tmp_path) == []
+
+
+def test_every_number_flag_has_a_range(algo):
+    ranged = " ".join(d4rl_compat.FLAG_RANGES.values()).split()
+    numbers = [f.name for f in dataclasses.fields(algo.Args) if f.type in (int, float)]
+    assert set(numbers) - set(ranged) <= {"time_mu"}  # the mean of a logit-normal may be any finite number
+
+
+def test_two_runs_started_in_the_same_second_get_a_folder_each(tmp_path, hopper_file, monkeypatch, algo):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)
+    flags = small_run_flags(hopper_file, 10) + ["--eval-every", "10", "--save-model"]
+    first, second = (os.path.dirname(algo.train(algo.parse_args(flags))) for _ in range(2))
+    assert first != second and sorted(os.listdir("runs")) == sorted(os.path.basename(d) for d in (first, second))
+    for run_dir in (first, second):
+        assert [r["step"] for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl"))] == [10]
+
+
+def test_resume_refuses_other_training_flags_and_names_each(tmp_path, hopper_file, monkeypatch, algo):
+    monkeypatch.chdir(tmp_path)
+    first = os.path.dirname(algo.train(algo.parse_args(small_run_flags(hopper_file, 20) + ["--save-model"])))
+    checkpoint, config = os.path.join(first, "checkpoint.pt"), open(os.path.join(first, "config.json")).read()
+    other_file = str(tmp_path / "same_shapes.hdf5")
+    with open(hopper_file, "rb") as src, open(other_file, "wb") as dst:
+        dst.write(src.read())
+    for extra, named in [
+        (["--batch-size", "16", "--gamma", "0.9"], ["--batch-size 16 (was 32)", "--gamma 0.9 (was 0.99)"]),
+        (["--dataset-path", other_file], ["--dataset-path " + other_file]),
+        (["--total-steps", "10"], ["--total-steps 10 (below its step, 20)"]),
+    ]:
+        with pytest.raises(algo.UserError, match="cannot resume from") as info:
+            algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--resume", checkpoint] + extra))
+        assert all(n in str(info.value) for n in named), str(info.value)
+    assert open(os.path.join(first, "config.json")).read() == config  # the first part's record is kept
+    # the length, logging and evaluation may change; the resumed part's flags are recorded beside the first's
+    resumed = ["--resume", checkpoint, "--eval-episodes", "1", "--log-every", "5", "--num-candidates", "1"]
+    algo.train(algo.parse_args(small_run_flags(hopper_file, 30) + resumed))
+    assert json.load(open(os.path.join(first, "config_resumed_at_20.json")))["total_steps"] == 30
+    assert open(os.path.join(first, "config.json")).read() == config
+
+
+def test_resume_from_an_unusable_file_or_after_a_kill(tmp_path, hopper_file, monkeypatch, algo):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    torch.save({"step": 3}, tmp_path / "other.pt")
+    for name in ("empty.pt", "notes.pt", "other.pt", "typo/checkpoint.pt"):
+        with pytest.raises(algo.UserError, match=f"cannot resume from {tmp_path / name}"):
+            algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--resume", str(tmp_path / name)]))
+    assert not (tmp_path / "typo").exists() and not (tmp_path / "runs").exists()
+    # a kill (or a full disk) in the middle of a metrics line: the resumed run drops it and continues
+    first = os.path.dirname(algo.train(algo.parse_args(small_run_flags(hopper_file, 20) + ["--save-model"])))
+    with open(os.path.join(first, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 30, "critic_lo')
+    algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--resume", os.path.join(first, "checkpoint.pt")]))
+    assert [r["step"] for r in read_jsonl(os.path.join(first, "metrics.jsonl"))] == [10, 20, 30, 40]
+
+
+def test_the_run_folder_is_checked_before_the_data_are_loaded(tmp_path, hopper_file, monkeypatch, algo):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("a file where the runs folder should be")
+    monkeypatch.setattr(d4rl_compat, "load", lambda *a: pytest.fail("the data were loaded first"))
+    with pytest.raises(algo.UserError, match="cannot make the run folder runs/hopper-medium-v2__"):
+        algo.train(algo.parse_args(small_run_flags(hopper_file, 10)))
+    # and a run whose data fail leaves no empty folder behind
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").unlink()
+    with pytest.raises(algo.UserError, match="does not exist"):
+        algo.train(algo.parse_args(small_run_flags(str(tmp_path / "missing.hdf5"), 10)))
+    assert os.listdir(tmp_path / "runs") == []
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_last_one_whole(tmp_path, hopper_file, monkeypatch, algo):
+    """Ctrl-C while a checkpoint is written: no checkpoint.pt.tmp left, the previous checkpoint.pt intact, and the
+    KeyboardInterrupt carries the line __main__ prints: that checkpoint and the --resume command."""
+    monkeypatch.chdir(tmp_path)
+    save, saves = torch.save, []
+
+    def interrupted_save(obj, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) == 2:
+            open(path, "wb").write(b"half a checkpo")
+            raise KeyboardInterrupt
+        save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    monkeypatch.setattr(sys, "argv", ["ofql.py", "--save-model", "--resume", "old.pt", "--seed", "0"])
+    with pytest.raises(KeyboardInterrupt) as info:
+        algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model"]))
+    run_dir = os.path.join("runs", os.listdir("runs")[0])
+    assert sorted(os.listdir(run_dir)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["step"] == 20
+    assert str(info.value) == (
+        f"last checkpoint {run_dir}/checkpoint.pt; continue with: python ofql.py --save-model --seed 0 "
+        f"--resume {run_dir}/checkpoint.pt"
+    )
+
+
+def test_ctrl_c_stops_with_one_line_that_says_how_to_continue(tmp_path, hopper_file, algo):
+    """SIGINT to a running script: exit code 130, one line naming the last checkpoint and the --resume command."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "D4RL_DATASET_DIR": str(tmp_path)}
+    flags = small_run_flags(hopper_file, 10**6) + ["--eval-every", "10", "--eval-episodes", "1", "--save-model"]
+    proc = subprocess.Popen(
+        [sys.executable, algo.__file__, *flags], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 120
+    while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    lines = [line for line in stderr.decode().splitlines() if line.strip() and "%|" not in line]  # tqdm's bar
+    checkpoint = os.path.relpath(glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))[0], tmp_path)
+    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in stderr.decode(), stderr.decode()
+    assert lines[0].startswith(f"{algo.__name__}.py: interrupted: last checkpoint {checkpoint}; continue with: python")
+    assert lines[0].endswith(f"--save-model --resume {checkpoint}")
+    assert not glob.glob(str(tmp_path / "runs" / "*" / "*.tmp"))
