@@ -1,4 +1,5 @@
-"""benchmark/compare.py: the commands it launches and the table it builds from the runs' summary.json files."""
+"""The benchmark scripts: compare.py (the commands it launches, the table it builds from the runs' summary.json files,
+the rows it keeps), a tiny speed.py run, and time_embedding.py's offline measures."""
 
 import dataclasses
 import json
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, record_d4rl_file
 
@@ -121,3 +123,24 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
     assert a["ofql"]["ops"]["iteration"] == sum(v for k, v in a["ofql"]["ops"].items() if k != "iteration")
     assert a["dql"]["ops"]["critic loss"] > 2 * a["ofql"]["ops"]["critic loss"]  # 5 denoising calls against 1
     assert "| ofql |" in open(tmp_path / "cpu.md").read() and json.load(open(tmp_path / "cpu.json")) == result
+
+
+def test_time_embedding_offline_measures_on_a_flow_known_exactly():
+    """benchmark/time_embedding.py. Data at a point c: the exact velocity of the path a_t = (1 - t) c + t eps is
+    (a_t - c) / t, whose Euler steps from t = 1 to 0 land exactly on c, as the one-step map eps - u(eps, 0, 1) does;
+    a wrong step size or direction would not."""
+    import time_embedding
+
+    c = torch.tensor([[0.3, -0.2]])
+
+    class PointMassVelocity(torch.nn.Module):
+        act_dim = 2
+
+        def forward(self, a_t, r, t, obs):
+            return (a_t - c) / t
+
+    obs, actions = torch.zeros(64, 1), c.expand(64, 2)
+    m = time_embedding.offline_measures(PointMassVelocity(), obs, actions, ode_steps=10)
+    assert m["one_step_to_ode"] < 1e-12 and m["one_step_to_data"] < 1e-12 and m["ode_to_data"] < 1e-12
+    m = time_embedding.offline_measures(PointMassVelocity(), obs, actions + 0.1)
+    assert m["one_step_to_data"] == pytest.approx(0.01, rel=1e-4)
