@@ -414,7 +414,13 @@ def test_ctrl_c_stops_with_one_line_that_says_how_to_continue(tmp_path, hopper_f
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "D4RL_DATASET_DIR": str(tmp_path)}
     flags = small_run_flags(hopper_file, 10**6) + ["--eval-every", "10", "--eval-episodes", "1", "--save-model"]
     proc = subprocess.Popen(
-        [sys.executable, algo.__file__, *flags], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, algo.__file__, *flags],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # a shell without job control starts background jobs with SIGINT ignored, and Python keeps it so: restore it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 120
     while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt")) and time.time() < deadline:
