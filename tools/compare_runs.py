@@ -2,7 +2,7 @@
 base checkout (e.g. `git worktree add /tmp/base <commit>`), then compare their metrics.jsonl record by record, bit for
 bit (JSON keeps a float's exact value), except the timing fields. Exit code 1 if anything differs.
 
-    python tools/compare_runs.py --base /tmp/base --dataset-path /work/shared/datasets/hopper-medium.hdf5
+    python tools/compare_runs.py --base /tmp/base --dataset-path hopper-medium.hdf5   # any D4RL-layout hopper file
 """
 
 import json
@@ -22,7 +22,7 @@ TIMING = ("steps_per_sec", "eval/decision_rate")
 class Args:
     base: str
     """the checkout to compare with (its scripts are run as they are)"""
-    dataset_path: str = "/work/shared/datasets/hopper-medium.hdf5"
+    dataset_path: str = os.path.join(ROOT, "..", "shared", "datasets", "hopper-medium.hdf5")
     """a local D4RL-layout file of --env-id"""
     env_id: str = "hopper-medium-v2"
     """the D4RL id of the file"""
