@@ -239,8 +239,10 @@ def test_a_checkpoint_of_the_cuda_graph_path_resumes_on_the_cpu(module, hopper_f
 
 
 def test_the_fast_path_is_off_without_cuda(hopper_file, tmp_path, monkeypatch, capsys):
+    """On the CPU (--no-cuda: also on a CUDA machine) training is eager even though --cuda-graph is the default."""
     monkeypatch.chdir(tmp_path)
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "2", "--batch-size", "8"]
+    flags += ["--no-cuda"]
     summary = ofql.train(ofql.parse_args(flags + ["--eval-episodes", "1", "--num-candidates", "1"]))
     assert "training on cpu: eager" in capsys.readouterr().out
     assert json.load(open(os.path.join(os.path.dirname(summary), "config.json")))["training_step"] == "eager"
@@ -253,28 +255,37 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @cuda
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_cuda_graph_replays_compute_the_eager_iterations(module):
-    """Same initial networks and seed: the eager path (plain Adam) and the fast path (3 eager warm-up iterations on a
-    side stream, a capture, replays with capturable Adam) give the same metrics at every step and the same networks.
-    The random numbers are the same too: a replay starts at the generator's offset, as the eager kernels do, and
-    capturing the evaluation policy leaves the generator as it found it."""
+    """Same initial networks and seed: the fast path (3 eager warm-up iterations on a side stream, a capture, replays)
+    gives bit for bit the metrics and networks of the same iterations run eagerly with Adam in the same (capturable)
+    mode. The random numbers are the same too: a replay starts at the generator's offset, as the eager kernels do, and
+    capturing the evaluation policy leaves the generator as it found it. The eager path of train() (plain Adam) rounds
+    Adam's step differently (on an H200, DQL's actor differed by at most 1.5e-5 in 2 of 141,363 weights after 10 steps,
+    the metrics by less than 1e-4): it agrees within the tests' tolerance on the metrics and a tenth of Adam's step
+    (lr) on the networks."""
     device = torch.device("cuda")
-    args, eager_agent, buffer = small_setup(module, device, cuda_graph=False)
-    _, graph_agent, _ = small_setup(module, device, cuda_graph=True)
-    runs = {}
-    for name, agent in (("eager", eager_agent), ("graph", graph_agent)):
-        flags = dataclasses.replace(args, cuda_graph=name == "graph")
-        iteration, step = training_iteration(module, agent, buffer, flags, device)
+    runs, agents = {}, {}
+    for name in ("eager", "eager_capturable", "graph"):
+        args, agents[name], buffer = small_setup(module, device, cuda_graph=name == "graph")
+        iteration, step = training_iteration(module, agents[name], buffer, args, device)
+        if name == "eager_capturable":
+            for optimizer in (agents[name].actor_optimizer, agents[name].critic_optimizer):
+                module.set_capturable(optimizer, True)
         torch.manual_seed(7)
         # as in train(): the evaluation policy is built (and, on the fast path, captured) before the first iteration
-        module.make_policy(agent, 50, 4, OBS, device, use_graph=name == "graph")
+        module.make_policy(agents[name], 50, 4, OBS, device, use_graph=name == "graph")
         runs[name] = [{k: v.clone() for k, v in iteration().items()} for _ in range(10)]
         assert int(step) == 10
-    for step, (e, g) in enumerate(zip(runs["eager"], runs["graph"]), start=1):
+    nets = ("actor", "critic", "critic_target") + (("actor_ema",) if module is not fql else ())
+    for step, (e, c, g) in enumerate(zip(runs["eager"], runs["eager_capturable"], runs["graph"]), start=1):
         for key in e:
+            assert torch.equal(g[key], c[key]), f"{key} at step {step}"
             torch.testing.assert_close(g[key], e[key], rtol=1e-4, atol=1e-5, msg=f"{key} at step {step}")
-    for net in ("actor", "critic", "critic_target") + (("actor_ema",) if module is not fql else ()):
-        for a, b in zip(getattr(eager_agent, net).parameters(), getattr(graph_agent, net).parameters()):
-            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=net)
+    lr = min(args.actor_lr, args.critic_lr)
+    for net in nets:
+        params = [getattr(agents[name], net).parameters() for name in ("eager", "eager_capturable", "graph")]
+        for e, c, g in zip(*params):
+            assert torch.equal(g, c), net
+            torch.testing.assert_close(g, e, rtol=0, atol=lr / 10, msg=net)
 
 
 @cuda
