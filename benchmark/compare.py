@@ -58,8 +58,8 @@ class Args:
     plot_only: bool = False
     """skip training; rebuild the table and the PNG from the runs in --out-dir"""
     keep_rows: bool = True
-    """an (dataset, algorithm) with no runs in --out-dir keeps its row from the previous results.json there (runs
-    made before a change that left that algorithm's numbers alone); --no-keep-rows drops it"""
+    """an (dataset, algorithm) with no runs in --out-dir, or not in --algorithms, keeps its row from the previous
+    results.json there (runs made before a change that left that algorithm's numbers alone); --no-keep-rows drops it"""
 
 
 def dataset_file(args: Args, env_id: str):
@@ -152,7 +152,8 @@ def write_report(args: Args) -> None:
     fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
     for ax, env_id in zip(axes[0], args.datasets):
         data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if args.data_dir else None
-        for algorithm in args.algorithms:
+        shown_algorithms = [a for a in ALGORITHMS if a in args.algorithms or (env_id, a) in previous]
+        for algorithm in shown_algorithms:
             runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
             if runs:
                 result = {

@@ -70,6 +70,14 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     compare.write_report(args)
     table = open(os.path.join(out, "results.md")).read()
     assert "| ofql | 1 | 3.0 ± 0.0 | 3.0 ± 0.0 | 1 / 2 / 3 |" in table and "| dql | 1 | 7.0 ± 0.0 |" in table
+    # a run of one algorithm (--algorithms fql) keeps the others' rows, in the usual order, in every file it writes
+    fake_run(out, "hopper-medium-v2", "fql", 0, [4.0, 4.0, 4.0])
+    compare.write_report(dataclasses.replace(args, algorithms=["fql"]))
+    table = open(os.path.join(out, "results.md")).read()
+    for row in ("| ofql | 1 | 3.0 ± 0.0 |", "| dql | 1 | 7.0 ± 0.0 |", "| fql | 1 | 4.0 ± 0.0 |"):
+        assert row in table
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert [r["algorithm"] for r in results] == ["ofql", "dql", "fql"]
     compare.write_report(dataclasses.replace(args, keep_rows=False))
     assert "| dql |" not in open(os.path.join(out, "results.md")).read()
 
