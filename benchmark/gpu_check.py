@@ -58,7 +58,7 @@ TARGETS = (
         ">=",
     ),
 )
-# speed.py on CUDA: a graph replay of an update takes 1-3 ms (one H200), so 400 updates and 20 decision batches per
+# speed.py on CUDA: a graph replay of an update takes 1.5-3 ms (one H200), so 400 updates and 20 decision batches per
 # round keep each timed block well above the timers' resolution (about 150 s in all, mostly the eager path)
 CUDA_SPEED_FLAGS = "--device cuda --updates 400 --decisions 20 --rounds 5"
 # speed.py in the CPU mode: only its interface and output files are checked

@@ -172,3 +172,24 @@ def test_a_graph_run_that_trains_eagerly_fails_on_cuda(tmp_path):
         "eager run: trained on cpu, expected cuda",
         "graph run: trained with training_step=eager, expected cuda_graph",
     ]
+
+
+def test_speed_on_cuda_gets_the_checks_flags_and_the_users_win(tmp_path, monkeypatch):
+    """On CUDA speed.py runs with CUDA_SPEED_FLAGS, then --speed-flags, so that a repeated flag takes the user's
+    value (speed.py's parser keeps the last)."""
+    import speed
+
+    launched = []
+
+    def start(cmd, cwd, log):
+        launched.append(cmd)
+        return None, 0.0
+
+    monkeypatch.setattr(gpu_check, "start", start)
+    monkeypatch.setattr(gpu_check, "finish", lambda proc, timeout: 1)
+    monkeypatch.setattr(gpu_check, "error_line", lambda log, rc, timeout: "failed")
+    gpu_check.run_speed(gpu_check.Args(speed_flags="--rounds 9"), str(tmp_path), cuda=True)
+    flags = launched[0][launched[0].index("--out-dir") + 2 :]
+    assert " ".join(flags) == gpu_check.CUDA_SPEED_FLAGS + " --rounds 9"
+    parsed = speed.tyro.cli(speed.Args, args=flags)
+    assert (parsed.device, parsed.updates, parsed.decisions, parsed.rounds) == ("cuda", 400, 20, 9)
