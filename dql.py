@@ -386,26 +386,36 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
     return policy
 
 
+def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device) -> tuple[np.ndarray, float]:
+    """One episode per env, all in parallel, env i reset with seeds[i]: the returns, and action batches per second."""
+    obs, _ = envs.reset(seed=seeds)
+    returns, finished = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
+    policy_time, decisions = 0.0, 0
+    while not finished.all():
+        start = time.perf_counter()
+        actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        policy_time, decisions = policy_time + time.perf_counter() - start, decisions + 1
+        obs, rewards, terminations, truncations, _ = envs.step(actions)
+        returns += np.where(finished, 0.0, rewards)
+        finished |= terminations | truncations
+    return returns, decisions / policy_time
+
+
+def episode_stats(returns: np.ndarray, source: d4rl_compat.DataSource, prefix: str = "") -> dict:
+    """Mean and std of the returns and of the normalized scores (None without references)."""
+    values = {"score": source.normalized_score(returns), "return": returns}
+    stats = {"": np.mean, "_std": np.std}
+    return {f"{prefix}{k}{s}": None if x is None else float(f(x)) for k, x in values.items() for s, f in stats.items()}
+
+
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source: d4rl_compat.DataSource, args: Args, device) -> dict:
-    """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env, all in
-    parallel: mean/std of returns and normalized scores (None without references); action batches per policy second."""
+    """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env (env i
+    seeded seed + 100 + i), all in parallel: episode_stats; and action batches per second of the first policy."""
     result = {}
     for prefix, policy in zip(("", "policy_"), policies):
-        obs, _ = envs.reset(seed=args.seed + 100)
-        returns, finished = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
-        policy_time, decisions = 0.0, 0
-        while not finished.all():
-            start = time.perf_counter()
-            actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-            policy_time, decisions = policy_time + time.perf_counter() - start, decisions + 1
-            obs, rewards, terminations, truncations, _ = envs.step(actions)
-            returns += np.where(finished, 0.0, rewards)
-            finished |= terminations | truncations
-        scores = source.normalized_score(returns)
-        result[prefix + "score"] = None if scores is None else float(scores.mean())
-        result[prefix + "score_std"] = None if scores is None else float(scores.std())
-        result.update({prefix + "return": float(returns.mean()), prefix + "return_std": float(returns.std())})
-        result.setdefault("decision_rate", decisions / policy_time)
+        returns, decision_rate = run_episodes(policy, envs, [args.seed + 100 + i for i in range(envs.num_envs)], device)
+        result.update(episode_stats(returns, source, prefix))
+        result.setdefault("decision_rate", decision_rate)
     return result
 
 

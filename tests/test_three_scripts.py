@@ -144,10 +144,10 @@ def test_dql_and_ofql_share_dqls_ema_rule(module):
 
 @pytest.mark.parametrize("name", ["ofql", "dql", "fql"])
 def test_each_script_stays_within_its_budget(name):
-    """At most 600 lines, the first ALGO LOGIC line before line 200, no line over 120 columns, and the data and
+    """At most 650 lines, the first ALGO LOGIC line before line 200, no line over 120 columns, and the data and
     environment layer imported from d4rl_compat rather than copied in."""
     lines = open(f"{ROOT}/{name}.py").read().splitlines()
-    assert len(lines) <= 600
+    assert len(lines) <= 650
     assert next(i for i, line in enumerate(lines, 1) if line.startswith("# ALGO LOGIC")) < 200
     assert max(len(line) for line in lines) <= 120
     assert not any(
