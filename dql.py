@@ -410,10 +410,13 @@ def episode_stats(returns: np.ndarray, source: d4rl_compat.DataSource, prefix: s
 
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source: d4rl_compat.DataSource, args: Args, device) -> dict:
     """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env (env i
-    seeded seed + 100 + i), all in parallel: episode_stats; and action batches per second of the first policy."""
-    result = {}
+    seeded seed + 100 + i), all in parallel: episode_stats; and action batches per second of the first policy. The
+    policies draw their noise from a generator seeded seed + 100: evaluating never changes the training's numbers."""
+    result, seeds = {}, [args.seed + 100 + i for i in range(envs.num_envs)]
     for prefix, policy in zip(("", "policy_"), policies):
-        returns, decision_rate = run_episodes(policy, envs, [args.seed + 100 + i for i in range(envs.num_envs)], device)
+        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(args.seed + 100)
+            returns, decision_rate = run_episodes(policy, envs, seeds, device)
         result.update(episode_stats(returns, source, prefix))
         result.setdefault("decision_rate", decision_rate)
     return result

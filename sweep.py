@@ -250,7 +250,9 @@ def evaluate(script, policies: list, envs: gym.vector.VectorEnv, source, member_
     seeds = [a.seed + 100 + i for a in member_args for i in range(episodes)]
     results = [{} for _ in member_args]
     for prefix, policy in zip(("", "policy_"), policies):
-        returns, decision_rate = script.run_episodes(policy, envs, seeds, device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(member_args[0].seed + 100)  # member m's noise: slice m of each draw, as in training
+            returns, decision_rate = script.run_episodes(policy, envs, seeds, device)
         for result, member_returns in zip(results, returns.reshape(len(member_args), episodes)):
             result.update(script.episode_stats(member_returns, source, prefix))
             result.setdefault("decision_rate", decision_rate)

@@ -1,0 +1,208 @@
+"""sweep.py: many runs of one script in one process. A one-member sweep is the script's run (up to float rounding),
+no member's numbers depend on another member's hyper-parameters, the sweep runs the script's own losses, each member
+writes the run folder the script would, and a member's checkpoint resumes with the script alone."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import d4rl_compat
+import dql
+import fql
+import ofql
+import sweep
+from conftest import ROOT
+
+SCRIPTS = {"ofql": ofql, "dql": dql, "fql": fql}
+TIMING = ("steps_per_sec", "eval/decision_rate")
+
+
+def script_args(module, hopper_file, *flags):
+    base = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--no-cuda", "--batch-size", "32"]
+    return module.parse_args(base + ["--eval-episodes", "2", "--log-every", "10", "--grad-norm", "0.5", *flags])
+
+
+def records(summary_path: str) -> list[dict]:
+    with open(os.path.join(os.path.dirname(summary_path), "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_one_member_sweep_is_the_scripts_run(tmp_path, hopper_file, monkeypatch, name):
+    """50 updates and an evaluation: every logged number within float rounding of the script's own run (the random
+    numbers are the same; vmap's batched matrix products add in another order than the script's: about 1e-7)."""
+    monkeypatch.chdir(tmp_path)
+    module = SCRIPTS[name]
+    args = script_args(module, hopper_file, "--total-steps", "50", "--eval-every", "50", "--num-candidates", "3")
+    alone, swept = records(module.train(args)), records(sweep.train(module, [args], "test")[0])
+    assert [r["step"] for r in swept] == [10, 20, 30, 40, 50] and alone[-1].keys() == swept[-1].keys()
+    for a, s in zip(alone, swept):
+        for key in a:
+            assert s[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), (a["step"], key)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_no_member_depends_on_another_members_weight(tmp_path, hopper_file, monkeypatch, name):
+    """Three members; the third's eta (alpha) changed: the other two log bit for bit the same numbers."""
+    monkeypatch.chdir(tmp_path)
+    module, weight = SCRIPTS[name], sweep.WEIGHT[name]
+    base = script_args(module, hopper_file, "--total-steps", "30", "--eval-every", "30", "--num-candidates", "2")
+    grid = [dataclasses.replace(base, seed=s, **{weight: w}) for s, w in ((0, 0.1), (1, 0.3), (2, 1.0))]
+    first = [records(p) for p in sweep.train(module, grid, "a")]
+    grid[2] = dataclasses.replace(grid[2], **{weight: 50.0})
+    second = [records(p) for p in sweep.train(module, grid, "b")]
+    assert first[0] == second[0] and first[1] == second[1]
+    assert first[2][-1]["actor_loss"] != second[2][-1]["actor_loss"]  # the changed member did change
+    assert first[0][-1]["critic_loss"] != first[1][-1]["critic_loss"]  # and the members are not copies
+
+
+def test_the_sweep_runs_the_scripts_own_loss(tmp_path, hopper_file, monkeypatch):
+    """A change to ofql.py's behaviour-cloning loss is a change to the sweep: nothing of the algorithm is copied."""
+    monkeypatch.chdir(tmp_path)
+    args = script_args(ofql, hopper_file, "--total-steps", "2", "--eval-every", "2", "--log-every", "1")
+    plain = records(sweep.train(ofql, [args], "plain")[0])[0]  # step 1: before the first actor step
+    original = ofql.behavior_cloning_loss
+    monkeypatch.setattr(ofql, "behavior_cloning_loss", lambda *a: tuple(3.0 * x for x in original(*a)))
+    tripled = records(sweep.train(ofql, [args], "tripled")[0])[0]
+    assert tripled["bc_loss"] == pytest.approx(3 * plain["bc_loss"], rel=1e-6)
+    assert tripled["critic_loss"] == plain["critic_loss"]
+
+
+def test_each_member_writes_the_scripts_run_folder_and_resumes_with_the_script_alone(
+    tmp_path, hopper_file, monkeypatch
+):
+    """A one-member sweep with checkpoints, resumed by ofql.py alone from its step-20 checkpoint, logs steps 30 and 40
+    as the sweep did (within rounding): the checkpoint holds the member's networks, Adam states and the generator."""
+    monkeypatch.chdir(tmp_path)
+    args = script_args(ofql, hopper_file, "--total-steps", "40", "--eval-every", "20", "--save-model")
+    (summary,) = sweep.train(ofql, [args], "ckpt")
+    run_dir = os.path.dirname(summary)
+    assert sorted(os.listdir(run_dir)) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "sweep.json",
+    ]
+    config, written = json.load(open(f"{run_dir}/config.json")), json.load(open(summary))
+    assert config["seed"] == 0 and config["eta"] == args.eta and written["sweep"] == "ckpt"
+    assert [e["step"] for e in written["evaluations"]] == [20, 40]
+    swept = records(summary)
+    # the step-20 checkpoint: rerun the sweep to 20 steps, then continue with the script
+    (short,) = sweep.train(ofql, [dataclasses.replace(args, total_steps=20)], "ckpt20")
+    resumed = dataclasses.replace(args, resume=os.path.join(os.path.dirname(short), "checkpoint.pt"))
+    continued = records(ofql.train(resumed))
+    assert [r["step"] for r in continued] == [10, 20, 30, 40]
+    for a, s in zip(continued[2:], swept[2:]):
+        for key in a:
+            assert a[key] == pytest.approx(s[key], rel=1e-4, abs=1e-6), (a["step"], key)
+
+
+def test_a_members_checkpoint_in_a_larger_sweep_holds_that_member(tmp_path, hopper_file, monkeypatch):
+    """Member 1 of 2: its checkpoint's networks and Adam moments are the stacked ones at index 1, not index 0."""
+    monkeypatch.chdir(tmp_path)
+    base = script_args(fql, hopper_file, "--total-steps", "20", "--eval-every", "20", "--save-model")
+    grid = [dataclasses.replace(base, seed=s) for s in (0, 1)]
+    paths = sweep.train(fql, grid, "two")
+    states = [torch.load(os.path.join(os.path.dirname(p), "checkpoint.pt"), weights_only=False) for p in paths]
+    key = "onestep.0.weight"
+    assert not torch.equal(states[0]["actor"][key], states[1]["actor"][key])
+    agent = fql.make_agent(11, 3, grid[1], torch.device("cpu"))
+    fql.resume(
+        os.path.join(os.path.dirname(paths[1]), "checkpoint.pt"),
+        agent,
+        json.load(open(os.path.join(os.path.dirname(paths[1]), "config.json"))),
+    )
+    moments = [s["exp_avg"] for s in agent.actor_optimizer.state.values()]
+    assert all(torch.isfinite(m).all() and m.abs().sum() > 0 for m in moments)
+    assert states[1]["config"]["seed"] == 1 and states[1]["step"] == 20
+
+
+def test_evaluation_steps_every_members_episodes_as_the_script_would(hopper_file):
+    """A fixed policy through the sweep's evaluation: member m's numbers are those of the script's evaluate() with
+    member m's seed (its own episodes, its own env seeds)."""
+    members = [ofql.Args(env_id="hopper-medium-v2", eval_episodes=2, seed=s) for s in (3, 8)]
+    source = d4rl_compat.DataSource(
+        {}, "", 11, 3, d4rl_compat.eval_env_factory("hopper-medium-v2"), "Hopper-v4", *d4rl_compat.DOMAINS["hopper"][:2]
+    )
+    weights = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (11, 3)).astype(np.float32))
+    policy = lambda obs: torch.tanh(obs @ weights)  # noqa: E731
+    envs = gym.vector.SyncVectorEnv([source.make_env] * 4)
+    together = sweep.evaluate(ofql, [policy], envs, source, members, torch.device("cpu"))
+    for args, result in zip(members, together):
+        alone = ofql.evaluate([policy], gym.vector.SyncVectorEnv([source.make_env] * 2), source, args, "cpu")
+        assert {k: v for k, v in result.items() if k != "decision_rate"} == {
+            k: v for k, v in alone.items() if k != "decision_rate"
+        }
+    assert together[0]["return"] != together[1]["return"]
+
+
+def test_the_batched_policy_gives_each_member_its_own_rows(hopper_file):
+    """select_action for 2 members x 3 envs, member-major: member 0's output bias at +10 (u large: its actions clip
+    to -1), member 1's at -10 (+1); rows 0-2 must be member 0's, rows 3-5 member 1's."""
+    torch.manual_seed(0)
+    agents = [ofql.make_agent(11, 3, ofql.Args(), torch.device("cpu")) for _ in range(2)]
+    with torch.no_grad():
+        agents[0].actor.net[-1].bias.fill_(10.0)  # a = eps - u
+        agents[1].actor.net[-1].bias.fill_(-10.0)
+    members = sweep.Members(ofql, agents, [ofql.Args()] * 2)
+    actions = members.select_action(members.stacked, torch.randn(6, 11), 1)
+    assert actions.shape == (6, 3)
+    assert torch.all(actions[:3] == -1.0) and torch.all(actions[3:] == 1.0)
+
+
+def test_a_member_that_diverges_stops_alone(tmp_path, hopper_file, monkeypatch, capsys):
+    """A member with a NaN weight: its folder says why, the others train to the end, the sweep ends with a UserError."""
+    monkeypatch.chdir(tmp_path)
+    base = script_args(ofql, hopper_file, "--total-steps", "20", "--eval-every", "20")
+    grid = [dataclasses.replace(base, eta=0.1), dataclasses.replace(base, eta=float("nan"), exp_name="bad")]
+    with pytest.raises(d4rl_compat.UserError, match="1 of 2 members failed.*non-finite actor_grad_norm at step 1"):
+        sweep.train(ofql, grid, "nan")
+    good, bad = (next(d for d in os.listdir("runs") if f"__{n}__" in d) for n in ("ofql", "bad"))
+    assert json.load(open(f"runs/{good}/summary.json"))["final_score"] is not None
+    assert json.load(open(f"runs/{bad}/summary.json"))["error"] == "non-finite actor_grad_norm at step 1"
+    assert records(f"runs/{bad}/summary.json") == []
+
+
+def test_the_grid_and_its_shards(hopper_file):
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--seeds", "0", "1", "2"]
+    script, _, members = sweep.parse_args(["ofql.py", *flags, "--eta", "0.1", "0.3", "--grad-norm", "4"])
+    assert script is ofql and [(m.seed, m.eta) for m in members] == [(s, e) for s in (0, 1, 2) for e in (0.1, 0.3)]
+    assert {m.grad_norm for m in members} == {4.0} and members[1].exp_name == "ofql_eta0.3"
+    _, _, shard = sweep.parse_args(["ofql.py", *flags, "--eta", "0.1", "0.3", "--shard", "1/4"])
+    assert [(m.seed, m.eta) for m in shard] == [(0, 0.3), (2, 0.3)]
+    _, _, preset = sweep.parse_args(["fql.py", *flags])
+    assert [(m.seed, m.alpha) for m in preset] == [(0, 10.0), (1, 10.0), (2, 10.0)] and preset[0].exp_name == "fql"
+    shards = [sweep.parse_args(["dql.py", *flags, "--eta", "1", "2", "--shard", f"{i}/3"])[2] for i in range(3)]
+    assert sorted((m.seed, m.eta) for s in shards for m in s) == [(s, e) for s in (0, 1, 2) for e in (1.0, 2.0)]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["ofql.py", "--alpha", "1"], "ofql.py's grid is over --eta, not --alpha"),
+        (["fql.py", "--eta", "1"], "fql.py's grid is over --alpha, not --eta"),
+        (["ofql.py", "--seed", "3"], "the grid's flags are --seeds and --eta"),
+        (["ofql.py", "--shard", "2/2"], "--shard must be I/K"),
+        (["ofql.py", "--seeds", "0", "--shard", "1/2"], "shard 1/2 of a grid of 1 members is empty"),
+        (["ofql.py", "--eta", "0.1", "0.1"], "must not repeat"),
+        (["ofql.py", "--eta", "-1"], "--eta must be a number in"),
+        (["train.py"], "sweep.py trains ofql.py, dql.py or fql.py"),
+    ],
+)
+def test_bad_grids_are_one_line_and_exit_code_2(tmp_path, flags, message):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "sweep.py"), *flags, "--env-id", "hopper-medium-v2"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not os.path.exists(tmp_path / "runs")
