@@ -147,12 +147,12 @@ class SinusoidalPosEmb(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.dim = dim
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(torch.arange(half) * (-np.log(10000.0) / (half - 1))), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        half = self.dim // 2
-        freqs = torch.exp(torch.arange(half, device=x.device, dtype=x.dtype) * (-np.log(10000.0) / (half - 1)))
-        return torch.cat([torch.sin(x * freqs), torch.cos(x * freqs)], dim=-1)
+        x = x * self.freqs
+        return torch.cat([x.sin(), x.cos()], dim=-1)
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256, depth: int = 3) -> nn.Sequential:
@@ -271,8 +271,8 @@ def make_agent(obs_dim: int, act_dim: int, args: Args, device: torch.device) -> 
     for target, net in ((actor_ema, actor), (critic_target, critic)):
         target.load_state_dict(net.state_dict())
         target.requires_grad_(False)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
     return Agent(actor, actor_ema, critic, critic_target, actor_optimizer, critic_optimizer)
 
 
@@ -313,12 +313,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 @torch.no_grad()
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
     """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps from `ema_start` on (DQL
-    keeps the initial network until then), at a tensor rate, 0 off schedule: the step count never leaves the device."""
-    for p_target, p in zip(agent.critic_target.parameters(), agent.critic.parameters()):
-        p_target.lerp_(p, args.tau)
+    keeps the initial network until then), at a tensor rate, 0 off schedule: the step count never leaves the device.
+    Each network's lerps are one foreach operation."""
+    torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
     rate = (1.0 - args.ema_decay) * ((step >= args.ema_start) & (step % args.ema_every == 0))
-    for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
-        p_ema.lerp_(p, rate)
+    torch._foreach_lerp_(list(agent.actor_ema.parameters()), list(agent.actor.parameters()), rate)
 
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -326,7 +325,9 @@ def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict
     detached metrics; nothing here reads a value back to the host."""
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     metrics["critic_grad_norm"] = optimizer_step(agent.critic_optimizer, agent.critic, critic_loss, args.grad_norm)
+    agent.critic.requires_grad_(False)  # the Q term's gradient reaches the actor only, not the critic's weights
     actor_loss, actor_metrics = actor_loss_fn(agent, batch, args)
+    agent.critic.requires_grad_(True)
     metrics["actor_grad_norm"] = optimizer_step(agent.actor_optimizer, agent.actor, actor_loss, args.grad_norm)
     update_targets(agent, args, step)
     return {k: v.detach() for k, v in {**metrics, **actor_metrics}.items()}

@@ -235,8 +235,8 @@ def make_agent(obs_dim: int, act_dim: int, args: Args, device: torch.device) -> 
     critic_target = Critic(obs_dim, act_dim).to(device)
     critic_target.load_state_dict(critic.state_dict())
     critic_target.requires_grad_(False)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
     return Agent(actor, critic, critic_target, actor_optimizer, critic_optimizer)
 
 
@@ -286,8 +286,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 @torch.no_grad()
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
     """Polyak-average the target critic every step (FQL has no target policy)."""
-    for p_target, p in zip(agent.critic_target.parameters(), agent.critic.parameters()):
-        p_target.lerp_(p, args.tau)
+    torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
 
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -295,7 +294,9 @@ def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict
     two Adam steps on the disjoint parameters), then the target critic; `step` (a device tensor) is this iteration's
     number. Returns detached metrics. Nothing here reads a value back to the host."""
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
+    agent.critic.requires_grad_(False)  # the Q term's gradient reaches the actor only, not the critic's weights
     actor_loss, actor_metrics = actor_loss_fn(agent, batch, args)
+    agent.critic.requires_grad_(True)
     metrics["actor_grad_norm"] = optimizer_step(agent.actor_optimizer, agent.actor, actor_loss, args.grad_norm)
     metrics["critic_grad_norm"] = optimizer_step(agent.critic_optimizer, agent.critic, critic_loss, args.grad_norm)
     update_targets(agent, args, step)

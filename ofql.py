@@ -153,12 +153,12 @@ class SinusoidalPosEmb(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.dim = dim
+        half = dim // 2
+        self.register_buffer("freqs", torch.exp(torch.arange(half) * (-np.log(10000.0) / (half - 1))), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        half = self.dim // 2
-        freqs = torch.exp(torch.arange(half, device=x.device, dtype=x.dtype) * (-np.log(10000.0) / (half - 1)))
-        return torch.cat([torch.sin(x * freqs), torch.cos(x * freqs)], dim=-1)
+        x = x * self.freqs
+        return torch.cat([x.sin(), x.cos()], dim=-1)
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int = 256, depth: int = 3) -> nn.Sequential:
@@ -179,11 +179,18 @@ class Actor(nn.Module):
         self.act_dim = act_dim
         self.time_emb = SinusoidalPosEmb(time_dim)
         self.net = mlp(act_dim + 2 * time_dim + obs_dim, act_dim)
+        # the one-step action's times (r = 0, t = 1) embedded once, for sample_actions (fewer kernels per call)
+        self.register_buffer("one_step_times", self.embed(torch.zeros(1, 1), torch.ones(1, 1)), persistent=False)
+
+    def embed(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """[emb(t), emb(r)] of (r, t) of shape (1, 1): the same times for every row, embedded once."""
+        return torch.cat([self.time_emb(t), self.time_emb(r)], dim=-1)
 
     def forward(self, a_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        # (r, t) of shape (1, 1), the same times for every row (as for the one-step action), are embedded once
-        times = torch.cat([self.time_emb(t), self.time_emb(r)], dim=-1).expand(len(a_t), -1)
-        return self.net(torch.cat([a_t, times, obs], dim=-1))
+        return self.average_velocity(a_t, self.embed(r, t), obs)
+
+    def average_velocity(self, a_t: torch.Tensor, times: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([a_t, times.expand(len(a_t), -1), obs], dim=-1))
 
 
 class Critic(nn.Module):
@@ -227,6 +234,8 @@ def behavior_cloning_loss(actor: Actor, obs, actions, args: Args) -> tuple[torch
     t, r = sample_t_r(len(obs), args.flow_ratio, args.time_mu, args.time_sigma, obs.device)
     u, u_tgt = meanflow_target(lambda a_t, r, t: actor(a_t, r, t, obs), actions, torch.randn_like(actions), r, t)
     err = (u - u_tgt).pow(2).mean(dim=-1)
+    if args.adaptive_weight_power == 0:
+        return err.mean(), err.mean()
     weight = (err.detach() + 1e-3).pow(-args.adaptive_weight_power)
     return (weight * err).mean(), err.mean()
 
@@ -234,8 +243,7 @@ def behavior_cloning_loss(actor: Actor, obs, actions, args: Args) -> tuple[torch
 def sample_actions(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
     """One network call, differentiable (Eq. 16): a = clip(eps - u(eps, r=0, t=1; s), -1, 1)."""
     eps = torch.randn(len(obs), actor.act_dim, device=obs.device)
-    zeros, ones = torch.zeros(1, 1, device=obs.device), torch.ones(1, 1, device=obs.device)
-    return (eps - actor(eps, zeros, ones, obs)).clamp(-1.0, 1.0)
+    return (eps - actor.average_velocity(eps, actor.one_step_times, obs)).clamp(-1.0, 1.0)  # u(eps, 0, 1; s)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -257,8 +265,8 @@ def make_agent(obs_dim: int, act_dim: int, args: Args, device: torch.device) -> 
     for target, net in ((actor_ema, actor), (critic_target, critic)):
         target.load_state_dict(net.state_dict())
         target.requires_grad_(False)
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
     return Agent(actor, actor_ema, critic, critic_target, actor_optimizer, critic_optimizer)
 
 
@@ -299,12 +307,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 @torch.no_grad()
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
     """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps from `ema_start` on (DQL
-    keeps the initial network until then), at a tensor rate, 0 off schedule: the step count never leaves the device."""
-    for p_target, p in zip(agent.critic_target.parameters(), agent.critic.parameters()):
-        p_target.lerp_(p, args.tau)
+    keeps the initial network until then), at a tensor rate, 0 off schedule: the step count never leaves the device.
+    Each network's lerps are one foreach operation."""
+    torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
     rate = (1.0 - args.ema_decay) * ((step >= args.ema_start) & (step % args.ema_every == 0))
-    for p_ema, p in zip(agent.actor_ema.parameters(), agent.actor.parameters()):
-        p_ema.lerp_(p, rate)
+    torch._foreach_lerp_(list(agent.actor_ema.parameters()), list(agent.actor.parameters()), rate)
 
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -312,7 +319,9 @@ def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict
     Returns detached metrics; nothing here reads a value back to the host."""
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     metrics["critic_grad_norm"] = optimizer_step(agent.critic_optimizer, agent.critic, critic_loss, args.grad_norm)
+    agent.critic.requires_grad_(False)  # the Q term's gradient reaches the actor only, not the critic's weights
     actor_loss, actor_metrics = actor_loss_fn(agent, batch, args)
+    agent.critic.requires_grad_(True)
     metrics["actor_grad_norm"] = optimizer_step(agent.actor_optimizer, agent.actor, actor_loss, args.grad_norm)
     update_targets(agent, args, step)
     return {k: v.detach() for k, v in {**metrics, **actor_metrics}.items()}

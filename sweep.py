@@ -29,6 +29,8 @@ import itertools
 import json
 import os
 import random
+import shlex
+import signal
 import sys
 import time
 import types
@@ -56,6 +58,8 @@ class Args:
     """ofql.py, dql.py: the values of --eta in the grid (default: the preset's)"""
     alpha: list[float] | None = None
     """fql.py: the values of --alpha in the grid (default: the preset's)"""
+    resume: list[str] | None = None
+    """the members' checkpoint.pt files, in the grid's order (the command a stopped sweep prints): continue them"""
     shard: str = "0/1"
     """I/K: train only members I, I + K, I + 2K, ... of the grid (seeds outer, weights inner), e.g. the array index of
     a SLURM job array of K jobs, or one of K GPUs"""
@@ -100,6 +104,10 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
         raise UserError(f"shard {sweep.shard} of a grid of {len(sweep.seeds) * len(weights)} members is empty")
     name = lambda w: base.exp_name if len(weights) == 1 else f"{base.exp_name}_{weight}{w:g}"  # noqa: E731
     members = [dataclasses.replace(base, seed=s, exp_name=name(w), **{weight: w}) for s, w in grid]
+    if sweep.resume is not None:
+        if len(sweep.resume) != len(members):
+            raise UserError(f"--resume needs one checkpoint per member: {len(members)}, not {len(sweep.resume)}")
+        members = [dataclasses.replace(m, resume=path) for m, path in zip(members, sweep.resume)]
     for member in members:
         d4rl_compat.check_flags(vars(member))
     return script, sweep, members
@@ -125,8 +133,17 @@ def stack_agents(script, agents: list):
         stacked[name] = module
     for name in script.Agent.__dataclass_fields__:
         if name.endswith("_optimizer"):
-            optimizer = getattr(agents[0], name)
+            optimizer, states = getattr(agents[0], name), [getattr(a, name).state_dict()["state"] for a in agents]
             stacked[name] = type(optimizer)(stacked[name.removesuffix("_optimizer")].parameters(), **optimizer.defaults)
+            if states[0]:  # resumed members: their Adam moments stacked too (the step counts are the same)
+                state = stacked[name].state_dict()
+                state["state"] = {
+                    i: {
+                        k: v if k == "step" else torch.stack([s[i][k] for s in states]) for k, v in states[0][i].items()
+                    }
+                    for i in states[0]
+                }
+                stacked[name].load_state_dict(state)
     return script.Agent(**stacked)
 
 
@@ -200,24 +217,6 @@ class Members:
                 getattr(agent, name).load_state_dict(state)
         return agent
 
-    def load_member(self, index: int) -> None:
-        """The inverse of member(): one member's Agent (e.g. resumed from its checkpoint) copied into the stack."""
-        agent = self.agents[index]
-        with torch.no_grad():
-            for name in network_names(self.script):
-                for p, stacked in zip(getattr(agent, name).parameters(), getattr(self.stacked, name).parameters()):
-                    stacked[index].copy_(p)
-        for name in self.script.Agent.__dataclass_fields__:
-            if name.endswith("_optimizer"):
-                optimizer, member_state = getattr(self.stacked, name), getattr(agent, name).state_dict()["state"]
-                for p, s in zip(optimizer.param_groups[0]["params"], member_state.values()):
-                    state = optimizer.state[p]
-                    for k, v in s.items():
-                        if k == "step":
-                            state[k] = v.clone()
-                        else:
-                            state.setdefault(k, torch.zeros_like(p))[index].copy_(v)
-
 
 def rebind(fn, **names):
     """The script's function fn, its code unchanged, with some of the names it calls bound to other functions (here:
@@ -262,45 +261,79 @@ def evaluate(script, policies: list, envs: gym.vector.VectorEnv, source, member_
 # ---------------------------------------------------------------------------------------------------------------
 # Training loop: the script's, for all members
 # ---------------------------------------------------------------------------------------------------------------
-def train(script, member_args: list, sweep_name: str) -> list[str]:
-    """Train the members together; returns the paths of their summary.json files."""
+class Stopped(Exception):
+    """SIGINT or SIGTERM arrived; the message says what was saved and how to continue."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as for a process the signal ends
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While inside: SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption) only record their arrival, and the loop
+    stops after the iteration under way, never half-way through one."""
+    received = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def make_members(script, member_args: list, resume: list[str] | None, source, device, configs: list):
+    """-> (Members, first step, evals, elapsed). New members: each one's initial networks are a lone run's with its
+    seed, and the noise generators are seeded as the first member's run. Resumed: each member's checkpoint (the
+    script's resume()), all of one step; the generators as they were saved (the same in every member's checkpoint)."""
+    agents, state = [], None
+    for a in member_args:
+        random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)
+        agents.append(script.make_agent(source.obs_dim, source.act_dim, a, device))
+        state = state or (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+    start, evals, elapsed = 1, [[] for _ in agents], 0.0
+    if resume:
+        resumed = [script.resume(path, agent, config) for path, agent, config in zip(resume, agents, configs)]
+        if len({r[0] for r in resumed}) > 1:
+            raise UserError(f"the checkpoints are of different steps: {[r[0] - 1 for r in resumed]}")
+        start, evals, elapsed = resumed[0][0], [r[1] for r in resumed], resumed[0][2]
+    return Members(script, agents, member_args), start, evals, elapsed
+
+
+def train(script, member_args: list, sweep_name: str, resume: list[str] | None = None) -> list[str]:
+    """Train the members together (with `resume`, from their checkpoints); returns their summary.json paths."""
     args, n = member_args[0], len(member_args)  # the flags every member shares (all but seed, weight, exp_name)
-    with contextlib.ExitStack() as stack:  # every member's folder made before the data are loaded
+    with contextlib.ExitStack() as stack:  # every member's folder made (or found) before the data are loaded
         run_dirs = [
             stack.enter_context(
-                d4rl_compat.run_folder(
-                    f"{a.env_id.replace('/', '-')}__{a.exp_name}__{a.seed}__{int(time.time())}", None
-                )
+                d4rl_compat.run_folder(f"{a.env_id.replace('/', '-')}__{a.exp_name}__{a.seed}__{int(time.time())}", r)
             )
-            for a in member_args
+            for a, r in zip(member_args, resume or [None] * n)
         ]
         source = d4rl_compat.load(args.env_id, args.dataset_path, args.reward_mode)
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     torch.backends.cudnn.deterministic = args.torch_deterministic
     buffer = script.OfflineBuffer(source.data, device)
-    agents, generator_state = [], None
-    for a in member_args:  # each member's initial networks are those of a lone run with its seed
-        random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)
-        agents.append(script.make_agent(source.obs_dim, source.act_dim, a, device))
-        generator_state = generator_state or (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    random.setstate(generator_state[0]), np.random.set_state(generator_state[1])
-    torch.set_rng_state(generator_state[2])  # the sweep's noise: the stream of the first member's run
-    members = Members(script, agents, member_args)
-    envs = None
-    if source.make_env is not None:
-        envs = gym.vector.SyncVectorEnv([source.make_env] * (n * args.eval_episodes))
-    if source.limitation:
-        print(f"NOTE: {args.env_id}: {source.limitation}")
     use_graph = args.cuda_graph and device.type == "cuda"
     configs = []
     for a in member_args:
         config = {**vars(a), "dataset_path": a.dataset_path and os.path.abspath(a.dataset_path)}
         config.update(device=str(device), training_step="cuda_graph" if use_graph else "eager")
         configs.append({**config, "transitions": buffer.size, "torch": torch.__version__})
+    members, start_step, evals, elapsed = make_members(script, member_args, resume, source, device, configs)
+    envs = None
+    if source.make_env is not None:
+        envs = gym.vector.SyncVectorEnv([source.make_env] * (n * args.eval_episodes))
+    if source.limitation:
+        print(f"NOTE: {args.env_id}: {source.limitation}")
     for optimizer in (members.stacked.actor_optimizer, members.stacked.critic_optimizer):
         script.set_capturable(optimizer, use_graph)
-    last_step = torch.tensor(0, device=device)
+    last_step = torch.tensor(start_step - 1, device=device)
 
     def iteration() -> dict[str, torch.Tensor]:
         last_step.add_(1)
@@ -314,71 +347,80 @@ def train(script, member_args: list, sweep_name: str) -> list[str]:
         members.make_policy(members.stacked, k, num_envs, source.obs_dim, device, use_graph) for k in candidates
     ]
     print(
-        f"sweep {sweep_name}: {n} members of {script.__name__}.py on {device} "
-        + ("(CUDA graphs)" if use_graph else "(eager)")
+        f"sweep {sweep_name}: {n} members of {script.__name__}.py on {device}, "
+        + ("CUDA graphs" if use_graph else "eager")
     )
     for run_dir, config in zip(run_dirs, configs):
-        with open(f"{run_dir}/config.json", "w") as f:
+        with open(f"{run_dir}/config{f'_resumed_at_{start_step - 1}' if resume else ''}.json", "w") as f:
             json.dump(config, f, indent=2)
         with open(f"{run_dir}/sweep.json", "w") as f:
             json.dump({"sweep": sweep_name, "members": run_dirs, "command": sys.argv}, f, indent=2)
     wandb_runs = []
-    if args.track:
+    if args.track:  # one wandb run per member, grouped by the sweep
         import wandb
 
         for run_dir, config in zip(run_dirs, configs):
             where = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=os.path.basename(run_dir))
             wandb_runs.append(
-                wandb.init(config=config, group=sweep_name, reinit="create_new", id=where["name"], **where)
+                wandb.init(
+                    config=config, group=sweep_name, reinit="create_new", resume="allow", id=where["name"], **where
+                )
             )
     metrics_files = [open(os.path.join(d, "metrics.jsonl"), "a", buffering=1) for d in run_dirs]
 
-    evals, failed = [[] for _ in range(n)], {}
-    metric_sum, window_steps, first_bad = 0.0, 0, -1
+    failed, metric_sum, window_steps, first_bad = {}, 0.0, 0, -1
     session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
-    progress = dict(total=args.total_steps, desc=f"{args.env_id} x{n}", unit="step", mininterval=2)
-    for step in tqdm(range(1, args.total_steps + 1), **progress):
-        metrics = iteration()
-        values = torch.stack(list(metrics.values()), dim=1)  # (members, metrics)
-        metric_sum, window_steps = metric_sum + values, window_steps + 1
-        first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
-        eval_step = step % args.eval_every == 0 or step == args.total_steps
-        if step % args.log_every != 0 and not eval_step:
-            continue
-
-        means = (metric_sum / window_steps).tolist()
-        window_time = time.perf_counter() - window_start
-        train_time += window_time
-        for m, bad in enumerate(first_bad.tolist()):
-            if m not in failed and any(s >= 0 for s in bad):
-                bad_step, index = min((s, i) for i, s in enumerate(bad) if s >= 0)
-                failed[m] = f"non-finite {list(metrics)[index]} at step {bad_step}"
-                tqdm.write(f"{run_dirs[m]}: {failed[m]}; this member stops logging, the others go on", file=sys.stderr)
-        results = evaluate(script, policies, envs, source, member_args, device) if envs and eval_step else None
-        for m in set(range(n)) - set(failed):
-            record = {"step": step, **dict(zip(metrics, means[m])), "steps_per_sec": window_steps / window_time}
-            if results is not None:
-                evals[m].append({"step": step, **results[m]})
-                record.update({f"eval/{k}": v for k, v in results[m].items() if v is not None})
-            metrics_files[m].write(json.dumps(record) + "\n")
-            if wandb_runs:
-                wandb_runs[m].log(record, step=step)
-            if args.save_model and eval_step:
-                elapsed = time.time() - session_start
-                script.save_checkpoint(run_dirs[m], members.member(m), step, evals[m], elapsed, configs[m])
-        scores = [e[-1]["score"] for e in evals if e and e[-1]["step"] == step and e[-1]["score"] is not None]
-        if scores:
-            tqdm.write(f"step {step}: eval/score of the members {' '.join(f'{s:.1f}' for s in scores)}")
-        metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
+    checkpoint = lambda m, step: script.save_checkpoint(  # noqa: E731
+        run_dirs[m], members.member(m), step, evals[m], elapsed + time.time() - session_start, configs[m]
+    )
+    progress = dict(initial=start_step - 1, total=args.total_steps, desc=f"{args.env_id} x{n}", unit="step")
+    with stop_requests() as stop:
+        for step in tqdm(range(start_step, args.total_steps + 1), mininterval=2, **progress):
+            metrics = iteration()
+            values = torch.stack(list(metrics.values()), dim=1)  # (members, metrics)
+            metric_sum, window_steps = metric_sum + values, window_steps + 1
+            first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
+            eval_step = step % args.eval_every == 0 or step == args.total_steps
+            if step % args.log_every == 0 or eval_step:
+                means = (metric_sum / window_steps).tolist()
+                window_time = time.perf_counter() - window_start
+                train_time += window_time
+                for m, bad in enumerate(first_bad.tolist()):
+                    if m not in failed and any(s >= 0 for s in bad):
+                        bad_step, index = min((s, i) for i, s in enumerate(bad) if s >= 0)
+                        failed[m] = f"non-finite {list(metrics)[index]} at step {bad_step}"
+                        tqdm.write(f"{run_dirs[m]}: {failed[m]}; this member stops, the others go on", file=sys.stderr)
+                results = evaluate(script, policies, envs, source, member_args, device) if envs and eval_step else None
+                for m in sorted(set(range(n)) - set(failed)):
+                    record = {"step": step, **dict(zip(metrics, means[m])), "steps_per_sec": window_steps / window_time}
+                    if results is not None:
+                        evals[m].append({"step": step, **results[m]})
+                        record.update({f"eval/{k}": v for k, v in results[m].items() if v is not None})
+                    metrics_files[m].write(json.dumps(record) + "\n")
+                    if wandb_runs:
+                        wandb_runs[m].log(record, step=step)
+                    if args.save_model and eval_step:
+                        checkpoint(m, step)
+                if results is not None:
+                    scores = " ".join(f"{r['score']:.1f}" for r in results if r["score"] is not None)
+                    tqdm.write(f"step {step}: members' eval/score {scores}")
+                metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if stop:
+                break
+    for f in metrics_files:
+        f.close()
+    if stop:
+        raise Stopped(
+            how_to_continue(step, stop[0], run_dirs, failed, checkpoint if args.save_model else None), stop[0]
+        )
 
     summaries = []
     for m, (a, run_dir) in enumerate(zip(member_args, run_dirs)):
-        steps_per_sec = args.total_steps / train_time if train_time else None
-        summary = script.summarize(a, source, evals[m], time.time() - session_start, steps_per_sec)
+        steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
+        summary = script.summarize(a, source, evals[m], elapsed + time.time() - session_start, steps_per_sec)
         summary.update(sweep=sweep_name, sweep_members=n, error=failed.get(m))
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        metrics_files[m].close()
         if wandb_runs:
             wandb_runs[m].summary.update({k: v for k, v in summary.items() if k != "evaluations"})
             wandb_runs[m].finish()
@@ -392,15 +434,32 @@ def train(script, member_args: list, sweep_name: str) -> list[str]:
     return summaries
 
 
+def how_to_continue(step: int, signum: int, run_dirs: list[str], failed: dict, checkpoint) -> str:
+    """After a stop at `step`: with --save-model, every member's checkpoint of that step written, and the command
+    that continues the sweep; without it, that nothing was saved."""
+    name = signal.Signals(signum).name
+    if checkpoint is None:
+        return f"{name} at step {step}: nothing was saved (run with --save-model to keep a checkpoint of each member)"
+    for m in range(len(run_dirs)):
+        checkpoint(m, step)
+    paths = [os.path.join(d, "checkpoint.pt") for d in run_dirs]
+    argv = [a for a in sys.argv]
+    if "--resume" in argv:
+        argv = argv[: argv.index("--resume")] + [a for a in argv[argv.index("--resume") + 1 :] if a.startswith("-")]
+    command = shlex.join(["python", *argv, "--resume", *paths])
+    return (
+        f"{name} at step {step}: the {len(paths)} members' checkpoints of that step written; continue with: {command}"
+    )
+
+
 if __name__ == "__main__":
     try:
         script, sweep, member_args = parse_args(sys.argv[1:])
         name = f"{member_args[0].env_id.replace('/', '-')}__{script.__name__}_sweep__{int(time.time())}"
-        for path in train(
-            script, member_args, name + (f"__shard{sweep.shard.replace('/', 'of')}" if sweep.shard != "0/1" else "")
-        ):
+        name += f"__shard{sweep.shard.replace('/', 'of')}" if sweep.shard != "0/1" else ""
+        for path in train(script, member_args, name, sweep.resume):
             print(f"summary: {path}")
-    except (UserError, OSError, KeyboardInterrupt) as e:
-        stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
-        print(f"sweep.py: {stop}: {str(e) or 'stopped'}", file=sys.stderr)
-        sys.exit(130 if stop == "interrupted" else 2)
+    except (UserError, OSError, Stopped) as e:
+        stop = "stopped" if isinstance(e, Stopped) else "error"
+        print(f"sweep.py: {stop}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code if isinstance(e, Stopped) else 2)

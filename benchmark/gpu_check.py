@@ -14,10 +14,14 @@ and the GPU speed figures, in one results folder.
    train on the path it was asked for, is a failure: the check never falls back to eager.
 4. benchmark/speed.py: updates/s and decisions/s (1 and the evaluation's candidates), eager and graph, the ratios,
    against the speed targets (reported; they fail the check only with --fail-on-targets).
-5. summary.md and results.json in --out-dir; the summary is printed. Exit 1 if a check failed.
+5. sweep.py (two members of ofql.py) trained --no-cuda-graph and --cuda-graph, each member's logs compared as in 3;
+   benchmark/sweep_speed.py: member-updates/s of sweeps of 1, 4 and 16 members against one run, on both paths, and
+   the target of 10,000 member-updates/s for 16 OFQL members (reported; fails the check only with
+   --fail-on-targets).
+6. summary.md and results.json in --out-dir; the summary is printed. Exit 1 if a check failed.
 
-Without CUDA it checks its own CPU parts (the data file, every script for a few eager steps on both flags, the
-metrics, the comparison, the speed.py interface, the summary) and prints one line; exit 0.
+Without CUDA it checks its own CPU parts (the data file, every script and a sweep for a few eager steps on both
+flags, the metrics, the comparison, the speed.py and sweep_speed.py interfaces, the summary) and prints one line.
 """
 
 import json
@@ -98,6 +102,8 @@ class Args:
     """run step 4 (--no-speed skips it)"""
     speed_flags: str = ""
     """more flags for benchmark/speed.py, after the check's own (later ones win), e.g. --speed-flags='--rounds 9'"""
+    sweep: bool = True
+    """run step 5, sweep.py on both paths and benchmark/sweep_speed.py (--no-sweep skips it)"""
     fail_on_targets: bool = False
     """if toggled, a missed speed target fails the check"""
     cpu_steps: int = 10
@@ -503,6 +509,71 @@ def run_speed(args: Args, out: str, cuda: bool) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Step 5: sweep.py (many runs in one process): eager vs CUDA graph, and benchmark/sweep_speed.py
+# ---------------------------------------------------------------------------------------------------------------
+# sweep_speed.py on CUDA (about 2 minutes on one H200) and, in the CPU mode, a check of its interface only
+CUDA_SWEEP_SPEED_FLAGS = "--device cuda --members 1 4 16 --updates 100 --rounds 3"
+CPU_SWEEP_SPEED_FLAGS = "--device cpu --threads 1 --members 1 2 --warmup 1 --updates 2 --rounds 1 --algorithms ofql"
+SWEEP_TARGET = ("OFQL member-updates/s, 16 members, CUDA graph", 1e4)
+
+
+def sweep_pair(data_path: str, steps: int, log_every: int, work: str, args: Args, cuda: bool) -> dict:
+    """sweep.py ofql.py, seeds 0 and 1, eager and with the CUDA graph: each member's logs compared as step 3's."""
+    logs, problems = {}, []
+    for graph in (False, True):
+        cmd = [sys.executable, os.path.join(ROOT, "sweep.py")] + train_command(
+            "ofql", graph, data_path, steps, log_every, args
+        )[2:]
+        cmd[cmd.index("--seed") : cmd.index("--seed") + 2] = ["--seeds", "0", "1"]
+        log = os.path.join(work, f"sweep_{'graph' if graph else 'eager'}.log")
+        proc, _ = start(cmd, work, log)
+        rc = finish(proc, args.timeout)
+        if rc != 0:
+            problems.append(f"{'graph' if graph else 'eager'} sweep: {error_line(log, rc, args.timeout)}")
+            continue
+        summaries = [line[len("summary: ") :] for line in read_text(log).splitlines() if line.startswith("summary: ")]
+        logs[graph] = []
+        for summary in summaries:
+            with open(os.path.join(work, os.path.dirname(summary), "metrics.jsonl")) as f:
+                logs[graph].append([json.loads(line) for line in f if line.strip()])
+    comparisons = []
+    if len(logs) == 2:
+        for member, (eager, graph) in enumerate(zip(logs[False], logs[True])):
+            c = compare_logs(eager, graph, args.rtol, args.atol, args.tight_steps, args.drift_rtol)
+            comparisons.append(c)
+            problems += [f"member {member}: {p}" for p in c["problems"]]
+    return {"ok": not problems, "problems": problems, "members": comparisons}
+
+
+def run_sweep(args: Args, out: str, cuda: bool) -> dict:
+    work = os.path.join(out, "work")
+    steps, log_every = (args.train_steps, args.log_every) if cuda else (args.cpu_steps, max(1, args.cpu_steps // 2))
+    pair = sweep_pair(os.path.join(work, "hopper-random.hdf5"), steps, log_every, work, args, cuda)
+    speed_dir, stem = os.path.join(out, "sweep_speed"), "cuda" if cuda else "cpu"
+    flags = (CUDA_SWEEP_SPEED_FLAGS if cuda else CPU_SWEEP_SPEED_FLAGS).split()
+    cmd = [sys.executable, os.path.join(ROOT, "benchmark", "sweep_speed.py"), "--out-dir", speed_dir, *flags]
+    log = os.path.join(out, "sweep_speed.log")
+    proc, t0 = start(cmd, ROOT, log)
+    rc = finish(proc, args.timeout)
+    result = {"parity": pair, "command": " ".join(cmd[1:]), "seconds": time.time() - t0, "figures": None}
+    if rc != 0:
+        return {**result, "ok": False, "error": error_line(log, rc, args.timeout)}
+    try:
+        result["figures"] = json.loads(read_text(os.path.join(speed_dir, f"{stem}.json")))
+    except (OSError, ValueError) as e:
+        return {**result, "ok": False, "error": f"unreadable sweep_speed.py output: {e!r}"}
+    result["table"] = os.path.relpath(os.path.join(speed_dir, f"{stem}.md"), ROOT)
+    if cuda:
+        value = result["figures"]["algorithms"]["ofql"]["cuda_graph"]["members"]["16"]["member_updates_per_sec"]
+        result["target"] = {"target": SWEEP_TARGET[0], "bound": f">= {SWEEP_TARGET[1]:g}", "value": value}
+        result["target"]["met"] = value >= SWEEP_TARGET[1]
+    missed = cuda and args.fail_on_targets and not result["target"]["met"]
+    ok = pair["ok"] and not missed
+    error = "; ".join(pair["problems"][:3]) or (f"missed target: {SWEEP_TARGET[0]}" if missed else None)
+    return {**result, "ok": ok, "error": error}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Step 5: the summary
 # ---------------------------------------------------------------------------------------------------------------
 def fmt(value, spec: str = ".1f") -> str:
@@ -534,6 +605,11 @@ def check_rows(report: dict) -> list[str]:
         rows.append(
             ("benchmark/speed.py", speed["ok"], speed["error"] or f"{speed['seconds']:.0f} s; see {speed['table']}")
         )
+    sweep = report.get("sweep")
+    if sweep:
+        members = sweep["parity"]["members"]
+        detail = f"{len(members)} members; max relative difference " + ", ".join(f"{c['max_rel']:.2g}" for c in members)
+        rows.append(("sweep.py: eager vs CUDA graph, sweep_speed.py", sweep["ok"], sweep["error"] or detail))
     return ["| check | result | detail |", "|---|---|---|"] + [
         f"| {name} | {'pass' if ok else '**FAIL**'} | {detail} |" for name, ok, detail in rows
     ]
@@ -602,6 +678,17 @@ def markdown(report: dict) -> str:
         lines += ["", *parity_table(report["parity"])]
     if report.get("speed") and report["speed"].get("figures"):
         lines += ["", *speed_tables(report["speed"])]
+    sweep = report.get("sweep")
+    if sweep and sweep.get("figures"):
+        lines += [
+            "",
+            f"sweep_speed.py ({sweep['table']}):",
+            "",
+            *read_text(os.path.join(ROOT, sweep["table"])).splitlines(),
+        ]
+        if sweep.get("target"):
+            s = sweep["target"]
+            lines += ["", f"{s['target']}: {s['value']:.0f} ({s['bound']}: {'met' if s['met'] else '**not met**'})"]
     return "\n".join(lines) + "\n"
 
 
@@ -623,6 +710,8 @@ def failures(report: dict) -> list[str]:
         found += [f"{script}: {p}" for p in pair["problems"]]
     if report.get("speed") and not report["speed"]["ok"]:
         found.append(f"speed.py: {report['speed']['error']}")
+    if report.get("sweep") and not report["sweep"]["ok"]:
+        found.append(f"sweep: {report['sweep']['error']}")
     return found
 
 
@@ -640,6 +729,9 @@ def main(args: Args) -> int:
     if args.speed:
         report["speed"] = run_speed(args, out, cuda)
         say(f"speed.py: {'ok' if report['speed']['ok'] else 'FAILED'}", flush=True)
+    if args.sweep:
+        report["sweep"] = run_sweep(args, out, cuda)
+        say(f"sweep: {'ok' if report['sweep']['ok'] else 'FAILED'}", flush=True)
     report["failures"] = failures(report)
     report["ok"], report["seconds"] = not report["failures"], time.time() - t0
     text = write(report, out)

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import tyro
-from torch.nn import utils as nn_utils
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +35,7 @@ import d4rl_compat  # noqa: E402
 import dql  # noqa: E402
 import fql  # noqa: E402
 import ofql  # noqa: E402
+import sweep  # noqa: E402
 
 MODULES = {"ofql": ofql, "dql": dql, "fql": fql}
 
@@ -170,41 +170,36 @@ class CountOps(TorchDispatchMode):
 
 
 def count_ops(module, domain, script_args) -> dict:
-    """ATen operators of the parts of one iteration on the CPU (foreach Adam, as on CUDA); on CUDA each is about one
-    kernel, and a graph replay costs about their number times a few microseconds."""
+    """ATen operators of one training iteration on the CPU, as train() runs it (the batch, then the script's update()),
+    by part: the losses, the optimizer steps (backward passes, clipping, Adam), the target networks and the rest of
+    update(). On CUDA each is about one kernel, and a graph replay costs about their number times a few microseconds."""
     buffer = module.OfflineBuffer(synthetic_data(domain.obs_dim, domain.act_dim, 1000), torch.device("cpu"))
     agent = module.make_agent(domain.obs_dim, domain.act_dim, script_args, torch.device("cpu"))
-    optimizers = (agent.critic_optimizer, agent.actor_optimizer)
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            group["foreach"] = True
     training_iteration(module, agent, buffer, script_args, torch.device("cpu"))[0]()  # creates Adam's state
-    counts = {}
+    counter, parts = CountOps(), {}
 
-    def counted(part, fn):
-        with CountOps() as counter:
-            out = fn()
-        counts[part] = counter.count
-        return out
+    def part(name, fn):  # fn, its operators counted under `name`
+        def counted(*args, **kwargs):
+            before = counter.count
+            out = fn(*args, **kwargs)
+            parts[name] = parts.get(name, 0) + counter.count - before
+            return out
 
-    batch = counted("batch", lambda: buffer.sample(script_args.batch_size))
-    losses = (
-        counted("critic loss", lambda: module.critic_loss_fn(agent, batch, script_args)[0]),
-        counted("actor loss", lambda: module.actor_loss_fn(agent, batch, script_args)[0]),
+        return counted
+
+    update = sweep.rebind(
+        module.update,
+        critic_loss_fn=part("critic loss", module.critic_loss_fn),
+        actor_loss_fn=part("actor loss", module.actor_loss_fn),
+        optimizer_step=part("backward, clipping, Adam", module.optimizer_step),
+        update_targets=part("targets", module.update_targets),
     )
-    modules = (agent.critic, agent.actor)
-
-    def backward():
-        for optimizer, loss in zip(optimizers, losses):
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-
-    counted("backward", backward)
-    counted("clipping", lambda: [nn_utils.clip_grad_norm_(m.parameters(), 1.0) for m in modules])
-    counted("Adam", lambda: [optimizer.step() for optimizer in optimizers])
-    counted("targets", lambda: module.update_targets(agent, script_args, torch.tensor(5)))
-    counts["iteration"] = sum(counts.values())
-    return counts
+    with counter:
+        batch = buffer.sample(script_args.batch_size)
+        parts["batch"] = counter.count
+        update(agent, batch, script_args, torch.tensor(5))
+    parts["rest of update"] = counter.count - sum(parts.values())
+    return {**parts, "iteration": counter.count}
 
 
 def device_name(device: torch.device) -> str:

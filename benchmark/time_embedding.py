@@ -62,9 +62,13 @@ def actor_class(variant: str) -> type:
             self.t_emb, self.r_emb = embedding(dim, scale, with_mlp), embedding(dim, scale, with_mlp)
             self.net = ofql.mlp(act_dim + 2 * dim + obs_dim, act_dim)
 
-        def forward(self, a_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-            times = torch.cat([self.t_emb(t), self.r_emb(r)], dim=-1).expand(len(a_t), -1)
-            return self.net(torch.cat([a_t, times, obs], dim=-1))
+        def embed(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.t_emb(t), self.r_emb(r)], dim=-1)
+
+        @property
+        def one_step_times(self) -> torch.Tensor:  # a learned embedding: computed at each call
+            ones = torch.ones(1, 1, device=self.net[0].weight.device)
+            return self.embed(0 * ones, ones)
 
     return VariantActor
 

@@ -36,8 +36,13 @@ def test_the_cpu_mode_runs_every_part_and_prints_one_line(tmp_path):
         assert pair["ok"] and pair["comparison"]["windows"] == 2 and pair["comparison"]["max_rel"] == 0
         assert pair["eager"]["training_step"] == pair["graph"]["training_step"] == "eager"
     assert report["speed"]["figures"]["ofql"]["eager"]["updates_per_sec"] > 0
+    sweep = report["sweep"]
+    assert sweep["ok"] and [c["windows"] for c in sweep["parity"]["members"]] == [2, 2]
+    assert all(c["max_rel"] == 0 for c in sweep["parity"]["members"])
+    assert sweep["figures"]["algorithms"]["ofql"]["eager"]["members"]["2"]["member_updates_per_sec"] > 0
     summary = (tmp_path / "summary.md").read_text()
     assert "**PASS**" in summary and "| ofql.py: eager vs CUDA graph | pass |" in summary
+    assert "| sweep.py: eager vs CUDA graph, sweep_speed.py | pass | 2 members" in summary
 
 
 def test_identical_logs_pass():

@@ -5,8 +5,11 @@ writes the run folder the script would, and a member's checkpoint resumes with t
 import dataclasses
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -206,3 +209,60 @@ def test_bad_grids_are_one_line_and_exit_code_2(tmp_path, flags, message):
     )
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_a_stopped_sweep_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch):
+    """Two members to step 40 in one go, or to step 20 and then --resume from their checkpoints: the same numbers, bit
+    for bit (networks, Adam moments and the generators all come back), in the same run folders."""
+    monkeypatch.chdir(tmp_path)
+    base = script_args(ofql, hopper_file, "--total-steps", "40", "--eval-every", "20", "--save-model")
+    grid = [dataclasses.replace(base, seed=s, eta=e) for s, e in ((0, 0.1), (1, 0.3))]
+    whole = [records(p) for p in sweep.train(ofql, grid, "whole")]
+    first = sweep.train(ofql, [dataclasses.replace(a, total_steps=20) for a in grid], "part")
+    checkpoints = [os.path.join(os.path.dirname(p), "checkpoint.pt") for p in first]
+    resumed = sweep.train(
+        ofql, [dataclasses.replace(a, resume=c) for a, c in zip(grid, checkpoints)], "part", checkpoints
+    )
+    assert [os.path.dirname(p) for p in resumed] == [os.path.dirname(p) for p in first]
+    assert [records(p) for p in resumed] == whole
+    assert [e["step"] for e in json.load(open(resumed[1]))["evaluations"]] == [20, 40]
+
+
+def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(tmp_path, hopper_file):
+    """A real SIGTERM to a running sweep: exit code 143, every member's checkpoint of the step it stopped at, and one
+    line whose command finishes the sweep."""
+    flags = ["ofql.py", "--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--no-cuda", "--seeds", "0", "1"]
+    flags += ["--batch-size", "32", "--total-steps", "100000", "--log-every", "5", "--eval-every", "100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "sweep.py"), *flags, "--save-model"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 120
+    while not list(tmp_path.glob("runs/*/metrics.jsonl")) or not all(
+        p.stat().st_size for p in tmp_path.glob("runs/*/metrics.jsonl")
+    ):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    line = err.strip().splitlines()[-1]
+    assert "SIGTERM at step" in line and "continue with: python" in line
+    step = int(line.split("SIGTERM at step ")[1].split(":")[0])
+    states = [torch.load(p, weights_only=False) for p in sorted(tmp_path.glob("runs/*/checkpoint.pt"))]
+    assert len(states) == 2 and {s["step"] for s in states} == {step}
+    command = shlex.split(line.split("continue with: ")[1])
+    resumed = command[command.index("--resume") + 1 :]
+    assert len(resumed) == 2 and all((tmp_path / p).is_file() for p in resumed) and "__0__" in resumed[0]
+    total = command.index("--total-steps") + 1
+    command[total] = str(step + 10)
+    done = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for summary in tmp_path.glob("runs/*/summary.json"):
+        assert json.load(open(summary))["steps"] == step + 10
