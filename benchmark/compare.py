@@ -34,7 +34,8 @@ class Args:
     data_dir: str = os.path.join(ROOT, "..", "shared", "datasets")
     """folder of local D4RL-layout files; '' uses the real D4RL files (downloaded and cached)"""
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
-    """which algorithms to run, from: bc, ofql, dql, fql"""
+    """which algorithms to run, from: bc, ofql, dql, fql (with --plot-only, any experiment name in --out-dir/runs,
+    e.g. a sweep's ofql_eta0.1)"""
     presets: bool = False
     """use each script's per-dataset steps, evaluation episodes and candidates (the paper's protocol) instead of
     --total-steps, --eval-episodes and --num-candidates"""
@@ -55,6 +56,8 @@ class Args:
     """runs in parallel (each with one CPU thread on the CPU)"""
     out_dir: str = os.path.join(ROOT, "benchmark", "results", "learning_check")
     """where the runs, the table (results.md, results.json) and the curves (curves.png) go"""
+    sweep: bool = False
+    """if toggled, each (dataset, algorithm)'s runs (all --seeds) train together in one sweep.py process"""
     plot_only: bool = False
     """skip training; rebuild the table and the PNG from the runs in --out-dir"""
     keep_rows: bool = True
@@ -78,15 +81,16 @@ def run_name(env_id: str, algorithm: str, seed: int) -> str:
     return f"{env_id}__{algorithm}__{seed}"
 
 
-def launch(args: Args, env_id: str, algorithm: str, seed: int) -> subprocess.Popen:
+def launch(args: Args, env_id: str, algorithm: str, seed: int | None) -> subprocess.Popen:
+    """One run of the script, or with seed None the sweep of all --seeds."""
     script, flags = ALGORITHMS[algorithm]
+    seeds = ["--seed", str(seed)] if seed is not None else ["--seeds", *map(str, args.seeds)]
     cmd = [
         sys.executable,
-        os.path.join(ROOT, script),
+        *([os.path.join(ROOT, "sweep.py"), script] if seed is None else [os.path.join(ROOT, script)]),
         "--env-id",
         env_id,
-        "--seed",
-        str(seed),
+        *seeds,
         "--exp-name",
         algorithm,
         "--eval-every",
@@ -105,7 +109,7 @@ def launch(args: Args, env_id: str, algorithm: str, seed: int) -> subprocess.Pop
         ]
     if args.data_dir:
         cmd += ["--dataset-path", dataset_file(args, env_id)]
-    log = open(os.path.join(args.out_dir, run_name(env_id, algorithm, seed) + ".log"), "w")
+    log = open(os.path.join(args.out_dir, run_name(env_id, algorithm, "sweep" if seed is None else seed) + ".log"), "w")
     print(" ".join(cmd[1:]), flush=True)
     return subprocess.Popen(
         cmd, cwd=args.out_dir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
@@ -113,7 +117,8 @@ def launch(args: Args, env_id: str, algorithm: str, seed: int) -> subprocess.Pop
 
 
 def train_all(args: Args) -> None:
-    queue = [(d, a, s) for d in args.datasets for a in args.algorithms for s in args.seeds]
+    seeds = [None] if args.sweep else args.seeds
+    queue = [(d, a, s) for d in args.datasets for a in args.algorithms for s in seeds]
     running, start = [], time.time()
     while queue or running:
         while queue and len(running) < args.jobs:
@@ -152,7 +157,8 @@ def write_report(args: Args) -> None:
     fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
     for ax, env_id in zip(axes[0], args.datasets):
         data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if args.data_dir else None
-        shown_algorithms = [a for a in ALGORITHMS if a in args.algorithms or (env_id, a) in previous]
+        kept = [a for a in ALGORITHMS if (env_id, a) in previous and a not in args.algorithms]
+        shown_algorithms = [*args.algorithms, *kept]  # any run names too, e.g. a sweep's ofql_eta0.1
         for algorithm in shown_algorithms:
             runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
             if runs:

@@ -152,3 +152,32 @@ def test_time_embedding_offline_measures_on_a_flow_known_exactly():
     assert m["one_step_to_ode"] < 1e-12 and m["one_step_to_data"] < 1e-12 and m["ode_to_data"] < 1e-12
     m = time_embedding.offline_measures(PointMassVelocity(), obs, actions + 0.1)
     assert m["one_step_to_data"] == pytest.approx(0.01, rel=1e-4)
+
+
+def test_with_sweep_one_process_trains_all_seeds_of_a_dataset_and_algorithm(tmp_path, monkeypatch):
+    launched = []
+    monkeypatch.setattr(compare.subprocess, "Popen", lambda cmd, **kw: launched.append(cmd))
+    args = compare.Args(data_dir="", out_dir=str(tmp_path), seeds=[0, 3], sweep=True)
+    compare.launch(args, "hopper-medium-replay-v2", "bc", None)
+    cmd = launched[0]
+    assert cmd[1].endswith("sweep.py") and cmd[2] == "ofql.py" and cmd[cmd.index("--seeds") + 1 :][:2] == ["0", "3"]
+    assert "--seed" not in cmd and cmd[cmd.index("--eta") + 1] == "0" and cmd[cmd.index("--exp-name") + 1] == "bc"
+
+
+def test_sweep_speed_writes_member_updates_and_the_ratio(tmp_path):
+    import sweep_speed
+
+    args = sweep_speed.Args(
+        device="cpu", algorithms=["ofql", "fql"], members=[1, 2], warmup=1, updates=2, rounds=1, out_dir=str(tmp_path)
+    )
+    result = sweep_speed.main(args)
+    for name in ("ofql", "fql"):
+        eager = result["algorithms"][name]["eager"]
+        assert eager["plain_updates_per_sec"] > 0 and set(eager["members"]) == {"1", "2"}
+        for m in eager["members"].values():  # N x (one run's seconds) / (the sweep's seconds)
+            assert m["vs_one_after_another"] == pytest.approx(
+                m["member_updates_per_sec"] / eager["plain_updates_per_sec"]
+            )
+    hours = result["table1_ofql"]
+    assert hours["member_updates"] == 15 * (9 * 2_000_000 + 8 * 1_000_000) and hours["members"] == 2
+    assert (tmp_path / "cpu.md").read_text().count("| eager |") == 2

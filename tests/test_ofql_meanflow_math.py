@@ -127,12 +127,30 @@ def test_jvp_of_the_policy_matches_finite_differences():
 
 
 class ExactPolicy(torch.nn.Module):
-    """Stands in for ofql.Actor: the exact u(a_t, r, t) of the Gaussian flow, ignoring the state."""
+    """Stands in for ofql.Actor, with its interface: the exact u(a_t, r, t) of the Gaussian flow, ignoring the state;
+    its "embedding" of (r, t) is [t, r] itself."""
 
     act_dim = 2
+    one_step_times = torch.tensor([[1.0, 0.0]])  # t = 1, r = 0
+
+    def embed(self, r, t):
+        return torch.cat([t, r], dim=-1)
+
+    def average_velocity(self, a_t, times, obs):
+        return exact_u(a_t, times[:, 1:], times[:, :1])
 
     def forward(self, a_t, r, t, obs):
-        return exact_u(a_t, r, t)
+        return self.average_velocity(a_t, self.embed(r, t), obs)
+
+
+def test_the_one_step_action_reads_the_embedding_of_r_0_and_t_1():
+    """sample_actions reads the actor's one_step_times buffer: it must be the embedding of (r, t) = (0, 1), so that
+    average_velocity(eps, one_step_times, s) is u(eps, 0, 1; s) (a swapped (1, 0) would fail)."""
+    torch.manual_seed(5)
+    actor, obs, eps = ofql.Actor(5, 3), torch.randn(16, 5), torch.randn(16, 3)
+    zeros, ones = torch.zeros(1, 1), torch.ones(1, 1)
+    torch.testing.assert_close(actor.average_velocity(eps, actor.one_step_times, obs), actor(eps, zeros, ones, obs))
+    assert not torch.allclose(actor(eps, ones, zeros, obs), actor(eps, zeros, ones, obs))
 
 
 def test_one_step_action_equals_fine_ode_integration():
