@@ -157,8 +157,8 @@ def write_report(args: Args) -> None:
     fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
     for ax, env_id in zip(axes[0], args.datasets):
         data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if args.data_dir else None
-        kept = [a for a in ALGORITHMS if (env_id, a) in previous and a not in args.algorithms]
-        shown_algorithms = [*args.algorithms, *kept]  # any run names too, e.g. a sweep's ofql_eta0.1
+        shown_algorithms = [a for a in ALGORITHMS if a in args.algorithms or (env_id, a) in previous]
+        shown_algorithms += [a for a in args.algorithms if a not in ALGORITHMS]  # other names, e.g. ofql_eta0.1
         for algorithm in shown_algorithms:
             runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
             if runs:

@@ -80,6 +80,11 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     assert [r["algorithm"] for r in results] == ["ofql", "dql", "fql"]
     compare.write_report(dataclasses.replace(args, keep_rows=False))
     assert "| dql |" not in open(os.path.join(out, "results.md")).read()
+    # a sweep's members by their experiment names, after the usual ones
+    fake_run(out, "hopper-medium-v2", "ofql_eta0.3", 0, [9.0, 8.0, 7.0])
+    compare.write_report(dataclasses.replace(args, algorithms=["ofql_eta0.3", "ofql"], keep_rows=False))
+    table = open(os.path.join(out, "results.md")).read()
+    assert table.index("| ofql | 1 | 3.0") < table.index("| ofql_eta0.3 | 1 | 7.0 ± 0.0 | 9.0 ± 0.0 |")
 
 
 @pytest.mark.parametrize("presets", [False, True])
