@@ -497,3 +497,54 @@ def test_a_run_stopped_by_sigterm_resumes_bit_for_bit(tmp_path, hopper_file, mon
         if key != "step" and not key.startswith("eval/"):
             parts = (s - cut_start) * ours[s][key] + (cut_end - s) * ours[cut_end][key]
             assert parts / (cut_end - cut_start) == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+class CreatesAFile:
+    """Unpickling this object calls open(path, "w"): what a shared checkpoint.pt could do to whoever resumes it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_resume_refuses_a_checkpoint_whose_pickle_would_run_code(tmp_path, hopper_file, monkeypatch, algo):
+    monkeypatch.chdir(tmp_path)
+    run_dir = os.path.dirname(algo.train(algo.parse_args(small_run_flags(hopper_file, 20) + ["--save-model"])))
+    checkpoint, marker = os.path.join(run_dir, "checkpoint.pt"), tmp_path / "code_ran"
+    state = torch.load(checkpoint)
+    torch.save({**state, "config": {**state["config"], "note": CreatesAFile(marker)}}, checkpoint)
+    torch.load(checkpoint, weights_only=False)  # the negative control: an unsafe load runs it
+    assert marker.exists()
+    marker.unlink()
+    proc = run_script(tmp_path, algo, *small_run_flags(hopper_file, 40), "--resume", checkpoint)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"{algo.__name__}.py: error: cannot resume from {checkpoint}: it holds a Python object (io.open) that "
+        "only an unsafe load could build; not loaded"
+    ), proc.stderr
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_the_previous_format_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch, algo):
+    """The previous format kept numpy's random state as an array and the torch version as a TorchVersion; resumed, it
+    gives what the same checkpoint in today's format gives."""
+    monkeypatch.chdir(tmp_path)
+    flags = small_run_flags(hopper_file, 20) + ["--save-model"]
+    runs = [os.path.dirname(algo.train(algo.parse_args(flags))) for _ in range(2)]
+    old = os.path.join(runs[1], "checkpoint.pt")
+    state = torch.load(old)
+    np.random.set_state(state["rng"]["numpy"])
+    state["rng"]["numpy"], state["config"]["torch"] = np.random.get_state(), torch.__version__
+    torch.save(state, old)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(old)  # it is the previous format
+    finals = []
+    for run_dir in runs:
+        checkpoint = os.path.join(run_dir, "checkpoint.pt")
+        algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model", "--resume", checkpoint]))
+        finals.append(torch.load(checkpoint))
+    for net in networks(algo):
+        for key in finals[0][net]:
+            assert torch.equal(finals[0][net][key], finals[1][net][key]), f"{net}.{key}"
+    assert _comparable(finals[0]["evals"]) == _comparable(finals[1]["evals"])
