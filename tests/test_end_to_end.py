@@ -14,6 +14,7 @@ import sys
 import time
 
 import h5py
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -548,3 +549,19 @@ def test_a_checkpoint_of_the_previous_format_resumes_bit_for_bit(tmp_path, hoppe
         for key in finals[0][net]:
             assert torch.equal(finals[0][net][key], finals[1][net][key]), f"{net}.{key}"
     assert _comparable(finals[0]["evals"]) == _comparable(finals[1]["evals"])
+
+
+def test_capture_video_records_the_first_episode_of_each_evaluation(tmp_path, hopper_file, monkeypatch, algo):
+    """--capture-video (with --track, offline): runs/<run>/videos/step_<step>.mp4 for each evaluation, frames of a
+    moving hopper rendered off-screen (no display here; this fails, never skips, where rendering is impossible), and
+    the same evaluations as without it."""
+    monkeypatch.chdir(tmp_path)
+    flags = small_run_flags(hopper_file, 40) + ["--track"]
+    with_video = json.load(open(algo.train(algo.parse_args(flags + ["--capture-video"]))))
+    without = json.load(open(algo.train(algo.parse_args(flags))))
+    videos = glob.glob("runs/*/videos")  # the first run's only
+    assert len(videos) == 1 and sorted(os.listdir(videos[0])) == ["step_20.mp4", "step_40.mp4"]
+    frames = iio.imread(os.path.join(videos[0], "step_20.mp4"))
+    assert frames.ndim == 4 and len(frames) > 5 and frames.shape[-1] == 3
+    assert np.abs(frames[0].astype(float) - frames[-1]).mean() > 1  # the hopper moved
+    assert _comparable(with_video["evaluations"]) == _comparable(without["evaluations"])
