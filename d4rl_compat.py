@@ -14,7 +14,7 @@ Public API:
                                                                          the scripts' flags and run files, checked
     rng_state, set_rng_state, load_checkpoint                           checkpoints that load without running code
     stop_signals, Interrupted                                            SIGINT and SIGTERM as a clean stop
-    evaluation_envs, EpisodeVideo                                        the evaluation envs, the first one recorded
+    evaluation_envs, EpisodeVideo, renderable                           the evaluation envs, the first one recorded
 """
 
 import contextlib
@@ -1107,19 +1107,30 @@ def eval_env_factory(env_id: str) -> Callable[[], gym.Env] | None:
 # ---------------------------------------------------------------------------------------------------------------
 # The evaluation envs of a run, stepped together; with --capture-video the first one is recorded
 # ---------------------------------------------------------------------------------------------------------------
+def renderable(env: gym.Env) -> gym.Env:
+    """`env`, rendering rgb_array frames off-screen (MUJOCO_GL=egl unless it is set) through the model's "track"
+    camera where it has one (gymnasium's free camera does not follow the MuJoCo locomotion bodies)."""
+    base = env.unwrapped
+    if "rgb_array" not in base.metadata.get("render_modes", []):
+        raise UserError(f"the evaluation env {base} cannot render frames (--capture-video)")
+    os.environ.setdefault("MUJOCO_GL", "egl")  # read when the first frame is rendered
+    base.render_mode = "rgb_array"
+    renderer = getattr(base, "mujoco_renderer", None)
+    if renderer is not None and mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track") >= 0:
+        renderer.camera_id = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    return env
+
+
 class EpisodeVideo(gym.wrappers.RecordVideo):
-    """gymnasium's RecordVideo, rendering off-screen (MUJOCO_GL=egl unless it is set), of one episode at a time: the
-    first that starts after record(name), to <folder>/<name>.mp4, written as soon as it ends (RecordVideo waits for
-    the next reset). No frame is rendered outside the recorded episodes."""
+    """gymnasium's RecordVideo of a renderable env, one episode at a time: the first that starts after record(name),
+    to <folder>/<name>.mp4, written as soon as it ends (RecordVideo waits for the next reset). No frame is rendered
+    outside the recorded episodes."""
 
     def __init__(self, env: gym.Env, folder: str):
-        if "rgb_array" not in env.unwrapped.metadata.get("render_modes", []):
-            raise UserError(f"--capture-video: the evaluation env {env.unwrapped} cannot render frames")
-        os.environ.setdefault("MUJOCO_GL", "egl")  # read when the first frame is rendered
-        env.unwrapped.render_mode, self.next_name = "rgb_array", None
+        self.next_name = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # RecordVideo warns about a folder that exists (a resumed run's)
-            super().__init__(env, folder, episode_trigger=lambda _: self.next_name is not None)
+            super().__init__(renderable(env), folder, episode_trigger=lambda _: self.next_name is not None)
 
     def record(self, name: str) -> str:
         """Record the next episode; returns the path of its video."""

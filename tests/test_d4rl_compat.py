@@ -463,7 +463,7 @@ def test_capture_video_refuses_an_env_that_cannot_render_and_a_dataset_without_o
     class Blind(gym.Env):
         observation_space = action_space = gym.spaces.Box(-1, 1, (1,))
 
-    with pytest.raises(d4rl_compat.UserError, match="--capture-video: the evaluation env .* cannot render frames"):
+    with pytest.raises(d4rl_compat.UserError, match="the evaluation env .* cannot render frames"):
         d4rl_compat.evaluation_envs(Blind, 1, str(tmp_path))
     with pytest.raises(d4rl_compat.UserError, match="--capture-video needs an evaluation environment"):
         d4rl_compat.evaluation_envs(None, 1, str(tmp_path))
