@@ -12,6 +12,9 @@ Public API:
     UserError, DatasetError                                              reported by the scripts as one line, exit 2
     check_flags, run_folder, check_resume, trim_log, replaced_when_written, how_to_continue
                                                                          the scripts' flags and run files, checked
+    rng_state, set_rng_state, load_checkpoint                           checkpoints that load without running code
+    stop_signals, Interrupted                                            SIGINT and SIGTERM as a clean stop
+    evaluation_envs, EpisodeVideo, renderable                           the evaluation envs, the first one recorded
 """
 
 import contextlib
@@ -21,7 +24,11 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import random
+import re
 import shlex
+import signal
 import tempfile
 import urllib.error
 import urllib.request
@@ -34,6 +41,7 @@ import gymnasium as gym
 import h5py
 import mujoco
 import numpy as np
+import torch
 from tqdm import tqdm
 
 __all__ = [
@@ -138,8 +146,8 @@ FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (
 }
 # the flags a --resume may change (the length, logging, evaluation, the device), and what config.json adds to them
 RESUMABLE = set(
-    "resume total_steps exp_name cuda cuda_graph track wandb_project_name wandb_entity save_model eval_every "
-    "eval_episodes num_candidates log_every device training_step torch".split()
+    "resume total_steps exp_name cuda cuda_graph capture_video track wandb_project_name wandb_entity save_model "
+    "eval_every eval_episodes num_candidates log_every device training_step torch".split()
 )
 
 
@@ -220,14 +228,107 @@ def replaced_when_written(path: str):
             os.remove(tmp)
 
 
-def how_to_continue(argv: list[str], run_dir: str, args) -> str:
-    """After Ctrl-C: the last checkpoint of the run (in `run_dir`, else --resume's) and the command line `argv`
-    (sys.argv) with --resume pointing at it; or why there is none."""
+def how_to_continue(argv: list[str], run_dir: str, args, stopped_at: int | None = None) -> str:
+    """After SIGINT or SIGTERM: the step the run stopped at (`stopped_at`: saved, with --save-model) or else its last
+    checkpoint (in `run_dir`, else --resume's), and the command line `argv` (sys.argv) with --resume pointing at it;
+    or why there is none."""
     last = next((p for p in (os.path.join(run_dir, "checkpoint.pt"), args.resume) if p and os.path.isfile(p)), None)
+    stop = "" if stopped_at is None else f"stopped at step {stopped_at}; "
+    unsaved = "" if args.save_model else " (--save-model is off: add it to keep a checkpoint next time)"
     if last is None:
-        return "no checkpoint was written" + ("" if args.save_model else " (--save-model is off)")
+        return stop + ("nothing was saved" if stop else "no checkpoint was written") + unsaved
+    saved = "saved in" if stop and args.save_model else "nothing was saved since" if stop else "last checkpoint"
     flags = [a for a, before in zip(argv[1:], argv) if not a.startswith("--resume") and before != "--resume"]
-    return f"last checkpoint {last}; continue with: {shlex.join(['python', argv[0], *flags, '--resume', last])}"
+    return f"{stop}{saved} {last}{unsaved}; continue with: {shlex.join(['python', argv[0], *flags, '--resume', last])}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption or time limit): a stop at the end of a step, which is saved
+# ---------------------------------------------------------------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM: str() is the line to print, `exit_code` 128 + the signal's number (130,
+    143), as for a process that the signal ended."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+
+def raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum=signum)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises Interrupted as SIGINT raises KeyboardInterrupt (by default it ends the process without a word)."""
+    signal.signal(signal.SIGTERM, raise_interrupted)
+
+
+@contextlib.contextmanager
+def stop_signals(how_to_continue: Callable[[], str] = str):
+    """While active, a first SIGINT or SIGTERM only appends its number to the yielded list, which a training loop
+    reads once per step, to save that step and stop after it; a second one raises Interrupted at once. A
+    KeyboardInterrupt from inside leaves as an Interrupted whose line is how_to_continue()."""
+    received: list[int] = []
+
+    def handler(signum: int, frame) -> None:
+        if received:
+            raise_interrupted(signum, frame)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    except KeyboardInterrupt as e:
+        raise Interrupted(how_to_continue(), getattr(e, "signum", signal.SIGINT)) from None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints that load without running code: torch.load(weights_only=True) builds tensors and plain values only
+# ---------------------------------------------------------------------------------------------------------------
+# the types that checkpoints of the previous format hold besides tensors and plain values, and no others: numpy's
+# random state (now a list) and the torch version in the config (now a str)
+PREVIOUS_FORMAT_TYPES = [
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    np.dtypes.UInt32DType,
+    torch.torch_version.TorchVersion,
+]
+
+
+def rng_state() -> dict:
+    """The states of Python's, numpy's, torch's and CUDA's generators, as tuples, lists, numbers and tensors."""
+    kind, keys, *rest = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), *rest),
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+    }
+
+
+def set_rng_state(rng: dict) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint's contents, read with weights_only=True (and the few types of the previous format): a file
+    whose pickle holds anything else, which could run code as it is built, is refused before it is built."""
+    try:
+        with torch.serialization.safe_globals(PREVIOUS_FORMAT_TYPES):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(e))
+        what = next((g for g in found.groups() if g), "?") if found else str(e).splitlines()[0]
+        raise UserError(f"it holds a Python object ({what}) that only an unsafe load could build; not loaded") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -687,7 +788,7 @@ class D4RLAntMazeEnv(gym.Env):
     expose_all_qpos; goal_reaching_env.py _get_obs appends no goal when eval=True).
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # dt = 0.1 s
 
     def __init__(self, maze: str):
         from gymnasium_robotics.envs.maze.ant_maze_v5 import AntMazeEnv
@@ -771,6 +872,9 @@ class D4RLAntMazeEnv(gym.Env):
         obs = self._obs()
         success = bool(np.linalg.norm(obs[:2] - self.goal) <= ANTMAZE_GOAL_RADIUS)
         return obs, float(success), success, False, {"success": success, "goal": self.goal.copy()}
+
+    def render(self):
+        return self.ant.mujoco_renderer.render("rgb_array")
 
     def close(self):
         self.maze_env.close()
@@ -875,7 +979,7 @@ class D4RLKitchenEnv(gym.Env):
     misaligned, reward on the true state) and, with mujoco 4.0.0, its constructor fails an assertion.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 12.5}  # dt = 40 x 2 ms
 
     def __init__(self, tasks, obs_noise: bool = True):
         from gymnasium_robotics.envs.franka_kitchen.franka_env import FrankaRobot
@@ -920,6 +1024,9 @@ class D4RLKitchenEnv(gym.Env):
         self.remaining -= set(completed)
         info = {"tasks_to_complete": sorted(self.remaining), "step_task_completions": sorted(completed)}
         return obs, float(len(completed)), not self.remaining, False, info  # TERMINATE_ON_TASK_COMPLETE = True
+
+    def render(self):
+        return self.robot.mujoco_renderer.render("rgb_array")
 
 
 def make_kitchen_env(env_id: str) -> gym.Env:
@@ -995,3 +1102,58 @@ def eval_env_factory(env_id: str) -> Callable[[], gym.Env] | None:
     except ImportError:
         return None
     return functools.partial(makers[domain], env_id) if domain in makers else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The evaluation envs of a run, stepped together; with --capture-video the first one is recorded
+# ---------------------------------------------------------------------------------------------------------------
+def renderable(env: gym.Env) -> gym.Env:
+    """`env`, rendering rgb_array frames off-screen (MUJOCO_GL=egl unless it is set) through the model's "track"
+    camera where it has one (gymnasium's free camera does not follow the MuJoCo locomotion bodies)."""
+    base = env.unwrapped
+    if "rgb_array" not in base.metadata.get("render_modes", []):
+        raise UserError(f"the evaluation env {base} cannot render frames (--capture-video)")
+    os.environ.setdefault("MUJOCO_GL", "egl")  # read when the first frame is rendered
+    base.render_mode = "rgb_array"
+    renderer = getattr(base, "mujoco_renderer", None)
+    if renderer is not None and mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track") >= 0:
+        renderer.camera_id = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    return env
+
+
+class EpisodeVideo(gym.wrappers.RecordVideo):
+    """gymnasium's RecordVideo of a renderable env, one episode at a time: the first that starts after record(name),
+    to <folder>/<name>.mp4, written as soon as it ends (RecordVideo waits for the next reset). No frame is rendered
+    outside the recorded episodes."""
+
+    def __init__(self, env: gym.Env, folder: str):
+        self.next_name = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # RecordVideo warns about a folder that exists (a resumed run's)
+            super().__init__(renderable(env), folder, episode_trigger=lambda _: self.next_name is not None)
+
+    def record(self, name: str) -> str:
+        """Record the next episode; returns the path of its video."""
+        self.next_name = name
+        return os.path.join(self.video_folder, f"{name}.mp4")
+
+    def start_recording(self, video_name: str) -> None:
+        super().start_recording(self.next_name)
+        self.next_name = None
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.recording and (terminated or truncated):
+            self.stop_recording()
+        return obs, reward, terminated, truncated, info
+
+
+def evaluation_envs(make_env: Callable[[], gym.Env] | None, num_envs: int, video_folder: str | None = None):
+    """`num_envs` evaluation envs in a SyncVectorEnv (None without an env), the first an EpisodeVideo into
+    `video_folder` if one is given."""
+    if make_env is None:
+        if video_folder:
+            raise UserError("--capture-video needs an evaluation environment, and this dataset has none")
+        return None
+    first = make_env if video_folder is None else lambda: EpisodeVideo(make_env(), video_folder)
+    return gym.vector.SyncVectorEnv([first] + [make_env] * (num_envs - 1))

@@ -6,6 +6,7 @@ with the policy swapped (`diff dql.py ofql.py`). Eq. N: the OFQL paper, which re
 import argparse
 import collections
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -54,6 +55,8 @@ class Args:
     """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation"""
     resume: str | None = None
     """path of a checkpoint.pt to continue from (run it with the same flags as the original run)"""
+    capture_video: bool = False
+    """if toggled, the first episode of each evaluation is recorded to runs/<run_name>/videos (and sent with --track)"""
 
     # Algorithm specific arguments (the defaults shown by --help are the presets of --env-id)
     total_steps: int = 2_000_000
@@ -427,9 +430,9 @@ def evaluate(policies: list, envs: gym.vector.VectorEnv, source: d4rl_compat.Dat
 # Checkpoints
 # ---------------------------------------------------------------------------------------------------------------
 def save_checkpoint(run_dir: str, agent: Agent, step: int, evals: list, elapsed: float, config: dict) -> None:
+    """Tensors and plain values only (random states included), so that torch.load(weights_only=True) reads it."""
     state = {name: getattr(agent, name).state_dict() for name in Agent.__dataclass_fields__}
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    rng["cuda"] = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    rng = d4rl_compat.rng_state()
     with d4rl_compat.replaced_when_written(f"{run_dir}/checkpoint.pt") as tmp:  # never half a checkpoint
         torch.save({**state, "step": step, "evals": evals, "elapsed": elapsed, "rng": rng, "config": config}, tmp)
 
@@ -437,17 +440,13 @@ def save_checkpoint(run_dir: str, agent: Agent, step: int, evals: list, elapsed:
 def resume(path: str, agent: Agent, config: dict) -> tuple[int, list, float]:
     """Load a checkpoint of a run with these flags (check_resume); drop its later logs. -> (next step, evals, secs)"""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = d4rl_compat.load_checkpoint(path)  # weights_only: a file that would run code is refused unbuilt
         d4rl_compat.check_resume(config, state["config"], state["step"])
         for name in Agent.__dataclass_fields__:
             getattr(agent, name).load_state_dict(state[name])
-    except Exception as e:  # missing, empty, truncated, another run's: one line
+    except Exception as e:  # missing, empty, truncated, another run's, unsafe: one line
         raise UserError(f"cannot resume from {path}: {e if isinstance(e, UserError) else repr(e)}") from None
-    random.setstate(state["rng"]["python"])
-    np.random.set_state(state["rng"]["numpy"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    d4rl_compat.set_rng_state(state["rng"])
     d4rl_compat.trim_log(os.path.join(os.path.dirname(path), "metrics.jsonl"), state["step"])
     return state["step"] + 1, state["evals"], state["elapsed"]
 
@@ -512,13 +511,14 @@ def train(args: Args) -> str:
 
     buffer = OfflineBuffer(source.data, device)
     agent = make_agent(source.obs_dim, source.act_dim, args, device)
-    envs = None if source.make_env is None else gym.vector.SyncVectorEnv([source.make_env] * args.eval_episodes)
+    videos = f"{run_dir}/videos" if args.capture_video else None  # the first env records an episode per evaluation
+    envs = d4rl_compat.evaluation_envs(source.make_env, args.eval_episodes, videos)
     if source.limitation:
         print(f"NOTE: {args.env_id}: {source.limitation}")
     use_graph = args.cuda_graph and device.type == "cuda"
     config = {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}
     config.update(device=str(device), training_step="cuda_graph" if use_graph else "eager")
-    config.update(transitions=buffer.size, torch=torch.__version__)
+    config.update(transitions=buffer.size, torch=str(torch.__version__))  # a str: weights_only loads it
     start_step, evals, elapsed = resume(args.resume, agent, config) if args.resume else (1, [], 0.0)
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
         set_capturable(optimizer, use_graph)  # after the resume, which restores the saved run's mode
@@ -543,18 +543,19 @@ def train(args: Args) -> str:
         wandb.init(config=config, save_code=True, resume="allow", id=where["name"], **where)
     metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)  # line-buffered
 
-    metric_sum, window_steps, first_bad = 0.0, 0, -1
+    metric_sum, window_steps, first_bad, stopping = 0.0, 0, -1, False
     session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
     progress = dict(initial=start_step - 1, total=args.total_steps, desc=args.env_id, unit="step", mininterval=2)
-    try:
+    how_to_continue = functools.partial(d4rl_compat.how_to_continue, sys.argv, run_dir, args)  # __main__ prints it
+    with d4rl_compat.stop_signals(how_to_continue) as stop_signal:  # SIGINT, SIGTERM: stop after this step, saved
         for step in tqdm(range(start_step, args.total_steps + 1), **progress):
             metrics = iteration()
             values = torch.stack(list(metrics.values()))
-            metric_sum, window_steps = metric_sum + values, window_steps + 1
+            metric_sum, window_steps, stopping = metric_sum + values, window_steps + 1, bool(stop_signal)
             # the first step at which each metric became non-finite, kept on the device: no sync per step
             first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
             eval_step = step % args.eval_every == 0 or step == args.total_steps
-            if step % args.log_every != 0 and not eval_step:
+            if step % args.log_every != 0 and not eval_step and not stopping:
                 continue
 
             means = (metric_sum / window_steps).tolist()  # the only host sync of a logging window
@@ -566,17 +567,22 @@ def train(args: Args) -> str:
                 raise UserError(f"non-finite {list(metrics)[index]} at step {bad_step}; stopping ({hint})")
             record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
             if envs is not None and eval_step:
+                video = envs.envs[0].record(f"step_{step}") if args.capture_video else None  # its first episode
                 evals.append({"step": step, **evaluate(policies, envs, source, args, device)})
                 record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step" and v is not None})
+                if video and args.track:
+                    wandb.log({"eval/video": wandb.Video(video, format="mp4")}, step=step)
             tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             metrics_file.write(json.dumps(record) + "\n")
             if args.track:
                 wandb.log(record, step=step)
-            if args.save_model and eval_step:
+            if args.save_model and (eval_step or stopping):
                 save_checkpoint(run_dir, agent, step, evals, elapsed + time.time() - session_start, config)
             metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
-    except KeyboardInterrupt:  # __main__ prints it in one line: the checkpoint to resume from, and the command
-        raise KeyboardInterrupt(d4rl_compat.how_to_continue(sys.argv, run_dir, args)) from None
+            if stopping:
+                break
+    if stopping:
+        raise d4rl_compat.Interrupted(how_to_continue(stopped_at=step), stop_signal[0])
 
     steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
     summary = summarize(args, source, evals, elapsed + time.time() - session_start, steps_per_sec)
@@ -606,9 +612,10 @@ def summarize(args: Args, source: d4rl_compat.DataSource, evals: list, wall_cloc
 
 
 if __name__ == "__main__":
+    d4rl_compat.stop_on_sigterm()  # outside training steps too: one line, not a silent end
     try:
         print(f"summary: {train(parse_args())}")
-    except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, Ctrl-C (how to continue)
+    except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM
         stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
         print(f"{os.path.basename(__file__)}: {stop}: {str(e) or 'no checkpoint was written'}", file=sys.stderr)
-        sys.exit(130 if stop == "interrupted" else 2)  # 130: as for any SIGINT
+        sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)  # 130 / 143: as for SIGINT / SIGTERM

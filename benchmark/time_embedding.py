@@ -182,7 +182,7 @@ def report(args: Args) -> None:
                 continue
             summary = json.load(open(os.path.join(path, "summary.json")))
             actor = actor_class(variant)(obs.shape[1], actions.shape[1])
-            actor.load_state_dict(torch.load(os.path.join(path, "checkpoint.pt"), weights_only=False)["actor"])
+            actor.load_state_dict(d4rl_compat.load_checkpoint(os.path.join(path, "checkpoint.pt"))["actor"])
             rows.append(
                 {
                     "seed": int(seed),

@@ -11,6 +11,7 @@ import warnings
 
 import gymnasium as gym
 import h5py
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -436,3 +437,34 @@ def test_the_normalized_score_of_an_evaluation_without_minari(hopper_file, monke
     assert result["return"] > 10 and result["score"] == pytest.approx(np.mean(scores), rel=1e-9)
     assert result["score_std"] == pytest.approx(np.std(scores), rel=1e-6)
     assert d4rl_compat.normalized_score("hopper-medium-v2", 3234.3) == pytest.approx(100.0)
+
+
+def test_episode_video_records_one_whole_episode_when_asked_and_writes_it_as_it_ends(tmp_path):
+    """evaluation_envs' first env records the episode after record(name), each of its frames (the reset's, then one
+    a step), into name.mp4 as soon as it ends; the next evaluation's episodes, not asked for, are not recorded."""
+    envs = d4rl_compat.evaluation_envs(d4rl_compat.eval_env_factory("hopper-medium-v2"), 2, str(tmp_path / "videos"))
+    path = envs.envs[0].record("step_7")
+    obs, _ = envs.reset(seed=[3, 4])
+    length, rng = 0, np.random.default_rng(0)
+    while True:
+        obs, _, terminated, truncated, _ = envs.step(rng.uniform(-1, 1, (2, 3)))
+        length += 1
+        if terminated[0] or truncated[0]:
+            break
+    assert path == str(tmp_path / "videos" / "step_7.mp4") and os.path.isfile(path)  # before any reset
+    frames = iio.imread(path)
+    assert frames.shape == (length + 1, 480, 480, 3) and frames.std() > 0
+    ofql.run_episodes(lambda o: torch.zeros(len(o), 3), envs, [5, 6], torch.device("cpu"))  # no record() asked
+    envs.close()
+    assert os.listdir(tmp_path / "videos") == ["step_7.mp4"]
+
+
+def test_capture_video_refuses_an_env_that_cannot_render_and_a_dataset_without_one(tmp_path):
+    class Blind(gym.Env):
+        observation_space = action_space = gym.spaces.Box(-1, 1, (1,))
+
+    with pytest.raises(d4rl_compat.UserError, match="the evaluation env .* cannot render frames"):
+        d4rl_compat.evaluation_envs(Blind, 1, str(tmp_path))
+    with pytest.raises(d4rl_compat.UserError, match="--capture-video needs an evaluation environment"):
+        d4rl_compat.evaluation_envs(None, 1, str(tmp_path))
+    assert d4rl_compat.evaluation_envs(None, 1) is None

@@ -218,3 +218,30 @@ def test_max_q_backup_takes_the_max_over_several_next_actions_of_the_ema_policy(
         if max_q:  # the max over the next actions matters here: their min gives another target
             low = torch.min(q1.view(B, k).amin(1), q2.view(B, k).amin(1)).unsqueeze(1)
             assert (metrics["q_target"] - (batch.rewards + 0.99 * (1 - batch.dones) * low).mean()).abs() > 1e-3
+
+
+class RecordingActor(GaussianDataActor):
+    """The exact predictor of a point mass, recording the a_i it is called on."""
+
+    def __init__(self, mu):
+        super().__init__(5, mu, 0.0)
+        self.inputs = []
+
+    def forward(self, a_t, t, obs):
+        self.inputs.append(a_t.clone())
+        return super().forward(a_t, t, obs)
+
+
+def test_the_a0_prediction_is_clipped_to_the_action_range_at_every_step():
+    """Data at a* = 3, outside [-1, 1]: every a_0 prediction is 3, clipped to 1, so the chain follows the posterior
+    mean toward 1 (E[a_{i-1}] = c1_i * 1 + c2_i * E[a_i]); unclipped it would head for 3 and only the final clamp
+    would hide it."""
+    torch.manual_seed(0)
+    actor = RecordingActor(mu=3.0)
+    dql.sample_actions(actor, torch.zeros(200_000, OBS))
+    c = dql.ddpm_schedule(dql.vp_beta_schedule(5))
+    mean = 0.0
+    for i, a_i in zip(reversed(range(5)), actor.inputs):
+        assert a_i.mean().item() == pytest.approx(mean, abs=0.01), i
+        mean = float(c["posterior_mean_coef1"][i] * 1.0 + c["posterior_mean_coef2"][i] * mean)
+    assert 0.5 < actor.inputs[-1].mean().item() < 1.2  # a_1 near the clip, far from 3

@@ -7,12 +7,14 @@ import importlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
 import h5py
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
@@ -97,7 +99,7 @@ def test_script_trains_evaluates_and_writes_a_valid_run(tmp_path, hopper_file, a
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert all(math.isfinite(v) for r in records for v in r.values())
     assert "eval/score" in records[1] and "eval/score" not in records[0]
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    checkpoint = torch.load(run_dir / "checkpoint.pt")
     assert checkpoint["step"] == 40 and all(name in checkpoint for name in algo.Agent.__dataclass_fields__)
 
 
@@ -144,8 +146,8 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, hopper_file, m
     assert _comparable(read_jsonl(resumed_dir / "metrics.jsonl")) == _comparable(
         read_jsonl(straight_dir / "metrics.jsonl")
     )
-    a = torch.load(straight_dir / "checkpoint.pt", weights_only=False)
-    b = torch.load(resumed_dir / "checkpoint.pt", weights_only=False)
+    a = torch.load(straight_dir / "checkpoint.pt")
+    b = torch.load(resumed_dir / "checkpoint.pt")
     for net in networks(algo):
         for key in a[net]:
             assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after resume"
@@ -402,18 +404,16 @@ def test_an_interrupted_checkpoint_write_leaves_the_last_one_whole(tmp_path, hop
         algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model"]))
     run_dir = os.path.join("runs", os.listdir("runs")[0])
     assert sorted(os.listdir(run_dir)) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
-    assert torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)["step"] == 20
+    assert torch.load(os.path.join(run_dir, "checkpoint.pt"))["step"] == 20
     assert str(info.value) == (
         f"last checkpoint {run_dir}/checkpoint.pt; continue with: python ofql.py --save-model --seed 0 "
         f"--resume {run_dir}/checkpoint.pt"
     )
 
 
-def test_ctrl_c_stops_with_one_line_that_says_how_to_continue(tmp_path, hopper_file, algo):
-    """SIGINT to a running script: exit code 130, one line naming the last checkpoint and the --resume command."""
+def start_script(tmp_path, algo, flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "D4RL_DATASET_DIR": str(tmp_path)}
-    flags = small_run_flags(hopper_file, 10**6) + ["--eval-every", "10", "--eval-episodes", "1", "--save-model"]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, algo.__file__, *flags],
         cwd=tmp_path,
         env=env,
@@ -422,14 +422,146 @@ def test_ctrl_c_stops_with_one_line_that_says_how_to_continue(tmp_path, hopper_f
         # a shell without job control starts background jobs with SIGINT ignored, and Python keeps it so: restore it
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
+
+
+def stop_when(proc, tmp_path, pattern, signum):
+    """Send `signum` once a file matching `pattern` exists; -> (exit code, stderr lines but tqdm's bar)."""
     deadline = time.time() + 120
-    while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt")) and time.time() < deadline:
+    while not glob.glob(str(tmp_path / pattern)) and time.time() < deadline:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    lines = [line for line in stderr.decode().splitlines() if line.strip() and "%|" not in line]  # tqdm's bar
+    assert "Traceback" not in stderr.decode(), stderr.decode()
+    return proc.returncode, [line for line in stderr.decode().splitlines() if line.strip() and "%|" not in line]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_the_step_it_came_in_and_says_how_to_continue(tmp_path, hopper_file, algo, signum):
+    """SIGINT (Ctrl-C) or SIGTERM (a cluster's pre-emption) to a running script with --save-model: the step it came in
+    is saved (after the last evaluation's), one line names it and the --resume command; exit code 130 or 143."""
+    flags = small_run_flags(hopper_file, 10**6) + ["--eval-every", "10", "--eval-episodes", "1", "--save-model"]
+    proc = start_script(tmp_path, algo, flags)
+    code, lines = stop_when(proc, tmp_path, "runs/*/checkpoint.pt", signum)
     checkpoint = os.path.relpath(glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))[0], tmp_path)
-    assert proc.returncode == 130 and len(lines) == 1 and "Traceback" not in stderr.decode(), stderr.decode()
-    assert lines[0].startswith(f"{algo.__name__}.py: interrupted: last checkpoint {checkpoint}; continue with: python")
+    step = torch.load(tmp_path / checkpoint)["step"]
+    records = read_jsonl(tmp_path / os.path.dirname(checkpoint) / "metrics.jsonl")
+    assert code == 128 + signum and len(lines) == 1, lines
+    assert lines[0].startswith(
+        f"{algo.__name__}.py: interrupted: stopped at step {step}; saved in {checkpoint}; continue with: python"
+    )
     assert lines[0].endswith(f"--save-model --resume {checkpoint}")
+    assert step >= 10 and records[-1]["step"] == step  # the stopped step's own record, of the steps since the last
     assert not glob.glob(str(tmp_path / "runs" / "*" / "*.tmp"))
+
+
+def test_sigterm_without_save_model_says_nothing_was_saved(tmp_path, hopper_file, algo):
+    proc = start_script(tmp_path, algo, small_run_flags(hopper_file, 10**6) + ["--log-every", "1"])
+    code, lines = stop_when(proc, tmp_path, "runs/*/metrics.jsonl", signal.SIGTERM)
+    assert code == 143 and len(lines) == 1, lines
+    assert re.fullmatch(
+        rf"{algo.__name__}.py: interrupted: stopped at step \d+; nothing was saved \(--save-model is off: add it to "
+        r"keep a checkpoint next time\)",
+        lines[0],
+    ), lines[0]
+    assert not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint.pt"))
+
+
+def test_a_run_stopped_by_sigterm_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch, algo):
+    """SIGTERM to a running script at some step s; --resume to T, two evaluations later, gives the networks,
+    evaluations and records of a straight run to T. The record window that the stop cut is logged in two parts,
+    at s and at the next record, whose step-weighted mean is the straight run's."""
+    (tmp_path / "stopped").mkdir(), (tmp_path / "straight").mkdir()
+    flags = small_run_flags(hopper_file, 10**6) + ["--eval-every", "10", "--eval-episodes", "1", "--save-model"]
+    proc = start_script(tmp_path / "stopped", algo, flags)
+    code, _ = stop_when(proc, tmp_path / "stopped", "runs/*/checkpoint.pt", signal.SIGTERM)
+    checkpoint = glob.glob(str(tmp_path / "stopped" / "runs" / "*" / "checkpoint.pt"))[0]
+    s = torch.load(checkpoint)["step"]
+    total = (s // 10 + 2) * 10
+    monkeypatch.chdir(tmp_path / "stopped")
+    resumed = algo.train(algo.parse_args(flags + ["--total-steps", str(total), "--resume", checkpoint]))
+    monkeypatch.chdir(tmp_path / "straight")
+    straight = algo.train(algo.parse_args(flags + ["--total-steps", str(total)]))
+    a, b = (torch.load(os.path.join(os.path.dirname(p), "checkpoint.pt")) for p in (straight, resumed))
+    assert code == 143 and a["step"] == b["step"] == total
+    for net in networks(algo):
+        for key in a[net]:
+            assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after the SIGTERM and resume"
+    assert _comparable(a["evals"]) == _comparable(b["evals"]) and len(a["evals"]) == total // 10
+    ours = {r["step"]: r for r in _comparable(read_jsonl(os.path.join(os.path.dirname(resumed), "metrics.jsonl")))}
+    theirs = {r["step"]: r for r in _comparable(read_jsonl(os.path.join(os.path.dirname(straight), "metrics.jsonl")))}
+    if s % 10 == 0:  # stopped at a record: no window was cut
+        assert ours == theirs
+        return
+    cut_start, cut_end = s // 10 * 10, s // 10 * 10 + 10  # the straight run's record window that holds s
+    assert {k: v for k, v in ours.items() if k not in (s, cut_end)} == {k: v for k, v in theirs.items() if k != cut_end}
+    for key, value in theirs[cut_end].items():
+        if key != "step" and not key.startswith("eval/"):
+            parts = (s - cut_start) * ours[s][key] + (cut_end - s) * ours[cut_end][key]
+            assert parts / (cut_end - cut_start) == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+class CreatesAFile:
+    """Unpickling this object calls open(path, "w"): what a shared checkpoint.pt could do to whoever resumes it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_resume_refuses_a_checkpoint_whose_pickle_would_run_code(tmp_path, hopper_file, monkeypatch, algo):
+    monkeypatch.chdir(tmp_path)
+    run_dir = os.path.dirname(algo.train(algo.parse_args(small_run_flags(hopper_file, 20) + ["--save-model"])))
+    checkpoint, marker = os.path.join(run_dir, "checkpoint.pt"), tmp_path / "code_ran"
+    state = torch.load(checkpoint)
+    torch.save({**state, "config": {**state["config"], "note": CreatesAFile(marker)}}, checkpoint)
+    torch.load(checkpoint, weights_only=False)  # the negative control: an unsafe load runs it
+    assert marker.exists()
+    marker.unlink()
+    proc = run_script(tmp_path, algo, *small_run_flags(hopper_file, 40), "--resume", checkpoint)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"{algo.__name__}.py: error: cannot resume from {checkpoint}: it holds a Python object (io.open) that "
+        "only an unsafe load could build; not loaded"
+    ), proc.stderr
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_the_previous_format_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch, algo):
+    """The previous format kept numpy's random state as an array and the torch version as a TorchVersion; resumed, it
+    gives what the same checkpoint in today's format gives."""
+    monkeypatch.chdir(tmp_path)
+    flags = small_run_flags(hopper_file, 20) + ["--save-model"]
+    runs = [os.path.dirname(algo.train(algo.parse_args(flags))) for _ in range(2)]
+    old = os.path.join(runs[1], "checkpoint.pt")
+    state = torch.load(old)
+    np.random.set_state(state["rng"]["numpy"])
+    state["rng"]["numpy"], state["config"]["torch"] = np.random.get_state(), torch.__version__
+    torch.save(state, old)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(old)  # it is the previous format
+    finals = []
+    for run_dir in runs:
+        checkpoint = os.path.join(run_dir, "checkpoint.pt")
+        algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model", "--resume", checkpoint]))
+        finals.append(torch.load(checkpoint))
+    for net in networks(algo):
+        for key in finals[0][net]:
+            assert torch.equal(finals[0][net][key], finals[1][net][key]), f"{net}.{key}"
+    assert _comparable(finals[0]["evals"]) == _comparable(finals[1]["evals"])
+
+
+def test_capture_video_records_the_first_episode_of_each_evaluation(tmp_path, hopper_file, monkeypatch, algo):
+    """--capture-video (with --track, offline): runs/<run>/videos/step_<step>.mp4 for each evaluation, frames of a
+    moving hopper rendered off-screen (no display here; this fails, never skips, where rendering is impossible), and
+    the same evaluations as without it."""
+    monkeypatch.chdir(tmp_path)
+    flags = small_run_flags(hopper_file, 40) + ["--track"]
+    with_video = json.load(open(algo.train(algo.parse_args(flags + ["--capture-video"]))))
+    without = json.load(open(algo.train(algo.parse_args(flags))))
+    videos = glob.glob("runs/*/videos")  # the first run's only
+    assert len(videos) == 1 and sorted(os.listdir(videos[0])) == ["step_20.mp4", "step_40.mp4"]
+    frames = iio.imread(os.path.join(videos[0], "step_20.mp4"))
+    assert frames.ndim == 4 and len(frames) > 5 and frames.shape[-1] == 3
+    assert np.abs(frames[0].astype(float) - frames[-1]).mean() > 1  # the hopper moved
+    assert _comparable(with_video["evaluations"]) == _comparable(without["evaluations"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import d4rl_compat
+import dql
 import ofql
 
 OBS, ACT, B = 11, 3, 64
@@ -325,3 +326,16 @@ def test_bandit(eta, steps):
     else:  # Q-guidance: the samples concentrate on the best mode
         assert share[0] > 0.95, share
         assert ((mode == 0) & (distance < 0.3)).float().mean() > 0.75
+
+
+@pytest.mark.parametrize("module", [ofql, dql])
+def test_the_time_embedding_spans_dqls_frequencies_from_1_to_1e_4(module):
+    """d emb / dt at t = 0 (a JVP, as the MeanFlow target takes one through it) is the frequency of each sine: a
+    geometric range from 1 rad per unit of time down to 1e-4, DQL's (base 10000), so that the slowest channels stay
+    near-linear over a whole episode of steps and the fastest resolve t in [0, 1]; the cosines start flat."""
+    emb = module.SinusoidalPosEmb(16)
+    t = torch.zeros(1, 1, dtype=torch.float64)
+    _, d_emb = torch.func.jvp(emb, (t,), (torch.ones_like(t),))
+    freqs, d_cos = d_emb[0, :8], d_emb[0, 8:]
+    torch.testing.assert_close(freqs, torch.logspace(0, -4, 8, dtype=torch.float64))
+    assert torch.all(d_cos == 0)

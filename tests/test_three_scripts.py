@@ -33,6 +33,7 @@ COMMON_FLAGS = (
     "wandb_entity",
     "save_model",
     "resume",
+    "capture_video",
     "total_steps",
     "batch_size",
     "actor_lr",

@@ -220,7 +220,7 @@ def test_a_checkpoint_of_the_cuda_graph_path_resumes_on_the_cpu(module, hopper_f
     ]
     straight = os.path.dirname(module.train(module.parse_args(flags + ["--total-steps", "20", "--exp-name", "a"])))
     first = os.path.dirname(module.train(module.parse_args(flags + ["--total-steps", "10", "--exp-name", "b"])))
-    state = torch.load(f"{first}/checkpoint.pt", weights_only=False)
+    state = torch.load(f"{first}/checkpoint.pt")
     for name in ("actor_optimizer", "critic_optimizer"):  # as a CUDA run leaves them
         for group in state[name]["param_groups"]:
             group["capturable"] = True

@@ -1,0 +1,99 @@
+"""Look at a trained policy: one evaluation episode of a checkpoint's policy (ofql.py, dql.py or fql.py, whichever
+script's networks it holds), rendered off-screen, as a strip of frames (PNG) and optionally a GIF of the episode.
+
+    python tools/render_policy.py runs/<run_name>/checkpoint.pt --out policy.png --gif policy.gif
+"""
+
+import dataclasses
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import tyro
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import d4rl_compat  # noqa: E402
+from d4rl_compat import UserError  # noqa: E402
+
+
+@dataclass
+class Args:
+    checkpoint: tyro.conf.Positional[str]
+    """a checkpoint.pt written with --save-model"""
+    out: str = "policy.png"
+    """the PNG strip to write"""
+    frames: int = 8
+    """the number of frames in the strip, evenly spaced over the episode"""
+    size: int = 240
+    """the side of each frame, in pixels"""
+    seed: int | None = None
+    """the episode's seed (default: the run's first evaluation episode, its --seed + 100)"""
+    num_candidates: int | None = None
+    """candidate actions per state, one picked by softmax(Q) (default: the run's --num-candidates)"""
+    gif: str | None = None
+    """if given, the whole episode is also written there as a GIF (every 4th frame)"""
+
+
+def load_agent(state: dict, obs_dim: int, act_dim: int):
+    """(script module, its Agent with the checkpoint's networks) for the script whose networks match the checkpoint."""
+    for name in ("ofql", "dql", "fql"):
+        module = importlib.import_module(name)
+        fields = {f.name for f in dataclasses.fields(module.Args)}
+        args = module.Args(**{k: v for k, v in state["config"].items() if k in fields})
+        agent = module.make_agent(obs_dim, act_dim, args, torch.device("cpu"))
+        try:
+            for net in module.Agent.__dataclass_fields__:
+                getattr(agent, net).load_state_dict(state[net])
+        except (RuntimeError, KeyError, ValueError):  # another script's networks
+            continue
+        return module, agent
+    raise UserError("its networks are none of ofql.py's, dql.py's or fql.py's")
+
+
+def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
+    """The frames (reset, then every step), the return and the normalized score of one episode."""
+    state = d4rl_compat.load_checkpoint(args.checkpoint)
+    config = state["config"]
+    minari = d4rl_compat.is_minari_id(config["env_id"])  # its env comes with its data; a D4RL id's from the id
+    source = d4rl_compat.load(config["env_id"]) if minari else None
+    env = d4rl_compat.renderable((source.make_env if minari else d4rl_compat.eval_env_factory(config["env_id"]))())
+    module, agent = load_agent(state, env.observation_space.shape[0], env.action_space.shape[0])
+    seed = config["seed"] + 100 if args.seed is None else args.seed
+    torch.manual_seed(seed)
+    k = args.num_candidates or config["num_candidates"]
+    shrink = lambda frame: np.asarray(Image.fromarray(frame).resize((args.size, args.size), Image.LANCZOS))
+    obs, _ = env.reset(seed=seed)
+    frames, total, done = [shrink(env.render())], 0.0, False
+    while not done:
+        action = module.select_action(agent, torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), k)[0]
+        obs, reward, terminated, truncated, _ = env.step(action.numpy())
+        frames.append(shrink(env.render()))
+        total, done = total + float(reward), terminated or truncated
+    env.close()
+    score = (
+        source.normalized_score(np.array(total)) if minari else d4rl_compat.normalized_score(config["env_id"], total)
+    )
+    return frames, total, None if score is None else float(score)
+
+
+def main(args: Args) -> None:
+    frames, total, score = render_episode(args)
+    picked = [frames[i] for i in np.linspace(0, len(frames) - 1, args.frames).round().astype(int)]
+    Image.fromarray(np.concatenate(picked, axis=1)).save(args.out)
+    if args.gif:
+        images = [Image.fromarray(f) for f in frames[::4]]
+        images[0].save(args.gif, save_all=True, append_images=images[1:], duration=32, loop=0)
+    scored = "" if score is None else f", normalized score {score:.1f}"
+    print(f"{len(frames) - 1} steps, return {total:.1f}{scored}: {args.out}" + (f", {args.gif}" if args.gif else ""))
+
+
+if __name__ == "__main__":
+    try:
+        main(tyro.cli(Args))
+    except (UserError, OSError) as e:
+        print(f"render_policy.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
