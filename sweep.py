@@ -30,7 +30,6 @@ import json
 import os
 import random
 import shlex
-import signal
 import sys
 import time
 import types
@@ -96,6 +95,8 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
     except (ValueError, AssertionError):
         raise UserError(f"--shard must be I/K with 0 <= I < K, not {sweep.shard!r}") from None
     base = script.parse_args(rest)
+    if getattr(base, "capture_video", False):
+        raise UserError("--capture-video records a lone run's policy; run the script with it (a sweep records none)")
     weights = getattr(sweep, weight) or [getattr(base, weight)]
     if len(set(sweep.seeds)) < len(sweep.seeds) or len(set(weights)) < len(weights):
         raise UserError(f"--seeds and --{weight} must not repeat a value")
@@ -261,30 +262,6 @@ def evaluate(script, policies: list, envs: gym.vector.VectorEnv, source, member_
 # ---------------------------------------------------------------------------------------------------------------
 # Training loop: the script's, for all members
 # ---------------------------------------------------------------------------------------------------------------
-class Stopped(Exception):
-    """SIGINT or SIGTERM arrived; the message says what was saved and how to continue."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as for a process the signal ends
-
-
-@contextlib.contextmanager
-def stop_requests():
-    """While inside: SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption) only record their arrival, and the loop
-    stops after the iteration under way, never half-way through one."""
-    received = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in STOP_SIGNALS}
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
 def make_members(script, member_args: list, resume: list[str] | None, source, device, configs: list):
     """-> (Members, first step, evals, elapsed). New members: each one's initial networks are a lone run's with its
     seed, and the noise generators are seeded as the first member's run. Resumed: each member's checkpoint (the
@@ -324,7 +301,7 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     for a in member_args:
         config = {**vars(a), "dataset_path": a.dataset_path and os.path.abspath(a.dataset_path)}
         config.update(device=str(device), training_step="cuda_graph" if use_graph else "eager")
-        configs.append({**config, "transitions": buffer.size, "torch": torch.__version__})
+        configs.append({**config, "transitions": buffer.size, "torch": str(torch.__version__)})
     members, start_step, evals, elapsed = make_members(script, member_args, resume, source, device, configs)
     envs = None
     if source.make_env is not None:
@@ -368,51 +345,53 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
             )
     metrics_files = [open(os.path.join(d, "metrics.jsonl"), "a", buffering=1) for d in run_dirs]
 
-    failed, metric_sum, window_steps, first_bad = {}, 0.0, 0, -1
+    failed, metric_sum, window_steps, first_bad, stopping = {}, 0.0, 0, -1, False
     session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
     checkpoint = lambda m, step: script.save_checkpoint(  # noqa: E731
         run_dirs[m], members.member(m), step, evals[m], elapsed + time.time() - session_start, configs[m]
     )
     progress = dict(initial=start_step - 1, total=args.total_steps, desc=f"{args.env_id} x{n}", unit="step")
-    with stop_requests() as stop:
+    # SIGINT, SIGTERM: every member's step saved (with --save-model), then one line with the command that continues
+    stop_line = lambda step=None: how_to_continue(step, run_dirs, checkpoint if args.save_model else None)  # noqa: E731
+    with d4rl_compat.stop_signals(stop_line) as stop_signal:
         for step in tqdm(range(start_step, args.total_steps + 1), mininterval=2, **progress):
             metrics = iteration()
             values = torch.stack(list(metrics.values()), dim=1)  # (members, metrics)
-            metric_sum, window_steps = metric_sum + values, window_steps + 1
+            metric_sum, window_steps, stopping = metric_sum + values, window_steps + 1, bool(stop_signal)
             first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
             eval_step = step % args.eval_every == 0 or step == args.total_steps
-            if step % args.log_every == 0 or eval_step:
-                means = (metric_sum / window_steps).tolist()
-                window_time = time.perf_counter() - window_start
-                train_time += window_time
-                for m, bad in enumerate(first_bad.tolist()):
-                    if m not in failed and any(s >= 0 for s in bad):
-                        bad_step, index = min((s, i) for i, s in enumerate(bad) if s >= 0)
-                        failed[m] = f"non-finite {list(metrics)[index]} at step {bad_step}"
-                        tqdm.write(f"{run_dirs[m]}: {failed[m]}; this member stops, the others go on", file=sys.stderr)
-                results = evaluate(script, policies, envs, source, member_args, device) if envs and eval_step else None
-                for m in sorted(set(range(n)) - set(failed)):
-                    record = {"step": step, **dict(zip(metrics, means[m])), "steps_per_sec": window_steps / window_time}
-                    if results is not None:
-                        evals[m].append({"step": step, **results[m]})
-                        record.update({f"eval/{k}": v for k, v in results[m].items() if v is not None})
-                    metrics_files[m].write(json.dumps(record) + "\n")
-                    if wandb_runs:
-                        wandb_runs[m].log(record, step=step)
-                    if args.save_model and eval_step:
-                        checkpoint(m, step)
+            if step % args.log_every != 0 and not eval_step and not stopping:
+                continue
+
+            means = (metric_sum / window_steps).tolist()
+            window_time = time.perf_counter() - window_start
+            train_time += window_time
+            for m, bad in enumerate(first_bad.tolist()):
+                if m not in failed and any(s >= 0 for s in bad):
+                    bad_step, index = min((s, i) for i, s in enumerate(bad) if s >= 0)
+                    failed[m] = f"non-finite {list(metrics)[index]} at step {bad_step}"
+                    tqdm.write(f"{run_dirs[m]}: {failed[m]}; this member stops, the others go on", file=sys.stderr)
+            results = evaluate(script, policies, envs, source, member_args, device) if envs and eval_step else None
+            for m in sorted(set(range(n)) - set(failed)):
+                record = {"step": step, **dict(zip(metrics, means[m])), "steps_per_sec": window_steps / window_time}
                 if results is not None:
-                    scores = " ".join(f"{r['score']:.1f}" for r in results if r["score"] is not None)
-                    tqdm.write(f"step {step}: members' eval/score {scores}")
-                metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
-            if stop:
+                    evals[m].append({"step": step, **results[m]})
+                    record.update({f"eval/{k}": v for k, v in results[m].items() if v is not None})
+                metrics_files[m].write(json.dumps(record) + "\n")
+                if wandb_runs:
+                    wandb_runs[m].log(record, step=step)
+                if args.save_model and (eval_step or stopping):
+                    checkpoint(m, step)
+            if results is not None:
+                scores = " ".join(f"{r['score']:.1f}" for r in results if r["score"] is not None)
+                tqdm.write(f"step {step}: members' eval/score {scores}")
+            metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
+            if stopping:
                 break
     for f in metrics_files:
         f.close()
-    if stop:
-        raise Stopped(
-            how_to_continue(step, stop[0], run_dirs, failed, checkpoint if args.save_model else None), stop[0]
-        )
+    if stopping:
+        raise d4rl_compat.Interrupted(stop_line(step), stop_signal[0])
 
     summaries = []
     for m, (a, run_dir) in enumerate(zip(member_args, run_dirs)):
@@ -434,32 +413,32 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     return summaries
 
 
-def how_to_continue(step: int, signum: int, run_dirs: list[str], failed: dict, checkpoint) -> str:
-    """After a stop at `step`: with --save-model, every member's checkpoint of that step written, and the command
-    that continues the sweep; without it, that nothing was saved."""
-    name = signal.Signals(signum).name
+def how_to_continue(step: int | None, run_dirs: list[str], checkpoint) -> str:
+    """The line after a stop at `step` (None: a second signal, mid-step): with --save-model (checkpoint) and a step,
+    the command that continues the sweep from the members' checkpoints of that step; else why there are none."""
     if checkpoint is None:
-        return f"{name} at step {step}: nothing was saved (run with --save-model to keep a checkpoint of each member)"
-    for m in range(len(run_dirs)):
-        checkpoint(m, step)
+        return "nothing was saved (--save-model is off: add it to keep every member's checkpoint next time)"
     paths = [os.path.join(d, "checkpoint.pt") for d in run_dirs]
-    argv = [a for a in sys.argv]
-    if "--resume" in argv:
-        argv = argv[: argv.index("--resume")] + [a for a in argv[argv.index("--resume") + 1 :] if a.startswith("-")]
+    if step is None or not all(os.path.isfile(p) for p in paths):
+        return "stopped in the middle of a step: the members' last checkpoints are those of their last evaluation"
+    argv = sys.argv[:]
+    if "--resume" in argv:  # the previous --resume's paths, up to the next flag, are replaced
+        i = argv.index("--resume")
+        j = next((k for k in range(i + 1, len(argv)) if argv[k].startswith("-")), len(argv))
+        argv = argv[:i] + argv[j:]
     command = shlex.join(["python", *argv, "--resume", *paths])
-    return (
-        f"{name} at step {step}: the {len(paths)} members' checkpoints of that step written; continue with: {command}"
-    )
+    return f"stopped at step {step}; every member's checkpoint of that step written; continue with: {command}"
 
 
 if __name__ == "__main__":
+    d4rl_compat.stop_on_sigterm()  # outside training steps too: one line, not a silent end
     try:
         script, sweep, member_args = parse_args(sys.argv[1:])
         name = f"{member_args[0].env_id.replace('/', '-')}__{script.__name__}_sweep__{int(time.time())}"
         name += f"__shard{sweep.shard.replace('/', 'of')}" if sweep.shard != "0/1" else ""
         for path in train(script, member_args, name, sweep.resume):
             print(f"summary: {path}")
-    except (UserError, OSError, Stopped) as e:
-        stop = "stopped" if isinstance(e, Stopped) else "error"
-        print(f"sweep.py: {stop}: {e}", file=sys.stderr)
-        sys.exit(e.exit_code if isinstance(e, Stopped) else 2)
+    except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT/SIGTERM
+        stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+        print(f"sweep.py: {stop}: {str(e) or 'stopped'}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)
