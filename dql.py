@@ -320,7 +320,8 @@ def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
     Each network's lerps are one foreach operation."""
     torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
     rate = (1.0 - args.ema_decay) * ((step >= args.ema_start) & (step % args.ema_every == 0))
-    torch._foreach_lerp_(list(agent.actor_ema.parameters()), list(agent.actor.parameters()), rate)
+    ema = list(agent.actor_ema.parameters())
+    torch._foreach_lerp_(ema, list(agent.actor.parameters()), [rate] * len(ema))  # weights as tensors: no host read
 
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:

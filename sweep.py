@@ -80,8 +80,10 @@ def load_script(path: str) -> types.ModuleType:
 
 def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
     """-> (script, sweep flags, one script Args per member of this shard)."""
-    if not argv or argv[0].startswith("-"):
+    if not argv or argv[0] in ("-h", "--help"):
         tyro.cli(Args, args=["--help"], description=__doc__)
+    if argv[0].startswith("-"):
+        raise UserError(f"the first argument is the script (sweep.py ofql.py --seeds ...), not {argv[0]!r}")
     script = load_script(argv[0])
     sweep, rest = tyro.cli(Args, args=argv[1:], return_unknown_args=True, description=__doc__)
     weight, other = WEIGHT[script.__name__], "alpha" if WEIGHT[script.__name__] == "eta" else "eta"

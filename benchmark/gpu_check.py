@@ -521,7 +521,7 @@ def sweep_pair(data_path: str, steps: int, log_every: int, work: str, args: Args
     """sweep.py ofql.py, seeds 0 and 1, eager and with the CUDA graph: each member's logs compared as step 3's."""
     logs, problems = {}, []
     for graph in (False, True):
-        cmd = [sys.executable, os.path.join(ROOT, "sweep.py")] + train_command(
+        cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "ofql.py"] + train_command(
             "ofql", graph, data_path, steps, log_every, args
         )[2:]
         cmd[cmd.index("--seed") : cmd.index("--seed") + 2] = ["--seeds", "0", "1"]
@@ -532,6 +532,8 @@ def sweep_pair(data_path: str, steps: int, log_every: int, work: str, args: Args
             problems.append(f"{'graph' if graph else 'eager'} sweep: {error_line(log, rc, args.timeout)}")
             continue
         summaries = [line[len("summary: ") :] for line in read_text(log).splitlines() if line.startswith("summary: ")]
+        if len(summaries) != 2:
+            problems.append(f"{'graph' if graph else 'eager'} sweep: {len(summaries)} members' summaries, not 2")
         logs[graph] = []
         for summary in summaries:
             with open(os.path.join(work, os.path.dirname(summary), "metrics.jsonl")) as f:

@@ -199,6 +199,7 @@ def test_the_grid_and_its_shards(hopper_file):
         (["ofql.py", "--eta", "-1"], "--eta must be a number in"),
         (["train.py"], "sweep.py trains ofql.py, dql.py or fql.py"),
         (["fql.py", "--capture-video"], "a sweep records none"),
+        (["--seeds", "0", "ofql.py"], "the first argument is the script"),
     ],
 )
 def test_bad_grids_are_one_line_and_exit_code_2(tmp_path, flags, message):
