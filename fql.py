@@ -26,8 +26,8 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
-import d4rl_compat
-from d4rl_compat import UserError  # reported as one line, exit code 2
+import offline_data
+from offline_data import UserError  # reported as one line, exit code 2
 
 
 @dataclass
@@ -132,9 +132,9 @@ def parse_args(argv: list[str] | None = None) -> Args:
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--env-id", "--env_id", default=Args.env_id)
     env_id = peek.parse_known_args(argv)[0].env_id
-    preset = d4rl_compat.preset_key(env_id)
+    preset = offline_data.preset_key(env_id)
     if preset not in PRESETS:
-        minari = ", ".join(d4rl_compat.MINARI_PRESET_KEYS)
+        minari = ", ".join(offline_data.MINARI_PRESET_KEYS)
         raise UserError(
             f"unknown --env-id {env_id!r}; supported: {', '.join(PRESETS)}, and the Minari datasets {minari}"
         )
@@ -375,14 +375,14 @@ def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int],
     return returns, decisions / policy_time
 
 
-def episode_stats(returns: np.ndarray, source: d4rl_compat.DataSource, prefix: str = "") -> dict:
+def episode_stats(returns: np.ndarray, source: offline_data.DataSource, prefix: str = "") -> dict:
     """Mean and std of the returns and of the normalized scores (None without references)."""
     values = {"score": source.normalized_score(returns), "return": returns}
     stats = {"": np.mean, "_std": np.std}
     return {f"{prefix}{k}{s}": None if x is None else float(f(x)) for k, x in values.items() for s, f in stats.items()}
 
 
-def evaluate(policies: list, envs: gym.vector.VectorEnv, source: d4rl_compat.DataSource, args: Args, device) -> dict:
+def evaluate(policies: list, envs: gym.vector.VectorEnv, source: offline_data.DataSource, args: Args, device) -> dict:
     """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env (env i
     seeded seed + 100 + i), all in parallel: episode_stats; and action batches per second of the first policy. The
     policies draw their noise from a generator seeded seed + 100: evaluating never changes the training's numbers."""
@@ -402,22 +402,22 @@ def evaluate(policies: list, envs: gym.vector.VectorEnv, source: d4rl_compat.Dat
 def save_checkpoint(run_dir: str, agent: Agent, step: int, evals: list, elapsed: float, config: dict) -> None:
     """Tensors and plain values only (random states included), so that torch.load(weights_only=True) reads it."""
     state = {name: getattr(agent, name).state_dict() for name in Agent.__dataclass_fields__}
-    rng = d4rl_compat.rng_state()
-    with d4rl_compat.replaced_when_written(f"{run_dir}/checkpoint.pt") as tmp:  # never half a checkpoint
+    rng = offline_data.rng_state()
+    with offline_data.replaced_when_written(f"{run_dir}/checkpoint.pt") as tmp:  # never half a checkpoint
         torch.save({**state, "step": step, "evals": evals, "elapsed": elapsed, "rng": rng, "config": config}, tmp)
 
 
 def resume(path: str, agent: Agent, config: dict) -> tuple[int, list, float]:
     """Load a checkpoint of a run with these flags (check_resume); drop its later logs. -> (next step, evals, secs)"""
     try:
-        state = d4rl_compat.load_checkpoint(path)  # weights_only: a file that would run code is refused unbuilt
-        d4rl_compat.check_resume(config, state["config"], state["step"])
+        state = offline_data.load_checkpoint(path)  # weights_only: a file that would run code is refused unbuilt
+        offline_data.check_resume(config, state["config"], state["step"])
         for name in Agent.__dataclass_fields__:
             getattr(agent, name).load_state_dict(state[name])
     except Exception as e:  # missing, empty, truncated, another run's, unsafe: one line
         raise UserError(f"cannot resume from {path}: {e if isinstance(e, UserError) else repr(e)}") from None
-    d4rl_compat.set_rng_state(state["rng"])
-    d4rl_compat.trim_log(os.path.join(os.path.dirname(path), "metrics.jsonl"), state["step"])
+    offline_data.set_rng_state(state["rng"])
+    offline_data.trim_log(os.path.join(os.path.dirname(path), "metrics.jsonl"), state["step"])
     return state["step"] + 1, state["evals"], state["elapsed"]
 
 
@@ -467,10 +467,10 @@ def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], An
 # ---------------------------------------------------------------------------------------------------------------
 def train(args: Args) -> str:
     """Train, evaluate and log one run; returns the path of its summary.json."""
-    d4rl_compat.check_flags(vars(args))  # before anything is read or written; then the run folder, then the data
+    offline_data.check_flags(vars(args))  # before anything is read or written; then the run folder, then the data
     run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    with d4rl_compat.run_folder(run_name, args.resume) as run_dir:  # made before the data are loaded
-        source = d4rl_compat.load(args.env_id, args.dataset_path, args.reward_mode)
+    with offline_data.run_folder(run_name, args.resume) as run_dir:  # made before the data are loaded
+        source = offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -482,7 +482,7 @@ def train(args: Args) -> str:
     buffer = OfflineBuffer(source.data, device)
     agent = make_agent(source.obs_dim, source.act_dim, args, device)
     videos = f"{run_dir}/videos" if args.capture_video else None  # the first env records an episode per evaluation
-    envs = d4rl_compat.evaluation_envs(source.make_env, args.eval_episodes, videos)
+    envs = offline_data.evaluation_envs(source.make_env, args.eval_episodes, videos)
     if source.limitation:
         print(f"NOTE: {args.env_id}: {source.limitation}")
     use_graph = args.cuda_graph and device.type == "cuda"
@@ -516,8 +516,8 @@ def train(args: Args) -> str:
     metric_sum, window_steps, first_bad, stopping = 0.0, 0, -1, False
     session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
     progress = dict(initial=start_step - 1, total=args.total_steps, desc=args.env_id, unit="step", mininterval=2)
-    how_to_continue = functools.partial(d4rl_compat.how_to_continue, sys.argv, run_dir, args)  # __main__ prints it
-    with d4rl_compat.stop_signals(how_to_continue) as stop_signal:  # SIGINT, SIGTERM: stop after this step, saved
+    how_to_continue = functools.partial(offline_data.how_to_continue, sys.argv, run_dir, args)  # __main__ prints it
+    with offline_data.stop_signals(how_to_continue) as stop_signal:  # SIGINT, SIGTERM: stop after this step, saved
         for step in tqdm(range(start_step, args.total_steps + 1), **progress):
             metrics = iteration()
             values = torch.stack(list(metrics.values()))
@@ -552,7 +552,7 @@ def train(args: Args) -> str:
             if stopping:
                 break
     if stopping:
-        raise d4rl_compat.Interrupted(how_to_continue(stopped_at=step), stop_signal[0])
+        raise offline_data.Interrupted(how_to_continue(stopped_at=step), stop_signal[0])
 
     steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
     summary = summarize(args, source, evals, elapsed + time.time() - session_start, steps_per_sec)
@@ -567,10 +567,10 @@ def train(args: Args) -> str:
     return os.path.join(run_dir, "summary.json")
 
 
-def summarize(args: Args, source: d4rl_compat.DataSource, evals: list, wall_clock: float, steps_per_sec) -> dict:
+def summarize(args: Args, source: offline_data.DataSource, evals: list, wall_clock: float, steps_per_sec) -> dict:
     """summary.json: the run's last and best evaluations (best by return, which the score increases with)."""
     last, best = (evals[-1], max(evals, key=lambda e: e["return"])) if evals else ({}, {})
-    kind = "minari" if d4rl_compat.is_minari_id(args.env_id) else "d4rl"
+    kind = "minari" if offline_data.is_minari_id(args.env_id) else "d4rl"
     summary = dict(algorithm=os.path.basename(__file__)[: -len(".py")], env_id=args.env_id, source=kind)
     summary.update(dataset=source.path, eval_env=source.eval_env_id, seed=args.seed, steps=args.total_steps)
     summary.update(wall_clock_sec=wall_clock, train_steps_per_sec=steps_per_sec, num_candidates=args.num_candidates)
@@ -582,7 +582,7 @@ def summarize(args: Args, source: d4rl_compat.DataSource, evals: list, wall_cloc
 
 
 if __name__ == "__main__":
-    d4rl_compat.stop_on_sigterm()  # outside training steps too: one line, not a silent end
+    offline_data.stop_on_sigterm()  # outside training steps too: one line, not a silent end
     try:
         print(f"summary: {train(parse_args())}")
     except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM

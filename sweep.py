@@ -43,8 +43,8 @@ import tyro
 from torch.func import functional_call, vmap
 from tqdm import tqdm
 
-import d4rl_compat
-from d4rl_compat import UserError
+import offline_data
+from offline_data import UserError
 
 WEIGHT = {"ofql": "eta", "dql": "eta", "fql": "alpha"}  # the hyper-parameter each script's grid is over
 
@@ -112,7 +112,7 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
             raise UserError(f"--resume needs one checkpoint per member: {len(members)}, not {len(sweep.resume)}")
         members = [dataclasses.replace(m, resume=path) for m, path in zip(members, sweep.resume)]
     for member in members:
-        d4rl_compat.check_flags(vars(member))
+        offline_data.check_flags(vars(member))
     return script, sweep, members
 
 
@@ -289,11 +289,11 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     with contextlib.ExitStack() as stack:  # every member's folder made (or found) before the data are loaded
         run_dirs = [
             stack.enter_context(
-                d4rl_compat.run_folder(f"{a.env_id.replace('/', '-')}__{a.exp_name}__{a.seed}__{int(time.time())}", r)
+                offline_data.run_folder(f"{a.env_id.replace('/', '-')}__{a.exp_name}__{a.seed}__{int(time.time())}", r)
             )
             for a, r in zip(member_args, resume or [None] * n)
         ]
-        source = d4rl_compat.load(args.env_id, args.dataset_path, args.reward_mode)
+        source = offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
 
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     torch.backends.cudnn.deterministic = args.torch_deterministic

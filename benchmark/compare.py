@@ -21,7 +21,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import d4rl_compat  # noqa: E402  (only for the normalized score)
+import offline_data  # noqa: E402  (only for the normalized score)
 
 # name: (script, extra flags). "bc" is the behaviour-cloning reference: OFQL's MeanFlow loss alone (eta = 0).
 ALGORITHMS = {"bc": ("ofql.py", ["--eta", "0"]), "ofql": ("ofql.py", []), "dql": ("dql.py", []), "fql": ("fql.py", [])}
@@ -74,7 +74,7 @@ def dataset_mean_score(env_id: str, path: str) -> float:
     with h5py.File(path, "r") as f:
         rewards, ends = f["rewards"][()], f["terminals"][()] | f["timeouts"][()]
     returns = np.add.reduceat(rewards, np.r_[0, np.flatnonzero(ends[:-1]) + 1])
-    return float(np.mean(d4rl_compat.normalized_score(env_id, returns)))
+    return float(np.mean(offline_data.normalized_score(env_id, returns)))
 
 
 def run_name(env_id: str, algorithm: str, seed: int) -> str:

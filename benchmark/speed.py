@@ -31,9 +31,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import d4rl_compat  # noqa: E402
 import dql  # noqa: E402
 import fql  # noqa: E402
+import offline_data  # noqa: E402
 import ofql  # noqa: E402
 import sweep  # noqa: E402
 
@@ -218,7 +218,7 @@ def main(args: Args) -> dict:
         else ("cpu" if args.device == "auto" else args.device)
     )
     torch.manual_seed(0)
-    domain = d4rl_compat.domain_of(args.env_id)
+    domain = offline_data.d4rl_files.domain_of(args.env_id)
     data = synthetic_data(domain.obs_dim, domain.act_dim, args.dataset_size)
     paths = ["eager", "cuda_graph"] if device.type == "cuda" else ["eager"]
     setups = {}

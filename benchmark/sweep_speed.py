@@ -26,7 +26,7 @@ import tyro
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import d4rl_compat  # noqa: E402
+import offline_data  # noqa: E402
 import speed  # noqa: E402
 import sweep  # noqa: E402
 
@@ -87,7 +87,7 @@ def main(args: Args) -> dict:
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(auto if args.device == "auto" else args.device)
     torch.manual_seed(0)
-    domain = d4rl_compat.domain_of(args.env_id)
+    domain = offline_data.d4rl_files.domain_of(args.env_id)
     data = speed.synthetic_data(domain.obs_dim, domain.act_dim, 100_000)
     paths = ["eager", "cuda_graph"] if device.type == "cuda" else ["eager"]
     timed, setups = {}, {}

@@ -23,7 +23,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import d4rl_compat  # noqa: E402
+import offline_data  # noqa: E402
 import ofql  # noqa: E402
 
 # name: (features, scale of t inside the sinusoid, with DQL's time MLP Linear(d, 2d)-Mish-Linear(2d, d))
@@ -168,7 +168,7 @@ def offline_measures(actor: ofql.Actor, obs: torch.Tensor, actions: torch.Tensor
 
 
 def report(args: Args) -> None:
-    data = d4rl_compat.load(args.env_id, args.dataset_path).data
+    data = offline_data.load(args.env_id, args.dataset_path).data
     idx = np.random.default_rng(0).choice(len(data["observations"]), 4096, replace=False)
     obs, actions = torch.as_tensor(data["observations"][idx]), torch.as_tensor(data["actions"][idx])
     runs_dir = os.path.join(args.out_dir, "runs")
@@ -182,7 +182,7 @@ def report(args: Args) -> None:
                 continue
             summary = json.load(open(os.path.join(path, "summary.json")))
             actor = actor_class(variant)(obs.shape[1], actions.shape[1])
-            actor.load_state_dict(d4rl_compat.load_checkpoint(os.path.join(path, "checkpoint.pt"))["actor"])
+            actor.load_state_dict(offline_data.load_checkpoint(os.path.join(path, "checkpoint.pt"))["actor"])
             rows.append(
                 {
                     "seed": int(seed),

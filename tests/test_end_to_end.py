@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-import d4rl_compat
+import offline_data
 
 SCRIPTS = ["ofql", "dql", "fql"]
 
@@ -86,7 +86,7 @@ def test_script_trains_evaluates_and_writes_a_valid_run(tmp_path, hopper_file, a
     assert summary["best_score"] == max(e["score"] for e in summary["evaluations"]) >= summary["final_score"]
     for e in summary["evaluations"]:  # a real episode's return, normalised with hopper's reference returns
         assert e["score"] == pytest.approx(
-            d4rl_compat.normalized_score("hopper-medium-v2", e["return"]), rel=1e-6, abs=1e-6
+            offline_data.normalized_score("hopper-medium-v2", e["return"]), rel=1e-6, abs=1e-6
         )
         assert 0 < e["return"] < 3000 and e["decision_rate"] > 0
     assert summary["train_steps_per_sec"] > 0 and summary["wall_clock_sec"] > 0
@@ -111,7 +111,7 @@ def test_with_candidates_the_policys_own_sample_is_evaluated_too(tmp_path, hoppe
     assert built == [5, 1]  # the protocol's policy, then the policy's own sample
     e = summary["evaluations"][-1]
     assert e["policy_score"] == pytest.approx(
-        d4rl_compat.normalized_score("hopper-medium-v2", e["policy_return"]), rel=1e-6
+        offline_data.normalized_score("hopper-medium-v2", e["policy_return"]), rel=1e-6
     )
     assert summary["final_policy_score"] == e["policy_score"] and e["policy_return"] != e["return"]
     records = read_jsonl(tmp_path / "runs" / os.listdir(tmp_path / "runs")[0] / "metrics.jsonl")
@@ -244,7 +244,9 @@ def test_antmaze_trains_with_its_preset_and_evaluates_in_the_adapter(tmp_path, m
         )
     )
     summary = json.loads(open(summary_path).read())
-    assert summary["eval_env"] == d4rl_compat.DOMAINS["antmaze"].eval_env and len(summary["evaluations"]) == 1
+    assert (
+        summary["eval_env"] == offline_data.d4rl_files.DOMAINS["antmaze"].eval_env and len(summary["evaluations"]) == 1
+    )
     assert (
         summary["final_score"] in (0.0, 50.0, 100.0)
         and summary["final_score"] == 100 * summary["evaluations"][0]["return"]
@@ -261,7 +263,7 @@ def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypat
     made-up one."""
     path = antmaze_file(tmp_path)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(d4rl_compat, "eval_env_factory", lambda env_id: None)
+    monkeypatch.setattr(offline_data, "eval_env_factory", lambda env_id: None)
     summary_path = algo.train(
         algo.parse_args(
             [
@@ -306,7 +308,7 @@ BAD_NUMBERS = {
 def test_bad_numbers_stop_before_anything_is_read_or_written(tmp_path, monkeypatch, algo):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(
-        d4rl_compat, "load", lambda *a: pytest.fail("the data were loaded before the flags were checked")
+        offline_data, "load", lambda *a: pytest.fail("the data were loaded before the flags were checked")
     )
     for flag, value in BAD_NUMBERS["common"] + BAD_NUMBERS[algo.__name__]:
         with pytest.raises(algo.UserError, match=f"^{flag} must be a number in .*, not {value}"):
@@ -315,7 +317,7 @@ def test_bad_numbers_stop_before_anything_is_read_or_written(tmp_path, monkeypat
 
 
 def test_every_number_flag_has_a_range(algo):
-    ranged = " ".join(d4rl_compat.FLAG_RANGES.values()).split()
+    ranged = " ".join(offline_data.runs.FLAG_RANGES.values()).split()
     numbers = [f.name for f in dataclasses.fields(algo.Args) if f.type in (int, float)]
     assert set(numbers) - set(ranged) <= {"time_mu"}  # the mean of a logit-normal may be any finite number
 
@@ -373,7 +375,7 @@ def test_resume_from_an_unusable_file_or_after_a_kill(tmp_path, hopper_file, mon
 def test_the_run_folder_is_checked_before_the_data_are_loaded(tmp_path, hopper_file, monkeypatch, algo):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").write_text("a file where the runs folder should be")
-    monkeypatch.setattr(d4rl_compat, "load", lambda *a: pytest.fail("the data were loaded first"))
+    monkeypatch.setattr(offline_data, "load", lambda *a: pytest.fail("the data were loaded first"))
     with pytest.raises(algo.UserError, match="cannot make the run folder runs/hopper-medium-v2__"):
         algo.train(algo.parse_args(small_run_flags(hopper_file, 10)))
     # and a run whose data fail leaves no empty folder behind

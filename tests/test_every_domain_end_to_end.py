@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 
-import d4rl_compat
+import offline_data
 import ofql
 from conftest import ROOT, record_d4rl_file
 
@@ -82,7 +82,7 @@ def run(script, tmp_path, *flags):
 def record_adapter_file(path, env_id, steps=60, seed=0):
     """Random actions in the D4RL adapter, written in the D4RL layout (observations, actions, rewards, terminals,
     timeouts)."""
-    env, rng = d4rl_compat.eval_env_factory(env_id)(), np.random.default_rng(seed)
+    env, rng = offline_data.eval_env_factory(env_id)(), np.random.default_rng(seed)
     rows = {k: [] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
     obs, _ = env.reset(seed=seed)
     for t in range(steps):
@@ -104,7 +104,7 @@ def stacked(xs):
 
 
 def record_minari_dataset(dataset_id, gym_id, kwargs, episodes=2, steps=8):
-    d4rl_compat.fix_gymnasium_robotics_joints()
+    offline_data.d4rl_envs.fix_gymnasium_robotics_joints()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         env = gym.make(gym_id, **kwargs)
@@ -160,9 +160,11 @@ def test_d4rl_layout_file_trains_and_evaluates(tmp_path, env_id):
     summary = run("ofql.py", tmp_path, "--env-id", env_id, "--dataset-path", str(path))
     e = summary["evaluations"][0]
     assert (
-        summary["eval_env"] == d4rl_compat.domain_of(env_id).eval_env and e["step"] == 6 and summary["source"] == "d4rl"
+        summary["eval_env"] == offline_data.d4rl_files.domain_of(env_id).eval_env
+        and e["step"] == 6
+        and summary["source"] == "d4rl"
     )
-    assert e["score"] == pytest.approx(d4rl_compat.normalized_score(env_id, e["return"]), rel=1e-6, abs=1e-6)
+    assert e["score"] == pytest.approx(offline_data.normalized_score(env_id, e["return"]), rel=1e-6, abs=1e-6)
 
 
 @pytest.mark.parametrize("env_id", list(DOMAINS))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-import d4rl_compat
 import dql
+import offline_data
 import ofql
 
 OBS, ACT, B = 11, 3, 64
@@ -215,7 +215,7 @@ def test_gradient_clipping_bounds_the_step(agent_and_batch):
     ],
 )
 def test_normalized_score_uses_d4rls_reference_returns(env_id, ret, score):
-    assert d4rl_compat.normalized_score(env_id, ret) == pytest.approx(score, abs=1e-6)
+    assert offline_data.normalized_score(env_id, ret) == pytest.approx(score, abs=1e-6)
 
 
 def test_presets_become_defaults_and_flags_override_them():
@@ -231,7 +231,7 @@ def test_presets_become_defaults_and_flags_override_them():
     assert (args.eta, args.actor_lr, args.reward_mode, args.num_candidates) == (0.5, 3e-4, "standardize", 1)
     # Appendix B: Adam 3e-4 for both networks, for every dataset
     assert all(ofql.parse_args(["--env-id", e]).actor_lr == ofql.Args.critic_lr == 3e-4 for e in ofql.PRESETS)
-    with pytest.raises(d4rl_compat.UserError, match="supported: halfcheetah-medium-v2"):
+    with pytest.raises(offline_data.UserError, match="supported: halfcheetah-medium-v2"):
         ofql.parse_args(["--env-id", "hopper-medium-v3"])
 
 

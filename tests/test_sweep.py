@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import d4rl_compat
 import dql
 import fql
+import offline_data
 import ofql
 import sweep
 from conftest import ROOT
@@ -132,8 +132,14 @@ def test_evaluation_steps_every_members_episodes_as_the_script_would(hopper_file
     """A fixed policy through the sweep's evaluation: member m's numbers are those of the script's evaluate() with
     member m's seed (its own episodes, its own env seeds)."""
     members = [ofql.Args(env_id="hopper-medium-v2", eval_episodes=2, seed=s) for s in (3, 8)]
-    source = d4rl_compat.DataSource(
-        {}, "", 11, 3, d4rl_compat.eval_env_factory("hopper-medium-v2"), "Hopper-v4", *d4rl_compat.DOMAINS["hopper"][:2]
+    source = offline_data.DataSource(
+        {},
+        "",
+        11,
+        3,
+        offline_data.eval_env_factory("hopper-medium-v2"),
+        "Hopper-v4",
+        *offline_data.d4rl_files.DOMAINS["hopper"][:2],
     )
     weights = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (11, 3)).astype(np.float32))
     policy = lambda obs: torch.tanh(obs @ weights)  # noqa: E731
@@ -166,7 +172,7 @@ def test_a_member_that_diverges_stops_alone(tmp_path, hopper_file, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     base = script_args(ofql, hopper_file, "--total-steps", "20", "--eval-every", "20")
     grid = [dataclasses.replace(base, eta=0.1), dataclasses.replace(base, eta=float("nan"), exp_name="bad")]
-    with pytest.raises(d4rl_compat.UserError, match="1 of 2 members failed.*non-finite actor_grad_norm at step 1"):
+    with pytest.raises(offline_data.UserError, match="1 of 2 members failed.*non-finite actor_grad_norm at step 1"):
         sweep.train(ofql, grid, "nan")
     good, bad = (next(d for d in os.listdir("runs") if f"__{n}__" in d) for n in ("ofql", "bad"))
     assert json.load(open(f"runs/{good}/summary.json"))["final_score"] is not None

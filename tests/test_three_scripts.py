@@ -1,6 +1,6 @@
 """ofql.py, dql.py and fql.py are three single files that must share their non-algorithmic parts word for word (the
 buffer, the evaluation, checkpoints, the CUDA training step and the training loop; data and environments come from
-d4rl_compat), so that `diff dql.py ofql.py` shows only the algorithms. These tests keep the copies from drifting apart,
+offline_data), so that `diff dql.py ofql.py` shows only the algorithms. These tests keep the copies from drifting apart,
 by text and by behaviour, and each script within its size budget."""
 
 import dataclasses
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import d4rl_compat
 import dql
 import fql
+import offline_data
 import ofql
 from conftest import ROOT
 
@@ -87,7 +87,7 @@ def test_the_shared_sections_are_identical_text():
 def test_the_shared_tables_and_flags_agree():
     for m in (dql, fql):
         assert (
-            set(m.PRESETS) == set(ofql.PRESETS) == set(d4rl_compat.DATASETS)
+            set(m.PRESETS) == set(ofql.PRESETS) == set(offline_data.DATASETS)
         )  # every dataset ofql.py supports has a preset in each script
         fields = {f.name: f for f in dataclasses.fields(m.Args)}
         for name in COMMON_FLAGS:
@@ -98,7 +98,7 @@ def test_the_shared_tables_and_flags_agree():
 
 @pytest.mark.parametrize("reward_mode", ["raw", "cql_antmaze", "iql_antmaze", "standardize"])
 def test_all_three_buffers_draw_identical_batches(hopper_file, reward_mode):
-    data = d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, reward_mode)
+    data = offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, reward_mode)
     buffers = [m.OfflineBuffer(data, torch.device("cpu")) for m in MODULES]
     for buffer in buffers:
         torch.manual_seed(0)
@@ -114,8 +114,14 @@ def test_all_three_evaluate_a_policy_identically():
     args = ofql.Args(env_id="hopper-medium-v2", eval_episodes=2, seed=5)
     results = []
     for m in MODULES:
-        source = d4rl_compat.DataSource(
-            {}, "", 11, 3, d4rl_compat.eval_env_factory(args.env_id), "Hopper-v4", *d4rl_compat.DOMAINS["hopper"][:2]
+        source = offline_data.DataSource(
+            {},
+            "",
+            11,
+            3,
+            offline_data.eval_env_factory(args.env_id),
+            "Hopper-v4",
+            *offline_data.d4rl_files.DOMAINS["hopper"][:2],
         )
         envs = gym.vector.SyncVectorEnv([source.make_env] * args.eval_episodes)
         result = m.evaluate([lambda obs: torch.tanh(obs @ weights)], envs, source, args, torch.device("cpu"))
@@ -146,7 +152,7 @@ def test_dql_and_ofql_share_dqls_ema_rule(module):
 @pytest.mark.parametrize("name", ["ofql", "dql", "fql"])
 def test_each_script_stays_within_its_budget(name):
     """At most 650 lines, the first ALGO LOGIC line before line 200, no line over 120 columns, and the data and
-    environment layer imported from d4rl_compat rather than copied in."""
+    environment layer imported from offline_data rather than copied in."""
     lines = open(f"{ROOT}/{name}.py").read().splitlines()
     assert len(lines) <= 650
     assert next(i for i, line in enumerate(lines, 1) if line.startswith("# ALGO LOGIC")) < 200

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import dql
 import fql
 import ofql
-from d4rl_compat import UserError
+from offline_data import UserError
 
 MODULES = (ofql, dql, fql)
 OBS, ACT = 11, 3

@@ -16,8 +16,8 @@ import tyro
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import d4rl_compat  # noqa: E402
-from d4rl_compat import UserError  # noqa: E402
+import offline_data  # noqa: E402
+from offline_data import UserError  # noqa: E402
 
 
 @dataclass
@@ -56,11 +56,11 @@ def load_agent(state: dict, obs_dim: int, act_dim: int):
 
 def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     """The frames (reset, then every step), the return and the normalized score of one episode."""
-    state = d4rl_compat.load_checkpoint(args.checkpoint)
+    state = offline_data.load_checkpoint(args.checkpoint)
     config = state["config"]
-    minari = d4rl_compat.is_minari_id(config["env_id"])  # its env comes with its data; a D4RL id's from the id
-    source = d4rl_compat.load(config["env_id"]) if minari else None
-    env = d4rl_compat.renderable((source.make_env if minari else d4rl_compat.eval_env_factory(config["env_id"]))())
+    minari = offline_data.is_minari_id(config["env_id"])  # its env comes with its data; a D4RL id's from the id
+    source = offline_data.load(config["env_id"]) if minari else None
+    env = offline_data.renderable((source.make_env if minari else offline_data.eval_env_factory(config["env_id"]))())
     module, agent = load_agent(state, env.observation_space.shape[0], env.action_space.shape[0])
     seed = config["seed"] + 100 if args.seed is None else args.seed
     torch.manual_seed(seed)
@@ -75,7 +75,7 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
         total, done = total + float(reward), terminated or truncated
     env.close()
     score = (
-        source.normalized_score(np.array(total)) if minari else d4rl_compat.normalized_score(config["env_id"], total)
+        source.normalized_score(np.array(total)) if minari else offline_data.normalized_score(config["env_id"], total)
     )
     return frames, total, None if score is None else float(score)
 

@@ -1,12 +1,12 @@
-"""Check an evaluation adapter of d4rl_compat.py (the evaluation envs of ofql.py, dql.py and fql.py) against a real
+"""Check an evaluation env of offline_data/d4rl_envs.py (those of ofql.py, dql.py and fql.py) against a real
 D4RL file: put the env in the states stored in the file, step the stored actions, and report how far the env's next
 observations and rewards are from the file's next rows.
 
     python tools/replay_check.py --env-id antmaze-medium-play-v2          # the cached D4RL file (downloaded if missing)
     python tools/replay_check.py --env-id pen-human-v1 --dataset-path pen-human-v1.hdf5 --num-transitions 5000
 
-Without the real files (they cannot be downloaded where this was written), tests/test_d4rl_compat_antmaze.py and
-tests/test_d4rl_compat_kitchen_pen.py run the same checks on files recorded with the adapters themselves, where the
+Without the real files (they cannot be downloaded where this was written), tests/test_offline_data_antmaze.py and
+tests/test_offline_data_kitchen_pen.py run the same checks on files recorded with the adapters themselves, where the
 error is ~0 and a corrupted copy is flagged.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import tyro
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import d4rl_compat  # noqa: E402
+import offline_data  # noqa: E402
 
 
 @dataclass
@@ -53,7 +53,7 @@ def antmaze_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 100
     continues = ~(timeouts[:-1] | (terminals[:-1] & jump))  # row i + 1 follows row i in the same episode
     rows = np.flatnonzero(continues[1:] & continues[:-1]) + 1 if after_step else np.flatnonzero(continues)
     rows = rows[:num_transitions]
-    env = d4rl_compat.D4RLAntMazeEnv(d4rl_compat.antmaze_maze_name(env_id))
+    env = offline_data.d4rl_envs.D4RLAntMazeEnv(offline_data.d4rl_envs.antmaze_maze_name(env_id))
     env.reset(seed=0)
     errors, mismatches = [], 0
     for i in rows:
@@ -119,7 +119,7 @@ def _err_stats(prefix: str, err: np.ndarray) -> dict[str, float]:
 def kitchen_dataset_reward(obs: np.ndarray, tasks) -> float:
     """The reward stored in D4RL's kitchen files: the number of tasks done IN THAT ROW's observation (D4RL's
     scripts/generation/generate_kitchen_datasets.py relabels with REMOVE_TASKS_WHEN_COMPLETE = False)."""
-    return float(len(d4rl_compat.kitchen_completed(obs, tasks)))
+    return float(len(offline_data.d4rl_envs.kitchen_completed(obs, tasks)))
 
 
 def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -> dict:
@@ -136,8 +136,8 @@ def kitchen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 100
     data = _read_replay_keys(
         hdf5_path, ("observations", "actions", "rewards", "terminals", "timeouts", "infos/qpos", "infos/qvel")
     )
-    tasks, obs = d4rl_compat.KITCHEN_TASKS[env_id], data["observations"].astype(np.float64)
-    env = d4rl_compat.D4RLKitchenEnv(tasks, obs_noise=False)
+    tasks, obs = offline_data.d4rl_envs.KITCHEN_TASKS[env_id], data["observations"].astype(np.float64)
+    env = offline_data.d4rl_envs.D4RLKitchenEnv(tasks, obs_noise=False)
     env.reset(seed=0)
     has_state = "infos/qpos" in data and "infos/qvel" in data
     ends = _episode_ends(data)
@@ -200,7 +200,7 @@ def pen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -
     data = _read_replay_keys(hdf5_path, keys)
     if missing := [k for k in keys if k != "timeouts" and k not in data]:
         raise ValueError(f"{hdf5_path} lacks {missing}; the pen replay needs D4RL's stored simulator states")
-    env = d4rl_compat.make_pen_env(env_id)
+    env = offline_data.d4rl_envs.make_pen_env(env_id)
     env.reset(seed=0)
     obs, ends = data["observations"].astype(np.float64), _episode_ends(data)
     rows = _spread(np.arange(len(obs)), num_transitions)
@@ -233,15 +233,15 @@ CHECKS = {"antmaze": antmaze_replay_check, "kitchen": kitchen_replay_check, "pen
 
 def main(args: Args) -> dict:
     domain = args.env_id.split("-")[0]
-    if domain not in CHECKS or args.env_id not in d4rl_compat.DATASETS:
+    if domain not in CHECKS or args.env_id not in offline_data.DATASETS:
         raise SystemExit(
-            f"replay checks exist for {', '.join(i for i in d4rl_compat.DATASETS if i.split('-')[0] in CHECKS)}"
+            f"replay checks exist for {', '.join(i for i in offline_data.DATASETS if i.split('-')[0] in CHECKS)}"
         )
-    path = args.dataset_path or d4rl_compat.dataset_cache_path(args.env_id)
+    path = args.dataset_path or offline_data.d4rl_files.dataset_cache_path(args.env_id)
     if args.dataset_path is None and not os.path.exists(path):
-        rel_path, size, sha256 = d4rl_compat.DATASETS[args.env_id]
-        d4rl_compat.download(d4rl_compat.D4RL_URL + rel_path, path, size, sha256)
-    d4rl_compat.fix_gymnasium_robotics_joints()
+        rel_path, size, sha256 = offline_data.DATASETS[args.env_id]
+        offline_data.d4rl_files.download(offline_data.d4rl_files.D4RL_URL + rel_path, path, size, sha256)
+    offline_data.d4rl_envs.fix_gymnasium_robotics_joints()
     result = {"env_id": args.env_id, "dataset": path, **CHECKS[domain](args.env_id, path, args.num_transitions)}
     print(json.dumps(result, indent=1))
     return result
@@ -250,5 +250,5 @@ def main(args: Args) -> dict:
 if __name__ == "__main__":
     try:
         main(tyro.cli(Args))
-    except d4rl_compat.UserError as e:
+    except offline_data.UserError as e:
         raise SystemExit(f"replay_check.py: error: {e}") from None

@@ -1,4 +1,4 @@
-"""Tests of the AntMaze evaluation adapter of d4rl_compat.py (CPU, no network, a few seconds). Expected values are
+"""Tests of the AntMaze evaluation adapter of offline_data/d4rl_envs.py (CPU, no network, seconds). Expected values are
 computed here from D4RL's definitions (d4rl/locomotion/maze_env.py, goal_reaching_env.py, ant.py), not taken from the
 adapter."""
 
@@ -11,13 +11,13 @@ import mujoco
 import numpy as np
 import pytest
 
-import d4rl_compat
+import offline_data
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import replay_check as rc  # noqa: E402
 
-make_antmaze_env = d4rl_compat.make_antmaze_env
+make_antmaze_env = offline_data.d4rl_envs.make_antmaze_env
 
 MEDIUM, LARGE = "antmaze-medium-play-v2", "antmaze-large-diverse-v2"
 # D4RL's BIG_MAZE and HARDEST_MAZE walls (maze_env.py), 1 = wall; the start cell is (1, 1), scaling 4

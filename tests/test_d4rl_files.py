@@ -1,4 +1,4 @@
-"""d4rl_compat's D4RL loader on small files in the exact D4RL layout; the network is never touched."""
+"""offline_data's D4RL loader on small files in the exact D4RL layout; the network is never touched."""
 
 import hashlib
 import io
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import d4rl_compat
+import offline_data
 import ofql
 from conftest import record_d4rl_file
 
@@ -63,7 +63,7 @@ def test_qlearning_semantics_on_a_hand_made_case():
         "terminals": terminals,
         "timeouts": timeouts,
     }
-    out = d4rl_compat.qlearning_dataset(data)
+    out = offline_data.d4rl_files.qlearning_dataset(data)
     rows = [0, 1, 2, 3, 5, 6, 7, 8, 10]
     np.testing.assert_array_equal(out["observations"][:, 0], rows)
     np.testing.assert_array_equal(out["next_observations"][:, 0], np.array(rows) + 1)
@@ -85,7 +85,7 @@ def test_qlearning_matches_d4rl_loop_on_random_flags(with_timeouts):
     if with_timeouts:
         data["timeouts"] = rng.random(n) < 0.01
         data["timeouts"][np.flatnonzero(data["terminals"])[:5]] = True  # rows with both flags
-    expected, got = d4rl_qlearning_loop(data, 37), d4rl_compat.qlearning_dataset(data, 37)
+    expected, got = d4rl_qlearning_loop(data, 37), offline_data.d4rl_files.qlearning_dataset(data, 37)
     assert got.keys() == expected.keys()
     for key in expected:
         assert got[key].dtype == expected[key].dtype
@@ -97,7 +97,7 @@ def test_real_layout_file_loads_with_d4rl_semantics(tmp_path):
     path = tmp_path / "hopper_medium-v2.hdf5"
     rows = record_d4rl_file(path, episodes=8, max_steps=20, seed=3)
     assert rows["terminals"].any() and rows["timeouts"].any()
-    data = d4rl_compat.load_d4rl("hopper-medium-v2", str(path), "raw")
+    data = offline_data.d4rl_files.load_d4rl("hopper-medium-v2", str(path), "raw")
     expected = d4rl_qlearning_loop(
         {k: rows[k] for k in ("observations", "actions", "rewards", "terminals", "timeouts")}
     )
@@ -112,7 +112,7 @@ def test_real_layout_file_loads_with_d4rl_semantics(tmp_path):
 
 def test_cached_file_is_used_and_no_download_is_attempted(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "cache"))
-    path = d4rl_compat.dataset_cache_path("hopper-medium-replay-v2")
+    path = offline_data.d4rl_files.dataset_cache_path("hopper-medium-replay-v2")
     assert path == str(tmp_path / "cache" / "hopper_medium_replay-v2.hdf5")
     os.makedirs(os.path.dirname(path))
     record_d4rl_file(path)
@@ -121,24 +121,24 @@ def test_cached_file_is_used_and_no_download_is_attempted(tmp_path, monkeypatch)
         raise AssertionError("the loader tried to download")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    assert len(d4rl_compat.load_d4rl("hopper-medium-replay-v2", None, "raw")["rewards"]) > 0
+    assert len(offline_data.d4rl_files.load_d4rl("hopper-medium-replay-v2", None, "raw")["rewards"]) > 0
 
 
 def test_default_cache_dir_is_d4rls(monkeypatch):
     monkeypatch.delenv("D4RL_DATASET_DIR", raising=False)
-    assert d4rl_compat.dataset_cache_path("walker2d-medium-expert-v2") == os.path.expanduser(
+    assert offline_data.d4rl_files.dataset_cache_path("walker2d-medium-expert-v2") == os.path.expanduser(
         "~/.d4rl/datasets/walker2d_medium_expert-v2.hdf5"
     )
 
 
 def test_urls_follow_d4rls_naming():
-    assert d4rl_compat.DATASETS["halfcheetah-medium-v2"][0] == "gym_mujoco_v2/halfcheetah_medium-v2.hdf5"
-    assert d4rl_compat.DATASETS["hopper-medium-replay-v2"][0] == "gym_mujoco_v2/hopper_medium_replay-v2.hdf5"
-    assert d4rl_compat.DATASETS["antmaze-large-diverse-v2"][0] == (
+    assert offline_data.DATASETS["halfcheetah-medium-v2"][0] == "gym_mujoco_v2/halfcheetah_medium-v2.hdf5"
+    assert offline_data.DATASETS["hopper-medium-replay-v2"][0] == "gym_mujoco_v2/hopper_medium_replay-v2.hdf5"
+    assert offline_data.DATASETS["antmaze-large-diverse-v2"][0] == (
         "ant_maze_v2/Ant_maze_hardest-maze_noisy_multistart_True_multigoal_True_sparse_fixed.hdf5"
     )
-    assert d4rl_compat.DATASETS["kitchen-mixed-v0"][0] == "kitchen/kitchen_microwave_kettle_bottomburner_light-v0.hdf5"
-    assert d4rl_compat.DATASETS["pen-cloned-v1"][0] == "hand_dapg_v1/pen-cloned-v1.hdf5"
+    assert offline_data.DATASETS["kitchen-mixed-v0"][0] == "kitchen/kitchen_microwave_kettle_bottomburner_light-v0.hdf5"
+    assert offline_data.DATASETS["pen-cloned-v1"][0] == "hand_dapg_v1/pen-cloned-v1.hdf5"
 
 
 class FakeResponse(io.BytesIO):
@@ -164,7 +164,9 @@ def test_download_verifies_and_renames(tmp_path, monkeypatch):
     payload = b"x" * 3_000_000
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(payload))
     path = str(tmp_path / "d" / "file.hdf5")
-    d4rl_compat.download("http://example.invalid/file.hdf5", path, len(payload), hashlib.sha256(payload).hexdigest())
+    offline_data.d4rl_files.download(
+        "http://example.invalid/file.hdf5", path, len(payload), hashlib.sha256(payload).hexdigest()
+    )
     assert open(path, "rb").read() == payload
     assert os.listdir(tmp_path / "d") == ["file.hdf5"]
 
@@ -172,25 +174,25 @@ def test_download_verifies_and_renames(tmp_path, monkeypatch):
 def test_sha256_mismatch_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(b"corrupted bytes"))
     path = str(tmp_path / "file.hdf5")
-    with pytest.raises(d4rl_compat.DatasetError, match="sha256"):
-        d4rl_compat.download("http://example.invalid/file.hdf5", path, None, "0" * 64)
+    with pytest.raises(offline_data.DatasetError, match="sha256"):
+        offline_data.d4rl_files.download("http://example.invalid/file.hdf5", path, None, "0" * 64)
     assert os.listdir(tmp_path) == []
 
 
 def test_truncated_download_leaves_no_file(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(b"only part"))
-    with pytest.raises(d4rl_compat.DatasetError, match="incomplete"):
-        d4rl_compat.download("http://example.invalid/file.hdf5", str(tmp_path / "file.hdf5"), 10**6, None)
+    with pytest.raises(offline_data.DatasetError, match="incomplete"):
+        offline_data.d4rl_files.download("http://example.invalid/file.hdf5", str(tmp_path / "file.hdf5"), 10**6, None)
     assert os.listdir(tmp_path) == []
 
 
 def test_offline_and_not_cached_names_the_url_and_the_place(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(b"", fail_after=0))
-    with pytest.raises(d4rl_compat.DatasetError) as info:
-        d4rl_compat.load_d4rl("walker2d-medium-v2", None, "raw")
+    with pytest.raises(offline_data.DatasetError) as info:
+        offline_data.d4rl_files.load_d4rl("walker2d-medium-v2", None, "raw")
     message = str(info.value)
-    assert d4rl_compat.D4RL_URL + "gym_mujoco_v2/walker2d_medium-v2.hdf5" in message
+    assert offline_data.d4rl_files.D4RL_URL + "gym_mujoco_v2/walker2d_medium-v2.hdf5" in message
     assert str(tmp_path / "walker2d_medium-v2.hdf5") in message and "--dataset-path" in message
     assert os.listdir(tmp_path) == []
 
@@ -200,13 +202,13 @@ def test_corrupt_file_is_a_clear_error(tmp_path, monkeypatch):
     be the user's only copy, and the error says what is wrong with it instead."""
     broken = b"\x89HDF\r\n\x1a\n" + b"\0" * 100
     (tmp_path / "broken.hdf5").write_bytes(broken)
-    with pytest.raises(d4rl_compat.DatasetError, match="broken.hdf5 is a damaged hdf5 file") as info:
-        d4rl_compat.load_d4rl("hopper-medium-v2", str(tmp_path / "broken.hdf5"), "raw")
+    with pytest.raises(offline_data.DatasetError, match="broken.hdf5 is a damaged hdf5 file") as info:
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", str(tmp_path / "broken.hdf5"), "raw")
     assert "delete" not in str(info.value)
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     (tmp_path / "hopper_medium-v2.hdf5").write_bytes(broken)
-    with pytest.raises(d4rl_compat.DatasetError, match="delete it and download it again"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", None, "raw")
+    with pytest.raises(offline_data.DatasetError, match="delete it and download it again"):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", None, "raw")
 
 
 def test_a_dataset_path_that_is_not_usable_says_why(tmp_path, hopper_file, monkeypatch):
@@ -217,16 +219,18 @@ def test_a_dataset_path_that_is_not_usable_says_why(tmp_path, hopper_file, monke
         (tmp_path / name).write_bytes(content)
     expected = {"text.hdf5": "is not an hdf5 file", "cut.hdf5": "is truncated", "": "is a directory"}
     for name, message in expected.items():
-        with pytest.raises(d4rl_compat.DatasetError, match=message) as info:
-            d4rl_compat.load_d4rl("hopper-medium-v2", str(tmp_path / name), "raw")
+        with pytest.raises(offline_data.DatasetError, match=message) as info:
+            offline_data.d4rl_files.load_d4rl("hopper-medium-v2", str(tmp_path / name), "raw")
         assert "delete" not in str(info.value) and "does not exist" not in str(info.value)
 
     def no_permission(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(d4rl_compat, "open", no_permission, raising=False)  # as root, chmod 000 would not stop it
-    with pytest.raises(d4rl_compat.DatasetError, match=r"cannot read .*hopper_medium-v2.hdf5 \(Permission denied\)"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    monkeypatch.setattr(
+        offline_data.d4rl_files, "open", no_permission, raising=False
+    )  # as root, chmod 000 would not stop it
+    with pytest.raises(offline_data.DatasetError, match=r"cannot read .*hopper_medium-v2.hdf5 \(Permission denied\)"):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
 def rewrite(path, key, value):
@@ -251,15 +255,15 @@ def test_malformed_arrays_are_one_line_errors(hopper_file, key, value, message):
     if value is not None and value.ndim and len(value) == 160:
         value = value[:rows] if len(value) >= rows else np.resize(value, (rows,) + value.shape[1:])
     rewrite(hopper_file, key, value)
-    with pytest.raises(d4rl_compat.DatasetError, match=message):
-        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    with pytest.raises(offline_data.DatasetError, match=message):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
 def test_actions_slightly_outside_the_bounds_load_as_they_are(hopper_file):
     """Only another scale is refused (max |a| > 1.5): real recordings overshoot [-1, 1] a little."""
     rows = len(h5py.File(hopper_file, "r")["rewards"])
     rewrite(hopper_file, "actions", np.full((rows, 3), 1.05, np.float32))
-    data = d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    data = offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
     assert np.allclose(data["actions"], 1.05)
 
 
@@ -267,8 +271,8 @@ def test_a_group_where_an_array_should_be(hopper_file):
     with h5py.File(hopper_file, "a") as f:
         del f["rewards"]
         f.create_group("rewards").create_dataset("x", data=np.zeros(3))
-    with pytest.raises(d4rl_compat.DatasetError, match="'rewards' is a Group, not an array"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    with pytest.raises(offline_data.DatasetError, match="'rewards' is a Group, not an array"):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
 def test_randomly_corrupted_files_load_or_stop_with_one_line(tmp_path):
@@ -285,8 +289,8 @@ def test_randomly_corrupted_files_load_or_stop_with_one_line(tmp_path):
         copy = tmp_path / f"copy{i}.hdf5"
         copy.write_bytes(bytes(damaged))
         try:
-            data = d4rl_compat.load_d4rl("hopper-medium-v2", str(copy), "raw")
-        except d4rl_compat.DatasetError as e:
+            data = offline_data.d4rl_files.load_d4rl("hopper-medium-v2", str(copy), "raw")
+        except offline_data.DatasetError as e:
             assert "\n" not in str(e) and "delete" not in str(e)
             outcomes["refused"] += 1
         else:
@@ -303,8 +307,8 @@ def test_a_cache_folder_that_cannot_be_created_is_one_line(tmp_path, monkeypatch
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "file" / "datasets"))  # under a file: never a folder
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen(b"unused"))
-    with pytest.raises(d4rl_compat.DatasetError, match="cannot create the dataset folder .*D4RL_DATASET_DIR"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", None, "raw")
+    with pytest.raises(offline_data.DatasetError, match="cannot create the dataset folder .*D4RL_DATASET_DIR"):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", None, "raw")
 
 
 def test_a_download_shorter_than_its_content_length_is_refused(tmp_path, monkeypatch):
@@ -317,8 +321,8 @@ def test_a_download_shorter_than_its_content_length_is_refused(tmp_path, monkeyp
         return r
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    with pytest.raises(d4rl_compat.DatasetError, match=r"incomplete \(1000 of 5000 bytes\)"):
-        d4rl_compat.download("http://example.invalid/f.hdf5", str(tmp_path / "f.hdf5"), None, None)
+    with pytest.raises(offline_data.DatasetError, match=r"incomplete \(1000 of 5000 bytes\)"):
+        offline_data.d4rl_files.download("http://example.invalid/f.hdf5", str(tmp_path / "f.hdf5"), None, None)
     assert os.listdir(tmp_path) == []
 
 
@@ -331,38 +335,38 @@ def test_the_parts_of_killed_downloads_are_removed(tmp_path, monkeypatch):
     record_d4rl_file(tmp_path / "hopper_medium-v2.hdf5", episodes=1, max_steps=10)
     for pid in (dead.pid, os.getppid()):
         (tmp_path / f"hopper_medium-v2.hdf5.part{pid}").write_bytes(b"partial")
-    d4rl_compat.load_d4rl("hopper-medium-v2", None, "raw")
+    offline_data.d4rl_files.load_d4rl("hopper-medium-v2", None, "raw")
     assert sorted(os.listdir(tmp_path)) == ["hopper_medium-v2.hdf5", f"hopper_medium-v2.hdf5.part{os.getppid()}"]
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
-    with pytest.raises(d4rl_compat.DatasetError, match="does not exist"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", str(tmp_path / "nope.hdf5"), "raw")
+    with pytest.raises(offline_data.DatasetError, match="does not exist"):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", str(tmp_path / "nope.hdf5"), "raw")
 
 
 def test_shape_mismatch_with_the_environment(hopper_file):
     with pytest.raises(
-        d4rl_compat.DatasetError, match=r"'observations' has shape \(\d+, 11\), walker2d-medium-v2 needs \(\d+, 17\)"
+        offline_data.DatasetError, match=r"'observations' has shape \(\d+, 11\), walker2d-medium-v2 needs \(\d+, 17\)"
     ):
-        d4rl_compat.load_d4rl("walker2d-medium-v2", hopper_file, "raw")
+        offline_data.d4rl_files.load_d4rl("walker2d-medium-v2", hopper_file, "raw")
 
 
 def test_missing_key_and_row_mismatch(tmp_path, hopper_file):
     with h5py.File(hopper_file, "a") as f:
         del f["rewards"]
-    with pytest.raises(d4rl_compat.DatasetError, match="lacks the D4RL key"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    with pytest.raises(offline_data.DatasetError, match="lacks the D4RL key"):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
     with h5py.File(hopper_file, "a") as f:
         f["rewards"] = np.zeros(len(f["observations"]) + 1, np.float32)
-    with pytest.raises(d4rl_compat.DatasetError, match="'rewards' has"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    with pytest.raises(offline_data.DatasetError, match="'rewards' has"):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
 def test_nan_in_data_is_rejected(hopper_file):
     with h5py.File(hopper_file, "a") as f:
         f["actions"][3, 0] = np.nan
-    with pytest.raises(d4rl_compat.DatasetError, match="NaN"):
-        d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    with pytest.raises(offline_data.DatasetError, match="NaN"):
+        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
 def test_file_without_timeouts_uses_d4rls_step_count(tmp_path):
@@ -375,25 +379,25 @@ def test_file_without_timeouts_uses_d4rls_step_count(tmp_path):
         f["actions"] = rng.uniform(-1, 1, (n, 24)).astype(np.float32)
         f["rewards"] = rng.normal(size=(n, 1)).astype(np.float32)  # (N, 1) is squeezed as in d4rl
         f["terminals"] = terminals
-    data = d4rl_compat.load_d4rl("pen-human-v1", str(path), "raw")
+    data = offline_data.d4rl_files.load_d4rl("pen-human-v1", str(path), "raw")
     with h5py.File(path) as f:
         raw = {k: f[k][()] for k in f}
     raw["rewards"] = raw["rewards"][:, 0]
-    expected = d4rl_qlearning_loop(raw, d4rl_compat.MAX_EPISODE_STEPS["pen"])
+    expected = d4rl_qlearning_loop(raw, offline_data.d4rl_files.MAX_EPISODE_STEPS["pen"])
     np.testing.assert_array_equal(data["observations"], expected["observations"])
     np.testing.assert_array_equal(data["terminals"], expected["terminals"])
 
 
 def test_reward_transforms():
     r = np.array([0.0, 1.0, 0.0, 1.0], np.float32)
-    np.testing.assert_array_equal(d4rl_compat.transform_rewards(r, "raw"), r)
-    np.testing.assert_array_equal(d4rl_compat.transform_rewards(r, "cql_antmaze"), [-2.0, 2.0, -2.0, 2.0])
-    z = d4rl_compat.transform_rewards(np.array([1.0, 2.0, 3.0, 6.0]), "standardize")
+    np.testing.assert_array_equal(offline_data.source.transform_rewards(r, "raw"), r)
+    np.testing.assert_array_equal(offline_data.source.transform_rewards(r, "cql_antmaze"), [-2.0, 2.0, -2.0, 2.0])
+    z = offline_data.source.transform_rewards(np.array([1.0, 2.0, 3.0, 6.0]), "standardize")
     assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-12
 
 
 def test_buffer_samples_aligned_transitions(hopper_file):
-    data = d4rl_compat.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    data = offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
     buffer = ofql.OfflineBuffer(data, torch.device("cpu"))
     batch = buffer.sample(64)
     assert [x.shape for x in batch] == [(64, 11), (64, 3), (64, 1), (64, 11), (64, 1)]
@@ -408,9 +412,9 @@ def test_buffer_samples_aligned_transitions(hopper_file):
 
 
 def test_tables_cover_every_dataset_and_match_the_environments():
-    assert ofql.PRESETS.keys() == d4rl_compat.DATASETS.keys()
-    for env_id in d4rl_compat.DATASETS:
-        domain = d4rl_compat.domain_of(env_id)
+    assert ofql.PRESETS.keys() == offline_data.DATASETS.keys()
+    for env_id in offline_data.DATASETS:
+        domain = offline_data.d4rl_files.domain_of(env_id)
         if domain.eval_env.endswith("-v4"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -427,7 +431,7 @@ def test_the_normalized_score_of_an_evaluation_without_minari(hopper_file, monke
     monkeypatch.setitem(sys.modules, "minari", None)  # `import minari` raises ImportError
     with pytest.raises(ImportError):
         import minari  # noqa: F401
-    source = d4rl_compat.load("hopper-medium-v2", hopper_file)
+    source = offline_data.load("hopper-medium-v2", hopper_file)
     envs = gym.vector.SyncVectorEnv([source.make_env] * 2)
     weights = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (11, 3)).astype(np.float32))
     result = ofql.evaluate([lambda obs: torch.tanh(obs @ weights)], envs, source, ofql.Args(), torch.device("cpu"))
@@ -436,13 +440,13 @@ def test_the_normalized_score_of_an_evaluation_without_minari(hopper_file, monke
     scores = [100 * (r - -20.272305) / (3234.3 - -20.272305) for r in returns]
     assert result["return"] > 10 and result["score"] == pytest.approx(np.mean(scores), rel=1e-9)
     assert result["score_std"] == pytest.approx(np.std(scores), rel=1e-6)
-    assert d4rl_compat.normalized_score("hopper-medium-v2", 3234.3) == pytest.approx(100.0)
+    assert offline_data.normalized_score("hopper-medium-v2", 3234.3) == pytest.approx(100.0)
 
 
 def test_episode_video_records_one_whole_episode_when_asked_and_writes_it_as_it_ends(tmp_path):
     """evaluation_envs' first env records the episode after record(name), each of its frames (the reset's, then one
     a step), into name.mp4 as soon as it ends; the next evaluation's episodes, not asked for, are not recorded."""
-    envs = d4rl_compat.evaluation_envs(d4rl_compat.eval_env_factory("hopper-medium-v2"), 2, str(tmp_path / "videos"))
+    envs = offline_data.evaluation_envs(offline_data.eval_env_factory("hopper-medium-v2"), 2, str(tmp_path / "videos"))
     path = envs.envs[0].record("step_7")
     obs, _ = envs.reset(seed=[3, 4])
     length, rng = 0, np.random.default_rng(0)
@@ -463,8 +467,8 @@ def test_capture_video_refuses_an_env_that_cannot_render_and_a_dataset_without_o
     class Blind(gym.Env):
         observation_space = action_space = gym.spaces.Box(-1, 1, (1,))
 
-    with pytest.raises(d4rl_compat.UserError, match="the evaluation env .* cannot render frames"):
-        d4rl_compat.evaluation_envs(Blind, 1, str(tmp_path))
-    with pytest.raises(d4rl_compat.UserError, match="--capture-video needs an evaluation environment"):
-        d4rl_compat.evaluation_envs(None, 1, str(tmp_path))
-    assert d4rl_compat.evaluation_envs(None, 1) is None
+    with pytest.raises(offline_data.UserError, match="the evaluation env .* cannot render frames"):
+        offline_data.evaluation_envs(Blind, 1, str(tmp_path))
+    with pytest.raises(offline_data.UserError, match="--capture-video needs an evaluation environment"):
+        offline_data.evaluation_envs(None, 1, str(tmp_path))
+    assert offline_data.evaluation_envs(None, 1) is None

@@ -1,4 +1,4 @@
-"""Tests of the Kitchen and pen evaluation adapters of d4rl_compat.py, CPU, no network.
+"""Tests of the Kitchen and pen evaluation adapters of offline_data/d4rl_envs.py, CPU, no network.
 Expected values are computed here from D4RL's numbers, not from the adapter's tables."""
 
 import json
@@ -11,7 +11,7 @@ import mujoco
 import numpy as np
 import pytest
 
-import d4rl_compat
+import offline_data
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -36,12 +36,14 @@ def n_done(obs, tasks):
 @pytest.fixture(scope="module")
 def kitchen():
     """A noise-free mixed kitchen (the model takes ~0.5 s to load, so it is shared)."""
-    return d4rl_compat.D4RLKitchenEnv(d4rl_compat.KITCHEN_TASKS["kitchen-mixed-v0"], obs_noise=False)
+    return offline_data.d4rl_envs.D4RLKitchenEnv(
+        offline_data.d4rl_envs.KITCHEN_TASKS["kitchen-mixed-v0"], obs_noise=False
+    )
 
 
 @pytest.fixture(scope="module")
 def noisy_kitchen():
-    return d4rl_compat.make_kitchen_env("kitchen-mixed-v0")
+    return offline_data.d4rl_envs.make_kitchen_env("kitchen-mixed-v0")
 
 
 # ----------------------------------------------------------------------------------------------- kitchen
@@ -74,7 +76,7 @@ def test_kitchen_reset_state_and_layout(kitchen):
 
 
 def test_kitchen_partial_goal():
-    env = d4rl_compat.make_kitchen_env("kitchen-partial-v0")
+    env = offline_data.d4rl_envs.make_kitchen_env("kitchen-partial-v0")
     obs, _ = env.reset(seed=1)
     goal = np.zeros(30)
     for task in PARTIAL:
@@ -146,7 +148,7 @@ def test_kitchen_episode_length(noisy_kitchen):
 
 
 def test_kitchen_vectorised():
-    envs = gym.vector.SyncVectorEnv([lambda: d4rl_compat.make_kitchen_env("kitchen-mixed-v0")] * 2)
+    envs = gym.vector.SyncVectorEnv([lambda: offline_data.d4rl_envs.make_kitchen_env("kitchen-mixed-v0")] * 2)
     obs, _ = envs.reset(seed=[0, 1])
     assert obs.shape == (2, 60) and not np.array_equal(obs[0], obs[1])  # different noise per seed
     obs, reward, terminated, truncated, _ = envs.step(np.zeros((2, 9), np.float32))
@@ -170,7 +172,7 @@ def pen_expected(u):
 
 
 def test_pen_reset_and_layout():
-    env = d4rl_compat.make_pen_env("pen-human-v1")
+    env = offline_data.d4rl_envs.make_pen_env("pen-human-v1")
     obs, _ = env.reset(seed=0)
     u = env.unwrapped
     assert obs.shape == (45,) and env.action_space.shape == (24,)
@@ -184,7 +186,7 @@ def test_pen_reset_and_layout():
 
 
 def test_pen_reward_at_goal_orientation():
-    env = d4rl_compat.make_pen_env("pen-human-v1")
+    env = offline_data.d4rl_envs.make_pen_env("pen-human-v1")
     env.reset(seed=0)
     u = env.unwrapped
     pen_id = mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_BODY, "Object")
@@ -199,7 +201,7 @@ def test_pen_reward_at_goal_orientation():
 
 
 def test_pen_drop_terminates():
-    env = d4rl_compat.make_pen_env("pen-cloned-v1")
+    env = offline_data.d4rl_envs.make_pen_env("pen-cloned-v1")
     env.reset(seed=0)
     u = env.unwrapped
     slides = [mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in ("OBJTx", "OBJTy", "OBJTz")]
@@ -213,7 +215,7 @@ def test_pen_drop_terminates():
 
 
 def test_pen_episode_length():
-    env = d4rl_compat.make_pen_env("pen-cloned-v1")
+    env = offline_data.d4rl_envs.make_pen_env("pen-cloned-v1")
     env.reset(seed=0)
     env.unwrapped.model.opt.gravity[:] = 0  # keep the pen in the hand
     for step in range(1, 150):  # noqa: B007 (read after the loop)
@@ -224,10 +226,10 @@ def test_pen_episode_length():
 
 
 def test_unknown_ids():
-    with pytest.raises(d4rl_compat.UserError):
-        d4rl_compat.make_kitchen_env("kitchen-foo-v0")
-    with pytest.raises(d4rl_compat.UserError):
-        d4rl_compat.make_pen_env("door-human-v1")
+    with pytest.raises(offline_data.UserError):
+        offline_data.d4rl_envs.make_kitchen_env("kitchen-foo-v0")
+    with pytest.raises(offline_data.UserError):
+        offline_data.d4rl_envs.make_pen_env("door-human-v1")
 
 
 # ----------------------------------------------------------------------------------------------- replay
@@ -235,7 +237,7 @@ def write_kitchen_file(path, states=True, episodes=2, steps=25, seed=0):
     """A D4RL-layout kitchen file recorded with the (noise-free) adapter: rewards as D4RL's generator labels them
     (tasks done in the row's own observation), terminals on each episode's last row, `infos` as a plain dataset like
     D4RL's kitchen files, or the simulator states under infos/."""
-    env, rng = d4rl_compat.D4RLKitchenEnv(MIXED, obs_noise=False), np.random.default_rng(seed)
+    env, rng = offline_data.d4rl_envs.D4RLKitchenEnv(MIXED, obs_noise=False), np.random.default_rng(seed)
     rows = {k: [] for k in ("observations", "actions", "qpos", "qvel", "terminals")}
     for episode in range(episodes):
         obs, _ = env.reset(seed=episode)
@@ -303,7 +305,7 @@ def test_kitchen_replay_from_observations(tmp_path):
 def write_pen_file(path, episodes=3, seed=0):
     """A D4RL-layout pen-v1 file recorded with the adapter (as D4RL's hand_dapg scripts write them: float32, the
     reward and done of step i on row i, timeouts on the last row of an episode that was not terminated)."""
-    env, rng = d4rl_compat.make_pen_env("pen-human-v1"), np.random.default_rng(seed)
+    env, rng = offline_data.d4rl_envs.make_pen_env("pen-human-v1"), np.random.default_rng(seed)
     rows = {
         k: []
         for k in (

@@ -1,4 +1,4 @@
-"""Minari datasets in d4rl_compat.py: tiny Minari datasets written with minari's own writer under a temporary
+"""offline_data/minari_datasets.py: tiny Minari datasets written with minari's own writer under a temporary
 MINARI_DATASETS_PATH, from short random-action rollouts of the real environments. CPU only, no network.
 """
 
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from minari.data_collector import EpisodeBuffer
 
-import d4rl_compat
+import offline_data
 import ofql
 from conftest import ROOT
 
 
 class Info:
-    """The fields the checks below read, taken from d4rl_compat's DataSource (plus the eval env's episode length)."""
+    """The fields the checks below read, taken from offline_data's DataSource (plus the eval env's episode length)."""
 
     def __init__(self, source):
         self.source, self.obs_dim, self.act_dim, self.make_env = source, source.obs_dim, source.act_dim, source.make_env
@@ -32,7 +32,7 @@ class Info:
 
 
 def load(dataset_id):
-    source = d4rl_compat.load_minari(dataset_id)
+    source = offline_data.minari_datasets.load_minari(dataset_id)
     return source.data, Info(source)
 
 
@@ -173,21 +173,21 @@ def check_env(info, dataset, seed=3):
 
 
 def test_ids_and_presets():
-    assert d4rl_compat.is_minari_id("mujoco/hopper/medium-v0") and not d4rl_compat.is_minari_id("hopper-medium-v2")
-    assert d4rl_compat.MINARI_PRESET_KEYS["mujoco/hopper/medium-v0"] == "hopper-medium-v2"
-    assert d4rl_compat.MINARI_PRESET_KEYS["mujoco/halfcheetah/medium-replay-v0"] == "halfcheetah-medium-replay-v2"
-    assert d4rl_compat.MINARI_PRESET_KEYS["mujoco/walker2d/medium-expert-v0"] == "walker2d-medium-expert-v2"
-    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/antmaze/large-play-v1"] == "antmaze-large-play-v2"
-    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/antmaze/medium-diverse-v1"] == "antmaze-medium-diverse-v2"
-    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/kitchen/mixed-v2"] == "kitchen-mixed-v0"
-    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/kitchen/partial-v2"] == "kitchen-partial-v0"
-    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/pen/human-v2"] == "pen-human-v1"
-    assert d4rl_compat.MINARI_PRESET_KEYS["D4RL/pen/cloned-v2"] == "pen-cloned-v1"
-    assert len(d4rl_compat.MINARI_PRESET_KEYS) == 17
+    assert offline_data.is_minari_id("mujoco/hopper/medium-v0") and not offline_data.is_minari_id("hopper-medium-v2")
+    assert offline_data.MINARI_PRESET_KEYS["mujoco/hopper/medium-v0"] == "hopper-medium-v2"
+    assert offline_data.MINARI_PRESET_KEYS["mujoco/halfcheetah/medium-replay-v0"] == "halfcheetah-medium-replay-v2"
+    assert offline_data.MINARI_PRESET_KEYS["mujoco/walker2d/medium-expert-v0"] == "walker2d-medium-expert-v2"
+    assert offline_data.MINARI_PRESET_KEYS["D4RL/antmaze/large-play-v1"] == "antmaze-large-play-v2"
+    assert offline_data.MINARI_PRESET_KEYS["D4RL/antmaze/medium-diverse-v1"] == "antmaze-medium-diverse-v2"
+    assert offline_data.MINARI_PRESET_KEYS["D4RL/kitchen/mixed-v2"] == "kitchen-mixed-v0"
+    assert offline_data.MINARI_PRESET_KEYS["D4RL/kitchen/partial-v2"] == "kitchen-partial-v0"
+    assert offline_data.MINARI_PRESET_KEYS["D4RL/pen/human-v2"] == "pen-human-v1"
+    assert offline_data.MINARI_PRESET_KEYS["D4RL/pen/cloned-v2"] == "pen-cloned-v1"
+    assert len(offline_data.MINARI_PRESET_KEYS) == 17
     eta = ofql.PRESETS["antmaze-large-play-v2"]["eta"]
     assert ofql.parse_args(["--env-id", "D4RL/antmaze/large-play-v1"]).eta == eta
     for bad in ("mujoco/hopper/expert-v0", "D4RL/antmaze/medium-play-v0", "D4RL/door/human-v2"):
-        with pytest.raises(d4rl_compat.UserError, match="unknown --env-id"):
+        with pytest.raises(offline_data.UserError, match="unknown --env-id"):
             ofql.parse_args(["--env-id", bad])
 
 
@@ -206,8 +206,12 @@ def test_flatten_observation_order_and_batches():
         "achieved_goal": np.array([1.0, 2]),
         "desired_goal": {"kettle": np.array([4.0, 5]), "bottom burner": np.array([3.0])},
     }
-    np.testing.assert_array_equal(d4rl_compat.flatten_observation(space, obs), np.arange(1, 9, dtype=np.float32))
-    np.testing.assert_array_equal(d4rl_compat.flatten_observation(space, obs), gym.spaces.flatten(space, obs))
+    np.testing.assert_array_equal(
+        offline_data.minari_datasets.flatten_observation(space, obs), np.arange(1, 9, dtype=np.float32)
+    )
+    np.testing.assert_array_equal(
+        offline_data.minari_datasets.flatten_observation(space, obs), gym.spaces.flatten(space, obs)
+    )
     assert observation_layout(space) == [
         ("achieved_goal", 2),
         ("desired_goal/bottom burner", 1),
@@ -218,13 +222,13 @@ def test_flatten_observation_order_and_batches():
         k: (np.stack([v, v + 10]) if not isinstance(v, dict) else {j: np.stack([w, w + 10]) for j, w in v.items()})
         for k, v in obs.items()
     }
-    flat = d4rl_compat.flatten_observation(space, batch)
+    flat = offline_data.minari_datasets.flatten_observation(space, batch)
     assert flat.shape == (2, 8) and flat.dtype == np.float32
     np.testing.assert_array_equal(flat[1], np.arange(1, 9) + 10)
-    with pytest.raises(d4rl_compat.DatasetError):
-        d4rl_compat.flatten_observation(gym.spaces.Box(-1, 1, (3,)), np.zeros(4))
-    with pytest.raises(d4rl_compat.DatasetError):
-        d4rl_compat.flatten_observation(gym.spaces.Discrete(3), 1)
+    with pytest.raises(offline_data.DatasetError):
+        offline_data.minari_datasets.flatten_observation(gym.spaces.Box(-1, 1, (3,)), np.zeros(4))
+    with pytest.raises(offline_data.DatasetError):
+        offline_data.minari_datasets.flatten_observation(gym.spaces.Discrete(3), 1)
 
 
 def test_mujoco_hopper():
@@ -278,7 +282,7 @@ def test_antmaze_dict_observations_and_eval_env():
 
 
 def test_kitchen_nested_dict_observations():
-    d4rl_compat.fix_gymnasium_robotics_joints()  # FrankaKitchen-v1 cannot be built under mujoco 4.0 without it
+    offline_data.d4rl_envs.fix_gymnasium_robotics_joints()  # without it FrankaKitchen-v1 fails under mujoco 4.0
     env = gym.make(
         "FrankaKitchen-v1",
         tasks_to_complete=KITCHEN_TASKS,
@@ -324,10 +328,10 @@ def test_missing_dataset_offline(monkeypatch, minari_root):
         raise ConnectionError("[Errno -2] Name or service not known\nmore detail")
 
     monkeypatch.setattr(minari, "download_dataset", no_network)
-    with pytest.raises(d4rl_compat.DatasetError) as caught:
+    with pytest.raises(offline_data.DatasetError) as caught:
         load("D4RL/pen/human-v2")
     message = str(caught.value)
-    assert isinstance(caught.value, d4rl_compat.DatasetError) and "\n" not in message
+    assert isinstance(caught.value, offline_data.DatasetError) and "\n" not in message
     assert "minari download D4RL/pen/human-v2" in message and "MINARI_DATASETS_PATH" in message
     assert str(minari_root) in message and "ConnectionError" in message
 
@@ -340,7 +344,7 @@ def test_missing_download_client_is_named_exactly(monkeypatch, minari_root):
         raise ImportError('huggingface_hub is not installed. Please install it using `pip install "minari[hf]"`')
 
     monkeypatch.setattr(minari, "download_dataset", without_hf)
-    with pytest.raises(d4rl_compat.DatasetError) as caught:
+    with pytest.raises(offline_data.DatasetError) as caught:
         load("mujoco/hopper/medium-v0")
     message = str(caught.value)
     assert "huggingface_hub" in message and "pip install 'minari[hf]==0.5.4'" in message and "\n" not in message
@@ -351,7 +355,7 @@ def test_requirements_install_minaris_download_client():
     """requirements.txt pins minari with the [hf] extra, whose huggingface_hub minari.download_dataset imports."""
     lines = [line.split("#")[0].strip() for line in open(os.path.join(ROOT, "requirements.txt"))]
     assert "minari[hf]==0.5.4" in lines and any(line.startswith("huggingface_hub==") for line in lines)
-    assert d4rl_compat.MINARI_DOWNLOAD_PACKAGE == "huggingface_hub"
+    assert offline_data.minari_datasets.MINARI_DOWNLOAD_PACKAGE == "huggingface_hub"
 
 
 def test_kitchen_needs_the_joint_fix_under_mujoco4():
@@ -364,7 +368,7 @@ def test_kitchen_needs_the_joint_fix_under_mujoco4():
     import mujoco
 
     assert out.strip().splitlines()[-1] == ("assert" if mujoco.__version__.startswith("4.") else "builds")
-    d4rl_compat.fix_gymnasium_robotics_joints()
+    offline_data.d4rl_envs.fix_gymnasium_robotics_joints()
     from gymnasium_robotics.utils import mujoco_utils
 
     env = gym.make("FrankaKitchen-v1")
@@ -380,5 +384,5 @@ def test_kitchen_needs_the_joint_fix_under_mujoco4():
 
 
 def test_a_dataset_path_with_a_minari_id_is_refused():
-    with pytest.raises(d4rl_compat.UserError, match="--dataset-path is for D4RL-layout files"):
-        d4rl_compat.load("D4RL/pen/human-v2", "pen.hdf5", "raw")
+    with pytest.raises(offline_data.UserError, match="--dataset-path is for D4RL-layout files"):
+        offline_data.load("D4RL/pen/human-v2", "pen.hdf5", "raw")

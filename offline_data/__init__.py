@@ -1,0 +1,117 @@
+"""offline_data: what ofql.py, dql.py and fql.py import besides the algorithm, as CORL's scripts import `d4rl`:
+datasets with their evaluation environments and scores, by id, and the scripts' run bookkeeping. One module per
+concern:
+
+    source.py            DataSource (what every loader returns), the reward transforms, UserError and DatasetError
+    d4rl_files.py        D4RL's files without the `d4rl` package: download, cache, checks, qlearning_dataset, scores
+    d4rl_envs.py         D4RL's evaluation envs: gymnasium's MuJoCo envs, AntMaze, Kitchen and pen rebuilt
+    minari_datasets.py   Minari datasets with their own evaluation envs and reference returns
+    ogbench_datasets.py  OGBench's single-task datasets and envs, from the ogbench package, scored by success
+    runs.py              flag ranges, run folders, --resume checks, the metrics log, atomic writes, SIGINT and
+                         SIGTERM as a clean stop, checkpoints that load without running code
+    evaluation_envs.py   a run's evaluation envs in one vector env, the first recorded with --capture-video
+
+Public API (all importable from offline_data):
+    load(env_id, dataset_path=None, reward_mode="raw") -> DataSource   transitions, shapes, eval env and references
+    DataSource.score(returns, successes)                                the score of each evaluation episode
+    DataSource.limitation                                                what a run on it cannot report ('' if nothing)
+    normalized_score(env_id, returns)                                    Eq. 18 for a D4RL id
+    eval_env_factory(env_id)                                             the evaluation env of a D4RL id (a factory)
+    preset_key(env_id)                                                   the id whose presets an id uses
+    source_kind(env_id)                                                  'd4rl', 'minari' or 'ogbench'
+    UserError, DatasetError                                              reported by the scripts as one line, exit 2
+    check_flags, run_folder, check_resume, trim_log, replaced_when_written, how_to_continue
+                                                                         the scripts' flags and run files, checked
+    rng_state, set_rng_state, load_checkpoint                           checkpoints that load without running code
+    stop_signals, stop_on_sigterm, Interrupted                           SIGINT and SIGTERM as a clean stop
+    evaluation_envs, EpisodeVideo, renderable                           the evaluation envs, the first one recorded
+"""
+
+from offline_data.d4rl_envs import eval_env_factory
+from offline_data.d4rl_files import DATASETS, dataset_cache_path, domain_of, load_d4rl, normalized_score
+from offline_data.evaluation_envs import EpisodeVideo, evaluation_envs, renderable
+from offline_data.minari_datasets import MINARI_PRESET_KEYS, load_minari
+from offline_data.ogbench_datasets import OGBENCH_IDS, is_ogbench_id, load_ogbench
+from offline_data.runs import (
+    Interrupted,
+    check_flags,
+    check_resume,
+    how_to_continue,
+    load_checkpoint,
+    replaced_when_written,
+    rng_state,
+    run_folder,
+    set_rng_state,
+    stop_on_sigterm,
+    stop_signals,
+    trim_log,
+)
+from offline_data.source import DatasetError, DataSource, UserError, transform_rewards
+
+__all__ = [
+    "DATASETS",
+    "EpisodeVideo",
+    "Interrupted",
+    "MINARI_PRESET_KEYS",
+    "OGBENCH_IDS",
+    "DataSource",
+    "DatasetError",
+    "UserError",
+    "check_flags",
+    "check_resume",
+    "eval_env_factory",
+    "evaluation_envs",
+    "how_to_continue",
+    "is_minari_id",
+    "is_ogbench_id",
+    "load",
+    "load_checkpoint",
+    "normalized_score",
+    "preset_key",
+    "renderable",
+    "replaced_when_written",
+    "rng_state",
+    "run_folder",
+    "set_rng_state",
+    "source_kind",
+    "stop_on_sigterm",
+    "stop_signals",
+    "trim_log",
+]
+
+
+def load(env_id: str, dataset_path: str | None = None, reward_mode: str = "raw") -> DataSource:
+    """A D4RL id (the D4RL file, downloaded to d4rl's cache if missing, or `dataset_path`, a local file in its
+    layout), a Minari id, or an OGBench single-task id (ogbench's files, or `dataset_path`: their folder or the
+    train file); rewards transformed by `reward_mode` (see transform_rewards)."""
+    if is_minari_id(env_id):
+        if dataset_path is not None:
+            raise UserError(f"--dataset-path is for D4RL-layout files; {env_id} is read from $MINARI_DATASETS_PATH")
+        source = load_minari(env_id)
+    elif is_ogbench_id(env_id):
+        source = load_ogbench(env_id, dataset_path)
+    else:
+        d = domain_of(env_id)
+        data = load_d4rl(env_id, dataset_path, reward_mode)
+        path = dataset_path or dataset_cache_path(env_id)
+        return DataSource(data, path, d.obs_dim, d.act_dim, eval_env_factory(env_id), d.eval_env, d.ref_min, d.ref_max)
+    source.data["rewards"] = transform_rewards(source.data["rewards"], reward_mode)
+    return source
+
+
+def preset_key(env_id: str) -> str | None:
+    """The id whose presets `env_id` uses: a D4RL id itself, for a Minari id the D4RL id of the same task family, for
+    an OGBench id its family's default task id; None for an id this package does not know."""
+    if is_minari_id(env_id):
+        return MINARI_PRESET_KEYS.get(env_id)
+    if is_ogbench_id(env_id):
+        return OGBENCH_IDS.get(env_id)
+    return env_id if env_id in DATASETS else None
+
+
+def is_minari_id(env_id: str) -> bool:
+    return "/" in env_id  # 'mujoco/hopper/medium-v0'; D4RL and OGBench ids have no '/'
+
+
+def source_kind(env_id: str) -> str:
+    return "minari" if is_minari_id(env_id) else "ogbench" if is_ogbench_id(env_id) else "d4rl"

@@ -1,0 +1,291 @@
+"""D4RL's datasets without the `d4rl` package (it needs mujoco_py): the same files, download cache, checks,
+`qlearning_dataset` semantics and reference returns (the normalized score, Eq. 18) as d4rl."""
+
+import contextlib
+import glob
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from offline_data.source import DatasetError, transform_rewards
+
+D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/"
+
+
+class Domain(NamedTuple):
+    ref_min: float  # D4RL reference returns (d4rl/infos.py) for the normalized score, Eq. 18
+    ref_max: float
+    obs_dim: int
+    act_dim: int
+    eval_env: str  # the evaluation environment (see eval_env_factory)
+
+
+DOMAINS = {
+    "halfcheetah": Domain(-280.178953, 12135.0, 17, 6, "HalfCheetah-v4"),
+    "hopper": Domain(-20.272305, 3234.3, 11, 3, "Hopper-v4"),
+    "walker2d": Domain(1.629008, 4592.3, 17, 6, "Walker2d-v4"),
+    "antmaze": Domain(0.0, 1.0, 29, 8, "D4RL's antmaze-v2 env on Gymnasium-Robotics AntMaze-v5"),
+    "kitchen": Domain(0.0, 4.0, 60, 9, "D4RL's kitchen-v0 env on Gymnasium-Robotics' Franka kitchen model"),
+    "pen": Domain(96.262799, 3076.8331017826877, 45, 24, "D4RL's pen-v1 env on Gymnasium-Robotics AdroitHandPen-v1"),
+}
+
+
+def _antmaze(maze: str, multistart: bool, multigoal: bool) -> str:
+    return f"ant_maze_v2/Ant_maze_{maze}_noisy_multistart_{multistart}_multigoal_{multigoal}_sparse_fixed.hdf5"
+
+
+# id: (path under D4RL_URL, size in bytes, sha256), size and sha256 from tensorflow_datasets' D4RL checksums.tsv
+# files (none are published there for antmaze-medium-play-v2 and Kitchen: those downloads are not verified)
+DATASETS = {
+    "halfcheetah-medium-v2": (
+        "gym_mujoco_v2/halfcheetah_medium-v2.hdf5",
+        237727262,
+        "41324e8487a9556d8cfa4538827f8937f4d63dae3030825ebc9f3a726ed08ca0",
+    ),
+    "halfcheetah-medium-replay-v2": (
+        "gym_mujoco_v2/halfcheetah_medium_replay-v2.hdf5",
+        59448533,
+        "48d494a4770c11f48260736dec090b78bdca8375647ed4d24bfa5b6610c7f683",
+    ),
+    "halfcheetah-medium-expert-v2": (
+        "gym_mujoco_v2/halfcheetah_medium_expert-v2.hdf5",
+        474567252,
+        "015db75dae5bbe8e94029b71fa0bafc2073365df0c94744e71031189f3f79c06",
+    ),
+    "hopper-medium-v2": (
+        "gym_mujoco_v2/hopper_medium-v2.hdf5",
+        152756557,
+        "5bdf1bc4a713c82941de44633df669b36c89850b652a25985166796d25cf71a0",
+    ),
+    "hopper-medium-replay-v2": (
+        "gym_mujoco_v2/hopper_medium_replay-v2.hdf5",
+        75854457,
+        "e121c5f7c9857a307baa9edc6a2c3b48e85fedb9ac316ecddd0f48ca7ef4e39b",
+    ),
+    "hopper-medium-expert-v2": (
+        "gym_mujoco_v2/hopper_medium_expert-v2.hdf5",
+        304537315,
+        "9d51ad87f8c905be3880d84c6140bcdb7fbf39a19e046a237f238ba34fec9e26",
+    ),
+    "walker2d-medium-v2": (
+        "gym_mujoco_v2/walker2d_medium-v2.hdf5",
+        232254996,
+        "cf00f43add04c17fdfc2958dd581dea0851b2e5bedbe6fda073758a8f841aeda",
+    ),
+    "walker2d-medium-replay-v2": (
+        "gym_mujoco_v2/walker2d_medium_replay-v2.hdf5",
+        86323963,
+        "e75de96a4f77acf7d4e0d6fdf0d7ccb177c26c44bb4388e4fd99f543ccfa18db",
+    ),
+    "walker2d-medium-expert-v2": (
+        "gym_mujoco_v2/walker2d_medium_expert-v2.hdf5",
+        462197079,
+        "6b8d7f868c45bbaedf460be797fb7271b46dee6ebe45fe7a64319f2005b59a04",
+    ),
+    "antmaze-medium-play-v2": (_antmaze("big-maze", True, False), None, None),
+    "antmaze-medium-diverse-v2": (
+        _antmaze("big-maze", True, True),
+        231095166,
+        "ad9dcbac05d1f8744a7a216083f513662f43f64f28a4a5eb225e9811902dfae7",
+    ),
+    "antmaze-large-play-v2": (
+        _antmaze("hardest-maze", True, False),
+        230880653,
+        "6d353df2457829925d7f9d4b0215587469908bd57478ea76f16417cfa944f471",
+    ),
+    "antmaze-large-diverse-v2": (
+        _antmaze("hardest-maze", True, True),
+        231183710,
+        "84f775eb7956ea9cc766704710dc520a8ab357adc7522ade47f556f0e335e284",
+    ),
+    "kitchen-mixed-v0": ("kitchen/kitchen_microwave_kettle_bottomburner_light-v0.hdf5", None, None),
+    "kitchen-partial-v0": ("kitchen/kitchen_microwave_kettle_light_slider-v0.hdf5", None, None),
+    "pen-human-v1": (
+        "hand_dapg_v1/pen-human-v1.hdf5",
+        2040573,
+        "209e345b2150b633f30a11612612c60f49e941f127ce6c4dc0cd790501c46f9f",
+    ),
+    "pen-cloned-v1": (
+        "hand_dapg_v1/pen-cloned-v1.hdf5",
+        155074191,
+        "6d1a982cee1950501bedebbddedbcbb377e6284d379986c83abac8a6c0be0c22",
+    ),
+}
+MAX_EPISODE_STEPS = {"antmaze": 1000, "kitchen": 280, "pen": 100}  # only used by files without `timeouts`
+
+
+def domain_of(env_id: str) -> Domain:
+    return DOMAINS[env_id.split("-")[0]]
+
+
+def dataset_cache_path(env_id: str) -> str:
+    """Where d4rl keeps the file: $D4RL_DATASET_DIR (default ~/.d4rl/datasets) / the URL's file name."""
+    cache_dir = os.path.expanduser(os.environ.get("D4RL_DATASET_DIR", "~/.d4rl/datasets"))
+    return os.path.join(cache_dir, os.path.basename(DATASETS[env_id][0]))
+
+
+def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
+    """Stream `url` to a temporary file next to `path`, check size (the known one, else the server's Content-Length)
+    and sha256, then rename: no partial file is ever left under the final name."""
+    tmp, digest = f"{path}.part{os.getpid()}", hashlib.sha256()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise DatasetError(
+            f"cannot create the dataset folder {os.path.dirname(path)} ({e.strerror or e}); set D4RL_DATASET_DIR to "
+            "a writable folder, or pass --dataset-path FILE"
+        ) from None
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
+            length = response.headers.get("Content-Length")
+            size = size or (int(length) if length and length.isdigit() else None)
+            with tqdm(total=size, unit="B", unit_scale=True, desc=os.path.basename(path)) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        got = os.path.getsize(tmp)
+        if size is not None and got != size:
+            raise DatasetError(f"download of {url} is incomplete ({got} of {size} bytes); run again to retry")
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise DatasetError(f"sha256 of {url} is {digest.hexdigest()}, expected {sha256}; run again to retry")
+        os.replace(tmp, path)
+    except (urllib.error.URLError, OSError) as e:
+        raise DatasetError(
+            f"could not download {url} ({e}); download it by hand to {path}, or pass --dataset-path FILE"
+        ) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remove_stale_downloads(path: str) -> None:
+    """Delete the `<path>.part<pid>` files of downloads whose process is gone (killed: its `finally` never ran)."""
+    for part in glob.glob(glob.escape(path) + ".part*"):
+        pid = part.rsplit(".part", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.remove(part)
+            except OSError:
+                pass  # it exists (another user's): still downloading
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False) -> dict[str, np.ndarray]:
+    """The arrays of a D4RL-layout hdf5 file, checked against the environment's sizes; a file that cannot be used is
+    one DatasetError that says why (`cached`: a file of the download cache, which may be deleted and downloaded again;
+    a --dataset-path file may be the user's only copy)."""
+    if os.path.isdir(path):
+        raise DatasetError(f"{path} is a directory; --dataset-path takes an hdf5 file in the D4RL layout")
+    if not os.path.exists(path):
+        raise DatasetError(f"dataset file {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            signature = f.read(8)
+    except OSError as e:
+        raise DatasetError(f"cannot read {path} ({e.strerror or e})") from None
+    keys, data = ("observations", "actions", "rewards", "terminals", "timeouts"), {}
+    try:
+        with h5py.File(path, "r") as f:
+            for key in keys:
+                if key in f and not isinstance(f[key], h5py.Dataset):
+                    raise DatasetError(f"{path}: '{key}' is a {type(f[key]).__name__}, not an array")
+                if key in f:
+                    data[key] = np.asarray(f[key][()])
+    except DatasetError:
+        raise
+    except Exception as e:  # h5py raises OSError, KeyError, RuntimeError, ValueError, TypeError on damaged files
+        what = "is truncated" if "truncated file" in str(e) else "is a damaged hdf5 file"
+        what = (
+            what if signature == HDF5_SIGNATURE or "file signature not found" not in str(e) else "is not an hdf5 file"
+        )
+        advice = "; delete it and download it again" if cached else ""
+        raise DatasetError(f"{path} {what} ({type(e).__name__}: {e}){advice}".replace("\n", " ")) from None
+    if missing := [k for k in keys[:4] if k not in data]:
+        raise DatasetError(f"{path} lacks the D4RL key(s) {missing}")
+    for key, x in data.items():
+        if x.dtype != bool and not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
+            raise DatasetError(f"{path}: '{key}' holds {x.dtype} values, not numbers")
+    d, n = domain_of(env_id), len(data["observations"]) if data["observations"].ndim else 0
+    for key, shape in {"observations": (n, d.obs_dim), "actions": (n, d.act_dim)}.items():
+        if data[key].shape != shape:
+            raise DatasetError(f"{path}: '{key}' has shape {data[key].shape}, {env_id} needs {shape}")
+    for key in ("rewards", "terminals", "timeouts"):
+        if key in data:
+            data[key] = data[key].reshape(-1)  # d4rl squeezes (N, 1) to (N,)
+            if len(data[key]) != n:
+                raise DatasetError(f"{path}: '{key}' has {len(data[key])} rows, 'observations' has {n}")
+    if not all(np.isfinite(data[k]).all() for k in ("observations", "actions", "rewards")):
+        raise DatasetError(f"{path} contains NaN or infinite values")
+    for key in ("terminals", "timeouts"):
+        if key in data and not np.isin(data[key], (0, 1)).all():
+            raise DatasetError(f"{path}: '{key}' must hold 0/1 flags (it has {np.unique(data[key])[:5]}...)")
+    # the policies act in [-1, 1]; small overshoots (real recordings have some) load as they are, another scale not
+    if np.abs(data["actions"]).max(initial=0.0) > 1.5:
+        raise DatasetError(
+            f"{path}: actions outside [-1, 1] (max |a| = {np.abs(data['actions']).max():.4g}); "
+            "the policies act in [-1, 1]: rescale the actions to it"
+        )
+    return data
+
+
+def timeouts_by_step_count(terminals: np.ndarray, max_episode_steps: int) -> np.ndarray:
+    """d4rl's fallback for files without `timeouts`: an episode ends after max_episode_steps steps (counted
+    exactly as d4rl counts them, including its restart at 1 after a terminal)."""
+    timeouts, step = np.zeros(len(terminals), bool), 0
+    for i, terminal in enumerate(terminals):
+        timeouts[i] = step == max_episode_steps - 1
+        step = 0 if timeouts[i] else (1 if terminal else step + 1)
+    return timeouts
+
+
+def qlearning_dataset(data: dict[str, np.ndarray], max_episode_steps: int = 1000) -> dict[str, np.ndarray]:
+    """d4rl.qlearning_dataset, vectorised: next observation = observations[i + 1]; rows that end in a timeout
+    and the last row are dropped; done = true terminals only."""
+    n = len(data["observations"]) - 1
+    timeouts = data["timeouts"] if "timeouts" in data else timeouts_by_step_count(data["terminals"], max_episode_steps)
+    keep = ~timeouts[:n].astype(bool)
+    return {
+        "observations": data["observations"][:n][keep].astype(np.float32),
+        "actions": data["actions"][:n][keep].astype(np.float32),
+        "next_observations": data["observations"][1:][keep].astype(np.float32),
+        "rewards": data["rewards"][:n][keep].astype(np.float32),
+        "terminals": data["terminals"][:n][keep].astype(bool),
+    }
+
+
+def load_d4rl(env_id: str, dataset_path: str | None, reward_mode: str) -> dict[str, np.ndarray]:
+    """qlearning_dataset of `dataset_path`, or of the D4RL file of `env_id` (downloaded if missing), rewards
+    transformed."""
+    if dataset_path is None:
+        dataset_path = cache_path = dataset_cache_path(env_id)
+        remove_stale_downloads(cache_path)
+        if not os.path.exists(dataset_path):
+            rel_path, size, sha256 = DATASETS[env_id]
+            download(D4RL_URL + rel_path, dataset_path, size, sha256)
+    else:
+        cache_path = None
+    domain = env_id.split("-")[0]
+    data = read_d4rl_hdf5(dataset_path, env_id, cached=dataset_path == cache_path)
+    data = qlearning_dataset(data, MAX_EPISODE_STEPS.get(domain, 1000))
+    if len(data["rewards"]) == 0:
+        raise DatasetError(f"{dataset_path} has no usable transitions")
+    data["rewards"] = transform_rewards(data["rewards"], reward_mode)
+    return data
+
+
+def normalized_score(env_id: str, episode_return):
+    """D4RL normalized score (Eq. 18) of a D4RL id: 0 = random policy, 100 = D4RL's expert."""
+    d = domain_of(env_id)
+    return 100.0 * (episode_return - d.ref_min) / (d.ref_max - d.ref_min)

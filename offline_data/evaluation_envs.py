@@ -1,0 +1,63 @@
+"""The evaluation envs of a run, stepped together in one vector env (any source's); with --capture-video the first one
+is recorded, one episode per evaluation."""
+
+import os
+import warnings
+from collections.abc import Callable
+
+import gymnasium as gym
+import mujoco
+
+from offline_data.source import UserError
+
+
+def renderable(env: gym.Env) -> gym.Env:
+    """`env`, rendering rgb_array frames off-screen (MUJOCO_GL=egl unless it is set) through the model's "track"
+    camera where it has one (gymnasium's free camera does not follow the MuJoCo locomotion bodies)."""
+    base = env.unwrapped
+    if "rgb_array" not in base.metadata.get("render_modes", []):
+        raise UserError(f"the evaluation env {base} cannot render frames (--capture-video)")
+    os.environ.setdefault("MUJOCO_GL", "egl")  # read when the first frame is rendered
+    base.render_mode = "rgb_array"
+    renderer = getattr(base, "mujoco_renderer", None)
+    if renderer is not None and mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track") >= 0:
+        renderer.camera_id = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    return env
+
+
+class EpisodeVideo(gym.wrappers.RecordVideo):
+    """gymnasium's RecordVideo of a renderable env, one episode at a time: the first that starts after record(name),
+    to <folder>/<name>.mp4, written as soon as it ends (RecordVideo waits for the next reset). No frame is rendered
+    outside the recorded episodes."""
+
+    def __init__(self, env: gym.Env, folder: str):
+        self.next_name = None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # RecordVideo warns about a folder that exists (a resumed run's)
+            super().__init__(renderable(env), folder, episode_trigger=lambda _: self.next_name is not None)
+
+    def record(self, name: str) -> str:
+        """Record the next episode; returns the path of its video."""
+        self.next_name = name
+        return os.path.join(self.video_folder, f"{name}.mp4")
+
+    def start_recording(self, video_name: str) -> None:
+        super().start_recording(self.next_name)
+        self.next_name = None
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.recording and (terminated or truncated):
+            self.stop_recording()
+        return obs, reward, terminated, truncated, info
+
+
+def evaluation_envs(make_env: Callable[[], gym.Env] | None, num_envs: int, video_folder: str | None = None):
+    """`num_envs` evaluation envs in a SyncVectorEnv (None without an env), the first an EpisodeVideo into
+    `video_folder` if one is given."""
+    if make_env is None:
+        if video_folder:
+            raise UserError("--capture-video needs an evaluation environment, and this dataset has none")
+        return None
+    first = make_env if video_folder is None else lambda: EpisodeVideo(make_env(), video_folder)
+    return gym.vector.SyncVectorEnv([first] + [make_env] * (num_envs - 1))

@@ -1,0 +1,103 @@
+"""OGBench's single-task datasets and environments, from the `ogbench` package itself (`make_env_and_datasets`: its
+download, its cache ~/.ogbench/data, its loader and its single-task relabelling), evaluated as FQL evaluates them:
+the success rate, from the final step's info['success'] of each episode."""
+
+import functools
+import os
+import urllib.error
+import zipfile
+
+import gymnasium as gym
+import numpy as np
+
+from offline_data.source import DatasetError, DataSource
+
+# The state-based families FQL reports (its README's offline RL commands), each with its default task (the task of
+# the id without a task suffix). Every family has five tasks.
+OGBENCH_FAMILIES = {
+    "antmaze-large-navigate": 1,
+    "antmaze-giant-navigate": 1,
+    "humanoidmaze-medium-navigate": 1,
+    "humanoidmaze-large-navigate": 1,
+    "antsoccer-arena-navigate": 4,
+    "cube-single-play": 2,
+    "cube-double-play": 2,
+    "scene-play": 2,
+    "puzzle-3x3-play": 4,
+    "puzzle-4x4-play": 4,
+}
+OGBENCH_IDS = {  # every supported id -> the id whose presets it uses (its family's default id)
+    f"{family}-singletask{task}-v0": f"{family}-singletask-v0"
+    for family in OGBENCH_FAMILIES
+    for task in ("", *(f"-task{i}" for i in range(1, 6)))
+}
+# ogbench >= 1.2 computes a single-task step's success, reward and termination on the state before the action
+# ('pre'); 'post', on the state after it, is ogbench 1.1.0's behaviour, under which FQL's published numbers were made.
+SUCCESS_TIMING = "post"
+OGBENCH_PACKAGE = "ogbench==1.2.2"  # as in requirements.txt
+
+
+def is_ogbench_id(env_id: str) -> bool:
+    return "singletask" in env_id.split("-")  # 'cube-double-play-singletask-task2-v0'
+
+
+def import_ogbench():
+    try:
+        import ogbench
+    except ImportError:
+        raise DatasetError(f"OGBench ids need the ogbench package: pip install {OGBENCH_PACKAGE}") from None
+    return ogbench
+
+
+def make_ogbench_env(env_id: str) -> gym.Env:
+    """The single-task evaluation env of `env_id`, ogbench's own, with FQL's success timing."""
+    return import_ogbench().make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING)
+
+
+def dataset_name(env_id: str) -> str:
+    """ogbench's file name of the data of a single-task id: its family's dataset ('cube-double-play-v0')."""
+    return env_id.split("-singletask")[0] + "-v0"
+
+
+def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
+    """The training file of `env_id`, relabelled by ogbench for its task (rewards; masks = 0 at a full success, which
+    the critic takes as its done flag), from ogbench's cache (downloaded if missing) or `dataset_path` (a folder
+    holding ogbench's files, or a train file, which ogbench reads with its -val.npz beside it)."""
+    ogbench = import_ogbench()
+    where = {"dataset_dir": os.path.expanduser("~/.ogbench/data")}
+    if dataset_path is not None and os.path.isdir(dataset_path):
+        where = {"dataset_dir": dataset_path}
+    elif dataset_path is not None:
+        where = {"dataset_path": dataset_path}
+    env = make_ogbench_env(env_id)
+    name = dataset_name(env_id)
+    files = [where.get("dataset_path") or os.path.join(where["dataset_dir"], f"{name}.npz")]
+    files.append(files[0].replace(".npz", "-val.npz"))
+    try:
+        train, _ = ogbench.make_env_and_datasets(env_id, dataset_only=True, cur_env=env, **where)
+    except urllib.error.URLError as e:  # not in the cache, and no network
+        raise DatasetError(
+            f"{name} is not in {where['dataset_dir']} and could not be downloaded ({e}); download {name}.npz and "
+            f"{name}-val.npz (ogbench.download_datasets) where there is network access, and pass their folder "
+            "as --dataset-path"
+        ) from None
+    except FileNotFoundError as e:
+        raise DatasetError(
+            f"{e.filename} does not exist (ogbench reads {os.path.basename(files[1])} beside it)"
+        ) from None
+    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as e:  # np.load and missing arrays
+        raise DatasetError(f"{' or '.join(files)}: not a usable OGBench npz file ({type(e).__name__}: {e})") from None
+    finally:
+        env.close()
+    obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+    for key, dim in (("observations", obs_dim), ("actions", act_dim)):
+        if train[key].ndim != 2 or train[key].shape[1] != dim:
+            raise DatasetError(f"{files[0]}: '{key}' has shape {train[key].shape}, {env_id} needs (N, {dim})")
+    if len(train["rewards"]) == 0:
+        raise DatasetError(f"{files[0]} has no usable transitions")
+    if not all(np.isfinite(train[k]).all() for k in ("observations", "actions")):
+        raise DatasetError(f"{files[0]} contains NaN or infinite values")
+    data = {k: train[k] for k in ("observations", "actions", "next_observations", "rewards")}
+    data["terminals"] = 1.0 - train["masks"]  # done = 1 - mask: the end of the task, not of the trajectory
+    make_env = functools.partial(make_ogbench_env, env_id)
+    return DataSource(data, files[0], obs_dim, act_dim, make_env, env.spec.id, None, None, scored_by_success=True)

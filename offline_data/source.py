@@ -1,0 +1,60 @@
+"""What every data source gives the scripts: a DataSource (transitions, sizes, evaluation env, reference returns),
+the reward transforms of the presets, and the errors the scripts report as one line (exit code 2)."""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+
+class UserError(Exception):
+    """A problem with the command line or the data: the scripts report it as one line, exit code 2."""
+
+
+class DatasetError(UserError):
+    """A dataset that cannot be downloaded, read or used."""
+
+
+class DataSource(NamedTuple):
+    data: dict[str, np.ndarray]  # the keys of qlearning_dataset (terminals: the done flags), rewards transformed
+    path: str
+    obs_dim: int
+    act_dim: int
+    make_env: Callable[[], gym.Env] | None  # one evaluation env, observations as in the data; None: not available
+    eval_env_id: str | None
+    ref_min: float | None  # the reference returns of the normalized score; None: raw returns only
+    ref_max: float | None
+    scored_by_success: bool = False  # the score is 100 x the success rate (OGBench, as FQL scores it)
+
+    @property
+    def limitation(self) -> str:
+        """What a run on this data cannot report, as a note for the user ('' when nothing is missing)."""
+        if self.make_env is None:
+            return "no evaluation environment: this run trains and checkpoints, and reports no score"
+        return (
+            ""
+            if self.ref_min is not None or self.scored_by_success
+            else "no reference returns: evaluations report raw returns, no normalized score"
+        )
+
+    def score(self, episode_returns: np.ndarray, successes: np.ndarray) -> np.ndarray | None:
+        """Each episode's score: 100 x its success (0 or 1) where the source is scored by success, else the
+        normalized score of its return."""
+        return 100.0 * successes if self.scored_by_success else self.normalized_score(episode_returns)
+
+    def normalized_score(self, episode_returns: np.ndarray) -> np.ndarray | None:
+        """100 (R - ref_min) / (ref_max - ref_min) (Eq. 18 for D4RL); None where the data have no reference returns."""
+        if self.ref_min is None or self.ref_max is None:
+            return None
+        return 100.0 * (episode_returns - self.ref_min) / (self.ref_max - self.ref_min)
+
+
+def transform_rewards(rewards: np.ndarray, mode: str) -> np.ndarray:
+    if mode == "cql_antmaze":  # CQL's AntMaze rule, as in DQL: {0, 1} -> {-2, 2}
+        return (rewards - 0.5) * 4.0
+    if mode == "iql_antmaze":  # IQL's AntMaze rule, as in FQL: {0, 1} -> {-1, 0}
+        return rewards - 1.0
+    if mode == "standardize":  # DQL's "normalize" for Adroit
+        return (rewards - rewards.mean()) / rewards.std()
+    return rewards
