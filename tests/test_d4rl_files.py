@@ -226,9 +226,8 @@ def test_a_dataset_path_that_is_not_usable_says_why(tmp_path, hopper_file, monke
     def no_permission(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(
-        offline_data.d4rl_files, "open", no_permission, raising=False
-    )  # as root, chmod 000 would not stop it
+    # as root, chmod 000 would not stop it
+    monkeypatch.setattr(offline_data.d4rl_files, "open", no_permission, raising=False)
     with pytest.raises(offline_data.DatasetError, match=r"cannot read .*hopper_medium-v2.hdf5 \(Permission denied\)"):
         offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
