@@ -35,9 +35,11 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     env_id: str = "halfcheetah-medium-v2"
-    """a D4RL id, or a Minari id (mujoco/hopper/medium-v0, ...): the data, evaluation env and presets below"""
+    """a D4RL id, a Minari id (mujoco/hopper/medium-v0, ...) or an OGBench single-task id
+    (cube-double-play-singletask-task2-v0, ...): the data, evaluation env and presets below"""
     dataset_path: str | None = None
-    """a local hdf5 file in the D4RL layout to use instead of the (downloaded) D4RL file"""
+    """a local copy instead of the downloaded file: an hdf5 file in the D4RL layout;
+    for an OGBench id, the folder of ogbench's files or its train .npz (with its -val.npz beside it)"""
     seed: int = 0
     """seed of the experiment"""
     torch_deterministic: bool = True
@@ -69,7 +71,7 @@ class Args:
     critic_lr: float = 3e-4
     """the learning rate of the Q-network optimizer"""
     gamma: float = 0.99
-    """the discount factor gamma"""
+    """the discount factor gamma (preset)"""
     tau: float = 0.005
     """the Polyak rate of the target Q-networks, applied every step"""
     alpha: float = 10.0
@@ -91,7 +93,7 @@ class Args:
 
     # Evaluation and logging
     eval_every: int = 50_000
-    """evaluate (and checkpoint) every this many gradient steps, and at the last step"""
+    """evaluate (and checkpoint) every this many gradient steps, and at the last step (preset)"""
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env (preset)"""
     num_candidates: int = 1
@@ -106,6 +108,7 @@ class Args:
 # the grid {0.03, 0.1, 0.3, 1, 3, 10}; our rule: the grid value nearest (log scale) to 1 / eta of ofql.py's preset,
 # which is 10 for every one (eta <= 0.1), with OFQL's step budget. docs/presets.md has the sources.
 _FQL = dict(normalize_q=False, total_steps=500_000, eval_episodes=100)
+_OGBENCH = dict(normalize_q=False, total_steps=1_000_000, eval_every=100_000, eval_episodes=50)  # main.py's
 PRESETS = {
     "halfcheetah-medium-v2": dict(alpha=10.0),
     "halfcheetah-medium-replay-v2": dict(alpha=10.0),
@@ -124,6 +127,15 @@ PRESETS = {
     "kitchen-partial-v0": dict(alpha=10.0, total_steps=1_000_000, eval_episodes=100),
     "pen-human-v1": dict(alpha=10000.0, q_agg="min", **_FQL),
     "pen-cloned-v1": dict(alpha=10000.0, q_agg="min", **_FQL),
+    # OGBench: FQL's README commands (alpha, gamma 0.995, q_agg) and main.py's protocol, the raw Q term of its paper
+    "antmaze-large-navigate-singletask-v0": dict(alpha=10.0, q_agg="min", **_OGBENCH),
+    "antmaze-giant-navigate-singletask-v0": dict(alpha=10.0, q_agg="min", gamma=0.995, **_OGBENCH),
+    "humanoidmaze-medium-navigate-singletask-v0": dict(alpha=30.0, gamma=0.995, **_OGBENCH),
+    "humanoidmaze-large-navigate-singletask-v0": dict(alpha=30.0, gamma=0.995, **_OGBENCH),
+    "antsoccer-arena-navigate-singletask-v0": dict(alpha=10.0, gamma=0.995, **_OGBENCH),
+    **{f"{f}-singletask-v0": dict(alpha=300.0, **_OGBENCH) for f in ("cube-single-play", "cube-double-play")},
+    "scene-play-singletask-v0": dict(alpha=300.0, **_OGBENCH),
+    **{f"{f}-singletask-v0": dict(alpha=1000.0, **_OGBENCH) for f in ("puzzle-3x3-play", "puzzle-4x4-play")},
 }
 
 
@@ -136,7 +148,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     if preset not in PRESETS:
         minari = ", ".join(offline_data.MINARI_PRESET_KEYS)
         raise UserError(
-            f"unknown --env-id {env_id!r}; supported: {', '.join(PRESETS)}, and the Minari datasets {minari}"
+            f"unknown --env-id {env_id!r}; supported: {', '.join(PRESETS)} (OGBench: also with -task1 ... -task5 "
+            f"before -v0), and the Minari datasets {minari}"
         )
     defaults = dataclasses.replace(Args(), env_id=env_id, **PRESETS[preset])
     return tyro.cli(Args, args=argv, default=defaults, description=f"{__doc__}Defaults below: the presets of {env_id}.")
@@ -360,24 +373,34 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
     return policy
 
 
-def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device) -> tuple[np.ndarray, float]:
-    """One episode per env, all in parallel, env i reset with seeds[i]: the returns, and action batches per second."""
+def run_episodes(
+    policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One episode per env, all in parallel, env i reset with seeds[i]: the returns, the successes (info['success'] of
+    the final step, as FQL counts them; NaN where an env reports none), and action batches per second."""
     obs, _ = envs.reset(seed=seeds)
     returns, finished = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
-    policy_time, decisions = 0.0, 0
+    successes, policy_time, decisions = np.full(envs.num_envs, np.nan), 0.0, 0
     while not finished.all():
         start = time.perf_counter()
         actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         policy_time, decisions = policy_time + time.perf_counter() - start, decisions + 1
-        obs, rewards, terminations, truncations, _ = envs.step(actions)
+        obs, rewards, terminations, truncations, infos = envs.step(actions)
         returns += np.where(finished, 0.0, rewards)
-        finished |= terminations | truncations
-    return returns, decisions / policy_time
+        ending = (terminations | truncations) & ~finished
+        if "success" in infos:
+            successes = np.where(ending & infos["_success"], infos["success"], successes)
+        finished |= ending
+    return returns, successes, decisions / policy_time
 
 
-def episode_stats(returns: np.ndarray, source: offline_data.DataSource, prefix: str = "") -> dict:
-    """Mean and std of the returns and of the normalized scores (None without references)."""
-    values = {"score": source.normalized_score(returns), "return": returns}
+def episode_stats(
+    returns: np.ndarray, successes: np.ndarray, source: offline_data.DataSource, prefix: str = ""
+) -> dict:
+    """Mean and std of the returns, of the scores (None without references) and, where the source is scored by
+    success (OGBench), of the successes."""
+    values = {"score": source.score(returns, successes), "return": returns}
+    values.update({"success": successes} if source.scored_by_success else {})
     stats = {"": np.mean, "_std": np.std}
     return {f"{prefix}{k}{s}": None if x is None else float(f(x)) for k, x in values.items() for s, f in stats.items()}
 
@@ -390,8 +413,8 @@ def evaluate(policies: list, envs: gym.vector.VectorEnv, source: offline_data.Da
     for prefix, policy in zip(("", "policy_"), policies):
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
             torch.manual_seed(args.seed + 100)
-            returns, decision_rate = run_episodes(policy, envs, seeds, device)
-        result.update(episode_stats(returns, source, prefix))
+            returns, successes, decision_rate = run_episodes(policy, envs, seeds, device)
+        result.update(episode_stats(returns, successes, source, prefix))
         result.setdefault("decision_rate", decision_rate)
     return result
 
@@ -568,15 +591,17 @@ def train(args: Args) -> str:
 
 
 def summarize(args: Args, source: offline_data.DataSource, evals: list, wall_clock: float, steps_per_sec) -> dict:
-    """summary.json: the run's last and best evaluations (best by return, which the score increases with)."""
-    last, best = (evals[-1], max(evals, key=lambda e: e["return"])) if evals else ({}, {})
-    kind = "minari" if offline_data.is_minari_id(args.env_id) else "d4rl"
+    """summary.json: the run's last and best evaluations (best by success where there is one, then by return, which the
+    score of the other sources increases with)."""
+    last, best = (evals[-1], max(evals, key=lambda e: (e.get("success", 0.0), e["return"]))) if evals else ({}, {})
+    kind = offline_data.source_kind(args.env_id)
     summary = dict(algorithm=os.path.basename(__file__)[: -len(".py")], env_id=args.env_id, source=kind)
     summary.update(dataset=source.path, eval_env=source.eval_env_id, seed=args.seed, steps=args.total_steps)
     summary.update(wall_clock_sec=wall_clock, train_steps_per_sec=steps_per_sec, num_candidates=args.num_candidates)
     summary.update({"eval_episodes": args.eval_episodes, **{f"final_{k}": last.get(k) for k in ("score", "score_std")}})
     summary.update({f"best_{k}": best.get(k) for k in ("score", "score_std", "step")})
     summary.update(final_return=last.get("return"), best_return=best.get("return"))
+    summary.update(final_success=last.get("success"), best_success=best.get("success"))
     summary.update(final_policy_score=last.get("policy_score"), decision_rate=last.get("decision_rate"))
     return {**summary, "evaluations": evals}
 

@@ -254,9 +254,10 @@ def evaluate(script, policies: list, envs: gym.vector.VectorEnv, source, member_
     for prefix, policy in zip(("", "policy_"), policies):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(member_args[0].seed + 100)  # member m's noise: slice m of each draw, as in training
-            returns, decision_rate = script.run_episodes(policy, envs, seeds, device)
-        for result, member_returns in zip(results, returns.reshape(len(member_args), episodes)):
-            result.update(script.episode_stats(member_returns, source, prefix))
+            returns, successes, decision_rate = script.run_episodes(policy, envs, seeds, device)
+        per_member = (x.reshape(len(member_args), episodes) for x in (returns, successes))
+        for result, member_returns, member_successes in zip(results, *per_member):
+            result.update(script.episode_stats(member_returns, member_successes, source, prefix))
             result.setdefault("decision_rate", decision_rate)
     return results
 
