@@ -5,6 +5,7 @@ the success rate, from the final step's info['success'] of each episode."""
 import functools
 import os
 import urllib.error
+import warnings
 import zipfile
 
 import gymnasium as gym
@@ -43,7 +44,9 @@ def is_ogbench_id(env_id: str) -> bool:
 
 def import_ogbench():
     try:
-        import ogbench
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dm_control's GLFW import without a display (rendering is not used)
+            import ogbench
     except ImportError:
         raise DatasetError(f"OGBench ids need the ogbench package: pip install {OGBENCH_PACKAGE}") from None
     return ogbench
@@ -51,7 +54,10 @@ def import_ogbench():
 
 def make_ogbench_env(env_id: str) -> gym.Env:
     """The single-task evaluation env of `env_id`, ogbench's own, with FQL's success timing."""
-    return import_ogbench().make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING)
+    ogbench = import_ogbench()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gymnasium: float64 bounds of ogbench's spaces cast to float32
+        return ogbench.make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING)
 
 
 def dataset_name(env_id: str) -> str:

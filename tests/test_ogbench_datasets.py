@@ -1,0 +1,234 @@
+"""OGBench through offline_data/ogbench_datasets.py and the three scripts, offline: tiny files in ogbench's own layout
+(the keys and dtypes of ogbench's data_gen_scripts: float32 observations, actions, qpos and qvel, bool terminals,
+int64 button_states), recorded by stepping the real ogbench environments, where ogbench's loader finds them."""
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections import defaultdict
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import dql
+import fql
+import offline_data
+import ofql
+from conftest import ROOT
+
+ogbench = pytest.importorskip("ogbench")
+ANTMAZE = "antmaze-large-navigate-singletask-task1-v0"
+PUZZLE = "puzzle-3x3-play-singletask-task4-v0"
+CUBE = "cube-double-play-singletask-task2-v0"
+
+
+def place_beside_goal(env, gap: float, speed: float) -> None:
+    """Put the ant `gap` metres outside the goal's radius (east of it), moving west at `speed` m/s."""
+    u = env.unwrapped
+    qpos, qvel = u.data.qpos.copy(), np.zeros_like(u.data.qvel)
+    qpos[:2], qvel[0] = u.cur_goal_xy + np.array([u._goal_tol + gap, 0.0]), -speed
+    u.set_state(qpos, qvel)
+
+
+def solve_puzzle(env) -> None:
+    """Set the puzzle's lights to the task's target (a full success)."""
+    u = env.unwrapped
+    u.set_state(u._data.qpos.copy(), u._data.qvel.copy(), u._target_button_states.copy())
+
+
+def record_ogbench(env_id: str, folder, steps=(30, 30), seed=0, start=None):
+    """Write ogbench's train and -val files of `env_id`'s dataset into `folder`, one random-action trajectory per
+    entry of `steps`; each row is the observation, action, done flag and state (info's prev_*) of one step, as in
+    ogbench's generators. `start(env)` changes the state at the start of every trajectory after the first."""
+    env, rng = ogbench.make_env_and_datasets(env_id, env_only=True), np.random.default_rng(seed)
+    rows = defaultdict(list)
+    for episode, n in enumerate(steps):
+        ob, _ = env.reset(seed=seed + episode)
+        if start is not None and episode > 0:
+            start(env)
+            ob = env.unwrapped.compute_observation() if hasattr(env.unwrapped, "_data") else env.unwrapped.get_ob()
+        for t in range(n):
+            action = rng.uniform(-1, 1, env.action_space.shape)
+            next_ob, _, _, _, info = env.step(action)
+            rows["observations"].append(ob)
+            rows["actions"].append(action)
+            rows["terminals"].append(t == n - 1)
+            rows["qpos"].append(info["prev_qpos"])
+            rows["qvel"].append(info["prev_qvel"])
+            if "prev_button_states" in info:
+                rows["button_states"].append(info["prev_button_states"])
+            ob = next_ob
+    env.close()
+    dtypes = defaultdict(lambda: np.float32, terminals=bool, button_states=np.int64)
+    data = {k: np.asarray(v, dtype=dtypes[k]) for k, v in rows.items()}
+    name = offline_data.ogbench_datasets.dataset_name(env_id)
+    os.makedirs(folder, exist_ok=True)
+    np.savez_compressed(os.path.join(folder, f"{name}.npz"), **data)
+    np.savez_compressed(os.path.join(folder, f"{name}-val.npz"), **{k: v[: steps[0]] for k, v in data.items()})
+    return os.path.join(folder, f"{name}.npz")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Recorded files: AntMaze with a second trajectory that starts inside the goal, the 3x3 puzzle with a second one
+    that starts solved (so success rows, masks 0, are in the data), and the double cube."""
+    folder = tmp_path_factory.mktemp("ogbench")
+    return {
+        ANTMAZE: record_ogbench(ANTMAZE, folder / "antmaze", start=lambda env: place_beside_goal(env, -0.45, 0.0)),
+        PUZZLE: record_ogbench(PUZZLE, folder / "puzzle", start=solve_puzzle),
+        CUBE: record_ogbench(CUBE, folder / "cube", steps=(40, 40)),
+    }
+
+
+@pytest.mark.parametrize("env_id", [ANTMAZE, PUZZLE])
+def test_the_scripts_train_on_ogbench_own_relabelling(files, env_id):
+    """The batches the scripts draw hold ogbench's relabelled rewards, and done = 1 - ogbench's mask (not the file's
+    terminals, which end trajectories)."""
+    _, train, _ = ogbench.make_env_and_datasets(env_id, dataset_dir=os.path.dirname(files[env_id]))
+    assert 0 < train["masks"].sum() < len(train["masks"])  # successes and failures: a wrong mask shows
+    assert not np.array_equal(1.0 - train["masks"], train["terminals"])
+    source = offline_data.load(env_id, os.path.dirname(files[env_id]))
+    for m in (ofql, dql, fql):
+        buffer = m.OfflineBuffer(source.data, torch.device("cpu"))
+        np.testing.assert_array_equal(buffer.rewards.squeeze(1).numpy(), train["rewards"])
+        np.testing.assert_array_equal(1.0 - buffer.dones.squeeze(1).numpy(), train["masks"])
+        for mine, theirs in ((buffer.obs, "observations"), (buffer.next_obs, "next_observations")):
+            np.testing.assert_array_equal(mine.numpy(), train[theirs])
+    assert source.scored_by_success and source.obs_dim == train["observations"].shape[1]
+
+
+def ogbench_scores_success(env_name: str, env) -> bool:
+    """ogbench's own verdict on the env's current state: its single-task relabelling of that one state."""
+    state = {"qpos": env.unwrapped.data.qpos[None].copy()}
+    ogbench.relabel_utils.relabel_dataset(env_name, env, state)
+    return state["masks"][0] == 0.0
+
+
+class StartBesideTheGoal(gym.Wrapper):
+    """Each episode starts just outside the goal, moving into it (or, far away, still)."""
+
+    def __init__(self, env, gap, speed):
+        super().__init__(env)
+        self.gap, self.speed = gap, speed
+
+    def reset(self, **kwargs):
+        _, info = self.env.reset(**kwargs)
+        place_beside_goal(self.env, self.gap, self.speed)
+        return self.env.unwrapped.get_ob(), info
+
+
+def test_the_evaluation_counts_a_success_where_ogbench_scores_one(files):
+    """One-step episodes that start outside the goal: one enters it (ogbench scores the state reached a success),
+    one stays far. The final step's success is that of the state after the action (FQL's timing: ogbench >= 1.2's
+    default would score the state before it, a failure): success 1 and score 100, then 0 and 0."""
+    source = offline_data.load(ANTMAZE, os.path.dirname(files[ANTMAZE]))
+    starts = [(0.02, 2.0), (3.0, 0.0)]  # (gap, speed): into the goal in one step; far and still
+    make = [lambda g=g, v=v: gym.wrappers.TimeLimit(StartBesideTheGoal(source.make_env(), g, v), 1) for g, v in starts]
+    envs = gym.vector.SyncVectorEnv(make)
+    _, successes, _ = ofql.run_episodes(lambda obs: torch.zeros(len(obs), 8), envs, [0, 1], torch.device("cpu"))
+    verdicts = [ogbench_scores_success(source.eval_env_id, env) for env in envs.envs]
+    assert verdicts == [True, False] and successes.tolist() == [1.0, 0.0]
+    stats = ofql.episode_stats(np.zeros(2), successes, source)
+    assert stats["success"] == 0.5 and stats["score"] == 50.0
+    envs.close()
+
+
+def run_script(script, tmp_path, *flags):
+    env = {**os.environ, "HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    steps = ["--total-steps", "4", "--eval-every", "4", "--log-every", "2", "--batch-size", "16"]
+    cmd = [sys.executable, os.path.join(ROOT, script), *flags, *steps, "--eval-episodes", "2", "--no-cuda"]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("script, where", [("ofql.py", "cache"), ("dql.py", "folder"), ("fql.py", "file")])
+def test_each_script_trains_and_evaluates_on_the_recorded_file(files, tmp_path, script, where):
+    """End to end, no network: the file in ogbench's cache (~/.ogbench/data under a temporary HOME), its folder, or the
+    file itself; evaluations report the success rate and the score 100 x success."""
+    flags = ["--env-id", CUBE, "--num-candidates", "1"]
+    if where == "cache":
+        os.makedirs(tmp_path / ".ogbench")
+        os.symlink(os.path.dirname(files[CUBE]), tmp_path / ".ogbench" / "data")
+    else:
+        flags += ["--dataset-path", files[CUBE] if where == "file" else os.path.dirname(files[CUBE])]
+    proc = run_script(script, tmp_path, *flags)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(open(tmp_path / proc.stdout.strip().splitlines()[-1].split(" ", 1)[1]).read())
+    (evaluation,) = summary["evaluations"]
+    assert summary["source"] == "ogbench" and summary["eval_env"] == "cube-double-singletask-task2-v0"
+    assert evaluation["success"] in (0.0, 0.5, 1.0) and evaluation["score"] == 100 * evaluation["success"]
+    assert summary["final_success"] == evaluation["success"] and summary["final_score"] == evaluation["score"]
+    run_dir = os.path.dirname(tmp_path / proc.stdout.strip().splitlines()[-1].split(" ", 1)[1])
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert records[-1]["eval/success"] == evaluation["success"]
+    assert json.load(open(os.path.join(run_dir, "config.json")))["transitions"] == 78  # 2 x 40 rows, 2 trajectory ends
+
+
+@pytest.mark.parametrize("module", [ofql, dql, fql])
+def test_every_task_of_a_family_takes_its_preset(module):
+    """The five tasks of each family and its default id resolve to the family's preset; a sixth task is unknown."""
+    for default in offline_data.ogbench_datasets.OGBENCH_FAMILIES:
+        expected = module.parse_args(["--env-id", f"{default}-singletask-v0"])
+        for task in range(1, 6):
+            args = module.parse_args(["--env-id", f"{default}-singletask-task{task}-v0"])
+            assert dataclasses_equal_but_env_id(args, expected)
+        with pytest.raises(offline_data.UserError, match="unknown --env-id"):
+            module.parse_args(["--env-id", f"{default}-singletask-task6-v0"])
+
+
+def dataclasses_equal_but_env_id(a, b) -> bool:
+    return {**vars(a), "env_id": None} == {**vars(b), "env_id": None}
+
+
+def test_help_marks_the_unpublished_presets(capsys):
+    """ofql.py and dql.py say their OGBench presets are not published; fql.py's are FQL's."""
+    for module, unpublished in ((ofql, True), (dql, True), (fql, False)):
+        with pytest.raises(SystemExit):
+            module.parse_args(["--env-id", CUBE, "--help"])
+        assert ("not published for OGBench" in capsys.readouterr().out) == unpublished
+
+
+def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
+    """A damaged npz, a truncated one, one without ogbench's state arrays, a train file without its -val file, and a
+    dataset that is not in the cache with no network: each one DatasetError that names the problem."""
+    good = open(files[CUBE], "rb").read()
+    cases = {"garbage": b"not an npz at all", "cut": good[: len(good) // 2]}
+    for name, content in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "cube-double-play-v0.npz").write_bytes(content)
+        (folder / "cube-double-play-v0-val.npz").write_bytes(content)
+        with pytest.raises(offline_data.DatasetError, match="not a usable OGBench npz file"):
+            offline_data.load(CUBE, str(folder))
+    arrays = dict(np.load(files[CUBE]))
+    del arrays["qpos"]
+    np.savez_compressed(tmp_path / "noqpos.npz", **arrays)
+    np.savez_compressed(tmp_path / "noqpos-val.npz", **arrays)
+    with pytest.raises(offline_data.DatasetError, match="not a usable OGBench npz file.*qpos"):
+        offline_data.load(CUBE, str(tmp_path / "noqpos.npz"))
+    os.rename(tmp_path / "noqpos-val.npz", tmp_path / "other.npz")
+    with pytest.raises(offline_data.DatasetError, match="noqpos-val.npz does not exist"):
+        offline_data.load(CUBE, str(tmp_path / "noqpos.npz"))
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(offline_data.DatasetError, match="cube-double-play-v0 is not in .*could not be downloaded"):
+        offline_data.load(CUBE)
+
+
+def test_bad_input_exits_2_with_one_line(files, tmp_path):
+    """Through the script: an unknown task and a damaged file, one line on stderr each, exit code 2."""
+    (tmp_path / "bad").mkdir()
+    for name in ("cube-double-play-v0.npz", "cube-double-play-v0-val.npz"):
+        (tmp_path / "bad" / name).write_bytes(b"damaged")
+    for flags in (["--env-id", "cube-double-play-singletask-task9-v0"], ["--env-id", CUBE, "--dataset-path", "bad"]):
+        proc = run_script("ofql.py", tmp_path, *flags)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert proc.stderr.startswith("ofql.py: error: ")
