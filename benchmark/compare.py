@@ -21,7 +21,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import offline_data  # noqa: E402  (only for the normalized score)
+import offline_data  # noqa: E402  (the normalized score, the kind of an id)
 
 # name: (script, extra flags). "bc" is the behaviour-cloning reference: OFQL's MeanFlow loss alone (eta = 0).
 ALGORITHMS = {"bc": ("ofql.py", ["--eta", "0"]), "ofql": ("ofql.py", []), "dql": ("dql.py", []), "fql": ("fql.py", [])}
@@ -30,7 +30,8 @@ ALGORITHMS = {"bc": ("ofql.py", ["--eta", "0"]), "ofql": ("ofql.py", []), "dql":
 @dataclass
 class Args:
     datasets: list[str] = field(default_factory=lambda: ["hopper-medium-v2", "hopper-medium-replay-v2"])
-    """D4RL ids; with --data-dir, the file <data-dir>/<id without -v2>.hdf5 is used instead of the D4RL file"""
+    """D4RL, Minari or OGBench ids; with --data-dir, a D4RL id trains on <data-dir>/<id without -v2>.hdf5 instead of
+    the D4RL file (the others on their own files)"""
     data_dir: str = os.path.join(ROOT, "..", "shared", "datasets")
     """folder of local D4RL-layout files; '' uses the real D4RL files (downloaded and cached)"""
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
@@ -66,7 +67,9 @@ class Args:
 
 
 def dataset_file(args: Args, env_id: str):
-    return os.path.join(args.data_dir, env_id.rsplit("-", 1)[0] + ".hdf5") if args.data_dir else None
+    """The local file of a D4RL id under --data-dir; None: the script's own data (and for Minari and OGBench ids)."""
+    local = args.data_dir and offline_data.source_kind(env_id) == "d4rl"
+    return os.path.join(args.data_dir, env_id.rsplit("-", 1)[0] + ".hdf5") if local else None
 
 
 def dataset_mean_score(env_id: str, path: str) -> float:
@@ -107,7 +110,7 @@ def launch(args: Args, env_id: str, algorithm: str, seed: int | None) -> subproc
             "--num-candidates",
             str(args.num_candidates),
         ]
-    if args.data_dir:
+    if dataset_file(args, env_id):
         cmd += ["--dataset-path", dataset_file(args, env_id)]
     log = open(os.path.join(args.out_dir, run_name(env_id, algorithm, "sweep" if seed is None else seed) + ".log"), "w")
     print(" ".join(cmd[1:]), flush=True)
@@ -156,7 +159,7 @@ def write_report(args: Args) -> None:
     rows, results = [], []
     fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
     for ax, env_id in zip(axes[0], args.datasets):
-        data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if args.data_dir else None
+        data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if dataset_file(args, env_id) else None
         shown_algorithms = [a for a in ALGORITHMS if a in args.algorithms or (env_id, a) in previous]
         shown_algorithms += [a for a in args.algorithms if a not in ALGORITHMS]  # other names, e.g. ofql_eta0.1
         for algorithm in shown_algorithms:

@@ -103,6 +103,17 @@ def test_launch_passes_the_protocol_or_leaves_the_presets(tmp_path, monkeypatch,
     assert launched[1][1].endswith("ofql.py") and launched[1][launched[1].index("--eta") + 1] == "0"
 
 
+def test_launch_gives_local_files_to_d4rl_ids_only(tmp_path, monkeypatch):
+    """With --data-dir, a D4RL id trains on its file there; an OGBench id on ogbench's files."""
+    launched = []
+    monkeypatch.setattr(compare.subprocess, "Popen", lambda cmd, **kw: launched.append(cmd))
+    args = compare.Args(data_dir=str(tmp_path), out_dir=str(tmp_path))
+    for env_id in ("hopper-medium-v2", "cube-double-play-singletask-task2-v0"):
+        compare.launch(args, env_id, "ofql", 0)
+    paths = [cmd[cmd.index("--dataset-path") + 1] if "--dataset-path" in cmd else None for cmd in launched]
+    assert paths == [str(tmp_path / "hopper-medium.hdf5"), None]
+
+
 def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
     import speed
 
