@@ -70,11 +70,10 @@ def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
     the critic takes as its done flag), from ogbench's cache (downloaded if missing) or `dataset_path` (a folder
     holding ogbench's files, or a train file, which ogbench reads with its -val.npz beside it)."""
     ogbench = import_ogbench()
-    where = {"dataset_dir": os.path.expanduser("~/.ogbench/data")}
-    if dataset_path is not None and os.path.isdir(dataset_path):
-        where = {"dataset_dir": dataset_path}
-    elif dataset_path is not None:
+    if dataset_path is not None and not os.path.isdir(dataset_path):
         where = {"dataset_path": dataset_path}
+    else:
+        where = {"dataset_dir": dataset_path or os.path.expanduser(ogbench.utils.DEFAULT_DATASET_DIR)}
     env = make_ogbench_env(env_id)
     name = dataset_name(env_id)
     files = [where.get("dataset_path") or os.path.join(where["dataset_dir"], f"{name}.npz")]
@@ -88,9 +87,8 @@ def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
             "as --dataset-path"
         ) from None
     except FileNotFoundError as e:
-        raise DatasetError(
-            f"{e.filename} does not exist (ogbench reads {os.path.basename(files[1])} beside it)"
-        ) from None
+        beside = f" (ogbench reads it beside {os.path.basename(files[0])})" if e.filename == files[1] else ""
+        raise DatasetError(f"{e.filename} does not exist{beside}") from None
     except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as e:  # np.load and missing arrays
         raise DatasetError(f"{' or '.join(files)}: not a usable OGBench npz file ({type(e).__name__}: {e})") from None
     finally:
