@@ -411,7 +411,7 @@ def test_buffer_samples_aligned_transitions(hopper_file):
 
 
 def test_tables_cover_every_dataset_and_match_the_environments():
-    assert ofql.PRESETS.keys() == offline_data.DATASETS.keys()
+    assert ofql.PRESETS.keys() == offline_data.DATASETS.keys() | set(offline_data.OGBENCH_IDS.values())
     for env_id in offline_data.DATASETS:
         domain = offline_data.d4rl_files.domain_of(env_id)
         if domain.eval_env.endswith("-v4"):
