@@ -373,9 +373,7 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
     return policy
 
 
-def run_episodes(
-    policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device
-) -> tuple[np.ndarray, np.ndarray, float]:
+def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device) -> tuple:
     """One episode per env, all in parallel, env i reset with seeds[i]: the returns, the successes (info['success'] of
     the final step, as FQL counts them; NaN where an env reports none), and action batches per second."""
     obs, _ = envs.reset(seed=seeds)
@@ -394,9 +392,7 @@ def run_episodes(
     return returns, successes, decisions / policy_time
 
 
-def episode_stats(
-    returns: np.ndarray, successes: np.ndarray, source: offline_data.DataSource, prefix: str = ""
-) -> dict:
+def episode_stats(returns: np.ndarray, successes: np.ndarray, source: offline_data.DataSource, prefix="") -> dict:
     """Mean and std of the returns, of the scores (None without references) and, where the source is scored by
     success (OGBench), of the successes."""
     values = {"score": source.score(returns, successes), "return": returns}

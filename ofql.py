@@ -115,7 +115,6 @@ class Args:
 _LONG = dict(total_steps=1_000_000, eval_episodes=100)
 _ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_LONG)
 _OGBENCH = dict(total_steps=1_000_000, eval_every=100_000, eval_episodes=50)
-_OGBENCH_LONG = dict(gamma=0.995, **_OGBENCH)  # FQL's discount for its long-horizon tasks
 PRESETS = {
     "halfcheetah-medium-v2": dict(eta=0.1, grad_norm=9.0),
     "halfcheetah-medium-replay-v2": dict(eta=0.1, grad_norm=2.0),
@@ -137,10 +136,10 @@ PRESETS = {
     # OGBench, FQL's families: FQL's protocol and discount; eta is not published: our rule, the grid value nearest
     # n / ((1 - gamma) alpha) for FQL's alpha and the task's n sub-goals (docs/presets.md)
     "antmaze-large-navigate-singletask-v0": dict(eta=0.5, **_OGBENCH),
-    "antmaze-giant-navigate-singletask-v0": dict(eta=0.5, **_OGBENCH_LONG),
-    "humanoidmaze-medium-navigate-singletask-v0": dict(eta=0.5, **_OGBENCH_LONG),
-    "humanoidmaze-large-navigate-singletask-v0": dict(eta=0.5, **_OGBENCH_LONG),
-    "antsoccer-arena-navigate-singletask-v0": dict(eta=0.5, **_OGBENCH_LONG),
+    "antmaze-giant-navigate-singletask-v0": dict(eta=0.5, gamma=0.995, **_OGBENCH),
+    "humanoidmaze-medium-navigate-singletask-v0": dict(eta=0.5, gamma=0.995, **_OGBENCH),
+    "humanoidmaze-large-navigate-singletask-v0": dict(eta=0.5, gamma=0.995, **_OGBENCH),
+    "antsoccer-arena-navigate-singletask-v0": dict(eta=0.5, gamma=0.995, **_OGBENCH),
     "cube-single-play-singletask-v0": dict(eta=0.3, **_OGBENCH),
     "cube-double-play-singletask-v0": dict(eta=0.5, **_OGBENCH),
     "scene-play-singletask-v0": dict(eta=0.5, **_OGBENCH),
@@ -162,9 +161,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
             f"before -v0), and the Minari datasets {minari}"
         )
     defaults = dataclasses.replace(Args(), env_id=env_id, **PRESETS[preset])
-    unpublished = offline_data.is_ogbench_id(env_id)
-    note = " (not published for OGBench: our rule, docs/presets.md; tune eta with sweep.py)" if unpublished else ""
-    description = f"{__doc__}Defaults below: the presets of {env_id}{note}."
+    note = " (not published for OGBench: our rule, docs/presets.md; tune eta with sweep.py)"
+    description = f"{__doc__}Defaults below: the presets of {env_id}{note * offline_data.is_ogbench_id(env_id)}."
     return tyro.cli(Args, args=argv, default=defaults, description=description)
 
 
@@ -405,9 +403,7 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
     return policy
 
 
-def run_episodes(
-    policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device
-) -> tuple[np.ndarray, np.ndarray, float]:
+def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device) -> tuple:
     """One episode per env, all in parallel, env i reset with seeds[i]: the returns, the successes (info['success'] of
     the final step, as FQL counts them; NaN where an env reports none), and action batches per second."""
     obs, _ = envs.reset(seed=seeds)
@@ -426,9 +422,7 @@ def run_episodes(
     return returns, successes, decisions / policy_time
 
 
-def episode_stats(
-    returns: np.ndarray, successes: np.ndarray, source: offline_data.DataSource, prefix: str = ""
-) -> dict:
+def episode_stats(returns: np.ndarray, successes: np.ndarray, source: offline_data.DataSource, prefix="") -> dict:
     """Mean and std of the returns, of the scores (None without references) and, where the source is scored by
     success (OGBench), of the successes."""
     values = {"score": source.score(returns, successes), "return": returns}
