@@ -356,7 +356,7 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     progress = dict(initial=start_step - 1, total=args.total_steps, desc=f"{args.env_id} x{n}", unit="step")
     # SIGINT, SIGTERM: every member's step saved (with --save-model), then one line with the command that continues
     stop_line = lambda step=None: how_to_continue(step, run_dirs, checkpoint if args.save_model else None)  # noqa: E731
-    with d4rl_compat.stop_signals(stop_line) as stop_signal:
+    with offline_data.stop_signals(stop_line) as stop_signal:
         for step in tqdm(range(start_step, args.total_steps + 1), mininterval=2, **progress):
             metrics = iteration()
             values = torch.stack(list(metrics.values()), dim=1)  # (members, metrics)
@@ -394,7 +394,7 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     for f in metrics_files:
         f.close()
     if stopping:
-        raise d4rl_compat.Interrupted(stop_line(step), stop_signal[0])
+        raise offline_data.Interrupted(stop_line(step), stop_signal[0])
 
     summaries = []
     for m, (a, run_dir) in enumerate(zip(member_args, run_dirs)):
@@ -434,7 +434,7 @@ def how_to_continue(step: int | None, run_dirs: list[str], checkpoint) -> str:
 
 
 if __name__ == "__main__":
-    d4rl_compat.stop_on_sigterm()  # outside training steps too: one line, not a silent end
+    offline_data.stop_on_sigterm()  # outside training steps too: one line, not a silent end
     try:
         script, sweep, member_args = parse_args(sys.argv[1:])
         name = f"{member_args[0].env_id.replace('/', '-')}__{script.__name__}_sweep__{int(time.time())}"

@@ -114,7 +114,7 @@ def test_a_members_checkpoint_in_a_larger_sweep_holds_that_member(tmp_path, hopp
     base = script_args(fql, hopper_file, "--total-steps", "20", "--eval-every", "20", "--save-model")
     grid = [dataclasses.replace(base, seed=s) for s in (0, 1)]
     paths = sweep.train(fql, grid, "two")
-    states = [d4rl_compat.load_checkpoint(os.path.join(os.path.dirname(p), "checkpoint.pt")) for p in paths]
+    states = [offline_data.load_checkpoint(os.path.join(os.path.dirname(p), "checkpoint.pt")) for p in paths]
     key = "onestep.0.weight"
     assert not torch.equal(states[0]["actor"][key], states[1]["actor"][key])
     agent = fql.make_agent(11, 3, grid[1], torch.device("cpu"))
@@ -263,7 +263,7 @@ def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(
     line = err.strip().splitlines()[-1]
     assert line.startswith("sweep.py: interrupted: stopped at step") and "continue with: python" in line
     step = int(line.split("stopped at step ")[1].split(";")[0])
-    states = [d4rl_compat.load_checkpoint(p) for p in sorted(tmp_path.glob("runs/*/checkpoint.pt"))]
+    states = [offline_data.load_checkpoint(p) for p in sorted(tmp_path.glob("runs/*/checkpoint.pt"))]
     assert len(states) == 2 and {s["step"] for s in states} == {step}
     command = shlex.split(line.split("continue with: ")[1])
     resumed = command[command.index("--resume") + 1 :]
