@@ -78,7 +78,8 @@ def sweep_iteration(module, args, n: int, domain, buffer, device, use_graph: boo
 def table1_member_updates() -> int:
     import ofql
 
-    return sum(TABLE1_RUNS_PER_DATASET * ofql.parse_args(["--env-id", env_id]).total_steps for env_id in ofql.PRESETS)
+    steps = [ofql.parse_args(["--env-id", env_id]).total_steps for env_id in offline_data.DATASETS]  # Table 1's D4RL
+    return TABLE1_RUNS_PER_DATASET * sum(steps)
 
 
 def main(args: Args) -> dict:
