@@ -274,3 +274,15 @@ def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(
     assert done.returncode == 0, done.stderr
     for summary in tmp_path.glob("runs/*/summary.json"):
         assert json.load(open(summary))["steps"] == step + 10
+
+
+def test_track_makes_one_wandb_run_per_member_grouped_by_the_sweep(tmp_path, hopper_file, monkeypatch):
+    """--track: one (offline) wandb run per member, named after its run folder, in the sweep's group."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    base = script_args(ofql, hopper_file, "--total-steps", "4", "--eval-every", "4", "--log-every", "2", "--track")
+    paths = sweep.train(ofql, [dataclasses.replace(base, seed=s) for s in (0, 1)], "tracked")
+    runs = sorted(tmp_path.glob("wandb/offline-run-*"))
+    assert len(runs) == 2
+    names = sorted(os.path.basename(os.path.dirname(p)) for p in paths)
+    assert sorted(r.name.split("-", 3)[3] for r in runs) == names
