@@ -11,14 +11,14 @@ summary.json, checkpoint.pt with --save-model), and its checkpoint resumes with 
 How: the members' networks are stacked (one tensor per parameter, members on the first dimension); the script's own
 losses run for all members at once through torch.func.vmap over torch.func.functional_call (randomness="different":
 each member draws its own noise, the slice of one draw at its place in the grid); the script's own update() runs on
-the stacked networks, its code unchanged, with two names rebound: the losses to their vmapped versions, and
+the stacked networks, its code unchanged, with three names rebound: the two losses to their vmapped versions, and
 optimizer_step to one that back-propagates the members' summed losses (member i's parameters get the gradient of its
 own loss alone) and clips each member's gradient by its own norm. Adam and the target networks' lerps are
 elementwise, so one optimizer over the stacked parameters is N independent ones. On CUDA the whole iteration is one
 replay of the script's cuda_graph. Evaluation steps all members' episodes together, one batched policy call per step.
 Members are independent: no number of one depends on another's hyper-parameters (tests/test_sweep.py). A member's
-noise is not that of a lone run with its seed (one generator serves the sweep; it is seeded as the first member's
-run and the first member's initial networks), so a one-member sweep is that run, up to float rounding.
+noise is not that of a lone run with its seed (one generator serves the sweep, in the state a lone run of the first
+member has after making its networks), but a one-member sweep is that lone run, up to float rounding.
 """
 
 import contextlib
