@@ -277,12 +277,28 @@ def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(
 
 
 def test_track_makes_one_wandb_run_per_member_grouped_by_the_sweep(tmp_path, hopper_file, monkeypatch):
-    """--track: one (offline) wandb run per member, named after its run folder, in the sweep's group."""
+    """--track: one wandb run per member (wandb.init each time, reinit="create_new"), named after its run folder, in
+    the sweep's group; each member's records go to its own run, which is finished at the end."""
+    import wandb
+
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WANDB_MODE", "offline")
+    made = []
+
+    class FakeRun:
+        def __init__(self, **kwargs):
+            self.kwargs, self.logged, self.summary, self.finished = kwargs, [], {}, False
+            made.append(self)
+
+        def log(self, record, step):
+            self.logged.append(step)
+
+        def finish(self):
+            self.finished = True
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeRun(**kwargs))
     base = script_args(ofql, hopper_file, "--total-steps", "4", "--eval-every", "4", "--log-every", "2", "--track")
     paths = sweep.train(ofql, [dataclasses.replace(base, seed=s) for s in (0, 1)], "tracked")
-    runs = sorted(tmp_path.glob("wandb/offline-run-*"))
-    assert len(runs) == 2
-    names = sorted(os.path.basename(os.path.dirname(p)) for p in paths)
-    assert sorted(r.name.split("-", 3)[3] for r in runs) == names
+    assert [r.kwargs["name"] for r in made] == [os.path.basename(os.path.dirname(p)) for p in paths]
+    assert all(r.kwargs["group"] == "tracked" and r.kwargs["reinit"] == "create_new" for r in made)
+    assert [r.kwargs["config"]["seed"] for r in made] == [0, 1]
+    assert all(r.logged == [2, 4] and r.finished and "final_score" in r.summary for r in made)
