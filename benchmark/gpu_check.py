@@ -695,11 +695,13 @@ def markdown(report: dict) -> str:
 
 
 def write(report: dict, out: str) -> str:
-    text = markdown(report)
+    """summary.md and results.json, with paths inside the repository written relative to it (not this machine's)."""
+    here = ROOT + os.sep
+    text = markdown(report).replace(here, "")
     with open(os.path.join(out, "summary.md"), "w") as f:
         f.write(text)
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(report, f, indent=1)
+        f.write(json.dumps(report, indent=1).replace(json.dumps(here)[1:-1], ""))
     return text
 
 
