@@ -81,7 +81,7 @@ def dataset_mean_score(env_id: str, path: str) -> float:
 
 
 def run_name(env_id: str, algorithm: str, seed: int) -> str:
-    return f"{env_id}__{algorithm}__{seed}"
+    return f"{env_id.replace('/', '-')}__{algorithm}__{seed}"  # as the scripts name a Minari id's run
 
 
 def launch(args: Args, env_id: str, algorithm: str, seed: int | None) -> subprocess.Popen:
@@ -138,10 +138,12 @@ def latest_summaries(args: Args) -> dict:
     """(env_id, algorithm, seed) -> summary.json of the newest matching run in --out-dir/runs."""
     found = {}
     for name in sorted(os.listdir(os.path.join(args.out_dir, "runs"))):
-        env_id, algorithm, seed, _ = name.split("__")
+        _, algorithm, seed, _ = name.split("__")
         path = os.path.join(args.out_dir, "runs", name, "summary.json")
         if os.path.exists(path):
-            found[(env_id, algorithm, int(seed))] = json.load(open(path))
+            summary = json.load(open(path))
+            found[(summary["env_id"], algorithm, int(seed))] = summary  # the folder's name has '-' for a Minari '/'
+
     return found
 
 

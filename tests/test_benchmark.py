@@ -18,12 +18,13 @@ import compare  # noqa: E402
 
 
 def fake_run(out_dir, env_id, algorithm, seed, scores):
-    run_dir = os.path.join(out_dir, "runs", f"{env_id}__{algorithm}__{seed}__123")
+    run_dir = os.path.join(out_dir, "runs", f"{env_id.replace('/', '-')}__{algorithm}__{seed}__123")  # as the scripts
     os.makedirs(run_dir)
     evaluations = [{"step": 100 * (i + 1), "score": s} for i, s in enumerate(scores)]
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(
             {
+                "env_id": env_id,
                 "seed": seed,
                 "evaluations": evaluations,
                 "train_steps_per_sec": 10.0,
@@ -168,6 +169,21 @@ def test_time_embedding_offline_measures_on_a_flow_known_exactly():
     assert m["one_step_to_ode"] < 1e-12 and m["one_step_to_data"] < 1e-12 and m["ode_to_data"] < 1e-12
     m = time_embedding.offline_measures(PointMassVelocity(), obs, actions + 0.1)
     assert m["one_step_to_data"] == pytest.approx(0.01, rel=1e-4)
+
+
+def test_a_minari_id_is_launched_and_reported(tmp_path, monkeypatch):
+    """A Minari id has '/' in it: its log file and its runs' folders have '-' there, the report the id itself."""
+    launched = []
+    monkeypatch.setattr(compare.subprocess, "Popen", lambda cmd, **kw: launched.append(cmd))
+    env_id = "mujoco/hopper/medium-v0"
+    args = compare.Args(datasets=[env_id], data_dir="", out_dir=str(tmp_path), seeds=[0], plot_only=True)
+    compare.launch(args, env_id, "ofql", 0)
+    assert launched[0][launched[0].index("--env-id") + 1] == env_id
+    assert os.path.exists(tmp_path / "mujoco-hopper-medium-v0__ofql__0.log")
+    fake_run(str(tmp_path), env_id, "ofql", 0, [3.0, 5.0])
+    compare.write_report(args)
+    row = "| mujoco/hopper/medium-v0 | - | ofql | 1 | 5.0 ± 0.0 | 5.0 ± 0.0 | 3 / 5 |"
+    assert row in open(tmp_path / "results.md").read()
 
 
 def test_with_sweep_one_process_trains_all_seeds_of_a_dataset_and_algorithm(tmp_path, monkeypatch):
