@@ -109,23 +109,36 @@ def test_each_member_writes_the_scripts_run_folder_and_resumes_with_the_script_a
 
 
 def test_a_members_checkpoint_in_a_larger_sweep_holds_that_member(tmp_path, hopper_file, monkeypatch):
-    """Member 1 of 2: its checkpoint's networks and Adam moments are the stacked ones at index 1, not index 0."""
+    """Member 1 of 2: its checkpoint's networks and Adam moments are its own (the stacked ones at index 1): they are
+    unchanged when member 0's alpha changes, and they differ from member 0's; it resumes with the script alone."""
     monkeypatch.chdir(tmp_path)
     base = script_args(fql, hopper_file, "--total-steps", "20", "--eval-every", "20", "--save-model")
-    grid = [dataclasses.replace(base, seed=s) for s in (0, 1)]
-    paths = sweep.train(fql, grid, "two")
-    states = [offline_data.load_checkpoint(os.path.join(os.path.dirname(p), "checkpoint.pt")) for p in paths]
-    key = "onestep.0.weight"
-    assert not torch.equal(states[0]["actor"][key], states[1]["actor"][key])
+    checkpoints = []
+    for alpha in (3.0, 30.0):  # member 0's alpha; member 1 (seed 1, alpha 10) is the same in both sweeps
+        grid = [dataclasses.replace(base, seed=0, alpha=alpha), dataclasses.replace(base, seed=1, alpha=10.0)]
+        paths = sweep.train(fql, grid, f"two_{alpha:g}")
+        checkpoints.append([os.path.join(os.path.dirname(p), "checkpoint.pt") for p in paths])
+    (first0, first1), (second0, second1) = [[offline_data.load_checkpoint(c) for c in pair] for pair in checkpoints]
+
+    def moments(state):  # every optimizer's Adam moments, in a fixed order
+        return [
+            m[k]
+            for o in ("actor_optimizer", "critic_optimizer")
+            for m in state[o]["state"].values()
+            for k in m
+            if k != "step"
+        ]
+
+    for name in ("actor", "critic"):
+        assert all(torch.equal(first1[name][k], v) for k, v in second1[name].items())
+    assert all(torch.equal(a, b) for a, b in zip(moments(first1), moments(second1)))
+    assert not any(torch.equal(a, b) for a, b in zip(moments(first0), moments(first1)))
+    assert not torch.equal(first0["actor"]["onestep.0.weight"], second0["actor"]["onestep.0.weight"])
     agent = fql.make_agent(11, 3, grid[1], torch.device("cpu"))
     fql.resume(
-        os.path.join(os.path.dirname(paths[1]), "checkpoint.pt"),
-        agent,
-        json.load(open(os.path.join(os.path.dirname(paths[1]), "config.json"))),
+        checkpoints[1][1], agent, json.load(open(os.path.join(os.path.dirname(checkpoints[1][1]), "config.json")))
     )
-    moments = [s["exp_avg"] for s in agent.actor_optimizer.state.values()]
-    assert all(torch.isfinite(m).all() and m.abs().sum() > 0 for m in moments)
-    assert states[1]["config"]["seed"] == 1 and states[1]["step"] == 20
+    assert first1["config"]["seed"] == 1 and first1["step"] == 20
 
 
 def test_evaluation_steps_every_members_episodes_as_the_script_would(hopper_file):
@@ -151,6 +164,27 @@ def test_evaluation_steps_every_members_episodes_as_the_script_would(hopper_file
             k: v for k, v in alone.items() if k != "decision_rate"
         }
     assert together[0]["return"] != together[1]["return"]
+
+
+def test_evaluation_noise_is_its_own_and_leaves_trainings_generator_alone(hopper_file):
+    """A stochastic policy through the sweep's evaluation: the same numbers whatever the state of training's generator
+    (the evaluation's noise is seeded by the members' seeds), and that generator is left where it was (evaluating
+    never changes training's numbers)."""
+    members = [ofql.Args(env_id="hopper-medium-v2", eval_episodes=1, seed=s) for s in (3, 8)]
+    refs = offline_data.d4rl_files.DOMAINS["hopper"][:2]
+    source = offline_data.DataSource(
+        {}, "", 11, 3, offline_data.eval_env_factory("hopper-medium-v2"), "Hopper-v4", *refs
+    )
+    policy = lambda obs: torch.tanh(torch.randn(obs.shape[0], 3))  # noqa: E731
+    envs = gym.vector.SyncVectorEnv([source.make_env] * 2)
+    results = []
+    for training_seed in (0, 1):  # training's generator in two states: the same evaluation
+        torch.manual_seed(training_seed)
+        before = torch.get_rng_state()
+        results.append(sweep.evaluate(ofql, [policy], envs, source, members, torch.device("cpu")))
+        assert torch.equal(torch.get_rng_state(), before)
+    first, second = results
+    assert [r["return"] for r in first] == [r["return"] for r in second]
 
 
 def test_the_batched_policy_gives_each_member_its_own_rows(hopper_file):
