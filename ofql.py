@@ -256,7 +256,8 @@ def behavior_cloning_loss(actor: Actor, obs, actions, args: Args) -> tuple[torch
     u, u_tgt = meanflow_target(lambda a_t, r, t: actor(a_t, r, t, obs), actions, torch.randn_like(actions), r, t)
     err = (u - u_tgt).pow(2).mean(dim=-1)
     if args.adaptive_weight_power == 0:
-        return err.mean(), err.mean()
+        mse = err.mean()
+        return mse, mse
     weight = (err.detach() + 1e-3).pow(-args.adaptive_weight_power)
     return (weight * err).mean(), err.mean()
 
