@@ -143,7 +143,6 @@ def latest_summaries(args: Args) -> dict:
         if os.path.exists(path):
             summary = json.load(open(path))
             found[(summary["env_id"], algorithm, int(seed))] = summary  # the folder's name has '-' for a Minari '/'
-
     return found
 
 
