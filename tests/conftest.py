@@ -16,6 +16,18 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(1)  # tiny networks: one thread is fastest and avoids oversubscribing CI's 2 cores
 
 
+def agent_and_random_batch(script, obs_dim=11, act_dim=3, batch_size=64):
+    """A seeded agent of `script` (ofql, dql or fql) with its default Args, a random batch and those Args; the
+    dones are 1 in about a fifth of the rows."""
+    torch.manual_seed(0)
+    args = script.Args()
+    agent = script.make_agent(obs_dim, act_dim, args, torch.device("cpu"))
+    obs, actions = torch.randn(batch_size, obs_dim), torch.rand(batch_size, act_dim) * 2 - 1
+    rewards, next_obs = torch.randn(batch_size, 1), torch.randn(batch_size, obs_dim)
+    dones = (torch.rand(batch_size, 1) < 0.2).float()
+    return agent, script.Batch(obs, actions, rewards, next_obs, dones), args
+
+
 def record_d4rl_file(path, gym_id="Hopper-v4", episodes=3, max_steps=40, seed=0, timeouts=True):
     """Roll a seeded random policy in `gym_id` and write every key a D4RL v2 locomotion file has:
     float32 arrays, bool flags, `next_observations`, `infos/*` and scalar `metadata/*` entries.

@@ -8,23 +8,14 @@ import pytest
 import torch
 
 import dql
+from conftest import agent_and_random_batch
 
 OBS, ACT, B = 11, 3, 64
 
 
 @pytest.fixture
 def agent_and_batch():
-    torch.manual_seed(0)
-    args = dql.Args()
-    agent = dql.make_agent(OBS, ACT, args, torch.device("cpu"))
-    batch = dql.Batch(
-        torch.randn(B, OBS),
-        torch.rand(B, ACT) * 2 - 1,
-        torch.randn(B, 1),
-        torch.randn(B, OBS),
-        (torch.rand(B, 1) < 0.2).float(),
-    )
-    return agent, batch, args
+    return agent_and_random_batch(dql, OBS, ACT, B)
 
 
 def test_vp_schedule_matches_dqls_published_values():

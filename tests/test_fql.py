@@ -5,23 +5,14 @@ import pytest
 import torch
 
 import fql
+from conftest import agent_and_random_batch
 
 OBS, ACT, B = 11, 3, 64
 
 
 @pytest.fixture
 def agent_and_batch():
-    torch.manual_seed(0)
-    args = fql.Args()
-    agent = fql.make_agent(OBS, ACT, args, torch.device("cpu"))
-    batch = fql.Batch(
-        torch.randn(B, OBS),
-        torch.rand(B, ACT) * 2 - 1,
-        torch.randn(B, 1),
-        torch.randn(B, OBS),
-        (torch.rand(B, 1) < 0.2).float(),
-    )
-    return agent, batch, args
+    return agent_and_random_batch(fql, OBS, ACT, B)
 
 
 def test_euler_flow_follows_a_straight_path_exactly():

@@ -11,23 +11,14 @@ import torch
 import dql
 import offline_data
 import ofql
+from conftest import agent_and_random_batch
 
 OBS, ACT, B = 11, 3, 64
 
 
 @pytest.fixture
 def agent_and_batch():
-    torch.manual_seed(0)
-    args = ofql.Args()
-    agent = ofql.make_agent(OBS, ACT, args, torch.device("cpu"))
-    batch = ofql.Batch(
-        torch.randn(B, OBS),
-        torch.rand(B, ACT) * 2 - 1,
-        torch.randn(B, 1),
-        torch.randn(B, OBS),
-        (torch.rand(B, 1) < 0.2).float(),
-    )
-    return agent, batch, args
+    return agent_and_random_batch(ofql, OBS, ACT, B)
 
 
 def test_network_shapes_and_dtypes(agent_and_batch):
