@@ -1,4 +1,5 @@
-"""Shared test helpers: small files in the exact D4RL hdf5 layout, recorded in the real gymnasium envs."""
+"""Shared test helpers: small files in the exact D4RL hdf5 layout, recorded in the real gymnasium envs; an agent of
+one of the three scripts with a random batch."""
 
 import os
 import sys
