@@ -428,52 +428,18 @@ def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int],
     return returns, successes, decisions / policy_time
 
 
-def episode_stats(returns: np.ndarray, successes: np.ndarray, source: offline_data.DataSource, prefix="") -> dict:
-    """Mean and std of the returns, of the scores (None without references) and, where the source is scored by
-    success (OGBench), of the successes."""
-    values = {"score": source.score(returns, successes), "return": returns}
-    values.update({"success": successes} if source.scored_by_success else {})
-    stats = {"": np.mean, "_std": np.std}
-    return {f"{prefix}{k}{s}": None if x is None else float(f(x)) for k, x in values.items() for s, f in stats.items()}
-
-
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source: offline_data.DataSource, args: Args, device) -> dict:
     """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env (env i
-    seeded seed + 100 + i), all in parallel: episode_stats; and action batches per second of the first policy. The
-    policies draw their noise from a generator seeded seed + 100: evaluating never changes the training's numbers."""
+    seeded seed + 100 + i), all in parallel: source.episode_stats, and the first policy's action batches per second.
+    The policies' noise comes from a generator seeded seed + 100: evaluating never changes the training's numbers."""
     result, seeds = {}, [args.seed + 100 + i for i in range(envs.num_envs)]
     for prefix, policy in zip(("", "policy_"), policies):
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
             torch.manual_seed(args.seed + 100)
             returns, successes, decision_rate = run_episodes(policy, envs, seeds, device)
-        result.update(episode_stats(returns, successes, source, prefix))
+        result.update(source.episode_stats(returns, successes, prefix))
         result.setdefault("decision_rate", decision_rate)
     return result
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------------------------
-def save_checkpoint(run_dir: str, agent: Agent, step: int, evals: list, elapsed: float, config: dict) -> None:
-    """Tensors and plain values only (random states included), so that torch.load(weights_only=True) reads it."""
-    state = {name: getattr(agent, name).state_dict() for name in Agent.__dataclass_fields__}
-    rng = offline_data.rng_state()
-    with offline_data.replaced_when_written(f"{run_dir}/checkpoint.pt") as tmp:  # never half a checkpoint
-        torch.save({**state, "step": step, "evals": evals, "elapsed": elapsed, "rng": rng, "config": config}, tmp)
-
-
-def resume(path: str, agent: Agent, config: dict) -> tuple[int, list, float]:
-    """Load a checkpoint of a run with these flags (check_resume); drop its later logs. -> (next step, evals, secs)"""
-    try:
-        state = offline_data.load_checkpoint(path)  # weights_only: a file that would run code is refused unbuilt
-        offline_data.check_resume(config, state["config"], state["step"])
-        for name in Agent.__dataclass_fields__:
-            getattr(agent, name).load_state_dict(state[name])
-    except Exception as e:  # missing, empty, truncated, another run's, unsafe: one line
-        raise UserError(f"cannot resume from {path}: {e if isinstance(e, UserError) else repr(e)}") from None
-    offline_data.set_rng_state(state["rng"])
-    offline_data.trim_log(os.path.join(os.path.dirname(path), "metrics.jsonl"), state["step"])
-    return state["step"] + 1, state["evals"], state["elapsed"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -544,7 +510,7 @@ def train(args: Args) -> str:
     config = {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}
     config.update(device=str(device), training_step="cuda_graph" if use_graph else "eager")
     config.update(transitions=buffer.size, torch=str(torch.__version__))  # a str: weights_only loads it
-    start_step, evals, elapsed = resume(args.resume, agent, config) if args.resume else (1, [], 0.0)
+    start_step, evals, elapsed = offline_data.resume(args.resume, agent, config) if args.resume else (1, [], 0.0)
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
         set_capturable(optimizer, use_graph)  # after the resume, which restores the saved run's mode
     last_step = torch.tensor(start_step - 1, device=device)  # on the device: no iteration reads it back
@@ -602,7 +568,7 @@ def train(args: Args) -> str:
             if args.track:
                 wandb.log(record, step=step)
             if args.save_model and (eval_step or stopping):
-                save_checkpoint(run_dir, agent, step, evals, elapsed + time.time() - session_start, config)
+                offline_data.save_checkpoint(run_dir, agent, step, evals, elapsed + time.time() - session_start, config)
             metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
             if stopping:
                 break
@@ -610,7 +576,8 @@ def train(args: Args) -> str:
         raise offline_data.Interrupted(how_to_continue(stopped_at=step), stop_signal[0])
 
     steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
-    summary = summarize(args, source, evals, elapsed + time.time() - session_start, steps_per_sec)
+    wall_clock = elapsed + time.time() - session_start
+    summary = offline_data.summarize(__file__, args, source, evals, wall_clock, steps_per_sec)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     metrics_file.close()
@@ -620,22 +587,6 @@ def train(args: Args) -> str:
     if envs is not None:
         envs.close()
     return os.path.join(run_dir, "summary.json")
-
-
-def summarize(args: Args, source: offline_data.DataSource, evals: list, wall_clock: float, steps_per_sec) -> dict:
-    """summary.json: the run's last and best evaluations (best by success where there is one, then by return, which the
-    score of the other sources increases with)."""
-    last, best = (evals[-1], max(evals, key=lambda e: (e.get("success", 0.0), e["return"]))) if evals else ({}, {})
-    kind = offline_data.source_kind(args.env_id)
-    summary = dict(algorithm=os.path.basename(__file__)[: -len(".py")], env_id=args.env_id, source=kind)
-    summary.update(dataset=source.path, eval_env=source.eval_env_id, seed=args.seed, steps=args.total_steps)
-    summary.update(wall_clock_sec=wall_clock, train_steps_per_sec=steps_per_sec, num_candidates=args.num_candidates)
-    summary.update({"eval_episodes": args.eval_episodes, **{f"final_{k}": last.get(k) for k in ("score", "score_std")}})
-    summary.update({f"best_{k}": best.get(k) for k in ("score", "score_std", "step")})
-    summary.update(final_return=last.get("return"), best_return=best.get("return"))
-    summary.update(final_success=last.get("success"), best_success=best.get("success"))
-    summary.update(final_policy_score=last.get("policy_score"), decision_rate=last.get("decision_rate"))
-    return {**summary, "evaluations": evals}
 
 
 if __name__ == "__main__":

@@ -247,7 +247,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 # ---------------------------------------------------------------------------------------------------------------
 def evaluate(script, policies: list, envs: gym.vector.VectorEnv, source, member_args: list, device) -> list[dict]:
     """The script's evaluate for every member at once: member m's episodes are envs m*E ... m*E + E - 1, seeded as
-    the script seeds a run's (seed + 100 + i); per member, the script's episode_stats of its own episodes."""
+    the script seeds a run's (seed + 100 + i); per member, the statistics of its own episodes (source.episode_stats)."""
     episodes = member_args[0].eval_episodes
     seeds = [a.seed + 100 + i for a in member_args for i in range(episodes)]
     results = [{} for _ in member_args]
@@ -257,7 +257,7 @@ def evaluate(script, policies: list, envs: gym.vector.VectorEnv, source, member_
             returns, successes, decision_rate = script.run_episodes(policy, envs, seeds, device)
         per_member = (x.reshape(len(member_args), episodes) for x in (returns, successes))
         for result, member_returns, member_successes in zip(results, *per_member):
-            result.update(script.episode_stats(member_returns, member_successes, source, prefix))
+            result.update(source.episode_stats(member_returns, member_successes, prefix))
             result.setdefault("decision_rate", decision_rate)
     return results
 
@@ -267,8 +267,8 @@ def evaluate(script, policies: list, envs: gym.vector.VectorEnv, source, member_
 # ---------------------------------------------------------------------------------------------------------------
 def make_members(script, member_args: list, resume: list[str] | None, source, device, configs: list):
     """-> (Members, first step, evals, elapsed). New members: each one's initial networks are a lone run's with its
-    seed, and the noise generators are seeded as the first member's run. Resumed: each member's checkpoint (the
-    script's resume()), all of one step; the generators as they were saved (the same in every member's checkpoint)."""
+    seed, and the noise generators are seeded as the first member's run. Resumed: each member's checkpoint (as the
+    script resumes one), all of one step; the generators as they were saved (the same in every member's checkpoint)."""
     agents, state = [], None
     for a in member_args:
         random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)
@@ -277,7 +277,7 @@ def make_members(script, member_args: list, resume: list[str] | None, source, de
     random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
     start, evals, elapsed = 1, [[] for _ in agents], 0.0
     if resume:
-        resumed = [script.resume(path, agent, config) for path, agent, config in zip(resume, agents, configs)]
+        resumed = [offline_data.resume(path, agent, config) for path, agent, config in zip(resume, agents, configs)]
         if len({r[0] for r in resumed}) > 1:
             raise UserError(f"the checkpoints are of different steps: {[r[0] - 1 for r in resumed]}")
         start, evals, elapsed = resumed[0][0], [r[1] for r in resumed], resumed[0][2]
@@ -350,7 +350,7 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
 
     failed, metric_sum, window_steps, first_bad, stopping = {}, 0.0, 0, -1, False
     session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
-    checkpoint = lambda m, step: script.save_checkpoint(  # noqa: E731
+    checkpoint = lambda m, step: offline_data.save_checkpoint(  # noqa: E731
         run_dirs[m], members.member(m), step, evals[m], elapsed + time.time() - session_start, configs[m]
     )
     progress = dict(initial=start_step - 1, total=args.total_steps, desc=f"{args.env_id} x{n}", unit="step")
@@ -399,7 +399,8 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     summaries = []
     for m, (a, run_dir) in enumerate(zip(member_args, run_dirs)):
         steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
-        summary = script.summarize(a, source, evals[m], elapsed + time.time() - session_start, steps_per_sec)
+        wall_clock = elapsed + time.time() - session_start
+        summary = offline_data.summarize(script.__file__, a, source, evals[m], wall_clock, steps_per_sec)
         summary.update(sweep=sweep_name, sweep_members=n, error=failed.get(m))
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -8,12 +8,13 @@ concern:
     minari_datasets.py   Minari datasets with their own evaluation envs and reference returns
     ogbench_datasets.py  OGBench's single-task datasets and envs, from the ogbench package, scored by success
     runs.py              flag ranges, run folders, --resume checks, the metrics log, atomic writes, SIGINT and
-                         SIGTERM as a clean stop, checkpoints that load without running code
+                         SIGTERM as a clean stop, checkpoints that load without running code, summary.json
     evaluation_envs.py   a run's evaluation envs in one vector env, the first recorded with --capture-video
 
 Public API (all importable from offline_data):
     load(env_id, dataset_path=None, reward_mode="raw") -> DataSource   transitions, shapes, eval env and references
     DataSource.score(returns, successes)                                the score of each evaluation episode
+    DataSource.episode_stats(returns, successes, prefix)                 their means and stds, as metrics
     DataSource.limitation                                                what a run on it cannot report ('' if nothing)
     normalized_score(env_id, returns)                                    Eq. 18 for a D4RL id
     eval_env_factory(env_id)                                             the evaluation env of a D4RL id (a factory)
@@ -22,7 +23,8 @@ Public API (all importable from offline_data):
     UserError, DatasetError                                              reported by the scripts as one line, exit 2
     check_flags, run_folder, check_resume, trim_log, replaced_when_written, how_to_continue
                                                                          the scripts' flags and run files, checked
-    rng_state, set_rng_state, load_checkpoint                           checkpoints that load without running code
+    save_checkpoint, resume, rng_state, set_rng_state, load_checkpoint  checkpoints that load without running code
+    summarize                                                            a run's summary.json
     stop_signals, stop_on_sigterm, Interrupted                           SIGINT and SIGTERM as a clean stop
     evaluation_envs, EpisodeVideo, renderable                           the evaluation envs, the first one recorded
 """
@@ -39,11 +41,14 @@ from offline_data.runs import (
     how_to_continue,
     load_checkpoint,
     replaced_when_written,
+    resume,
     rng_state,
     run_folder,
+    save_checkpoint,
     set_rng_state,
     stop_on_sigterm,
     stop_signals,
+    summarize,
     trim_log,
 )
 from offline_data.source import DatasetError, DataSource, UserError, transform_rewards
@@ -70,12 +75,15 @@ __all__ = [
     "preset_key",
     "renderable",
     "replaced_when_written",
+    "resume",
     "rng_state",
     "run_folder",
+    "save_checkpoint",
     "set_rng_state",
     "source_kind",
     "stop_on_sigterm",
     "stop_signals",
+    "summarize",
     "trim_log",
 ]
 

@@ -1,9 +1,10 @@
 """The scripts' run bookkeeping, checked as the data are (one UserError line instead of a traceback or lost data):
 the ranges of the number flags, the run folder, what --resume may change, the metrics log, atomic writes, the command
-that continues a run after SIGINT or SIGTERM, those signals as a clean stop, and checkpoints that load without
-running code."""
+that continues a run after SIGINT or SIGTERM, those signals as a clean stop, checkpoints that load without running
+code, and the run's summary.json."""
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -211,3 +212,51 @@ def load_checkpoint(path: str) -> dict:
         found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(e))
         what = next((g for g in found.groups() if g), "?") if found else str(e).splitlines()[0]
         raise UserError(f"it holds a Python object ({what}) that only an unsafe load could build; not loaded") from None
+
+
+def save_checkpoint(run_dir: str, agent, step: int, evals: list, elapsed: float, config: dict) -> None:
+    """checkpoint.pt of a run: the state of each network and optimizer of `agent` (a script's Agent), the step, the
+    evaluations, the seconds spent, the random states and the config, as tensors and plain values only, so that
+    torch.load(weights_only=True) reads it; written whole or not at all."""
+    state = {f.name: getattr(agent, f.name).state_dict() for f in dataclasses.fields(agent)}
+    extra = {"step": step, "evals": evals, "elapsed": elapsed, "rng": rng_state(), "config": config}
+    with replaced_when_written(os.path.join(run_dir, "checkpoint.pt")) as tmp:
+        torch.save({**state, **extra}, tmp)
+
+
+def resume(path: str, agent, config: dict) -> tuple[int, list, float]:
+    """Load a checkpoint into `agent` for a run with `config` (check_resume), restore the random states and drop the
+    metrics log's records after its step. -> (next step, evaluations, seconds spent); any failure (a missing, empty,
+    truncated or unsafe file, another run's) is one UserError line."""
+    try:
+        state = load_checkpoint(path)
+        check_resume(config, state["config"], state["step"])
+        for f in dataclasses.fields(agent):
+            getattr(agent, f.name).load_state_dict(state[f.name])
+    except Exception as e:
+        raise UserError(f"cannot resume from {path}: {e if isinstance(e, UserError) else repr(e)}") from None
+    set_rng_state(state["rng"])
+    trim_log(os.path.join(os.path.dirname(path), "metrics.jsonl"), state["step"])
+    return state["step"] + 1, state["evals"], state["elapsed"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summary.json
+# ---------------------------------------------------------------------------------------------------------------
+def summarize(script: str, args, source, evals: list, wall_clock: float, steps_per_sec: float | None) -> dict:
+    """summary.json of a run of `script` (its path) with flags `args`: the last and the best evaluation (best by
+    success where there is one, then by return, which the score of the other sources increases with), the speed, and
+    every evaluation."""
+    from offline_data import source_kind  # the package, which imports this module
+
+    last, best = (evals[-1], max(evals, key=lambda e: (e.get("success", 0.0), e["return"]))) if evals else ({}, {})
+    algorithm = os.path.basename(script).removesuffix(".py")
+    summary = dict(algorithm=algorithm, env_id=args.env_id, source=source_kind(args.env_id), dataset=source.path)
+    summary.update(eval_env=source.eval_env_id, seed=args.seed, steps=args.total_steps, wall_clock_sec=wall_clock)
+    summary.update(train_steps_per_sec=steps_per_sec, num_candidates=args.num_candidates)
+    summary.update({"eval_episodes": args.eval_episodes, **{f"final_{k}": last.get(k) for k in ("score", "score_std")}})
+    summary.update({f"best_{k}": best.get(k) for k in ("score", "score_std", "step")})
+    summary.update(final_return=last.get("return"), best_return=best.get("return"))
+    summary.update(final_success=last.get("success"), best_success=best.get("success"))
+    summary.update(final_policy_score=last.get("policy_score"), decision_rate=last.get("decision_rate"))
+    return {**summary, "evaluations": evals}

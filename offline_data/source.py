@@ -43,6 +43,16 @@ class DataSource(NamedTuple):
         normalized score of its return."""
         return 100.0 * successes if self.scored_by_success else self.normalized_score(episode_returns)
 
+    def episode_stats(self, returns: np.ndarray, successes: np.ndarray, prefix: str = "") -> dict:
+        """Mean and std of the episodes' returns, of their scores (None without reference returns) and, where the
+        source is scored by success (OGBench), of their successes; keys prefixed by `prefix`."""
+        values = {"score": self.score(returns, successes), "return": returns}
+        values.update({"success": successes} if self.scored_by_success else {})
+        stats = {"": np.mean, "_std": np.std}
+        return {
+            f"{prefix}{k}{s}": None if x is None else float(f(x)) for k, x in values.items() for s, f in stats.items()
+        }
+
     def normalized_score(self, episode_returns: np.ndarray) -> np.ndarray | None:
         """100 (R - ref_min) / (ref_max - ref_min) (Eq. 18 for D4RL); None where the data have no reference returns."""
         if self.ref_min is None or self.ref_max is None:

@@ -133,7 +133,7 @@ def test_the_evaluation_counts_a_success_where_ogbench_scores_one(files):
     _, successes, _ = ofql.run_episodes(lambda obs: torch.zeros(len(obs), 8), envs, [0, 1], torch.device("cpu"))
     verdicts = [ogbench_scores_success(source.eval_env_id, env) for env in envs.envs]
     assert verdicts == [True, False] and successes.tolist() == [1.0, 0.0]
-    stats = ofql.episode_stats(np.zeros(2), successes, source)
+    stats = source.episode_stats(np.zeros(2), successes)
     assert stats["success"] == 0.5 and stats["score"] == 50.0
     envs.close()
 

@@ -135,7 +135,7 @@ def test_a_members_checkpoint_in_a_larger_sweep_holds_that_member(tmp_path, hopp
     assert not any(torch.equal(a, b) for a, b in zip(moments(first0), moments(first1)))
     assert not torch.equal(first0["actor"]["onestep.0.weight"], second0["actor"]["onestep.0.weight"])
     agent = fql.make_agent(11, 3, grid[1], torch.device("cpu"))
-    fql.resume(
+    offline_data.resume(
         checkpoints[1][1], agent, json.load(open(os.path.join(os.path.dirname(checkpoints[1][1]), "config.json")))
     )
     assert first1["config"]["seed"] == 1 and first1["step"] == 20
