@@ -158,6 +158,8 @@ def write_report(args: Args) -> None:
     if args.keep_rows and os.path.exists(previous_path):
         previous = {(r["env_id"], r["algorithm"]): r for r in json.load(open(previous_path))}
     rows, results = [], []
+    names = [*ALGORITHMS, *(a for a in args.algorithms if a not in ALGORITHMS)]
+    colors = {a: f"C{i % 10}" for i, a in enumerate(names)}  # an algorithm's colour is the same in every panel
     fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
     for ax, env_id in zip(axes[0], args.datasets):
         data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if dataset_file(args, env_id) else None
@@ -182,9 +184,10 @@ def write_report(args: Args) -> None:
             results.append(result)
             steps, curves = result["steps"], np.array(result["scores"])
             final, best, n = curves[:, -1], curves.max(axis=1), len(curves)
-            ax.plot(steps, curves.mean(0), label=f"{algorithm} ({n} seed{'s' * (n > 1)})")
+            label, color = f"{algorithm} ({n} seed{'s' * (n > 1)})", colors[algorithm]
+            ax.plot(steps, curves.mean(0), label=label, color=color)
             if n > 1:
-                ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2)
+                ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2, color=color)
             shown = "-" if data_score is None else f"{data_score:.1f}"
             rows.append(
                 f"| {env_id} | {shown} | {algorithm} | {n} | {final.mean():.1f} ± {final.std():.1f} | "
