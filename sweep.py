@@ -396,10 +396,9 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     if stopping:
         raise offline_data.Interrupted(stop_line(step), stop_signal[0])
 
-    summaries = []
+    summaries, wall_clock = [], elapsed + time.time() - session_start  # the members trained together: one clock
+    steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
     for m, (a, run_dir) in enumerate(zip(member_args, run_dirs)):
-        steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
-        wall_clock = elapsed + time.time() - session_start
         summary = offline_data.summarize(script.__file__, a, source, evals[m], wall_clock, steps_per_sec)
         summary.update(sweep=sweep_name, sweep_members=n, error=failed.get(m))
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
