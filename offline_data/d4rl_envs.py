@@ -1,5 +1,6 @@
 """D4RL's evaluation environments on today's MuJoCo bindings: gymnasium's MuJoCo envs, and D4RL's AntMaze, Kitchen
-and Adroit pen envs rebuilt on Gymnasium-Robotics (D4RL's own need mujoco_py). Sources: Farama-Foundation/D4RL."""
+and Adroit (pen, door, hammer, relocate) envs rebuilt on Gymnasium-Robotics (D4RL's own need mujoco_py). Sources:
+Farama-Foundation/D4RL."""
 
 import contextlib
 import functools
@@ -23,10 +24,11 @@ def make_mujoco_env(gym_id: str) -> gym.Env:
         return gym.make(gym_id)
 
 
-# AntMaze (d4rl/locomotion). The evaluation mazes, row i / column j as in maze_env.py (BIG_MAZE_TEST,
+# AntMaze (d4rl/locomotion). The evaluation mazes, row i / column j as in maze_env.py (U_MAZE_TEST, BIG_MAZE_TEST,
 # HARDEST_MAZE_TEST): '#' wall, 'r' start cell, 'g' the evaluation goal cell. Their walls equal those of the data
-# mazes BIG_MAZE and HARDEST_MAZE; 'play' and 'diverse' only differ in the data (locomotion/__init__.py).
+# mazes U_MAZE, BIG_MAZE and HARDEST_MAZE; 'play' and 'diverse' only differ in the data (locomotion/__init__.py).
 ANTMAZE_MAZES = {
+    "umaze": ("#####", "#r..#", "###.#", "#g..#", "#####"),
     "medium": ("########", "#r.##..#", "#..#...#", "##...###", "#..#...#", "#.#..#.#", "#...#.g#", "########"),
     "large": (
         "############",
@@ -40,13 +42,13 @@ ANTMAZE_MAZES = {
         "############",
     ),
 }
-ANTMAZE_MAX_EPISODE_STEPS = 1000  # locomotion/__init__.py, the v2 medium and large ids
+ANTMAZE_MAX_EPISODE_STEPS = {"umaze": 700, "medium": 1000, "large": 1000}  # locomotion/__init__.py, the v2 ids
 ANTMAZE_SCALING = 4.0  # maze_size_scaling, locomotion/__init__.py
 ANTMAZE_GOAL_RADIUS = 0.5  # goal_reaching_env.py GoalReachingEnv.step: reward 1 and done when |xy - goal| <= 0.5
 
 
 def antmaze_maze_name(env_id: str) -> str:
-    """'antmaze-medium-play-v2' -> 'medium'."""
+    """'antmaze-medium-play-v2' -> 'medium', 'antmaze-umaze-diverse-v2' -> 'umaze'."""
     parts = env_id.split("-")
     if parts[0] != "antmaze" or parts[-1] != "v2" or parts[1] not in ANTMAZE_MAZES:
         raise UserError(f"{env_id!r} is not a D4RL antmaze-*-v2 id")
@@ -75,7 +77,8 @@ class D4RLAntMazeEnv(gym.Env):
     Frame: D4RL puts the origin at the centre of the start cell, cell (i, j) at (4j - 4, 4i - 4) for start cell (1, 1)
     (maze_env.py MazeEnv.__init__, _rowcol_to_xy); rows go towards +y. Gymnasium-Robotics centres the maze at the
     origin with row 0 at the top (+y) (maze_v4.py Maze.cell_rowcol_to_xy), the mirror image; it is given the rows in
-    reverse order, which makes its world D4RL's shifted by `self.offset` (medium (-10, -10), large (-18, -12)).
+    reverse order, which makes its world D4RL's shifted by `self.offset` (umaze (-4, -4), medium (-10, -10), large
+    (-18, -12)).
     Observation (29,) float64: [qpos(15), qvel(14)] with qpos[:2] in D4RL's frame (ant.py AntEnv._get_obs with
     expose_all_qpos; goal_reaching_env.py _get_obs appends no goal when eval=True).
     """
@@ -108,7 +111,7 @@ class D4RLAntMazeEnv(gym.Env):
         # world xy of the start cell's centre = D4RL's origin (maze_env.py _find_robot)
         self.offset = self.maze_env.maze.cell_rowcol_to_xy(np.array([len(rows) - 1 - start[0], start[1]]))
         self.goal_cell_xy = ANTMAZE_SCALING * np.array([goal_j - start[1], goal_i - start[0]], dtype=np.float64)
-        self.max_episode_steps = ANTMAZE_MAX_EPISODE_STEPS
+        self.max_episode_steps = ANTMAZE_MAX_EPISODE_STEPS[maze]
         self.goal = self.goal_cell_xy.copy()
         self.ctrl_low, self.ctrl_high = self.ant.model.actuator_ctrlrange.T.copy()
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (29,), np.float64)
@@ -352,6 +355,84 @@ def make_pen_env(env_id: str) -> gym.Env:
     return D4RLPenTermination(gym.make("AdroitHandPen-v1", max_episode_steps=PEN_MAX_STEPS, reward_type="dense"))
 
 
+# Door, hammer, relocate: d4rl/hand_manipulation_suite/{door,hammer,relocate}_v0.py ({Door,Hammer,Relocate}EnvV0),
+# registered in .../__init__.py. Gymnasium-Robotics' AdroitHand{Door,Hammer,Relocate}-v1 compile to the same MuJoCo
+# model as D4RL's DAPG_{door,hammer,relocate}.xml and have D4RL's observation, action scaling, actuator gains, frame
+# skip, reset and success threshold; their dense reward does not (below).
+ADROIT_ENVS = {"door": "AdroitHandDoor-v1", "hammer": "AdroitHandHammer-v1", "relocate": "AdroitHandRelocate-v1"}
+ADROIT_IDS = ("door-cloned-v1", "hammer-cloned-v1", "relocate-cloned-v1")
+ADROIT_MAX_STEPS = 200  # MAX_STEPS['door' | 'hammer' | 'relocate'] of the v1 ids; none of the three ever terminates
+
+
+def _site(u, name: str) -> np.ndarray:
+    return u.data.site_xpos[mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_SITE, name)]
+
+
+def _body(u, name: str) -> np.ndarray:
+    return u.data.xpos[mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_BODY, name)]
+
+
+def door_reward(u) -> float:
+    """DoorEnvV0.step (ADD_BONUS_REWARDS): palm to handle, hinge angle to 1.57, velocity cost, bonuses at 0.2, 1, 1.35
+    rad."""
+    door = u.data.qpos[u.model.jnt_dofadr[mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_JOINT, "door_hinge")]]
+    reward = -0.1 * np.linalg.norm(_site(u, "S_grasp") - _site(u, "S_handle"))
+    reward += -0.1 * (door - 1.57) * (door - 1.57) - 1e-5 * np.sum(u.data.qvel**2)
+    return float(reward + 2 * (door > 0.2) + 8 * (door > 1.0) + 10 * (door > 1.35))
+
+
+def hammer_reward(u) -> float:
+    """HammerEnvV0.step (ADD_BONUS_REWARDS): palm to hammer, head to nail, nail to its goal, velocity penalty, bonuses
+    for a lifted hammer and a nail within 0.02 / 0.01 of its goal."""
+    obj, palm, tool = _body(u, "Object"), _site(u, "S_grasp"), _site(u, "tool")
+    target, goal = _site(u, "S_target"), _site(u, "nail_goal")
+    nail = np.linalg.norm(target - goal)
+    reward = -0.1 * np.linalg.norm(palm - obj) - np.linalg.norm(tool - target) - 10 * nail
+    reward -= 1e-2 * np.linalg.norm(u.data.qvel)
+    return float(reward + 2 * (obj[2] > 0.04 and tool[2] > 0.04) + 25 * (nail < 0.020) + 75 * (nail < 0.010))
+
+
+def relocate_reward(u) -> float:
+    """RelocateEnvV0.step (ADD_BONUS_REWARDS): palm to ball; once the ball is off the table (z > 0.04) +1 and palm and
+    ball to the target; bonuses for a ball within 0.1 / 0.05 of the target."""
+    obj, palm, target = _body(u, "Object"), _site(u, "S_grasp"), _site(u, "target")
+    reward = -0.1 * np.linalg.norm(palm - obj)
+    if obj[2] > 0.04:
+        reward += 1.0 - 0.5 * np.linalg.norm(palm - target) - 0.5 * np.linalg.norm(obj - target)
+    distance = np.linalg.norm(obj - target)
+    return float(reward + 10.0 * (distance < 0.1) + 20.0 * (distance < 0.05))
+
+
+ADROIT_REWARDS = {"door": door_reward, "hammer": hammer_reward, "relocate": relocate_reward}
+
+
+class D4RLAdroitReward(gym.Wrapper):
+    """D4RL's dense reward, computed from the simulator after the step. Gymnasium-Robotics' v1 dense reward (1.2.1 to
+    1.4.2) flips the sign of its first term, the palm's distance to the handle, hammer or ball (+0.1 d instead of
+    D4RL's -0.1 d; Gymnasium-Robotics PR #220, fixed in its v2 envs); D4RL's reward is recomputed here whatever the
+    installed version does. info['success'] is D4RL's goal_achieved (door >= 1.35 rad, nail within 0.01, ball within
+    0.1 of the target), as Gymnasium-Robotics computes it."""
+
+    def __init__(self, env: gym.Env, task: str):
+        super().__init__(env)
+        self.d4rl_reward = ADROIT_REWARDS[task]
+
+    def step(self, action):
+        obs, _, terminated, truncated, info = self.env.step(action)
+        return obs, self.d4rl_reward(self.env.unwrapped), terminated, truncated, info
+
+
+def make_adroit_env(env_id: str) -> gym.Env:
+    """D4RL's evaluation env of {door,hammer,relocate}-cloned-v1: 200 steps, D4RL's dense reward, never terminated."""
+    if env_id not in ADROIT_IDS:
+        raise UserError(f"unknown Adroit id {env_id!r}; supported: {', '.join(ADROIT_IDS)}")
+    import gymnasium_robotics  # noqa: F401  (registers AdroitHand*-v1)
+
+    task = env_id.split("-")[0]
+    env = gym.make(ADROIT_ENVS[task], max_episode_steps=ADROIT_MAX_STEPS, reward_type="dense")
+    return D4RLAdroitReward(env, task)
+
+
 def fix_gymnasium_robotics_joints() -> None:
     """gymnasium-robotics 1.4.2 reads joints with `assert model.jnt_type[j] in (mjtJoint.mjJNT_HINGE, ...)`; under
     mujoco 4.0 a numpy integer never equals a mjtJoint member that way, and FrankaKitchen-v1 (the env of Minari's
@@ -385,7 +466,8 @@ def eval_env_factory(env_id: str) -> Callable[[], gym.Env] | None:
     """A zero-argument factory of the evaluation env of a D4RL id, giving what D4RL's env gave the policy."""
     domain, makers = (
         env_id.split("-")[0],
-        {"antmaze": make_antmaze_env, "kitchen": make_kitchen_env, "pen": make_pen_env},
+        {"antmaze": make_antmaze_env, "kitchen": make_kitchen_env, "pen": make_pen_env}
+        | dict.fromkeys(ADROIT_ENVS, make_adroit_env),
     )
     if domain in ("halfcheetah", "hopper", "walker2d"):
         return functools.partial(make_mujoco_env, domain_of(env_id).eval_env)

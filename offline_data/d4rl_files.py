@@ -33,6 +33,15 @@ DOMAINS = {
     "antmaze": Domain(0.0, 1.0, 29, 8, "D4RL's antmaze-v2 env on Gymnasium-Robotics AntMaze-v5"),
     "kitchen": Domain(0.0, 4.0, 60, 9, "D4RL's kitchen-v0 env on Gymnasium-Robotics' Franka kitchen model"),
     "pen": Domain(96.262799, 3076.8331017826877, 45, 24, "D4RL's pen-v1 env on Gymnasium-Robotics AdroitHandPen-v1"),
+    "door": Domain(
+        -56.512833, 2880.5693087298737, 39, 28, "D4RL's door-v1 env on Gymnasium-Robotics AdroitHandDoor-v1"
+    ),
+    "hammer": Domain(
+        -274.856578, 12794.134825156867, 46, 26, "D4RL's hammer-v1 env on Gymnasium-Robotics AdroitHandHammer-v1"
+    ),
+    "relocate": Domain(
+        -6.425911, 4233.877797728884, 39, 30, "D4RL's relocate-v1 env on Gymnasium-Robotics AdroitHandRelocate-v1"
+    ),
 }
 
 
@@ -41,7 +50,8 @@ def _antmaze(maze: str, multistart: bool, multigoal: bool) -> str:
 
 
 # id: (path under D4RL_URL, size in bytes, sha256), size and sha256 from tensorflow_datasets' D4RL checksums.tsv
-# files (none are published there for antmaze-medium-play-v2 and Kitchen: those downloads are not verified)
+# files (none are published there for antmaze-medium-play-v2 and Kitchen, and none could be read for
+# relocate-cloned-v1: those downloads are checked against the server's Content-Length only); paths from d4rl/infos.py
 DATASETS = {
     "halfcheetah-medium-v2": (
         "gym_mujoco_v2/halfcheetah_medium-v2.hdf5",
@@ -88,6 +98,16 @@ DATASETS = {
         462197079,
         "6b8d7f868c45bbaedf460be797fb7271b46dee6ebe45fe7a64319f2005b59a04",
     ),
+    "antmaze-umaze-v2": (
+        _antmaze("u-maze", False, False),
+        232532949,
+        "5ef15257771c50ef4d23c7de001750e96c8bb5d9b6a5e4a821dcfb3065fbd130",
+    ),
+    "antmaze-umaze-diverse-v2": (
+        _antmaze("u-maze", True, True),
+        230854272,
+        "c771dd63963cd7d9f55f24a6d809064f6b82250a6aeac4c9d13f9a1d06e8c932",
+    ),
     "antmaze-medium-play-v2": (_antmaze("big-maze", True, False), None, None),
     "antmaze-medium-diverse-v2": (
         _antmaze("big-maze", True, True),
@@ -116,8 +136,26 @@ DATASETS = {
         155074191,
         "6d1a982cee1950501bedebbddedbcbb377e6284d379986c83abac8a6c0be0c22",
     ),
+    "door-cloned-v1": (
+        "hand_dapg_v1/door-cloned-v1.hdf5",
+        294356136,
+        "1f6a60ecc4d2a2e5c02f41dd3412be61bb265a33dcf120ceee9e9682d4fe4d48",
+    ),
+    "hammer-cloned-v1": (
+        "hand_dapg_v1/hammer-cloned-v1.hdf5",
+        446616879,
+        "e48d75b159bdd72f51d3f01448d3eca4d38275714e11e995c14a36f6cf159db3",
+    ),
+    "relocate-cloned-v1": ("hand_dapg_v1/relocate-cloned-v1.hdf5", None, None),
 }
-MAX_EPISODE_STEPS = {"antmaze": 1000, "kitchen": 280, "pen": 100}  # only used by files without `timeouts`
+# max_episode_steps of D4RL's registration of the ids (locomotion/__init__.py: antmaze umaze 700, medium and large
+# 1000; hand_manipulation_suite/__init__.py MAX_STEPS; kitchen/__init__.py): only used by files without `timeouts`
+MAX_EPISODE_STEPS = {"antmaze": 1000, "kitchen": 280, "pen": 100, "door": 200, "hammer": 200, "relocate": 200}
+MAX_EPISODE_STEPS_OF_ID = {"antmaze-umaze-v2": 700, "antmaze-umaze-diverse-v2": 700}
+
+
+def max_episode_steps(env_id: str) -> int:
+    return MAX_EPISODE_STEPS_OF_ID.get(env_id, MAX_EPISODE_STEPS.get(env_id.split("-")[0], 1000))
 
 
 def domain_of(env_id: str) -> Domain:
@@ -276,9 +314,8 @@ def load_d4rl(env_id: str, dataset_path: str | None, reward_mode: str) -> dict[s
             download(D4RL_URL + rel_path, dataset_path, size, sha256)
     else:
         cache_path = None
-    domain = env_id.split("-")[0]
     data = read_d4rl_hdf5(dataset_path, env_id, cached=dataset_path == cache_path)
-    data = qlearning_dataset(data, MAX_EPISODE_STEPS.get(domain, 1000))
+    data = qlearning_dataset(data, max_episode_steps(env_id))
     if len(data["rewards"]) == 0:
         raise DatasetError(f"{dataset_path} has no usable transitions")
     data["rewards"] = transform_rewards(data["rewards"], reward_mode)

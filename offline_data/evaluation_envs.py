@@ -1,7 +1,9 @@
 """The evaluation envs of a run, stepped together in one vector env (any source's); with --capture-video the first one
 is recorded, one episode per evaluation."""
 
+import contextlib
 import os
+import tempfile
 import warnings
 from collections.abc import Callable
 
@@ -22,6 +24,27 @@ def renderable(env: gym.Env) -> gym.Env:
     renderer = getattr(base, "mujoco_renderer", None)
     if renderer is not None and mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track") >= 0:
         renderer.camera_id = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
+    return env
+
+
+def remove_model_file(env: gym.Env) -> gym.Env:
+    """`env`, with the temporary MuJoCo model file it was built from deleted (the model is loaded by then): each of
+    Gymnasium-Robotics' maze envs (Minari's AntMaze and PointMaze) writes <temp folder>/ant_maze<time>.xml, and each of
+    OGBench's maze and soccer envs a tempfile.mkstemp <temp folder>/tmp*.xml, and neither ever deletes it. Only such
+    files are removed: a model read from anywhere else (a package's own assets) is left alone."""
+    base, temp_folder = env.unwrapped, os.path.realpath(tempfile.gettempdir())
+    for path, prefix in (
+        (getattr(base, "tmp_xml_file_path", None), "ant_maze"),
+        (getattr(base, "fullpath", None), "tmp"),
+    ):
+        if (
+            isinstance(path, str)
+            and os.path.dirname(os.path.realpath(path)) == temp_folder
+            and os.path.basename(path).startswith(prefix)
+            and path.endswith(".xml")
+        ):
+            with contextlib.suppress(OSError):
+                os.remove(path)
     return env
 
 

@@ -7,6 +7,7 @@ import gymnasium as gym
 import numpy as np
 
 from offline_data.d4rl_envs import fix_gymnasium_robotics_joints
+from offline_data.evaluation_envs import remove_model_file
 from offline_data.source import DatasetError, DataSource
 
 # Minari id -> the D4RL id whose preset it uses (the same task family; not the same data)
@@ -88,7 +89,7 @@ def load_minari(dataset_id: str) -> "DataSource":
     flat_space = gym.spaces.Box(-np.inf, np.inf, data["observations"].shape[1:], np.float32)
 
     def make_env() -> gym.Env:
-        env = dataset.recover_environment(eval_env=True)
+        env = remove_model_file(dataset.recover_environment(eval_env=True))  # a maze env writes one
         return gym.wrappers.TransformObservation(env, lambda o: flatten_observation(obs_space, o), flat_space)
 
     fix_gymnasium_robotics_joints()

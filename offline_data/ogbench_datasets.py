@@ -11,6 +11,7 @@ import zipfile
 import gymnasium as gym
 import numpy as np
 
+from offline_data.evaluation_envs import remove_model_file
 from offline_data.source import DatasetError, DataSource
 
 # The state-based families FQL reports (its README's offline RL commands), each with its default task (the task of
@@ -53,11 +54,11 @@ def import_ogbench():
 
 
 def make_ogbench_env(env_id: str) -> gym.Env:
-    """The single-task evaluation env of `env_id`, ogbench's own, with FQL's success timing."""
+    """The single-task evaluation env of `env_id`, ogbench's own, with FQL's success timing (its maze file deleted)."""
     ogbench = import_ogbench()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium: float64 bounds of ogbench's spaces cast to float32
-        return ogbench.make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING)
+        return remove_model_file(ogbench.make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING))
 
 
 def dataset_name(env_id: str) -> str:

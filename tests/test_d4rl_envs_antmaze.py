@@ -4,6 +4,7 @@ adapter."""
 
 import os
 import sys
+import urllib.request
 
 import gymnasium as gym
 import h5py
@@ -19,9 +20,10 @@ import replay_check as rc  # noqa: E402
 
 make_antmaze_env = offline_data.d4rl_envs.make_antmaze_env
 
-MEDIUM, LARGE = "antmaze-medium-play-v2", "antmaze-large-diverse-v2"
-# D4RL's BIG_MAZE and HARDEST_MAZE walls (maze_env.py), 1 = wall; the start cell is (1, 1), scaling 4
+UMAZE, MEDIUM, LARGE = "antmaze-umaze-v2", "antmaze-medium-play-v2", "antmaze-large-diverse-v2"
+# D4RL's U_MAZE, BIG_MAZE and HARDEST_MAZE walls (maze_env.py), 1 = wall; the start cell is (1, 1), scaling 4
 WALLS = {
+    UMAZE: ["11111", "10001", "11101", "10001", "11111"],
     MEDIUM: ["11111111", "10011001", "10010001", "11000111", "10010001", "10100101", "10001001", "11111111"],
     LARGE: [
         "111111111111",
@@ -35,7 +37,9 @@ WALLS = {
         "111111111111",
     ],
 }
-GOAL_CELL = {MEDIUM: (6, 6), LARGE: (7, 9)}  # BIG_MAZE_TEST / HARDEST_MAZE_TEST 'G'
+GOAL_CELL = {UMAZE: (3, 1), MEDIUM: (6, 6), LARGE: (7, 9)}  # U_MAZE_TEST / BIG_MAZE_TEST / HARDEST_MAZE_TEST 'G'
+# max_episode_steps of the v2 ids (locomotion/__init__.py)
+EPISODE_STEPS = {UMAZE: 700, "antmaze-umaze-diverse-v2": 700, MEDIUM: 1000, LARGE: 1000}
 
 
 def d4rl_xy(i, j):
@@ -64,7 +68,7 @@ def block_contacts(u, xy):
     return names
 
 
-@pytest.mark.parametrize("env_id", [MEDIUM, LARGE])
+@pytest.mark.parametrize("env_id", [UMAZE, MEDIUM, LARGE])
 def test_walls_in_d4rl_frame(env_id):
     """Every cell centre, in D4RL's frame, touches a wall block exactly when the D4RL map has a wall there."""
     env, u, _, _ = make(env_id)
@@ -87,7 +91,7 @@ def test_observation_layout_and_frame():
     env.close()
 
 
-@pytest.mark.parametrize("env_id", [MEDIUM, LARGE])
+@pytest.mark.parametrize("env_id", [UMAZE, MEDIUM, LARGE])
 def test_reset_start_and_goal_distribution(env_id):
     """Start: qpos0 + U(-0.1, 0.1), qvel N(0, 0.1) (ant.py reset_model). Goal: goal cell + U(0, 1) + U(0, 0.5)."""
     env = make_antmaze_env(env_id)
@@ -130,12 +134,13 @@ def test_sparse_reward_and_termination():
     env.close()
 
 
-def test_episode_length_and_success_ends_episode():
-    env, u, _, _ = make(MEDIUM)
-    for t in range(1, 1001):
+@pytest.mark.parametrize("env_id", [UMAZE, MEDIUM])
+def test_episode_length_and_success_ends_episode(env_id):
+    env, u, _, _ = make(env_id)
+    for t in range(1, EPISODE_STEPS[env_id] + 1):
         _, reward, terminated, truncated, _ = env.step(np.zeros(8, np.float32))
         assert reward == 0.0 and not terminated
-        assert truncated == (t == 1000)
+        assert truncated == (t == EPISODE_STEPS[env_id])
     obs, _ = env.reset(seed=1)
     u.set_goal(obs[:2])  # reachable at once: the first step succeeds and ends the episode with return 1
     _, reward, terminated, truncated, _ = env.step(np.zeros(8, np.float32))
@@ -208,6 +213,49 @@ def test_replay_check_on_own_rollouts(tmp_path, after_step):
     assert bad["transitions"] == report["transitions"]
     assert bad["obs_max_abs_err"] > 0.5 and bad["obs_mean_abs_err"] > 100 * report["obs_mean_abs_err"]
     assert bad["reward_mismatch_rate"] > 0.9
+
+
+def test_umaze_files_load_with_d4rls_names_and_replay(tmp_path, monkeypatch):
+    """antmaze-umaze-v2 and -umaze-diverse-v2: D4RL's file names (infos.py), the cached file loads without network with
+    qlearning_dataset's semantics, 'diverse' evaluates in the same maze as 'umaze', and the replay check passes on
+    the file and flags a corrupted copy."""
+    assert offline_data.DATASETS[UMAZE][0] == (
+        "ant_maze_v2/Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse_fixed.hdf5"
+    )
+    diverse = "antmaze-umaze-diverse-v2"
+    assert offline_data.DATASETS[diverse][0] == (
+        "ant_maze_v2/Ant_maze_u-maze_noisy_multistart_True_multigoal_True_sparse_fixed.hdf5"
+    )
+    u, v = make_antmaze_env(UMAZE).unwrapped, make_antmaze_env(diverse).unwrapped
+    np.testing.assert_array_equal(u.offset, v.offset)
+    np.testing.assert_array_equal(u.goal_cell_xy, d4rl_xy(*GOAL_CELL[UMAZE]))
+    np.testing.assert_array_equal(v.goal_cell_xy, d4rl_xy(*GOAL_CELL[UMAZE]))
+    assert u.max_episode_steps == v.max_episode_steps == EPISODE_STEPS[diverse]
+
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    path = offline_data.d4rl_files.dataset_cache_path(diverse)
+    write_d4rl_file(path, diverse)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the loader tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    source = offline_data.load(diverse)
+    with h5py.File(path, "r") as f:
+        raw = {k: f[k][()] for k in ("observations", "rewards", "terminals", "timeouts")}
+    keep = ~raw["timeouts"][:-1]
+    np.testing.assert_array_equal(source.data["observations"], raw["observations"][:-1][keep])
+    np.testing.assert_array_equal(source.data["next_observations"], raw["observations"][1:][keep])
+    np.testing.assert_array_equal(source.data["terminals"], raw["terminals"][:-1][keep])
+    assert source.data["terminals"].any() and (source.ref_min, source.ref_max) == (0.0, 1.0)
+    assert offline_data.normalized_score(diverse, 1.0) == 100.0 and offline_data.normalized_score(UMAZE, 0.0) == 0.0
+
+    report = rc.main(rc.Args(env_id=diverse, dataset_path=path))
+    assert report["transitions"] == 3 * 38 and report["obs_max_abs_err"] < 1e-3
+    assert report["reward_mismatch_rate"] == 0.0
+    with h5py.File(path, "a") as f:
+        f["actions"][...] = f["actions"][()][::-1]
+    assert rc.antmaze_replay_check(diverse, path)["obs_max_abs_err"] > 0.5
 
 
 def test_physics_matches_d4rl_ant_xml():

@@ -359,5 +359,6 @@ def test_replay_check_command(tmp_path, capsys):
     result = rc.main(rc.Args(env_id="pen-cloned-v1", dataset_path=path, num_transitions=20))
     printed = json.loads(capsys.readouterr().out)
     assert printed == result and result["transitions"] == 20 and result["dataset"] == path
-    with pytest.raises(SystemExit, match="replay checks exist for antmaze-medium-play-v2"):
+    with pytest.raises(SystemExit, match="replay checks exist for antmaze-umaze-v2, .*antmaze-medium-play-v2") as e:
         rc.main(rc.Args(env_id="hopper-medium-v2", dataset_path=path))
+    assert all(i in str(e.value) for i in ("pen-cloned-v1", "door-cloned-v1", "hammer-cloned-v1", "relocate-cloned-v1"))

@@ -4,10 +4,11 @@ observations and rewards are from the file's next rows.
 
     python tools/replay_check.py --env-id antmaze-medium-play-v2          # the cached D4RL file (downloaded if missing)
     python tools/replay_check.py --env-id pen-human-v1 --dataset-path pen-human-v1.hdf5 --num-transitions 5000
+    python tools/replay_check.py --env-id door-cloned-v1                  # also hammer-cloned-v1, relocate-cloned-v1
 
-Without the real files (they cannot be downloaded where this was written), tests/test_offline_data_antmaze.py and
-tests/test_offline_data_kitchen_pen.py run the same checks on files recorded with the adapters themselves, where the
-error is ~0 and a corrupted copy is flagged.
+Without the real files (they cannot be downloaded where this was written), tests/test_d4rl_envs_antmaze.py,
+tests/test_d4rl_envs_kitchen_pen.py and tests/test_d4rl_envs_adroit.py run the same checks on files recorded with the
+adapters themselves, where the error is ~0 and a corrupted copy is flagged.
 """
 
 import json
@@ -27,7 +28,7 @@ import offline_data  # noqa: E402
 @dataclass
 class Args:
     env_id: str = "antmaze-medium-play-v2"
-    """a D4RL id of the AntMaze, Kitchen or pen datasets"""
+    """a D4RL id of the AntMaze, Kitchen or Adroit (pen, door, hammer, relocate) datasets"""
     dataset_path: str | None = None
     """the D4RL file; default: the cached one ($D4RL_DATASET_DIR), downloaded if missing"""
     num_transitions: int = 1000
@@ -176,50 +177,87 @@ def _unit_kettle(qpos: np.ndarray) -> np.ndarray:
     return qpos
 
 
-def pen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -> dict:
-    """Replay up to `num_transitions` rows of a D4RL-layout pen file (needs infos/qpos, infos/qvel and
-    infos/desired_orien, which D4RL's pen-*-v1 files carry; scripts/generation/hand_dapg_demos.py).
+# Adroit: the simulator state each D4RL v1 file stores per row, `infos/<key>` (the keys of the env's get_env_state,
+# scripts/generation/hand_dapg_demos.py and hand_dapg_policies.py; tensorflow_datasets' d4rl builder lists the same),
+# and the observation entries that are functions of qpos and qvel alone (exact after setting the state)
+ADROIT_STATE_KEYS = {
+    "pen": ("qpos", "qvel", "desired_orien"),
+    "door": ("qpos", "qvel", "door_body_pos"),
+    "hammer": ("qpos", "qvel", "board_pos"),
+    "relocate": ("qpos", "qvel", "obj_pos", "target_pos"),
+}
+ADROIT_STATE_OBS = {
+    "pen": np.r_[0:24, 27:33],  # hand joints, pen velocity
+    "door": np.r_[0:29],  # hand joints, latch, door hinge
+    "hammer": np.r_[0:33],  # hand joints, hammer velocity
+    "relocate": np.r_[0:30],  # hand joints
+}
 
-    Per row i: set the stored state and compare the env's observation with obs[i] (checks the layout): the hand
-    joints and pen velocity (obs[:24], obs[27:33]) must match; the positions and axes (obs[24:27], obs[33:45]) come
-    from MuJoCo's kinematics, which mj_step leaves one 2 ms substep old, so they match only for a pen at rest.
+
+def _set_adroit_state(env, task: str, state: dict) -> None:
+    """D4RL's set_env_state (model positions of the door frame, the nail board, the pen's goal, relocate's ball and
+    target, then qpos and qvel). relocate: `state['ball_body_pos']` is the ball's model position (see
+    _relocate_ball_body_pos); D4RL's own set_env_state would write infos/obj_pos, the ball's world position, there."""
+    u = env.unwrapped
+    if task == "relocate":
+        u.model.body_pos[u.obj_body_id] = state["ball_body_pos"]
+        u.model.site_pos[u.target_obj_site_id] = state["target_pos"]
+        u.set_state(state["qpos"], state["qvel"])
+    else:
+        u.set_env_state({k: state[k] for k in ADROIT_STATE_KEYS[task]})
+
+
+def _relocate_ball_body_pos(data: dict, ends: np.ndarray) -> np.ndarray:
+    """The ball's model position for each row of a relocate file: RelocateEnvV0.get_env_state stores obj_pos =
+    body_xpos, the world position, which MuJoCo's step leaves one substep old; on an episode's first row (written
+    right after reset or set_env_state, which run the kinematics) it is exact, and the model position set there holds
+    for the whole episode: obj_pos - qpos[30:33] of that row (the OBJT{x,y,z} slides move the ball along the world
+    axes from its model position; its parent is the world and it has no rotation)."""
+    starts = np.r_[0, np.flatnonzero(ends[:-1]) + 1]
+    first = starts[np.searchsorted(starts, np.arange(len(ends)), side="right") - 1]
+    return data["infos/obj_pos"][first].astype(np.float64) - data["infos/qpos"][first, 30:33].astype(np.float64)
+
+
+def adroit_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -> dict:
+    """Replay up to `num_transitions` rows of a D4RL-layout Adroit v1 file (pen, door, hammer, relocate), which
+    stores each row's simulator state under infos/ (ADROIT_STATE_KEYS).
+
+    Per row i: set the stored state and compare the env's observation with obs[i] (checks the layout): the entries
+    that depend on qpos and qvel alone (ADROIT_STATE_OBS) must match; positions and axes of bodies and sites come
+    from MuJoCo's kinematics, which mj_step leaves one 2 ms substep old, so they match only for a scene at rest.
     Then step actions[i], compare the reward with rewards[i] and `terminated` with terminals[i] (D4RL writes the
     reward and done of step i on row i), and the next observation with obs[i + 1] when row i does not end its
     episode.
     """
-    keys = (
-        "observations",
-        "actions",
-        "rewards",
-        "terminals",
-        "timeouts",
-        "infos/qpos",
-        "infos/qvel",
-        "infos/desired_orien",
-    )
+    task = env_id.split("-")[0]
+    state_keys = tuple(f"infos/{k}" for k in ADROIT_STATE_KEYS[task])
+    keys = ("observations", "actions", "rewards", "terminals", "timeouts", *state_keys)
     data = _read_replay_keys(hdf5_path, keys)
     if missing := [k for k in keys if k != "timeouts" and k not in data]:
-        raise ValueError(f"{hdf5_path} lacks {missing}; the pen replay needs D4RL's stored simulator states")
-    env = offline_data.d4rl_envs.make_pen_env(env_id)
+        raise ValueError(f"{hdf5_path} lacks {missing}; the {task} replay needs D4RL's stored simulator states")
+    make = offline_data.d4rl_envs.make_pen_env if task == "pen" else offline_data.d4rl_envs.make_adroit_env
+    env = make(env_id)
     env.reset(seed=0)
     obs, ends = data["observations"].astype(np.float64), _episode_ends(data)
+    if task == "relocate":
+        data["infos/ball_body_pos"] = _relocate_ball_body_pos(data, ends)
+    set_keys = ADROIT_STATE_KEYS[task] + (("ball_body_pos",) if task == "relocate" else ())
     rows = _spread(np.arange(len(obs)), num_transitions)
     state_err, next_err, reward_err, terminal_wrong = [], [], [], 0
     for i in rows:
-        env.unwrapped.set_env_state(
-            {k: data[f"infos/{k}"][i].astype(np.float64) for k in ("qpos", "qvel", "desired_orien")}
-        )
+        _set_adroit_state(env, task, {k: data[f"infos/{k}"][i].astype(np.float64) for k in set_keys})
         state_err.append(np.abs(env.unwrapped._get_obs() - obs[i]))
         next_obs, reward, terminated, _, _ = env.step(data["actions"][i])
         reward_err.append(abs(reward - data["rewards"][i]))
         terminal_wrong += int(terminated != bool(data["terminals"][i]))
         if not ends[i]:
             next_err.append(np.abs(next_obs - obs[i + 1]))
+    env.close()
     return {
         "env_id": env_id,
         "transitions": len(rows),
-        "state_from": "infos/qpos, infos/qvel, infos/desired_orien",
-        **_err_stats("state_joint_obs_err", np.array(state_err)[:, np.r_[0:24, 27:33]]),
+        "state_from": ", ".join(state_keys),
+        **_err_stats("state_joint_obs_err", np.array(state_err)[:, ADROIT_STATE_OBS[task]]),
         **_err_stats("state_obs_err", np.array(state_err)),
         **_err_stats("next_obs_err", np.array(next_err)),
         "reward_err_mean": float(np.mean(reward_err)),
@@ -228,7 +266,12 @@ def pen_replay_check(env_id: str, hdf5_path: str, num_transitions: int = 1000) -
     }
 
 
-CHECKS = {"antmaze": antmaze_replay_check, "kitchen": kitchen_replay_check, "pen": pen_replay_check}
+pen_replay_check = adroit_replay_check
+
+
+CHECKS = {"antmaze": antmaze_replay_check, "kitchen": kitchen_replay_check} | dict.fromkeys(
+    ADROIT_STATE_KEYS, adroit_replay_check
+)
 
 
 def main(args: Args) -> dict:

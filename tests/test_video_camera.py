@@ -1,0 +1,50 @@
+"""The evaluation video's camera: offline_data.renderable renders through the model's "track" camera (which follows the
+hopper), not gymnasium's free camera. Off-screen rendering (MUJOCO_GL=egl, as renderable sets it); skipped where this
+machine cannot render at all."""
+
+import os
+import warnings
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+import pytest
+
+import offline_data
+
+
+def hopper(**render_kwargs) -> gym.Env:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Hopper-v4 is "out of date"
+        return gym.make("Hopper-v4", **render_kwargs)
+
+
+def frame_after_steps(env: gym.Env, steps: int = 5) -> np.ndarray:
+    """The frame after `steps` steps of the same seeded reset and actions (the same state in every env)."""
+    env.reset(seed=0)
+    for action in np.random.default_rng(0).uniform(-1, 1, (steps, 3)):
+        env.step(action)
+    return env.render()
+
+
+def test_the_video_renders_through_the_track_camera(monkeypatch):
+    monkeypatch.setenv("MUJOCO_GL", os.environ.get("MUJOCO_GL", "egl"))
+    free = hopper(render_mode="rgb_array", camera_id=-1)
+    try:
+        free_frame = frame_after_steps(free)
+    except Exception as e:  # no EGL (or other off-screen backend) here
+        pytest.skip(f"off-screen rendering is not available here ({type(e).__name__}: {e})")
+    finally:
+        free.close()
+    track = hopper(render_mode="rgb_array", camera_name="track")
+    video = offline_data.renderable(offline_data.eval_env_factory("hopper-medium-v2")())
+    try:
+        model = video.unwrapped.model
+        assert mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "track") == 0  # the hopper's one camera
+        track_frame, video_frame = frame_after_steps(track), frame_after_steps(video)
+    finally:
+        track.close()
+        video.close()
+    assert video_frame.shape == track_frame.shape == free_frame.shape and video_frame.std() > 0
+    assert np.abs(track_frame.astype(float) - free_frame).mean() > 1  # the two cameras see different pictures
+    np.testing.assert_array_equal(video_frame, track_frame)
