@@ -7,8 +7,6 @@ paper. Docs and results: README.md.
 import argparse
 import collections
 import dataclasses
-import functools
-import json
 import os
 import random
 import sys
@@ -26,6 +24,7 @@ import torch.nn.functional as F
 import tyro
 from tqdm import tqdm
 
+import bookkeeping
 import offline_data
 from offline_data import UserError  # reported as one line, exit code 2
 
@@ -43,11 +42,15 @@ class Args:
     seed: int = 0
     """seed of the experiment"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """CleanRL's flag: torch.backends.cudnn.deterministic (these MLPs call no cuDNN kernel: no effect here)"""
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     cuda_graph: bool = True
     """if toggled, on CUDA each training iteration is one replay of a CUDA graph (the fast path); else eager"""
+    compile: bool = False
+    """if toggled, torch.compile the training iteration (fused kernels; the first window includes compiling)"""
+    matmul_precision: Literal["highest", "high"] = "highest"
+    """float32 matmuls: highest (float32) or high (TF32 on NVIDIA GPUs, JAX's default there; no effect on a CPU)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "ofql"
@@ -65,7 +68,7 @@ class Args:
     total_steps: int = 2_000_000
     """total number of gradient steps (preset)"""
     batch_size: int = 256
-    """the batch size of sample from the dataset"""
+    """the transitions drawn from the data for each gradient step (each member's, in a sweep)"""
     actor_lr: float = 3e-4
     """the learning rate of the policy optimizer (preset)"""
     critic_lr: float = 3e-4
@@ -103,7 +106,9 @@ class Args:
     """print and record the mean training metrics every this many steps"""
 
 
-# AntMaze and pen: FQL's published flags (alpha, q_agg, 500k steps, IQL's AntMaze reward, raw Q term). MuJoCo and
+SWEEP_WEIGHT = "alpha"  # the flag whose grid of values sweep.py trains in one process (python sweep.py --help)
+
+# AntMaze and Adroit: FQL's published flags (alpha, q_agg, 500k steps, IQL's AntMaze reward, raw Q term). MuJoCo and
 # Kitchen, which FQL never ran: as the OFQL authors ran FQL there (Appendix N), the normalised Q term and alpha from
 # the grid {0.03, 0.1, 0.3, 1, 3, 10}; our rule: the grid value nearest (log scale) to 1 / eta of ofql.py's preset,
 # which is 10 for every one (eta <= 0.1), with OFQL's step budget. docs/presets.md has the sources.
@@ -127,6 +132,11 @@ PRESETS = {
     "kitchen-partial-v0": dict(alpha=10.0, total_steps=1_000_000, eval_episodes=100),
     "pen-human-v1": dict(alpha=10000.0, q_agg="min", **_FQL),
     "pen-cloned-v1": dict(alpha=10000.0, q_agg="min", **_FQL),
+    "antmaze-umaze-v2": dict(alpha=10.0, reward_mode="iql_antmaze", **_FQL),
+    "antmaze-umaze-diverse-v2": dict(alpha=10.0, reward_mode="iql_antmaze", **_FQL),
+    "door-cloned-v1": dict(alpha=30000.0, q_agg="min", **_FQL),
+    "hammer-cloned-v1": dict(alpha=10000.0, q_agg="min", **_FQL),
+    "relocate-cloned-v1": dict(alpha=30000.0, q_agg="min", **_FQL),
     # OGBench: FQL's README commands (alpha, gamma 0.995, q_agg) and main.py's protocol, the raw Q term of its paper
     "antmaze-large-navigate-singletask-v0": dict(alpha=10.0, q_agg="min", **_OGBENCH),
     "antmaze-giant-navigate-singletask-v0": dict(alpha=10.0, q_agg="min", gamma=0.995, **_OGBENCH),
@@ -292,6 +302,8 @@ def actor_loss_fn(agent: Agent, batch: "Batch", args: Args) -> tuple[torch.Tenso
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, max_norm: float):
+    """Back-propagate `loss`, clip the gradient of `module` to norm `max_norm` (0: no clipping), step; returns the
+    norm before clipping."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(module.parameters(), max_norm if max_norm > 0 else float("inf"))
@@ -303,6 +315,12 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
     """Polyak-average the target critic every step (FQL has no target policy)."""
     torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
+
+
+# sweep.py runs update() on a stacked Agent (N members) with these names rebound to versions for all members, same
+# signatures: the losses vmapped (their args carry each member's SWEEP_WEIGHT as a tensor: arithmetic only, no `if`),
+# optimizer_step clipping each member's gradient by its own norm and returning the N norms
+SWEEP_REPLACES = ("critic_loss_fn", "actor_loss_fn", "optimizer_step")
 
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -392,18 +410,21 @@ def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int],
     return returns, successes, decisions / policy_time
 
 
-def evaluate(policies: list, envs: gym.vector.VectorEnv, source: offline_data.DataSource, args: Args, device) -> dict:
-    """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env (env i
-    seeded seed + 100 + i), all in parallel: source.episode_stats, and the first policy's action batches per second.
-    The policies' noise comes from a generator seeded seed + 100: evaluating never changes the training's numbers."""
-    result, seeds = {}, [args.seed + 100 + i for i in range(envs.num_envs)]
+def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[Args], device) -> list[dict]:
+    """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env, all in
+    parallel: per member (a lone run is one; a sweep's envs are member-major, as many each, env i of a member seeded
+    its seed + 100 + i), source.episode_stats of its episodes, and the first policy's action batches per second.
+    The noise comes from a generator seeded seed + 100: evaluating never changes the training's numbers."""
+    episodes = envs.num_envs // len(members)
+    results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
-            torch.manual_seed(args.seed + 100)
+            torch.manual_seed(members[0].seed + 100)  # in a sweep, member m's noise is slice m of each draw
             returns, successes, decision_rate = run_episodes(policy, envs, seeds, device)
-        result.update(source.episode_stats(returns, successes, prefix))
-        result.setdefault("decision_rate", decision_rate)
-    return result
+        for result, r, s in zip(results, returns.reshape(len(members), -1), successes.reshape(len(members), -1)):
+            result.update(source.episode_stats(r, s, prefix))
+            result.setdefault("decision_rate", decision_rate)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -424,19 +445,20 @@ def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], An
     eagerly on a side stream (they create Adam's state and CUDA's lazy handles), then fn is captured (which only
     records its kernels); every later call is one replay of the same kernels on the same tensors, returning the captured
     outputs, overwritten in place. PyTorch advances the random-number offset at each replay: fresh noise each time."""
-    stream, graph, captured, warmups_left = torch.cuda.Stream(), torch.cuda.CUDAGraph(), [], [warmup]
+    stream, graph, captured = torch.cuda.Stream(), torch.cuda.CUDAGraph(), []
 
     def call() -> Any:
+        nonlocal warmup  # the warm-up calls left
         if captured:
             graph.replay()
             return captured[0]
-        warmups_left[0] -= 1
+        warmup -= 1
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), warnings.catch_warnings():
             warnings.filterwarnings("ignore", "This instance was constructed with capturable=True")  # until capture
             out = fn()
         torch.cuda.current_stream().wait_stream(stream)
-        if warmups_left[0] == 0:
+        if warmup == 0:
             try:
                 with torch.cuda.graph(graph):
                     captured.append(fn())
@@ -450,11 +472,17 @@ def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], An
 # ---------------------------------------------------------------------------------------------------------------
 # Training loop
 # ---------------------------------------------------------------------------------------------------------------
-def train(args: Args) -> str:
-    """Train, evaluate and log one run; returns the path of its summary.json."""
-    offline_data.check_flags(vars(args))  # before anything is read or written; then the run folder, then the data
-    run_name = f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    with offline_data.run_folder(run_name, args.resume) as run_dir:  # made before the data are loaded
+# sweep.py runs train() with these names rebound: make_agent to one that makes each member's Agent (its own seed) and
+# stacks them, OfflineBuffer to one whose sample() draws a batch per member, update to the one above, make_policy to
+# one whose select_action is vmapped over the members (member-major rows)
+SWEEP_TRAIN_REPLACES = ("make_agent", "OfflineBuffer", "update", "make_policy")
+
+
+def train(args: Args, runs: bookkeeping.Runs | None = None) -> str:
+    """Train, evaluate and log one run; returns the path of its summary.json. sweep.py calls it with the Runs of its
+    members (args: the first's) and the names of SWEEP_TRAIN_REPLACES rebound: the loop below trains all of them."""
+    runs = runs or bookkeeping.Runs(__file__, [args])  # checks the flags, then makes the run folder
+    with runs.removed_on_failure():  # made before the data are loaded
         source = offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
 
     # TRY NOT TO MODIFY: seeding
@@ -462,19 +490,18 @@ def train(args: Args) -> str:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_float32_matmul_precision(args.matmul_precision)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     buffer = OfflineBuffer(source.data, device)
     agent = make_agent(source.obs_dim, source.act_dim, args, device)
-    videos = f"{run_dir}/videos" if args.capture_video else None  # the first env records an episode per evaluation
-    envs = offline_data.evaluation_envs(source.make_env, args.eval_episodes, videos)
+    num_envs = runs.size * args.eval_episodes  # the first env records an episode per evaluation (--capture-video)
+    envs = offline_data.evaluation_envs(source.make_env, num_envs, runs.video_folder)
     if source.limitation:
         print(f"NOTE: {args.env_id}: {source.limitation}")
     use_graph = args.cuda_graph and device.type == "cuda"
-    config = {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}
-    config.update(device=str(device), training_step="cuda_graph" if use_graph else "eager")
-    config.update(transitions=buffer.size, torch=str(torch.__version__))  # a str: weights_only loads it
-    start_step, evals, elapsed = offline_data.resume(args.resume, agent, config) if args.resume else (1, [], 0.0)
+    training_step = "cuda_graph" if use_graph else "eager"
+    start_step = runs.start(agent, device=str(device), training_step=training_step, transitions=buffer.size)
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
         set_capturable(optimizer, use_graph)  # after the resume, which restores the saved run's mode
     last_step = torch.tensor(start_step - 1, device=device)  # on the device: no iteration reads it back
@@ -483,29 +510,22 @@ def train(args: Args) -> str:
         last_step.add_(1)
         return update(agent, buffer.sample(args.batch_size), args, last_step)
 
+    if args.compile:  # LeanRL's fast path: fused kernels, compiled at the first call
+        iteration = torch.compile(iteration)
     if use_graph:  # the fast path: from the 4th iteration on, each one is a CUDA graph replay
         iteration = cuda_graph(iteration, warmup=3, what="the training step")
     # with candidates the policy's own sample too: a low score with candidates only is a critic that cannot rank them
     candidates = [args.num_candidates, 1] if args.num_candidates > 1 else [1]
-    policies = [make_policy(agent, k, args.eval_episodes, source.obs_dim, device, use_graph) for k in candidates]
+    policies = [make_policy(agent, k, num_envs, source.obs_dim, device, use_graph) for k in candidates]
     print(f"training on {device}: " + ("CUDA graphs (--no-cuda-graph: eager)" if use_graph else "eager"))
-    with open(f"{run_dir}/config{f'_resumed_at_{start_step - 1}' if args.resume else ''}.json", "w") as f:
-        json.dump(config, f, indent=2)
-    if args.track:
-        import wandb
-
-        where = dict(project=args.wandb_project_name, entity=args.wandb_entity, name=os.path.basename(run_dir))
-        wandb.init(config=config, save_code=True, resume="allow", id=where["name"], **where)
-    metrics_file = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)  # line-buffered
 
     metric_sum, window_steps, first_bad, stopping = 0.0, 0, -1, False
-    session_start, train_time, window_start = time.time(), 0.0, time.perf_counter()
+    window_start = time.perf_counter()
     progress = dict(initial=start_step - 1, total=args.total_steps, desc=args.env_id, unit="step", mininterval=2)
-    how_to_continue = functools.partial(offline_data.how_to_continue, sys.argv, run_dir, args)  # __main__ prints it
-    with offline_data.stop_signals(how_to_continue) as stop_signal:  # SIGINT, SIGTERM: stop after this step, saved
+    with runs.stop_signals() as stop_signal:  # SIGINT, SIGTERM: stop after this step, saved
         for step in tqdm(range(start_step, args.total_steps + 1), **progress):
             metrics = iteration()
-            values = torch.stack(list(metrics.values()))
+            values = torch.stack(list(metrics.values()), dim=-1)  # (metrics,); in a sweep (members, metrics)
             metric_sum, window_steps, stopping = metric_sum + values, window_steps + 1, bool(stop_signal)
             # the first step at which each metric became non-finite, kept on the device: no sync per step
             first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
@@ -513,48 +533,28 @@ def train(args: Args) -> str:
             if step % args.log_every != 0 and not eval_step and not stopping:
                 continue
 
-            means = (metric_sum / window_steps).tolist()  # the only host sync of a logging window
+            means = (metric_sum / window_steps).view(runs.size, -1).tolist()  # the only host sync of a logging window
             window_time = time.perf_counter() - window_start
-            train_time += window_time
-            if (first_bad >= 0).any():
-                bad_step, index = min((s, i) for i, s in enumerate(first_bad.tolist()) if s >= 0)
-                hint = "try a lower --eta or learning rate, or a --grad-norm"
-                raise UserError(f"non-finite {list(metrics)[index]} at step {bad_step}; stopping ({hint})")
-            record = {"step": step, **dict(zip(metrics, means)), "steps_per_sec": window_steps / window_time}
+            runs.check_finite(list(metrics), first_bad.view(runs.size, -1).tolist())  # those with a NaN stop
+            results = None
             if envs is not None and eval_step:
-                video = envs.envs[0].record(f"step_{step}") if args.capture_video else None  # its first episode
-                evals.append({"step": step, **evaluate(policies, envs, source, args, device)})
-                record.update({f"eval/{k}": v for k, v in evals[-1].items() if k != "step" and v is not None})
-                if video and args.track:
-                    wandb.log({"eval/video": wandb.Video(video, format="mp4")}, step=step)
-            tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-            metrics_file.write(json.dumps(record) + "\n")
-            if args.track:
-                wandb.log(record, step=step)
+                runs.record_video(envs, step)  # --capture-video: the evaluation's first episode
+                results = evaluate(policies, envs, source, runs.members, device)
+            runs.log(step, list(metrics), means, window_steps, window_time, results)
             if args.save_model and (eval_step or stopping):
-                offline_data.save_checkpoint(run_dir, agent, step, evals, elapsed + time.time() - session_start, config)
+                runs.save(agent, step)
             metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
             if stopping:
                 break
     if stopping:
-        raise offline_data.Interrupted(how_to_continue(stopped_at=step), stop_signal[0])
-
-    steps_per_sec = (args.total_steps - start_step + 1) / train_time if train_time else None
-    wall_clock = elapsed + time.time() - session_start
-    summary = offline_data.summarize(__file__, args, source, evals, wall_clock, steps_per_sec)
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    metrics_file.close()
-    if args.track:
-        wandb.summary.update({k: v for k, v in summary.items() if k != "evaluations"})
-        wandb.finish()
+        raise runs.interrupted(step, stop_signal[0])
     if envs is not None:
         envs.close()
-    return os.path.join(run_dir, "summary.json")
+    return runs.finish(source)
 
 
 if __name__ == "__main__":
-    offline_data.stop_on_sigterm()  # outside training steps too: one line, not a silent end
+    bookkeeping.stop_on_sigterm()  # outside training steps too: one line, not a silent end
     try:
         print(f"summary: {train(parse_args())}")
     except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM

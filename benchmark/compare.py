@@ -21,6 +21,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import bookkeeping  # noqa: E402  (OGBench's reported success)
 import offline_data  # noqa: E402  (the normalized score, the kind of an id)
 
 # name: (script, extra flags). "bc" is the behaviour-cloning reference: OFQL's MeanFlow loss alone (eta = 0).
@@ -78,6 +79,14 @@ def dataset_mean_score(env_id: str, path: str) -> float:
         rewards, ends = f["rewards"][()], f["terminals"][()] | f["timeouts"][()]
     returns = np.add.reduceat(rewards, np.r_[0, np.flatnonzero(ends[:-1]) + 1])
     return float(np.mean(offline_data.normalized_score(env_id, returns)))
+
+
+def run_reported_success(summary: dict) -> float | None:
+    """A run's reported_success: its summary.json's, or (a summary written before the key existed) the same rule
+    applied to its evaluations."""
+    if "reported_success" in summary:
+        return summary["reported_success"]
+    return bookkeeping.reported_success(summary["evaluations"])
 
 
 def run_name(env_id: str, algorithm: str, seed: int) -> str:
@@ -176,7 +185,11 @@ def write_report(args: Args) -> None:
                     "scores": [[e["score"] for e in r["evaluations"]] for r in runs],
                     "dataset_mean_score": data_score,
                     "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs])),
+                    "reported_scores": None,  # 100 x reported_success of each run, OGBench ids only
                 }
+                if offline_data.source_kind(env_id) == "ogbench":
+                    reported = [run_reported_success(r) for r in runs]
+                    result["reported_scores"] = None if None in reported else [100.0 * x for x in reported]
             elif (env_id, algorithm) in previous:
                 result = previous[(env_id, algorithm)]
             else:
@@ -189,9 +202,12 @@ def write_report(args: Args) -> None:
             if n > 1:
                 ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2, color=color)
             shown = "-" if data_score is None else f"{data_score:.1f}"
+            reported = result.get("reported_scores")  # absent from the rows of an older results.json
+            reported = "-" if reported is None else f"{np.mean(reported):.1f} ± {np.std(reported):.1f}"
             rows.append(
                 f"| {env_id} | {shown} | {algorithm} | {n} | {final.mean():.1f} ± {final.std():.1f} | "
-                f"{best.mean():.1f} ± {best.std():.1f} | {' / '.join(f'{s:.0f}' for s in curves.mean(0))} |"
+                f"{best.mean():.1f} ± {best.std():.1f} | {' / '.join(f'{s:.0f}' for s in curves.mean(0))} | "
+                f"{reported} |"
             )
         if data_score is not None:
             ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")
@@ -206,9 +222,11 @@ def write_report(args: Args) -> None:
     )
     header = (
         f"{protocol}, evaluation every {args.eval_every} steps, seeds {args.seeds}; score = mean ± std "
-        "over seeds of the normalized score (mean over episodes) at the last / the best evaluation.\n\n"
-        "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) |\n"
-        "|---|---|---|---|---|---|---|\n"
+        "over seeds of the normalized score (mean over episodes) at the last / the best evaluation; reported (OGBench "
+        "ids): the figure OGBench and FQL report, 100 x the mean success rate over the last three evaluations "
+        "(reported_success), mean ± std over seeds.\n\n"
+        "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) | reported |\n"
+        "|---|---|---|---|---|---|---|---|\n"
     )
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(header + "\n".join(rows) + "\n")

@@ -1,29 +1,37 @@
-"""One command that verifies a GPU machine: the CUDA tests, eager against CUDA-graph training of the three scripts,
-and the GPU speed figures, in one results folder.
+"""One command that verifies a GPU machine in at most 5 minutes (by its own estimate on an H100/H200): the CUDA tests,
+eager against CUDA-graph training of the three scripts and of a sweep, and the GPU speed figures, in one results folder.
 
-    python benchmark/gpu_check.py                      # on a CUDA machine: a few minutes on a data-centre GPU
-    python benchmark/gpu_check.py --train-steps 5000   # longer parity runs
+    python benchmark/gpu_check.py                      # on a CUDA machine: about 4 minutes on one H200 (estimate)
+    python benchmark/gpu_check.py --train-steps 2000   # longer parity runs (over the 5-minute budget; it says so)
 
+0. The time budget: before it starts, per step its allowance (STEP_BUDGET_S, 300 s in all) and its estimate from the
+   sizes chosen here and the per-step rates recorded on one H200 (H200_RATES); each step's actual seconds as it ends.
+   Results are written after every step: a call stopped halfway keeps what it did (summary.md says INCOMPLETE).
 1. The device, its driver, torch's and CUDA's versions.
 2. `python -m pytest -q tests/test_training_step.py` (eager vs graph for the three scripts, no device sync, the
    captured policy): passed/skipped/failed; on CUDA a skipped test is a failure (they skip only without CUDA).
 3. ofql.py, dql.py and fql.py, each trained twice on a small D4RL-layout file recorded here in Hopper-v4 (seeded
-   random policy), same seed: --no-cuda-graph and --cuda-graph. The logged window means are compared: the windows
-   up to --tight-steps within the tests' tolerance (rtol, atol), later ones within --drift-rtol (rounding noise of
-   two correct paths grows with the steps); the largest difference is reported. A run that fails, or that does not
-   train on the path it was asked for, is a failure: the check never falls back to eager.
+   random policy), same seed: --no-cuda-graph and --cuda-graph, --train-steps steps with the EMA policy (which gives
+   the critic's next actions) starting at --ema-start. The logged window means are compared: the windows up to
+   --tight-steps within the tests' tolerance (rtol, atol), later ones within --drift-rtol (rounding noise of two
+   correct paths grows with the steps); the largest difference is reported. A run that fails, or that does not train
+   on the path it was asked for, is a failure: the check never falls back to eager.
 4. benchmark/speed.py: updates/s and decisions/s (1 and the evaluation's candidates), eager and graph, the ratios,
-   against the speed targets (reported; they fail the check only with --fail-on-targets).
-5. sweep.py (two members of ofql.py) trained --no-cuda-graph and --cuda-graph, each member's logs compared as in 3;
-   benchmark/sweep_speed.py: member-updates/s of sweeps of 1, 4 and 16 members against one run, on both paths, and
-   the target of 10,000 member-updates/s for 16 OFQL members (reported; fails the check only with
-   --fail-on-targets).
+   against the speed targets (reported; they fail the check only with --fail-on-targets). Eager-light: the eager
+   path is timed over --speed-eager-updates updates per round, the graph path over speed.py's --updates.
+5. sweep.py (two members of ofql.py) trained --no-cuda-graph and --cuda-graph for --sweep-steps, each member's logs
+   compared as in 3; benchmark/sweep_speed.py (eager-light too): member-updates/s of sweeps of 1 and 16 members
+   against one run, on both paths, and the target of 12,000 member-updates/s for 16 OFQL members (reported; fails
+   the check only with --fail-on-targets).
 6. summary.md and results.json in --out-dir; the summary is printed. Exit 1 if a check failed.
 
 Without CUDA it checks its own CPU parts (the data file, every script and a sweep for a few eager steps on both
-flags, the metrics, the comparison, the speed.py and sweep_speed.py interfaces, the summary) and prints one line.
+flags, the metrics, the comparison, the speed.py and sweep_speed.py interfaces through the eager-light runner, the
+budget, the summary) and prints one line.
 """
 
+import dataclasses
+import importlib
 import json
 import math
 import os
@@ -63,13 +71,93 @@ TARGETS = (
     ),
 )
 # speed.py on CUDA: a graph replay of an update takes 1.5-3 ms (one H200), so 400 updates and 20 decision batches per
-# round keep each timed block well above the timers' resolution (about 150 s in all, mostly the eager path)
-CUDA_SPEED_FLAGS = "--device cuda --updates 400 --decisions 20 --rounds 5"
-# speed.py in the CPU mode: only its interface and output files are checked
+# round keep each timed block well above the timers' resolution; the eager path (15-22 ms an update) is timed over
+# --speed-eager-updates (eager-light: 400 eager updates per round took 5 x 22 s of the first call's 148 s)
+CUDA_SPEED_FLAGS = "--device cuda --updates 400 --decisions 20 --rounds 3"
 CPU_SPEED_FLAGS = (
     "--device cpu --threads 1 --warmup 1 --updates 2 --rounds 1 --decisions 1 --decision-batch 50 "
     "--dataset-size 2000 --algorithms ofql"
 )
+CPU_EAGER_UPDATES = 1  # the CPU mode's eager path in speed.py and sweep_speed.py: 1 of the CPU flags' 2 updates
+PATHS = ("eager", "cuda_graph")
+EMA_SCRIPTS = ("ofql", "dql")  # the scripts with an EMA policy (--ema-start)
+
+# What each step costs on one NVIDIA H200 (driver 580.159.04, torch 2.11.0+cu130), recorded: the first full call
+# (2026-11-30: benchmark/results/gpu_check/results.json, speed/cuda.json) and the call of 2026-12-04
+# (benchmark/results/gpu_check/2026-12-04/, benchmark/results/sweep_speed/cuda.json). The budget's estimates come from
+# these and the sizes the check chose; the few parts no call has timed alone are marked "assumed".
+H200_RATES = {
+    "device": "NVIDIA H200 (torch 2.11.0+cu130)",
+    # imports (gpu_check's: 1.5 s on a 2-core CPU) and the device's query; the first call spent 1.5 s outside its
+    # steps, data file included, its clock started after the imports: assumed 3 s in all
+    "start_s": 3.0,
+    # tests/test_training_step.py: "26 passed in 47.36s" (2026-12-04), and pytest's start
+    "tests_s": 49.0,
+    # record_hopper: 5000 Hopper-v4 steps in 0.9 s on a 2-core CPU (MuJoCo runs on the CPU)
+    "record_s_per_transition": 2e-4,
+    # a parity run's seconds beyond its training steps (start, CUDA, data, capture, evaluation, files): its seconds less
+    # 2000 steps at its steps/s, per script and path, 2026-11-30
+    "run_start_s": {
+        "ofql": {"eager": 10.5, "cuda_graph": 10.6},
+        "dql": {"eager": 11.8, "cuda_graph": 9.3},
+        "fql": {"eager": 9.9, "cuda_graph": 10.1},
+    },
+    # the parity runs' training steps/s (train_steps_per_sec), 2026-11-30
+    "train_steps_per_sec": {
+        "ofql": {"eager": 63.9, "cuda_graph": 536.1},
+        "dql": {"eager": 43.9, "cuda_graph": 342.8},
+        "fql": {"eager": 55.4, "cuda_graph": 291.4},
+    },
+    # speed.py: its 148.3 s less its timed blocks at its figures (5 rounds of 410 updates and 21 decision batches per
+    # script, path and candidate count), 2026-11-30: start, operator counts, the update profile
+    "speed_start_s": 15.5,
+    "updates_per_sec": {
+        "ofql": {"eager": 58.1, "cuda_graph": 667.2},
+        "dql": {"eager": 45.8, "cuda_graph": 375.3},
+        "fql": {"eager": 59.1, "cuda_graph": 323.9},
+    },
+    "decisions_per_sec": {  # batches of 2500 states, per candidate count
+        "ofql": {"eager": {"1": 1276.0, "50": 237.4}, "cuda_graph": {"1": 6581.0, "50": 270.2}},
+        "dql": {"eager": {"1": 337.3, "50": 111.0}, "cuda_graph": {"1": 1916.0, "50": 118.3}},
+        "fql": {"eager": {"1": 2716.0}, "cuda_graph": {"1": 4331.0}},
+    },
+    # a sweep run's seconds beyond its steps: assumed, ofql.py's (10.6 s) and a margin for the members' evaluation
+    "sweep_run_start_s": 12.0,
+    # sweep.py ofql.py with 2 members: sweep_speed's iteration at N = 2 (interpolated between N = 1 and 16, 2026-12-04)
+    # and, on the graph path, the training loop's own 0.37 ms a step (ofql.py's 536 steps/s against speed.py's 667)
+    "sweep_steps_per_sec": {"eager": 37.4, "cuda_graph": 566.0},
+    # sweep_speed.py's seconds beyond its timed blocks: assumed, speed.py's
+    "sweep_start_s": 15.5,
+    # sweep_speed.py's member-updates/s: a lone run ("plain") and sweeps of N members, 2026-12-04
+    "member_updates_per_sec": {
+        "ofql": {
+            "eager": {"plain": 59.8, "1": 37.4, "16": 593.8},
+            "cuda_graph": {"plain": 839.4, "1": 753.2, "16": 6588.0},
+        },
+        "dql": {
+            "eager": {"plain": 42.5, "1": 26.4, "16": 435.0},
+            "cuda_graph": {"plain": 427.9, "1": 408.7, "16": 3799.9},
+        },
+        "fql": {
+            "eager": {"plain": 56.0, "1": 27.9, "16": 451.4},
+            "cuda_graph": {"plain": 398.2, "1": 339.9, "16": 1766.1},
+        },
+    },
+}
+# The time budget of one call (seconds per step, 300 in all): a lent GPU's 15 minutes, its start-up included, must
+# leave time for a learning run after it. tests/test_gpu_check.py checks the default call's estimates against these.
+BUDGET_S = 300
+STEP_BUDGET_S = {
+    "start": 5,
+    "tests": 55,
+    "data": 5,
+    "parity ofql": 36,
+    "parity dql": 42,
+    "parity fql": 38,
+    "speed": 42,
+    "sweep parity": 40,
+    "sweep speed": 37,
+}
 
 
 @dataclass
@@ -77,8 +165,11 @@ class Args:
     out_dir: str | None = None
     """the results folder; default benchmark/results/gpu_check, or its cpu_mode/ subfolder without CUDA (so that a
     CPU run never overwrites GPU results)"""
-    train_steps: int = 2000
+    train_steps: int = 600
     """gradient steps of each parity run (step 3)"""
+    ema_start: int = 300
+    """--ema-start of the parity and sweep runs of ofql.py and dql.py: the EMA policy, which gives the critic its next
+    actions, starts inside the runs (the scripts' default is step 1000), so that its start is compared too"""
     log_every: int = 100
     """logging window of the parity runs: each logged value is the mean over this many steps"""
     tight_steps: int = 200
@@ -102,14 +193,21 @@ class Args:
     """run step 4 (--no-speed skips it)"""
     speed_flags: str = ""
     """more flags for benchmark/speed.py, after the check's own (later ones win), e.g. --speed-flags='--rounds 9'"""
+    speed_eager_updates: int = 50
+    """eager-light: timed updates per round of speed.py's eager path (its CUDA-graph path: speed.py's --updates)"""
     sweep: bool = True
     """run step 5, sweep.py on both paths and benchmark/sweep_speed.py (--no-sweep skips it)"""
+    sweep_steps: int = 400
+    """gradient steps of the sweep's eager and graph runs (step 5)"""
+    sweep_eager_updates: int = 10
+    """eager-light: timed iterations per block of sweep_speed.py's eager path (its CUDA-graph path: 50)"""
     fail_on_targets: bool = False
     """if toggled, a missed speed target fails the check"""
     cpu_steps: int = 10
     """gradient steps of each run in the CPU mode"""
     timeout: int = 600
-    """seconds after which a subprocess (a run, the tests, speed.py) is stopped and reported as failed"""
+    """seconds after which a subprocess (a run, the tests, speed.py) is stopped and reported as failed; on CUDA at
+    most 4 times its step's estimate (at least 120 s), so that a hung step cannot take a lent GPU's time"""
 
 
 class CheckError(Exception):
@@ -215,14 +313,14 @@ def tests_verdict(counts: dict, rc: int | None, cuda: bool) -> str | None:
     return None if rc == 0 else f"pytest exited {rc}"
 
 
-def run_tests(args: Args, out: str, cuda: bool) -> dict:
+def run_tests(args: Args, out: str, cuda: bool, timeout: int | None = None) -> dict:
     """On CUDA the whole file; without CUDA only its collection (its CUDA tests would skip)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "tests/test_training_step.py"] + ([] if cuda else ["--collect-only"])
-    log = os.path.join(out, "tests.log")
+    log, timeout = os.path.join(out, "tests.log"), timeout or args.timeout
     proc, t0 = start(cmd, ROOT, log)
-    rc = finish(proc, args.timeout)
+    rc = finish(proc, timeout)
     counts = pytest_counts(read_text(log))
-    problem = tests_verdict(counts, rc, cuda) if rc is not None else f"timed out after {args.timeout} s"
+    problem = tests_verdict(counts, rc, cuda) if rc is not None else f"timed out after {timeout} s"
     return {
         "command": " ".join(cmd[1:]),
         "returncode": rc,
@@ -294,6 +392,7 @@ def train_command(script: str, graph: bool, data_path: str, steps: int, log_ever
         "--exp-name",
         f"{script}_{'graph' if graph else 'eager'}",
         "--cuda-graph" if graph else "--no-cuda-graph",
+        *(["--ema-start", str(args.ema_start)] if script in EMA_SCRIPTS else []),
     ]
 
 
@@ -339,7 +438,9 @@ def finish_run(proc, t0, log, cwd, graph: bool, cuda: bool, timeout: int) -> dic
     return {**result, "error": path_problem(result, graph, cuda)}
 
 
-def train_pair(script: str, data_path: str, steps: tuple[int, int], work: str, args: Args, cuda: bool) -> dict:
+def train_pair(
+    script: str, data_path: str, steps: tuple[int, int], work: str, args: Args, cuda: bool, timeout: int | None = None
+) -> dict:
     """The eager and the graph run of one script: one after the other on CUDA (their steps/s are compared), side by
     side without CUDA (both are eager there)."""
     logs = {graph: os.path.join(work, f"{script}_{'graph' if graph else 'eager'}.log") for graph in (False, True)}
@@ -348,7 +449,7 @@ def train_pair(script: str, data_path: str, steps: tuple[int, int], work: str, a
         return start(train_command(script, graph, data_path, *steps, args), work, logs[graph])
 
     def wait(graph: bool, proc_t0) -> dict:
-        return finish_run(*proc_t0, logs[graph], work, graph, cuda, args.timeout)
+        return finish_run(*proc_t0, logs[graph], work, graph, cuda, timeout or args.timeout)
 
     if cuda:
         runs = {graph: wait(graph, launch(graph)) for graph in (False, True)}
@@ -423,18 +524,15 @@ def compare_logs(
     }
 
 
-def run_parity(args: Args, out: str, cuda: bool) -> dict:
-    work = os.path.join(out, "work")  # the runs' cwd: runs/<name>/ and a log per run
+def prepare_parity(args: Args, out: str, cuda: bool) -> dict:
+    """The runs' folder (their cwd: runs/<name>/ and a log per run) and the recorded data file; the pairs of
+    run_parity's dict are added by train_pair, one script at a time."""
+    work = os.path.join(out, "work")
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     data = record_hopper(os.path.join(work, "hopper-random.hdf5"), args.transitions, args.seed)
     steps, log_every = (args.train_steps, args.log_every) if cuda else (args.cpu_steps, max(1, args.cpu_steps // 2))
-    pairs = {}
-    for script in args.scripts:
-        pairs[script] = train_pair(script, data["path"], (steps, log_every), work, args, cuda)
-        if cuda:
-            print(f"{script}.py eager vs CUDA graph: {'ok' if pairs[script]['ok'] else 'FAILED'}", flush=True)
-    return {"data": data, "steps": steps, "log_every": log_every, "scripts": pairs}
+    return {"data": data, "steps": steps, "log_every": log_every, "ema_start": args.ema_start, "scripts": {}}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -468,26 +566,69 @@ def check_targets(figures: dict, ratios: dict) -> list[dict]:
     return rows
 
 
-def run_speed(args: Args, out: str, cuda: bool) -> dict:
-    speed_dir = os.path.join(out, "speed")
+def eager_light(tool: str, eager_updates: int, argv: list[str]) -> dict:
+    """benchmark/<tool>.py (speed or sweep_speed) run with argv, its eager path timed over eager_updates iterations a
+    block and its CUDA-graph path over its --updates, which its own flags cannot do: every iteration that a script's
+    cuda_graph serves is marked, and speed.time_updates, which both tools time with, times the unmarked ones over
+    eager_updates. Its results files say so (eager_updates in the .json, a line under the .md's first)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import speed
+
+    module = importlib.import_module(tool)
+    for script in speed.MODULES.values():
+
+        def marked(fn, warmup, what, cuda_graph=script.cuda_graph):
+            call = cuda_graph(fn, warmup, what)
+            call.cuda_graph = True
+            return call
+
+        script.cuda_graph = marked
+    time_updates, write_results = speed.time_updates, module.write
+
+    def timed(train_step, timing, device) -> float:
+        light = not getattr(train_step, "cuda_graph", False)
+        return time_updates(train_step, dataclasses.replace(timing, updates=eager_updates) if light else timing, device)
+
+    def noted(result: dict, tool_args) -> None:
+        result["eager_updates"] = eager_updates
+        write_results(result, tool_args)
+        table = os.path.join(tool_args.out_dir, ("cpu" if "CPU" in result["device"] else "cuda") + ".md")
+        lines = read_text(table).splitlines()
+        note = f"Eager-light (gpu_check): the eager path timed over {eager_updates} iterations a block, the CUDA graph"
+        lines.insert(1, f"{note} path over {tool_args.updates}.")
+        with open(table, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+    speed.time_updates, module.write = timed, noted
+    return module.main(tyro.cli(module.Args, args=argv))
+
+
+def light_command(tool: str, eager_updates: int, out_dir: str, flags: list[str]) -> list[str]:
+    """The command that runs benchmark/<tool>.py through eager_light, with --out-dir and flags."""
+    code = "import sys; sys.path.insert(0, sys.argv[1]); import gpu_check; gpu_check.eager_light(sys.argv[2], "
+    code += "int(sys.argv[3]), sys.argv[4:])"
+    here = os.path.dirname(os.path.abspath(__file__))
+    return [sys.executable, "-c", code, here, tool, str(eager_updates), "--out-dir", out_dir, *flags]
+
+
+def shown(cmd: list[str]) -> str:
+    """A light_command as the results show it: benchmark/<tool>.py and its flags, and the eager path's updates."""
+    return f"benchmark/{cmd[4]}.py {' '.join(cmd[6:])} (eager-light: {cmd[5]} eager updates a block)"
+
+
+def run_speed(args: Args, out: str, cuda: bool, timeout: int | None = None) -> dict:
+    speed_dir, timeout = os.path.join(out, "speed"), timeout or args.timeout
     stem = "cuda" if cuda else "cpu"
     if os.path.exists(os.path.join(speed_dir, f"{stem}.json")):
         os.remove(os.path.join(speed_dir, f"{stem}.json"))
-    flags = (CUDA_SPEED_FLAGS if cuda else CPU_SPEED_FLAGS).split()
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "benchmark", "speed.py"),
-        "--out-dir",
-        speed_dir,
-        *flags,
-        *args.speed_flags.split(),
-    ]
+    flags = [*(CUDA_SPEED_FLAGS if cuda else CPU_SPEED_FLAGS).split(), *args.speed_flags.split()]
+    cmd = light_command("speed", args.speed_eager_updates if cuda else CPU_EAGER_UPDATES, speed_dir, flags)
     log = os.path.join(out, "speed.log")
     proc, t0 = start(cmd, ROOT, log)
-    rc = finish(proc, args.timeout)
-    result = {"command": " ".join(cmd[1:]), "log": log, "seconds": time.time() - t0, "error": None}
+    rc = finish(proc, timeout)
+    result = {"command": shown(cmd), "log": log, "seconds": time.time() - t0, "error": None}
     if rc != 0:
-        return {**result, "ok": False, "error": error_line(log, rc, args.timeout)}
+        return {**result, "ok": False, "error": error_line(log, rc, timeout)}
     try:
         raw = json.loads(read_text(os.path.join(speed_dir, f"{stem}.json")))
         figures, ratios = speed_figures(raw), raw["ratios"]
@@ -501,6 +642,8 @@ def run_speed(args: Args, out: str, cuda: bool) -> dict:
         "ok": ok,
         "error": None if ok else f"missed targets: {', '.join(missed)}",
         "device": raw["device"],
+        "updates": raw.get("updates_per_round"),
+        "eager_updates": raw.get("eager_updates"),
         "figures": figures,
         "ratios": ratios,
         "targets": targets,
@@ -511,55 +654,69 @@ def run_speed(args: Args, out: str, cuda: bool) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # Step 5: sweep.py (many runs in one process): eager vs CUDA graph, and benchmark/sweep_speed.py
 # ---------------------------------------------------------------------------------------------------------------
-# sweep_speed.py on CUDA (about 2 minutes on one H200) and, in the CPU mode, a check of its interface only
-CUDA_SWEEP_SPEED_FLAGS = "--device cuda --members 1 4 16 --updates 100 --rounds 3"
+# sweep_speed.py on CUDA (the flags of the call of 2026-12-04; its eager path over --sweep-eager-updates) and, in the
+# CPU mode, a check of its interface only
+CUDA_SWEEP_SPEED_FLAGS = "--device cuda --members 1 16 --updates 50 --rounds 3 --warmup 3"
 CPU_SWEEP_SPEED_FLAGS = "--device cpu --threads 1 --members 1 2 --warmup 1 --updates 2 --rounds 1 --algorithms ofql"
-SWEEP_TARGET = ("OFQL member-updates/s, 16 members, CUDA graph", 1e4)
+SWEEP_TARGET = ("OFQL member-updates/s, 16 members, CUDA graph", 12e3)  # issue 28's (the first target was 10,000)
 
 
-def sweep_pair(data_path: str, steps: int, log_every: int, work: str, args: Args, cuda: bool) -> dict:
+def sweep_pair(
+    data_path: str, steps: int, log_every: int, work: str, args: Args, cuda: bool, timeout: int | None = None
+) -> dict:
     """sweep.py ofql.py, seeds 0 and 1, eager and with the CUDA graph: each member's logs compared as step 3's."""
-    logs, problems = {}, []
+    logs, problems, runs, timeout = {}, [], {}, timeout or args.timeout
     for graph in (False, True):
+        mode = "graph" if graph else "eager"
         cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "ofql.py"] + train_command(
             "ofql", graph, data_path, steps, log_every, args
         )[2:]
         cmd[cmd.index("--seed") : cmd.index("--seed") + 2] = ["--seeds", "0", "1"]
-        log = os.path.join(work, f"sweep_{'graph' if graph else 'eager'}.log")
-        proc, _ = start(cmd, work, log)
-        rc = finish(proc, args.timeout)
+        log = os.path.join(work, f"sweep_{mode}.log")
+        proc, t0 = start(cmd, work, log)
+        rc = finish(proc, timeout)
+        runs[mode] = {"log": log, "seconds": time.time() - t0}
         if rc != 0:
-            problems.append(f"{'graph' if graph else 'eager'} sweep: {error_line(log, rc, args.timeout)}")
+            problems.append(f"{mode} sweep: {error_line(log, rc, timeout)}")
             continue
         summaries = [line[len("summary: ") :] for line in read_text(log).splitlines() if line.startswith("summary: ")]
         if len(summaries) != 2:
-            problems.append(f"{'graph' if graph else 'eager'} sweep: {len(summaries)} members' summaries, not 2")
+            problems.append(f"{mode} sweep: {len(summaries)} members' summaries, not 2")
         logs[graph] = []
         for summary in summaries:
             with open(os.path.join(work, os.path.dirname(summary), "metrics.jsonl")) as f:
                 logs[graph].append([json.loads(line) for line in f if line.strip()])
+        if summaries:
+            runs[mode]["steps_per_sec"] = json.loads(read_text(os.path.join(work, summaries[0])))["train_steps_per_sec"]
     comparisons = []
     if len(logs) == 2:
         for member, (eager, graph) in enumerate(zip(logs[False], logs[True])):
             c = compare_logs(eager, graph, args.rtol, args.atol, args.tight_steps, args.drift_rtol)
             comparisons.append(c)
             problems += [f"member {member}: {p}" for p in c["problems"]]
-    return {"ok": not problems, "problems": problems, "members": comparisons}
+    return {"ok": not problems, "problems": problems, "members": comparisons, "steps": steps, "runs": runs}
 
 
-def run_sweep(args: Args, out: str, cuda: bool) -> dict:
+def run_sweep_parity(args: Args, out: str, cuda: bool, timeout: int | None = None) -> dict:
+    """Step 5's first half, on step 3's data file: report["sweep"] until sweep_speed.py has run."""
     work = os.path.join(out, "work")
-    steps, log_every = (args.train_steps, args.log_every) if cuda else (args.cpu_steps, max(1, args.cpu_steps // 2))
-    pair = sweep_pair(os.path.join(work, "hopper-random.hdf5"), steps, log_every, work, args, cuda)
-    speed_dir, stem = os.path.join(out, "sweep_speed"), "cuda" if cuda else "cpu"
+    steps, log_every = (args.sweep_steps, args.log_every) if cuda else (args.cpu_steps, max(1, args.cpu_steps // 2))
+    pair = sweep_pair(os.path.join(work, "hopper-random.hdf5"), steps, log_every, work, args, cuda, timeout)
+    return {"parity": pair, "ok": pair["ok"], "error": "; ".join(pair["problems"][:3]) or None, "figures": None}
+
+
+def run_sweep_speed(args: Args, out: str, cuda: bool, sweep: dict, timeout: int | None = None) -> dict:
+    """Step 5's second half: benchmark/sweep_speed.py (eager-light), added to run_sweep_parity's dict."""
+    speed_dir, stem, timeout = os.path.join(out, "sweep_speed"), "cuda" if cuda else "cpu", timeout or args.timeout
     flags = (CUDA_SWEEP_SPEED_FLAGS if cuda else CPU_SWEEP_SPEED_FLAGS).split()
-    cmd = [sys.executable, os.path.join(ROOT, "benchmark", "sweep_speed.py"), "--out-dir", speed_dir, *flags]
+    cmd = light_command("sweep_speed", args.sweep_eager_updates if cuda else CPU_EAGER_UPDATES, speed_dir, flags)
     log = os.path.join(out, "sweep_speed.log")
     proc, t0 = start(cmd, ROOT, log)
-    rc = finish(proc, args.timeout)
-    result = {"parity": pair, "command": " ".join(cmd[1:]), "seconds": time.time() - t0, "figures": None}
+    rc = finish(proc, timeout)
+    pair = sweep["parity"]
+    result = {"parity": pair, "command": shown(cmd), "seconds": time.time() - t0, "figures": None}
     if rc != 0:
-        return {**result, "ok": False, "error": error_line(log, rc, args.timeout)}
+        return {**result, "ok": False, "error": "; ".join([*pair["problems"][:3], error_line(log, rc, timeout)])}
     try:
         result["figures"] = json.loads(read_text(os.path.join(speed_dir, f"{stem}.json")))
     except (OSError, ValueError) as e:
@@ -573,6 +730,115 @@ def run_sweep(args: Args, out: str, cuda: bool) -> dict:
     ok = pair["ok"] and not missed
     error = "; ".join(pair["problems"][:3]) or (f"missed target: {SWEEP_TARGET[0]}" if missed else None)
     return {**result, "ok": ok, "error": error}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The time budget
+# ---------------------------------------------------------------------------------------------------------------
+def iteration_s(rates: dict, n: int | str) -> float:
+    """Seconds per iteration from member-updates/s: of a lone run (n = "plain") or of a sweep of n members, linear in
+    n through the two nearest recorded sizes (beyond them, the line through the last two)."""
+    if n == "plain":
+        return 1 / rates["plain"]
+    sizes = sorted(int(k) for k in rates if k != "plain")
+    seconds = [k / rates[str(k)] for k in sizes]
+    if len(sizes) == 1:
+        return seconds[0] * n / sizes[0]
+    i = min(max(int(np.searchsorted(sizes, n)), 1), len(sizes) - 1)
+    return seconds[i - 1] + (seconds[i] - seconds[i - 1]) * (n - sizes[i - 1]) / (sizes[i] - sizes[i - 1])
+
+
+def budget(args: Args, rates: dict = H200_RATES) -> list[dict]:
+    """The time budget of a CUDA call with these flags: per step it runs, its allowance (STEP_BUDGET_S), the estimate
+    of its seconds from the sizes the check chose (its flags, speed.py's and sweep_speed.py's as the check passes them)
+    and per-step rates (by default recorded on one H200), the basis of the estimate, and actual_s (set as it ends)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    speed, sweep_speed = (importlib.import_module(tool) for tool in ("speed", "sweep_speed"))
+    rows = []
+
+    def row(step: str, estimate: float, basis: str) -> None:
+        rows.append(dict(step=step, budget_s=STEP_BUDGET_S.get(step), estimate_s=estimate, basis=basis, actual_s=None))
+
+    row("start", rates["start_s"], "imports, the device's query")
+    if args.tests:
+        row("tests", rates["tests_s"], "tests/test_training_step.py as last timed")
+    row("data", args.transitions * rates["record_s_per_transition"], f"{args.transitions} Hopper-v4 steps")
+    for script in args.scripts:
+        start_s, per_sec = rates["run_start_s"][script], rates["train_steps_per_sec"][script]
+        estimate = sum(start_s[p] + args.train_steps / per_sec[p] for p in PATHS)
+        basis = f"2 runs: {args.train_steps} steps at {per_sec['eager']:g} (eager), {per_sec['cuda_graph']:g} (graph)"
+        row(f"parity {script}", estimate, f"{basis} steps/s, {start_s['eager']:g} + {start_s['cuda_graph']:g} s more")
+    if args.speed:
+        sa = tyro.cli(speed.Args, args=[*CUDA_SPEED_FLAGS.split(), *args.speed_flags.split()])
+        updates = {"eager": args.speed_eager_updates, "cuda_graph": sa.updates}
+        per_round = 0.0
+        for name in sa.algorithms:
+            for p in PATHS:
+                per_round += (sa.warmup + updates[p]) / rates["updates_per_sec"][name][p]
+                per_round += sum((sa.decisions + 1) / r for r in rates["decisions_per_sec"][name][p].values())
+        basis = f"{sa.rounds} rounds x ({sa.warmup} + {updates['cuda_graph']} graph, {sa.warmup} + {updates['eager']} "
+        basis += (
+            f"eager updates and {sa.decisions} + 1 decision batches) at speed.py's rates, {rates['speed_start_s']:g}"
+        )
+        row("speed", rates["speed_start_s"] + sa.rounds * per_round, basis + " s more")
+    if args.sweep:
+        start_s, per_sec = rates["sweep_run_start_s"], rates["sweep_steps_per_sec"]
+        basis = f"2 runs: {args.sweep_steps} steps at {per_sec['eager']:g} (eager), {per_sec['cuda_graph']:g} (graph) "
+        row(
+            "sweep parity",
+            sum(start_s + args.sweep_steps / per_sec[p] for p in PATHS),
+            f"{basis}steps/s, 2 x {start_s:g} s more",
+        )
+        wa = tyro.cli(sweep_speed.Args, args=CUDA_SWEEP_SPEED_FLAGS.split())
+        updates = {"eager": args.sweep_eager_updates, "cuda_graph": wa.updates}
+        per_round = sum(
+            (wa.warmup + updates[p]) * iteration_s(rates["member_updates_per_sec"][name][p], n)
+            for name in wa.algorithms
+            for p in PATHS
+            for n in ["plain", *wa.members]
+        )
+        basis = f"{wa.rounds} rounds x ({wa.warmup} + {updates['cuda_graph']} graph, {wa.warmup} + {updates['eager']} "
+        basis += f"eager iterations of a lone run and of N = {', '.join(map(str, wa.members))}) at sweep_speed.py's "
+        row(
+            "sweep speed",
+            rates["sweep_start_s"] + wa.rounds * per_round,
+            f"{basis}rates, {rates['sweep_start_s']:g} s more",
+        )
+    return rows
+
+
+def step_timeout(args: Args, row: dict, cuda: bool) -> int:
+    """Seconds after which a subprocess of the step is stopped: on CUDA 4 times the step's estimate (at least 120 s),
+    at most --timeout."""
+    return min(args.timeout, max(120, math.ceil(4 * row["estimate_s"]))) if cuda else args.timeout
+
+
+def budget_lines(rows: list[dict], cuda: bool) -> list[str]:
+    """The budget as a table: allowance, estimate and actual seconds per step, and their totals."""
+    done = [r for r in rows if r["actual_s"] is not None]
+    actual = "actual s" if cuda else "actual s (this call, CPU mode)"
+    lines = [f"| step | budget s | estimate s (one H200) | {actual} | basis |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {fmt(r['budget_s'], 'd')} | {r['estimate_s']:.0f} | {fmt(r['actual_s'], '.0f')} | "
+            f"{r['basis']} |"
+        )
+    total = sum(r["estimate_s"] for r in rows)
+    spent = fmt(sum(r["actual_s"] for r in done), ".0f") if done else "-"
+    lines.append(f"| total | {BUDGET_S} | {total:.0f} | {spent} | {H200_RATES['device']}: recorded rates |")
+    return lines
+
+
+def process_start() -> float:
+    """When this process started (Linux: /proc/self/stat), so that the imports count; elsewhere now."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -674,8 +940,16 @@ def markdown(report: dict) -> str:
         f"{d['device']}; driver {d.get('driver', '-')}; torch {d['torch']}; CUDA {d['cuda'] or '-'}; "
         f"cuDNN {d.get('cudnn', '-')}; Python {d['python']}"
     )
-    lines = ["# GPU check", "", head, "", f"**{'PASS' if report['ok'] else 'FAIL'}** in {report['seconds']:.0f} s", ""]
+    if report.get("ok") is None:  # written after each step: a call stopped halfway leaves this
+        done = sum(r["actual_s"] is not None for r in report["budget"]["rows"])
+        state = f"**INCOMPLETE** after {report['seconds']:.0f} s: {done} of {len(report['budget']['rows'])} steps done"
+    else:
+        state = f"**{'PASS' if report['ok'] else 'FAIL'}** in {report['seconds']:.0f} s"
+    lines = ["# GPU check", "", head, "", state, ""]
     lines += check_rows(report)
+    if report.get("budget"):
+        lines += ["", "Time budget (seconds; the estimates are a CUDA call's at the recorded rates):", ""]
+        lines += budget_lines(report["budget"]["rows"], report["cuda"])
     if report.get("parity"):
         lines += ["", *parity_table(report["parity"])]
     if report.get("speed") and report["speed"].get("figures"):
@@ -720,28 +994,61 @@ def failures(report: dict) -> list[str]:
 
 
 def main(args: Args) -> int:
-    t0, cuda = time.time(), torch.cuda.is_available()
+    started, cuda = process_start(), torch.cuda.is_available()
     out = args.out_dir or os.path.join(ROOT, "benchmark", "results", "gpu_check", "" if cuda else "cpu_mode")
     os.makedirs(out, exist_ok=True)
-    report = {"cuda": cuda, "device": device_info(cuda), "args": asdict(args)}
+    rows = budget(args)
+    report = {"cuda": cuda, "device": device_info(cuda), "args": asdict(args), "ok": None}
+    report["budget"] = {"budget_s": BUDGET_S, "rates": H200_RATES["device"], "rows": rows}
+    row = {r["step"]: r for r in rows}
     say = print if cuda else lambda *_, **__: None  # progress on CUDA; one line at the end without
     say(" ".join(f"{k}={v}" for k, v in report["device"].items()), flush=True)
+    estimate = sum(r["estimate_s"] for r in rows)
+    say("\n".join(["Time budget:", *budget_lines(rows, cuda)]), flush=True)
+    if estimate > BUDGET_S:
+        say(f"NOTE: the estimate, {estimate:.0f} s, is over the {BUDGET_S} s budget of one call (these flags)")
+
+    def done(step: str, seconds: float, ok: bool | None = None) -> None:
+        """The step's actual seconds into the budget, the results written (a stopped call keeps them), a line."""
+        row[step]["actual_s"], report["seconds"] = seconds, time.time() - started
+        write(report, out)
+        spent = sum(r["actual_s"] for r in rows if r["actual_s"] is not None)
+        left = sum(r["estimate_s"] for r in rows if r["actual_s"] is None)
+        verdict = "" if ok is None else ("ok, " if ok else "FAILED, ")
+        say(
+            f"{step}: {verdict}{seconds:.0f} s (estimate {row[step]['estimate_s']:.0f} s, budget "
+            f"{row[step]['budget_s']} s); {report['seconds']:.0f} s so far, about {spent + left:.0f} s in all",
+            flush=True,
+        )
+
+    def step(name: str, into: dict, key: str, run) -> None:
+        """into[key] = run(the step's subprocess timeout), timed as the budget's step `name`."""
+        t0 = time.time()
+        into[key] = run(step_timeout(args, row[name], cuda))
+        done(name, time.time() - t0, into[key].get("ok"))
+
+    done("start", time.time() - started)
     if args.tests:
-        report["tests"] = run_tests(args, out, cuda)
-        say(f"tests: {'ok' if report['tests']['ok'] else 'FAILED'}", flush=True)
-    report["parity"] = run_parity(args, out, cuda)
+        step("tests", report, "tests", lambda timeout: run_tests(args, out, cuda, timeout))
+    step("data", report, "parity", lambda _: prepare_parity(args, out, cuda))
+    data_path, pairs = report["parity"]["data"]["path"], report["parity"]["scripts"]
+    pair_args = (data_path, (report["parity"]["steps"], report["parity"]["log_every"]), os.path.dirname(data_path))
+    for script in args.scripts:
+        step(f"parity {script}", pairs, script, lambda t, s=script: train_pair(s, *pair_args, args, cuda, t))
     if args.speed:
-        report["speed"] = run_speed(args, out, cuda)
-        say(f"speed.py: {'ok' if report['speed']['ok'] else 'FAILED'}", flush=True)
+        step("speed", report, "speed", lambda timeout: run_speed(args, out, cuda, timeout))
     if args.sweep:
-        report["sweep"] = run_sweep(args, out, cuda)
-        say(f"sweep: {'ok' if report['sweep']['ok'] else 'FAILED'}", flush=True)
+        step("sweep parity", report, "sweep", lambda timeout: run_sweep_parity(args, out, cuda, timeout))
+        step("sweep speed", report, "sweep", lambda t: run_sweep_speed(args, out, cuda, report["sweep"], t))
     report["failures"] = failures(report)
-    report["ok"], report["seconds"] = not report["failures"], time.time() - t0
+    report["ok"], report["seconds"] = not report["failures"], time.time() - started
     text = write(report, out)
     if not cuda:
         state = "work" if report["ok"] else "FAILED: " + "; ".join(report["failures"])
-        print(f"gpu_check: no CUDA device: nothing measured; the CPU parts {state} ({time.time() - t0:.0f} s, {out})")
+        print(
+            f"gpu_check: no CUDA device: nothing measured; the CPU parts {state} ({report['seconds']:.0f} s, {out}); "
+            f"a CUDA call with these flags: {estimate:.0f} s of its {BUDGET_S} s budget on one H200 (estimate)"
+        )
         return 0 if report["ok"] else 1
     print(text + "\n".join(f"FAILED: {f}" for f in report["failures"]))
     return 0 if report["ok"] else 1

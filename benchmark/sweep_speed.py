@@ -8,9 +8,12 @@ For each script and each of --members N: one training iteration of a sweep of N 
 update() on the stacked networks, a batch per member) and one iteration of a plain run (the script's update()), on a
 synthetic dataset of the given shape, timed in turns over --rounds rounds (each figure the median). Reported: member-
 updates per second (N / seconds per sweep iteration) and the ratio to running the N members one after another
-(N x plain seconds / sweep seconds: above 1, the sweep is faster). With the OFQL figure for the largest N, the device
-hours of the OFQL grid of the paper's Table 1 (17 datasets x 3 seeds x 5 values of eta at each dataset's preset steps).
-Writes benchmark/results/sweep_speed/<cpu|cuda>.{md,json}.
+(N x plain seconds / sweep seconds: above 1, the sweep is faster). With each script's rate for the largest N (its
+faster path), the device hours of its part of the paper's Table 1 protocol on the 17 D4RL datasets, each run at the
+dataset's preset steps (the script's PRESETS): OFQL's grid of 3 seeds x 5 values of eta, DQL's and FQL's presets x 3
+seeds; and the three together. Writes benchmark/results/sweep_speed/<cpu|cuda>.{md,json}.
+
+    python benchmark/sweep_speed.py --table1-from benchmark/results/sweep_speed/cuda.json   # hours from its rates
 """
 
 import dataclasses
@@ -53,36 +56,93 @@ class Args:
     """rounds; every figure is the median over the rounds"""
     out_dir: str = os.path.join(ROOT, "benchmark", "results", "sweep_speed")
     """where <device>.md and <device>.json go"""
+    table1_from: str | None = None
+    """a .json this script wrote: print the Table 1 device hours at its rates for the largest N, measure nothing"""
 
 
-# the paper's Table 1 grid for OFQL: 3 seeds x 5 etas at each dataset's preset steps (ofql.PRESETS)
-TABLE1_RUNS_PER_DATASET = 3 * 5
+# the paper's Table 1: its 17 D4RL datasets (not the AntMaze umaze and Adroit door/hammer/relocate ids of FQL's table)
+NOT_IN_TABLE1 = ("antmaze-umaze", "door", "hammer", "relocate")
+TABLE1_DATASETS = [d for d in offline_data.DATASETS if not d.startswith(NOT_IN_TABLE1)]
+# runs per dataset of the paper's Table 1 protocol (TABLE1_DATASETS, each run at the dataset's preset steps):
+# OFQL's grid of 3 seeds x 5 values of eta; DQL and FQL at their presets, 3 seeds
+TABLE1_RUNS_PER_DATASET = {"ofql": 3 * 5, "dql": 3, "fql": 3}
 
 
 def sweep_iteration(module, args, n: int, domain, buffer, device, use_graph: bool):
     """One iteration of a sweep of n members, as sweep.train runs it (the CUDA graph on the fast path)."""
     member_args = [dataclasses.replace(args, seed=s) for s in range(n)]
     agents = [module.make_agent(domain.obs_dim, domain.act_dim, a, device) for a in member_args]
-    members = sweep.Members(module, agents, member_args)
-    for optimizer in (members.stacked.actor_optimizer, members.stacked.critic_optimizer):
+    members = sweep.Members(module, member_args)
+    stacked, batches = members.stack(agents), members.batched(buffer)
+    for optimizer in (stacked.actor_optimizer, stacked.critic_optimizer):
         module.set_capturable(optimizer, use_graph)
     step = torch.tensor(0, device=device)
 
     def iteration():
         step.add_(1)
-        return members.update(members.stacked, members.sample(buffer, args.batch_size), args, step)
+        return members.update(stacked, batches.sample(args.batch_size), args, step)
 
     return module.cuda_graph(iteration, warmup=3, what="the sweep's step") if use_graph else iteration
 
 
-def table1_member_updates() -> int:
-    import ofql
+def preset_steps(name: str, env_id: str) -> int:
+    """total_steps of a run of the script on the dataset: its preset, else the Args default."""
+    module = speed.MODULES[name]
+    return module.PRESETS[env_id].get("total_steps", module.Args.total_steps)
 
-    steps = [ofql.parse_args(["--env-id", env_id]).total_steps for env_id in offline_data.DATASETS]  # Table 1's D4RL
-    return TABLE1_RUNS_PER_DATASET * sum(steps)
+
+def table1_member_updates(name: str) -> int:
+    steps = [preset_steps(name, env_id) for env_id in TABLE1_DATASETS]
+    return TABLE1_RUNS_PER_DATASET[name] * sum(steps)
+
+
+def table1(algorithms: dict, n: int) -> dict:
+    """Device hours of each script's Table 1 protocol at its member-updates/s with n members (the faster path), and
+    of the three together when all three were measured. algorithms: result["algorithms"] as main() writes it."""
+    t = dict(members=n, algorithms={})
+    for name, by_path in algorithms.items():
+        rate, path = max((r["members"][str(n)]["member_updates_per_sec"], path) for path, r in by_path.items())
+        updates = table1_member_updates(name)
+        t["algorithms"][name] = dict(
+            runs_per_dataset=TABLE1_RUNS_PER_DATASET[name],
+            member_updates=updates,
+            member_updates_per_sec=rate,
+            path=path,
+            hours=updates / rate / 3600,
+        )
+    if set(t["algorithms"]) == set(TABLE1_RUNS_PER_DATASET):
+        t["total_member_updates"] = sum(a["member_updates"] for a in t["algorithms"].values())
+        t["total_hours"] = sum(a["hours"] for a in t["algorithms"].values())
+    return t
+
+
+def table1_lines(t: dict) -> list[str]:
+    grids = {"ofql": "3 seeds x 5 etas", "dql": "3 seeds, presets", "fql": "3 seeds, presets"}
+    lines = [
+        f"Table 1's protocol ({len(TABLE1_DATASETS)} D4RL datasets, each run at the dataset's preset steps) at "
+        f"the N = {t['members']} rates, one after another on one device:",
+        "",
+        "| script | runs per dataset | member-updates | member-updates/s | path | device hours |",
+        "|---|---|---:|---:|---|---:|",
+    ]
+    for name, a in t["algorithms"].items():
+        lines.append(
+            f"| {name} | {a['runs_per_dataset']} ({grids[name]}) | {a['member_updates'] / 1e6:.0f}M | "
+            f"{a['member_updates_per_sec']:.1f} | {a['path']} | {a['hours']:.1f} |"
+        )
+    if "total_hours" in t:
+        lines.append(f"| all three | | {t['total_member_updates'] / 1e6:.0f}M | | | {t['total_hours']:.1f} |")
+    return lines
 
 
 def main(args: Args) -> dict:
+    if args.table1_from:
+        with open(args.table1_from) as f:
+            algorithms = json.load(f)["algorithms"]
+        n = max(int(n) for by_path in algorithms.values() for r in by_path.values() for n in r["members"])
+        t = table1(algorithms, n)
+        print("\n".join(table1_lines(t)))
+        return t
     if args.threads:
         torch.set_num_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -126,14 +186,7 @@ def main(args: Args) -> dict:
             }
             for path in paths
         }
-    if "ofql" in args.algorithms:
-        best = max(
-            (r["members"][str(max(args.members))]["member_updates_per_sec"], path)
-            for path, r in result["algorithms"]["ofql"].items()
-        )
-        total = table1_member_updates()
-        result["table1_ofql"] = dict(member_updates=total, hours=total / best[0] / 3600, path=best[1])
-        result["table1_ofql"]["members"] = max(args.members)
+    result["table1"] = table1(result["algorithms"], max(args.members))
     write(result, args)
     return result
 
@@ -156,13 +209,7 @@ def write(result: dict, args: Args) -> None:
                 f"{m['member_updates_per_sec']:.1f} ({m['vs_one_after_another']:.2f}x)" for m in r["members"].values()
             ]
             lines.append(f"| {name} | {path} | {r['plain_updates_per_sec']:.1f} | " + " | ".join(cells) + " |")
-    if "table1_ofql" in result:
-        t = result["table1_ofql"]
-        lines += [
-            "",
-            f"OFQL's Table 1 grid ({t['member_updates'] / 1e6:.0f}M member-updates: 17 datasets x 3 seeds x 5 etas at "
-            f"the preset steps) at the N = {t['members']} rate ({t['path']}): {t['hours']:.1f} device hours.",
-        ]
+    lines += ["", *table1_lines(result["table1"])]
     with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:

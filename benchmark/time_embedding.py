@@ -23,6 +23,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import bookkeeping  # noqa: E402
 import offline_data  # noqa: E402
 import ofql  # noqa: E402
 
@@ -62,13 +63,9 @@ def actor_class(variant: str) -> type:
             self.t_emb, self.r_emb = embedding(dim, scale, with_mlp), embedding(dim, scale, with_mlp)
             self.net = ofql.mlp(act_dim + 2 * dim + obs_dim, act_dim)
 
-        def embed(self, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            return torch.cat([self.t_emb(t), self.r_emb(r)], dim=-1)
-
-        @property
-        def one_step_times(self) -> torch.Tensor:  # a learned embedding: computed at each call
-            ones = torch.ones(1, 1, device=self.net[0].weight.device)
-            return self.embed(0 * ones, ones)
+        def forward(self, a_t: torch.Tensor, r: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+            times = torch.cat([self.t_emb(t), self.r_emb(r)], dim=-1)
+            return self.net(torch.cat([a_t, times.expand(len(a_t), -1), obs], dim=-1))
 
     return VariantActor
 
@@ -182,7 +179,7 @@ def report(args: Args) -> None:
                 continue
             summary = json.load(open(os.path.join(path, "summary.json")))
             actor = actor_class(variant)(obs.shape[1], actions.shape[1])
-            actor.load_state_dict(offline_data.load_checkpoint(os.path.join(path, "checkpoint.pt"))["actor"])
+            actor.load_state_dict(bookkeeping.load_checkpoint(os.path.join(path, "checkpoint.pt"))["actor"])
             rows.append(
                 {
                     "seed": int(seed),

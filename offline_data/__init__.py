@@ -1,15 +1,14 @@
-"""offline_data: what ofql.py, dql.py and fql.py import besides the algorithm, as CORL's scripts import `d4rl`:
-datasets with their evaluation environments and scores, by id, and the scripts' run bookkeeping. One module per
-concern:
+"""offline_data: the data and evaluation environments ofql.py, dql.py and fql.py import besides the algorithm, as
+CORL's scripts import `d4rl`: datasets with their evaluation environments and scores, by id. One module per concern:
 
     source.py            DataSource (what every loader returns), the reward transforms, UserError and DatasetError
     d4rl_files.py        D4RL's files without the `d4rl` package: download, cache, checks, qlearning_dataset, scores
-    d4rl_envs.py         D4RL's evaluation envs: gymnasium's MuJoCo envs, AntMaze, Kitchen and pen rebuilt
+    d4rl_envs.py         D4RL's evaluation envs: gymnasium's MuJoCo envs, AntMaze, Kitchen and Adroit rebuilt
     minari_datasets.py   Minari datasets with their own evaluation envs and reference returns
     ogbench_datasets.py  OGBench's single-task datasets and envs, from the ogbench package, scored by success
-    runs.py              flag ranges, run folders, --resume checks, the metrics log, atomic writes, SIGINT and
-                         SIGTERM as a clean stop, checkpoints that load without running code, summary.json
     evaluation_envs.py   a run's evaluation envs in one vector env, the first recorded with --capture-video
+
+The run bookkeeping (run folders, checkpoints, resume, signals, summaries) is not here: bookkeeping.py.
 
 Public API (all importable from offline_data):
     load(env_id, dataset_path=None, reward_mode="raw") -> DataSource   transitions, shapes, eval env and references
@@ -18,73 +17,35 @@ Public API (all importable from offline_data):
     DataSource.limitation                                                what a run on it cannot report ('' if nothing)
     normalized_score(env_id, returns)                                    Eq. 18 for a D4RL id
     eval_env_factory(env_id)                                             the evaluation env of a D4RL id (a factory)
-    preset_key(env_id)                                                   the id whose presets an id uses
-    source_kind(env_id)                                                  'd4rl', 'minari' or 'ogbench'
+    evaluation_envs(make_env, num_envs, video_folder), renderable(env)   the evaluation envs, the first one recorded
+    preset_key(env_id), source_kind(env_id), is_minari_id, is_ogbench_id the id whose presets an id uses; its source
+    DATASETS, MINARI_PRESET_KEYS, OGBENCH_IDS                            the ids each source knows
     UserError, DatasetError                                              reported by the scripts as one line, exit 2
-    check_flags, run_folder, check_resume, trim_log, replaced_when_written, how_to_continue
-                                                                         the scripts' flags and run files, checked
-    save_checkpoint, resume, rng_state, set_rng_state, load_checkpoint  checkpoints that load without running code
-    summarize                                                            a run's summary.json
-    stop_signals, stop_on_sigterm, Interrupted                           SIGINT and SIGTERM as a clean stop
-    evaluation_envs, EpisodeVideo, renderable                           the evaluation envs, the first one recorded
 """
 
 from offline_data.d4rl_envs import eval_env_factory
 from offline_data.d4rl_files import DATASETS, dataset_cache_path, domain_of, load_d4rl, normalized_score
-from offline_data.evaluation_envs import EpisodeVideo, evaluation_envs, renderable
+from offline_data.evaluation_envs import evaluation_envs, renderable
 from offline_data.minari_datasets import MINARI_PRESET_KEYS, load_minari
 from offline_data.ogbench_datasets import OGBENCH_IDS, is_ogbench_id, load_ogbench
-from offline_data.runs import (
-    Interrupted,
-    check_flags,
-    check_resume,
-    how_to_continue,
-    load_checkpoint,
-    replaced_when_written,
-    resume,
-    rng_state,
-    run_folder,
-    save_checkpoint,
-    set_rng_state,
-    stop_on_sigterm,
-    stop_signals,
-    summarize,
-    trim_log,
-)
 from offline_data.source import DatasetError, DataSource, UserError, transform_rewards
 
 __all__ = [
     "DATASETS",
-    "EpisodeVideo",
-    "Interrupted",
     "MINARI_PRESET_KEYS",
     "OGBENCH_IDS",
     "DataSource",
     "DatasetError",
     "UserError",
-    "check_flags",
-    "check_resume",
     "eval_env_factory",
     "evaluation_envs",
-    "how_to_continue",
     "is_minari_id",
     "is_ogbench_id",
     "load",
-    "load_checkpoint",
     "normalized_score",
     "preset_key",
     "renderable",
-    "replaced_when_written",
-    "resume",
-    "rng_state",
-    "run_folder",
-    "save_checkpoint",
-    "set_rng_state",
     "source_kind",
-    "stop_on_sigterm",
-    "stop_signals",
-    "summarize",
-    "trim_log",
 ]
 
 

@@ -210,6 +210,46 @@ def test_sweep_speed_writes_member_updates_and_the_ratio(tmp_path):
             assert m["vs_one_after_another"] == pytest.approx(
                 m["member_updates_per_sec"] / eager["plain_updates_per_sec"]
             )
-    hours = result["table1_ofql"]
-    assert hours["member_updates"] == 15 * (9 * 2_000_000 + 8 * 1_000_000) and hours["members"] == 2
-    assert (tmp_path / "cpu.md").read_text().count("| eager |") == 2
+    table1 = result["table1"]  # two of the three scripts: no total
+    assert table1["members"] == 2 and set(table1["algorithms"]) == {"ofql", "fql"} and "total_hours" not in table1
+    assert table1["algorithms"]["ofql"]["member_updates"] == 15 * (9 * 2_000_000 + 8 * 1_000_000)
+    md = (tmp_path / "cpu.md").read_text()
+    rows = [line.split(" | ")[:2] for line in md.splitlines() if "| eager |" in line]  # the speed rows, then Table 1's
+    assert rows == [
+        ["| ofql", "eager"],
+        ["| fql", "eager"],
+        ["| ofql", "15 (3 seeds x 5 etas)"],
+        ["| fql", "3 (3 seeds, presets)"],
+    ]
+    assert "| ofql | 15 (3 seeds x 5 etas) | 390M |" in md and "| all three |" not in md
+
+
+def test_sweep_speed_table1_device_hours_of_the_three_scripts():
+    """Each script's Table 1 protocol (17 D4RL datasets at its presets' steps: 9 MuJoCo, 4 AntMaze, 2 Kitchen, 2 pen)
+    at its member-updates/s with the largest N, on its faster path, and the sum; the hours below are worked by hand."""
+    import sweep_speed
+
+    def paths(eager: float, graph: float) -> dict:
+        return {
+            p: {"members": {"1": {"member_updates_per_sec": 1.0}, "16": {"member_updates_per_sec": r}}}
+            for p, r in (("eager", eager), ("cuda_graph", graph))
+        }
+
+    t = sweep_speed.table1({"ofql": paths(100.0, 6500.0), "dql": paths(3900.0, 50.0), "fql": paths(10.0, 1300.0)}, 16)
+    a = t["algorithms"]
+    # OFQL 15 runs (3 seeds x 5 etas) per dataset, 2M steps on MuJoCo and 1M elsewhere: 15 x 26M
+    assert a["ofql"]["member_updates"] == 390_000_000 and a["ofql"]["path"] == "cuda_graph"
+    assert a["ofql"]["hours"] == pytest.approx(390e6 / 6500 / 3600)  # 16.67
+    # DQL 3 seeds, the same steps: 3 x 26M; its faster path here the eager one
+    assert a["dql"]["member_updates"] == 78_000_000 and a["dql"]["path"] == "eager"
+    assert a["dql"]["hours"] == pytest.approx(78e6 / 3900 / 3600)  # 5.56
+    # FQL 3 seeds; 500k steps on AntMaze and pen (FQL's own), 1M on Kitchen, 2M on MuJoCo: 3 x 23M
+    assert a["fql"]["member_updates"] == 69_000_000 and a["fql"]["hours"] == pytest.approx(69e6 / 1300 / 3600)  # 14.74
+    assert t["total_member_updates"] == 537_000_000
+    assert t["total_hours"] == pytest.approx(16.6667 + 5.5556 + 14.7436, abs=1e-3)
+    # the committed H200 file: OFQL's figure as the script of that day computed it, the three together 33.0 hours
+    with open(os.path.join(ROOT, "benchmark", "results", "sweep_speed", "cuda.json")) as f:
+        h200 = json.load(f)
+    t = sweep_speed.table1(h200["algorithms"], 16)
+    assert t["algorithms"]["ofql"]["hours"] == pytest.approx(h200["table1_ofql"]["hours"])
+    assert round(t["total_hours"], 1) == 33.0

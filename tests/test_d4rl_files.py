@@ -139,6 +139,11 @@ def test_urls_follow_d4rls_naming():
     )
     assert offline_data.DATASETS["kitchen-mixed-v0"][0] == "kitchen/kitchen_microwave_kettle_bottomburner_light-v0.hdf5"
     assert offline_data.DATASETS["pen-cloned-v1"][0] == "hand_dapg_v1/pen-cloned-v1.hdf5"
+    for env_id in ("door-cloned-v1", "hammer-cloned-v1", "relocate-cloned-v1"):
+        assert offline_data.DATASETS[env_id][0] == f"hand_dapg_v1/{env_id}.hdf5"
+    assert offline_data.DATASETS["antmaze-umaze-v2"][0] == (
+        "ant_maze_v2/Ant_maze_u-maze_noisy_multistart_False_multigoal_False_sparse_fixed.hdf5"
+    )
 
 
 class FakeResponse(io.BytesIO):
@@ -368,21 +373,29 @@ def test_nan_in_data_is_rejected(hopper_file):
         offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
-def test_file_without_timeouts_uses_d4rls_step_count(tmp_path):
-    path = tmp_path / "pen.hdf5"
+# max_episode_steps of D4RL's registrations (hand_manipulation_suite/__init__.py MAX_STEPS, locomotion/__init__.py)
+@pytest.mark.parametrize(
+    "env_id, steps",
+    [("pen-human-v1", 100), ("door-cloned-v1", 200), ("antmaze-umaze-v2", 700), ("antmaze-medium-play-v2", 1000)],
+)
+def test_file_without_timeouts_uses_d4rls_step_count(tmp_path, env_id, steps):
+    path = tmp_path / "no_timeouts.hdf5"
     rng = np.random.default_rng(0)
-    n = 450
-    terminals = rng.random(n) < 0.02
+    n = 1600
+    terminals = np.zeros(n, bool)
+    terminals[[50, 1200]] = True  # d4rl's count restarts at 1 after a terminal
+    obs_dim, act_dim = offline_data.d4rl_files.domain_of(env_id)[2:4]
     with h5py.File(path, "w") as f:
-        f["observations"] = rng.normal(size=(n, 45)).astype(np.float32)
-        f["actions"] = rng.uniform(-1, 1, (n, 24)).astype(np.float32)
+        f["observations"] = rng.normal(size=(n, obs_dim)).astype(np.float32)
+        f["actions"] = rng.uniform(-1, 1, (n, act_dim)).astype(np.float32)
         f["rewards"] = rng.normal(size=(n, 1)).astype(np.float32)  # (N, 1) is squeezed as in d4rl
         f["terminals"] = terminals
-    data = offline_data.d4rl_files.load_d4rl("pen-human-v1", str(path), "raw")
+    data = offline_data.d4rl_files.load_d4rl(env_id, str(path), "raw")
     with h5py.File(path) as f:
         raw = {k: f[k][()] for k in f}
     raw["rewards"] = raw["rewards"][:, 0]
-    expected = d4rl_qlearning_loop(raw, offline_data.d4rl_files.MAX_EPISODE_STEPS["pen"])
+    expected = d4rl_qlearning_loop(raw, steps)
+    assert len(expected["rewards"]) < n - 1  # rows other than the last were dropped as timeouts
     np.testing.assert_array_equal(data["observations"], expected["observations"])
     np.testing.assert_array_equal(data["terminals"], expected["terminals"])
 
@@ -433,7 +446,7 @@ def test_the_normalized_score_of_an_evaluation_without_minari(hopper_file, monke
     source = offline_data.load("hopper-medium-v2", hopper_file)
     envs = gym.vector.SyncVectorEnv([source.make_env] * 2)
     weights = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (11, 3)).astype(np.float32))
-    result = ofql.evaluate([lambda obs: torch.tanh(obs @ weights)], envs, source, ofql.Args(), torch.device("cpu"))
+    (result,) = ofql.evaluate([lambda obs: torch.tanh(obs @ weights)], envs, source, [ofql.Args()], torch.device("cpu"))
     envs.close()
     returns = (result["return"] - result["return_std"], result["return"] + result["return_std"])  # two episodes
     scores = [100 * (r - -20.272305) / (3234.3 - -20.272305) for r in returns]

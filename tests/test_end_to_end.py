@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import bookkeeping
 import offline_data
 
 SCRIPTS = ["ofql", "dql", "fql"]
@@ -153,6 +154,19 @@ def test_resume_continues_exactly_where_the_run_stopped(tmp_path, hopper_file, m
             assert torch.equal(a[net][key], b[net][key]), f"{net}.{key} differs after resume"
     summaries = [json.loads(open(p).read()) for p in (straight_dir / "summary.json", resumed_dir / "summary.json")]
     assert _comparable(summaries[0]["evaluations"]) == _comparable(summaries[1]["evaluations"])
+
+
+def test_matmul_precision_high_is_set_and_changes_nothing_on_the_cpu(tmp_path, hopper_file, monkeypatch, algo):
+    """--matmul-precision high (TF32 on NVIDIA GPUs) is what the run sets, and on the CPU it logs the same numbers as
+    the default, highest, bit for bit."""
+    monkeypatch.chdir(tmp_path)
+    records = {}
+    for precision in ("high", "highest"):
+        flags = small_run_flags(hopper_file, 10) + ["--eval-every", "10", "--matmul-precision", precision]
+        summary = algo.train(algo.parse_args(flags))
+        assert torch.get_float32_matmul_precision() == precision
+        records[precision] = _comparable(read_jsonl(os.path.join(os.path.dirname(summary), "metrics.jsonl")))
+    assert records["high"] == records["highest"]
 
 
 def test_different_seeds_give_different_runs(tmp_path, hopper_file, monkeypatch, algo):
@@ -317,7 +331,7 @@ def test_bad_numbers_stop_before_anything_is_read_or_written(tmp_path, monkeypat
 
 
 def test_every_number_flag_has_a_range(algo):
-    ranged = " ".join(offline_data.runs.FLAG_RANGES.values()).split()
+    ranged = " ".join(bookkeeping.FLAG_RANGES.values()).split()
     numbers = [f.name for f in dataclasses.fields(algo.Args) if f.type in (int, float)]
     assert set(numbers) - set(ranged) <= {"time_mu"}  # the mean of a logit-normal may be any finite number
 
@@ -527,30 +541,6 @@ def test_resume_refuses_a_checkpoint_whose_pickle_would_run_code(tmp_path, hoppe
         "only an unsafe load could build; not loaded"
     ), proc.stderr
     assert not marker.exists()
-
-
-def test_a_checkpoint_of_the_previous_format_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch, algo):
-    """The previous format kept numpy's random state as an array and the torch version as a TorchVersion; resumed, it
-    gives what the same checkpoint in today's format gives."""
-    monkeypatch.chdir(tmp_path)
-    flags = small_run_flags(hopper_file, 20) + ["--save-model"]
-    runs = [os.path.dirname(algo.train(algo.parse_args(flags))) for _ in range(2)]
-    old = os.path.join(runs[1], "checkpoint.pt")
-    state = torch.load(old)
-    np.random.set_state(state["rng"]["numpy"])
-    state["rng"]["numpy"], state["config"]["torch"] = np.random.get_state(), torch.__version__
-    torch.save(state, old)
-    with pytest.raises(Exception, match="Weights only load failed"):
-        torch.load(old)  # it is the previous format
-    finals = []
-    for run_dir in runs:
-        checkpoint = os.path.join(run_dir, "checkpoint.pt")
-        algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model", "--resume", checkpoint]))
-        finals.append(torch.load(checkpoint))
-    for net in networks(algo):
-        for key in finals[0][net]:
-            assert torch.equal(finals[0][net][key], finals[1][net][key]), f"{net}.{key}"
-    assert _comparable(finals[0]["evals"]) == _comparable(finals[1]["evals"])
 
 
 def test_capture_video_records_the_first_episode_of_each_evaluation(tmp_path, hopper_file, monkeypatch, algo):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
@@ -40,9 +41,159 @@ def test_the_cpu_mode_runs_every_part_and_prints_one_line(tmp_path):
     assert sweep["ok"] and [c["windows"] for c in sweep["parity"]["members"]] == [2, 2]
     assert all(c["max_rel"] == 0 for c in sweep["parity"]["members"])
     assert sweep["figures"]["algorithms"]["ofql"]["eager"]["members"]["2"]["member_updates_per_sec"] > 0
+    # both tools ran through the eager-light runner (1 eager update a block in the CPU mode) and say so
+    assert report["speed"]["eager_updates"] == 1 and sweep["figures"]["eager_updates"] == 1
+    assert "Eager-light (gpu_check)" in (tmp_path / "speed" / "cpu.md").read_text()
+    # the budget: every step timed, the estimates those of a CUDA call with the default flags
+    rows = report["budget"]["rows"]
+    assert [r["step"] for r in rows] == list(gpu_check.STEP_BUDGET_S)
+    assert all(r["actual_s"] is not None and r["actual_s"] >= 0 for r in rows)
+    assert "of its 300 s budget on one H200 (estimate)" in lines[0]
     summary = (tmp_path / "summary.md").read_text()
     assert "**PASS**" in summary and "| ofql.py: eager vs CUDA graph | pass |" in summary
     assert "| sweep.py: eager vs CUDA graph, sweep_speed.py | pass | 2 members" in summary
+    assert "| total | 300 |" in summary
+
+
+def estimates(**flags) -> dict:
+    return {r["step"]: r["estimate_s"] for r in gpu_check.budget(gpu_check.Args(**flags))}
+
+
+def test_the_default_call_fits_five_minutes_at_the_recorded_h200_rates():
+    """Each step's estimate within its allowance, the allowances within the 300 s of one call: a lent GPU's 15
+    minutes, its start-up included, keep time for a learning run."""
+    rows = gpu_check.budget(gpu_check.Args())
+    assert [r["step"] for r in rows] == list(gpu_check.STEP_BUDGET_S)  # every step is in the budget
+    assert all(r["estimate_s"] <= r["budget_s"] for r in rows), [(r["step"], r["estimate_s"]) for r in rows]
+    assert sum(gpu_check.STEP_BUDGET_S.values()) <= gpu_check.BUDGET_S == 300
+    assert sum(r["estimate_s"] for r in rows) <= 270  # and some margin for the assumed parts
+
+
+@pytest.mark.parametrize(
+    "flags, step",
+    [
+        ({"train_steps": 2000}, "parity dql"),  # the first call's parity runs
+        ({"speed_eager_updates": 400}, "speed"),  # speed.py without eager-light
+        ({"speed_flags": "--rounds 5"}, "speed"),
+        ({"sweep_steps": 2000}, "sweep parity"),
+        ({"sweep_eager_updates": 50}, "sweep speed"),
+        ({"transitions": 100_000}, "data"),
+    ],
+)
+def test_a_mis_sized_step_is_over_its_budget(flags, step):
+    assert estimates(**flags)[step] > gpu_check.STEP_BUDGET_S[step] >= estimates()[step]
+
+
+def test_the_budget_reproduces_the_first_full_call():
+    """The estimate for the sizes of the first call on one H200 (2026-11-30: 2000 parity steps, speed.py with 400
+    updates on both paths and 5 rounds, no sweep) against its recorded seconds per step: a model that left out the
+    runs' start, a path, the warm-up, the decisions or the rounds would miss them."""
+    e = estimates(train_steps=2000, speed_eager_updates=400, speed_flags="--rounds 5", sweep=False)
+    recorded = {"parity ofql": 41.79 + 14.31, "parity dql": 57.38 + 15.16, "parity fql": 46.0 + 16.97, "speed": 148.28}
+    assert all(abs(e[step] - seconds) < 0.02 * seconds for step, seconds in recorded.items()), e
+    assert "sweep parity" not in e and "sweep speed" not in e
+
+
+def test_sweep_speed_iterations_interpolate_between_the_recorded_sizes():
+    rates = {"plain": 100.0, "1": 50.0, "16": 400.0}  # 10 ms a lone update; 20 ms at N = 1, 40 ms at N = 16
+    assert gpu_check.iteration_s(rates, "plain") == pytest.approx(0.01)
+    assert gpu_check.iteration_s(rates, 1) == pytest.approx(0.02)
+    assert gpu_check.iteration_s(rates, 4) == pytest.approx(0.024)
+    assert gpu_check.iteration_s(rates, 31) == pytest.approx(0.06)  # beyond: the line through the last two
+
+
+def test_a_steps_subprocesses_stop_at_four_times_its_estimate_on_cuda():
+    args = gpu_check.Args()
+    assert gpu_check.step_timeout(args, {"estimate_s": 49.0}, cuda=True) == 196
+    assert gpu_check.step_timeout(args, {"estimate_s": 10.0}, cuda=True) == 120
+    assert gpu_check.step_timeout(args, {"estimate_s": 400.0}, cuda=True) == 600
+    assert gpu_check.step_timeout(args, {"estimate_s": 49.0}, cuda=False) == 600
+
+
+def test_eager_light_times_the_eager_path_over_fewer_updates(tmp_path, monkeypatch):
+    """eager_light runs a tool's main with speed.time_updates timing an iteration served by a script's cuda_graph
+    over --updates and any other over the eager updates (here a fake tool and a fake cuda_graph, without CUDA)."""
+    import types
+    from dataclasses import dataclass
+
+    import ofql
+    import speed
+
+    for module in speed.MODULES.values():  # restored after the test: eager_light rebinds them
+        monkeypatch.setattr(module, "cuda_graph", lambda fn, warmup, what: lambda: fn())
+    monkeypatch.setattr(speed, "time_updates", speed.time_updates)
+    calls = {"eager": 0, "graph": 0}
+
+    @dataclass
+    class Args:
+        updates: int = 7
+        out_dir: str = str(tmp_path)
+
+    def main(args):
+        timing = speed.Args(warmup=0, updates=args.updates)
+        eager = lambda: calls.__setitem__("eager", calls["eager"] + 1)
+        graph = ofql.cuda_graph(lambda: calls.__setitem__("graph", calls["graph"] + 1), warmup=3, what="x")
+        cpu = torch.device("cpu")
+        result = {"device": "x86 CPU", "seconds": [speed.time_updates(it, timing, cpu) for it in (eager, graph)]}
+        tool.write(result, args)
+        return result
+
+    def write(result, args):
+        (tmp_path / "cpu.md").write_text("first line\nsecond line\n")
+
+    tool = types.ModuleType("fake_tool")
+    tool.Args, tool.main, tool.write = Args, main, write
+    monkeypatch.setitem(sys.modules, "fake_tool", tool)
+    result = gpu_check.eager_light("fake_tool", 2, ["--updates", "9"])
+    assert calls == {"eager": 2, "graph": 9} and result["eager_updates"] == 2
+    assert (tmp_path / "cpu.md").read_text().splitlines()[1] == (
+        "Eager-light (gpu_check): the eager path timed over 2 iterations a block, the CUDA graph path over 9."
+    )
+
+
+def test_a_stopped_call_keeps_the_steps_it_did(tmp_path, monkeypatch):
+    """Results are written after every step: a call stopped in speed.py leaves its budget with the steps done and a
+    summary that says INCOMPLETE."""
+    monkeypatch.setattr(
+        gpu_check, "record_hopper", lambda path, n, seed: {"path": path, "transitions": n, "episodes": 1}
+    )
+    pair = {
+        "ok": True,
+        "problems": [],
+        "comparison": compare(log((100, 1.0)), log((100, 1.0))),
+        "eager": {"steps_per_sec": 60.0},
+        "graph": {"steps_per_sec": 500.0},
+    }
+    monkeypatch.setattr(gpu_check, "train_pair", lambda *a, **k: pair)
+
+    def stopped(*args, **kwargs):
+        raise RuntimeError("killed")  # as a call stopped in speed.py
+
+    monkeypatch.setattr(gpu_check, "run_speed", stopped)
+    with pytest.raises(RuntimeError, match="killed"):
+        gpu_check.main(gpu_check.Args(out_dir=str(tmp_path), tests=False, scripts=["ofql"], sweep=False))
+    report = json.loads((tmp_path / "results.json").read_text())
+    done = {r["step"]: r["actual_s"] is not None for r in report["budget"]["rows"]}
+    assert done == {"start": True, "data": True, "parity ofql": True, "speed": False}
+    assert report["ok"] is None and report["parity"]["scripts"]["ofql"]["ok"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**INCOMPLETE** after" in summary and "3 of 4 steps done" in summary
+    assert "| ofql.py: eager vs CUDA graph | pass |" in summary
+
+
+def test_the_sweep_target_is_12000_member_updates_per_second(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "start", lambda cmd, cwd, log: (None, 0.0))
+    monkeypatch.setattr(gpu_check, "finish", lambda proc, timeout: 0)
+    (tmp_path / "sweep_speed").mkdir()
+    sweep = {"parity": {"ok": True, "problems": [], "members": []}}
+    for rate, met in ((11_900.0, False), (12_000.0, True)):
+        members = {"16": {"member_updates_per_sec": rate}}
+        figures = {"algorithms": {"ofql": {"cuda_graph": {"members": members}}}}
+        (tmp_path / "sweep_speed" / "cuda.json").write_text(json.dumps(figures))
+        result = gpu_check.run_sweep_speed(gpu_check.Args(), str(tmp_path), True, sweep)
+        assert result["target"]["met"] is met and result["target"]["bound"] == ">= 12000" and result["ok"]
+        result = gpu_check.run_sweep_speed(gpu_check.Args(fail_on_targets=True), str(tmp_path), True, sweep)
+        assert result["ok"] is met
 
 
 def test_identical_logs_pass():

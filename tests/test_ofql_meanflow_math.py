@@ -127,29 +127,25 @@ def test_jvp_of_the_policy_matches_finite_differences():
 
 
 class ExactPolicy(torch.nn.Module):
-    """Stands in for ofql.Actor, with its interface: the exact u(a_t, r, t) of the Gaussian flow, ignoring the state;
-    its "embedding" of (r, t) is [t, r] itself."""
+    """Stands in for ofql.Actor, with its interface: the exact u(a_t, r, t) of the Gaussian flow, ignoring the state."""
 
     act_dim = 2
-    one_step_times = torch.tensor([[1.0, 0.0]])  # t = 1, r = 0
-
-    def embed(self, r, t):
-        return torch.cat([t, r], dim=-1)
-
-    def average_velocity(self, a_t, times, obs):
-        return exact_u(a_t, times[:, 1:], times[:, :1])
 
     def forward(self, a_t, r, t, obs):
-        return self.average_velocity(a_t, self.embed(r, t), obs)
+        return exact_u(a_t, r, t)
 
 
-def test_the_one_step_action_reads_the_embedding_of_r_0_and_t_1():
-    """sample_actions reads the actor's one_step_times buffer: it must be the embedding of (r, t) = (0, 1), so that
-    average_velocity(eps, one_step_times, s) is u(eps, 0, 1; s) (a swapped (1, 0) would fail)."""
+def test_the_one_step_action_is_eps_minus_u_at_r_0_and_t_1():
+    """sample_actions is Eq. 16 with the actor's own call: eps - u(eps, r=0, t=1; s), (1, 1) times as (B, 1) ones (a
+    swapped (1, 0) would fail)."""
     torch.manual_seed(5)
-    actor, obs, eps = ofql.Actor(5, 3), torch.randn(16, 5), torch.randn(16, 3)
-    zeros, ones = torch.zeros(1, 1), torch.ones(1, 1)
-    torch.testing.assert_close(actor.average_velocity(eps, actor.one_step_times, obs), actor(eps, zeros, ones, obs))
+    actor, obs = ofql.Actor(5, 3), torch.randn(16, 5)
+    torch.manual_seed(6)
+    actions = ofql.sample_actions(actor, obs)
+    torch.manual_seed(6)
+    eps = torch.randn(16, 3)  # the noise sample_actions drew
+    zeros, ones = torch.zeros(16, 1), torch.ones(16, 1)
+    torch.testing.assert_close(actions, (eps - actor(eps, zeros, ones, obs)).clamp(-1, 1))
     assert not torch.allclose(actor(eps, ones, zeros, obs), actor(eps, zeros, ones, obs))
 
 

@@ -30,5 +30,5 @@ def test_a_checkpoint_becomes_a_strip_of_frames_of_its_own_policy(tmp_path, hopp
     frames = strip.reshape(64, 4, 64, 3).transpose(1, 0, 2, 3)
     assert np.abs(frames[0].astype(float) - frames[-1]).mean() > 1  # the hopper moved
     assert Image.open(args.gif).n_frames > 1
-    state = render_policy.offline_data.load_checkpoint(args.checkpoint)
+    state = render_policy.bookkeeping.load_checkpoint(args.checkpoint)
     assert render_policy.load_agent(state, 11, 3)[0] is module  # DQL's and OFQL's Agent fields are the same

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import bookkeeping
 import dql
 import fql
 import offline_data
@@ -55,7 +56,8 @@ def test_a_one_member_sweep_is_the_scripts_run(tmp_path, hopper_file, monkeypatc
 def test_no_member_depends_on_another_members_weight(tmp_path, hopper_file, monkeypatch, name):
     """Three members; the third's eta (alpha) changed: the other two log bit for bit the same numbers."""
     monkeypatch.chdir(tmp_path)
-    module, weight = SCRIPTS[name], sweep.WEIGHT[name]
+    module = SCRIPTS[name]
+    weight = module.SWEEP_WEIGHT
     base = script_args(module, hopper_file, "--total-steps", "30", "--eval-every", "30", "--num-candidates", "2")
     grid = [dataclasses.replace(base, seed=s, **{weight: w}) for s, w in ((0, 0.1), (1, 0.3), (2, 1.0))]
     first = [records(p) for p in sweep.train(module, grid, "a")]
@@ -118,7 +120,7 @@ def test_a_members_checkpoint_in_a_larger_sweep_holds_that_member(tmp_path, hopp
         grid = [dataclasses.replace(base, seed=0, alpha=alpha), dataclasses.replace(base, seed=1, alpha=10.0)]
         paths = sweep.train(fql, grid, f"two_{alpha:g}")
         checkpoints.append([os.path.join(os.path.dirname(p), "checkpoint.pt") for p in paths])
-    (first0, first1), (second0, second1) = [[offline_data.load_checkpoint(c) for c in pair] for pair in checkpoints]
+    (first0, first1), (second0, second1) = [[bookkeeping.load_checkpoint(c) for c in pair] for pair in checkpoints]
 
     def moments(state):  # every optimizer's Adam moments, in a fixed order
         return [
@@ -135,9 +137,8 @@ def test_a_members_checkpoint_in_a_larger_sweep_holds_that_member(tmp_path, hopp
     assert not any(torch.equal(a, b) for a, b in zip(moments(first0), moments(first1)))
     assert not torch.equal(first0["actor"]["onestep.0.weight"], second0["actor"]["onestep.0.weight"])
     agent = fql.make_agent(11, 3, grid[1], torch.device("cpu"))
-    offline_data.resume(
-        checkpoints[1][1], agent, json.load(open(os.path.join(os.path.dirname(checkpoints[1][1]), "config.json")))
-    )
+    for part in dataclasses.fields(agent):  # the script's own Agent loads it
+        getattr(agent, part.name).load_state_dict(first1[part.name])
     assert first1["config"]["seed"] == 1 and first1["step"] == 20
 
 
@@ -157,9 +158,9 @@ def test_evaluation_steps_every_members_episodes_as_the_script_would(hopper_file
     weights = torch.from_numpy(np.random.default_rng(1).normal(0, 0.3, (11, 3)).astype(np.float32))
     policy = lambda obs: torch.tanh(obs @ weights)  # noqa: E731
     envs = gym.vector.SyncVectorEnv([source.make_env] * 4)
-    together = sweep.evaluate(ofql, [policy], envs, source, members, torch.device("cpu"))
+    together = ofql.evaluate([policy], envs, source, members, torch.device("cpu"))
     for args, result in zip(members, together):
-        alone = ofql.evaluate([policy], gym.vector.SyncVectorEnv([source.make_env] * 2), source, args, "cpu")
+        (alone,) = ofql.evaluate([policy], gym.vector.SyncVectorEnv([source.make_env] * 2), source, [args], "cpu")
         assert {k: v for k, v in result.items() if k != "decision_rate"} == {
             k: v for k, v in alone.items() if k != "decision_rate"
         }
@@ -181,7 +182,7 @@ def test_evaluation_noise_is_its_own_and_leaves_trainings_generator_alone(hopper
     for training_seed in (0, 1):  # training's generator in two states: the same evaluation
         torch.manual_seed(training_seed)
         before = torch.get_rng_state()
-        results.append(sweep.evaluate(ofql, [policy], envs, source, members, torch.device("cpu")))
+        results.append(ofql.evaluate([policy], envs, source, members, torch.device("cpu")))
         assert torch.equal(torch.get_rng_state(), before)
     first, second = results
     assert [r["return"] for r in first] == [r["return"] for r in second]
@@ -195,8 +196,8 @@ def test_the_batched_policy_gives_each_member_its_own_rows(hopper_file):
     with torch.no_grad():
         agents[0].actor.net[-1].bias.fill_(10.0)  # a = eps - u
         agents[1].actor.net[-1].bias.fill_(-10.0)
-    members = sweep.Members(ofql, agents, [ofql.Args()] * 2)
-    actions = members.select_action(members.stacked, torch.randn(6, 11), 1)
+    members = sweep.Members(ofql, [ofql.Args()] * 2)
+    actions = members.select_action(members.stack(agents), torch.randn(6, 11), 1)
     assert actions.shape == (6, 3)
     assert torch.all(actions[:3] == -1.0) and torch.all(actions[3:] == 1.0)
 
@@ -206,6 +207,7 @@ def test_a_member_that_diverges_stops_alone(tmp_path, hopper_file, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     base = script_args(ofql, hopper_file, "--total-steps", "20", "--eval-every", "20")
     grid = [dataclasses.replace(base, eta=0.1), dataclasses.replace(base, eta=float("nan"), exp_name="bad")]
+    monkeypatch.setattr(bookkeeping, "check_flags", lambda flags: None)  # the flags' check would refuse the NaN
     with pytest.raises(offline_data.UserError, match="1 of 2 members failed.*non-finite actor_grad_norm at step 1"):
         sweep.train(ofql, grid, "nan")
     good, bad = (next(d for d in os.listdir("runs") if f"__{n}__" in d) for n in ("ofql", "bad"))
@@ -230,14 +232,14 @@ def test_the_grid_and_its_shards(hopper_file):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["ofql.py", "--alpha", "1"], "ofql.py's grid is over --eta, not --alpha"),
-        (["fql.py", "--eta", "1"], "fql.py's grid is over --alpha, not --eta"),
+        (["ofql.py", "--alpha", "1"], "ofql.py has no flag --alpha (its grid is over --eta)"),
+        (["fql.py", "--eta", "1"], "fql.py has no flag --eta (its grid is over --alpha)"),
         (["ofql.py", "--seed", "3"], "the grid's flags are --seeds and --eta"),
         (["ofql.py", "--shard", "2/2"], "--shard must be I/K"),
         (["ofql.py", "--seeds", "0", "--shard", "1/2"], "shard 1/2 of a grid of 1 members is empty"),
         (["ofql.py", "--eta", "0.1", "0.1"], "must not repeat"),
         (["ofql.py", "--eta", "-1"], "--eta must be a number in"),
-        (["train.py"], "sweep.py trains ofql.py, dql.py or fql.py"),
+        (["train.py"], "no script 'train.py' (sweep.py trains ofql.py, dql.py, fql.py or a script of the same form)"),
         (["fql.py", "--capture-video"], "a sweep records none"),
         (["--seeds", "0", "ofql.py"], "the first argument is the script"),
     ],
@@ -297,7 +299,7 @@ def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(
     line = err.strip().splitlines()[-1]
     assert line.startswith("sweep.py: interrupted: stopped at step") and "continue with: python" in line
     step = int(line.split("stopped at step ")[1].split(";")[0])
-    states = [offline_data.load_checkpoint(p) for p in sorted(tmp_path.glob("runs/*/checkpoint.pt"))]
+    states = [bookkeeping.load_checkpoint(p) for p in sorted(tmp_path.glob("runs/*/checkpoint.pt"))]
     assert len(states) == 2 and {s["step"] for s in states} == {step}
     command = shlex.split(line.split("continue with: ")[1])
     resumed = command[command.index("--resume") + 1 :]
@@ -336,3 +338,28 @@ def test_track_makes_one_wandb_run_per_member_grouped_by_the_sweep(tmp_path, hop
     assert all(r.kwargs["group"] == "tracked" and r.kwargs["reinit"] == "create_new" for r in made)
     assert [r.kwargs["config"]["seed"] for r in made] == [0, 1]
     assert all(r.logged == [2, 4] and r.finished and "final_score" in r.summary for r in made)
+
+
+def test_sweep_trains_a_fourth_script_by_the_contract_it_states(tmp_path, hopper_file, monkeypatch):
+    """tests/minimal_script.py (its own names: one network, an optimizer `opt`, a weight `beta`) through sweep.py as
+    it is: parsed, trained as a 2 x 2 grid with each member's folder and checkpoint, a one-member sweep equal to the
+    script's own run, and a member's numbers independent of another's beta."""
+    monkeypatch.chdir(tmp_path)
+    path = os.path.join(ROOT, "tests", "minimal_script.py")
+    flags = [path, "--dataset-path", hopper_file, "--seeds", "0", "1", "--beta", "0", "3", "--save-model"]
+    script, _, grid = sweep.parse_args(flags)
+    assert [(m.seed, m.beta, m.exp_name) for m in grid][:2] == [
+        (0, 0.0, "minimal_script_beta0"),
+        (0, 3.0, "minimal_script_beta3"),
+    ]
+    paths = sweep.train(script, grid, "minimal")
+    assert len(paths) == 4 and all(json.load(open(p))["evaluations"][-1]["step"] == 20 for p in paths)
+    state = bookkeeping.load_checkpoint(os.path.join(os.path.dirname(paths[3]), "checkpoint.pt"))
+    agent = script.make_agent(11, 3, grid[3], torch.device("cpu"))
+    agent.policy.load_state_dict(state["policy"]), agent.opt.load_state_dict(state["opt"])  # a lone Agent loads it
+    alone, swept = records(script.train(grid[0])), records(sweep.train(script, [grid[0]], "one")[0])
+    for a, s in zip(alone, swept, strict=True):
+        assert s == pytest.approx(a, rel=1e-5, abs=1e-7)
+    changed = [records(p) for p in sweep.train(script, grid[:3] + [dataclasses.replace(grid[3], beta=30.0)], "b")]
+    assert changed[:3] == [records(p) for p in paths[:3]] and changed[3] != records(paths[3])
+    assert records(paths[0]) != records(paths[2])  # seeds 0 and 1 differ

@@ -124,7 +124,7 @@ def test_all_three_evaluate_a_policy_identically():
             *offline_data.d4rl_files.DOMAINS["hopper"][:2],
         )
         envs = gym.vector.SyncVectorEnv([source.make_env] * args.eval_episodes)
-        result = m.evaluate([lambda obs: torch.tanh(obs @ weights)], envs, source, args, torch.device("cpu"))
+        (result,) = m.evaluate([lambda obs: torch.tanh(obs @ weights)], envs, source, [args], torch.device("cpu"))
         envs.close()
         results.append({k: v for k, v in result.items() if k != "decision_rate"})
     assert results[0]["return"] != 0 and results[1] == results[0] and results[2] == results[0]

@@ -322,3 +322,24 @@ def test_the_captured_policy_chooses_the_eager_actions(module):
             expected = eager(obs).clone()
             torch.manual_seed(3)
             torch.testing.assert_close(graph(obs).clone(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("module", [ofql, dql])  # fql.py's compiled noise comes in another order: docs/speed.md
+def test_the_compiled_iteration_trains_as_the_eager_one(hopper_file, tmp_path, monkeypatch, module):
+    """--compile (inductor's CPU backend here): 50 updates log the eager run's numbers within float rounding (inductor
+    fuses and reorders the arithmetic), with the eager run's noise (fallback_random: inductor draws its random numbers
+    as eager PyTorch does, where by default it uses its own generator: other numbers, as random)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--no-cuda", "--total-steps", "50"]
+    flags += ["--batch-size", "32", "--log-every", "10", "--eval-every", "50", "--eval-episodes", "1"]
+    runs = {}
+    for compiled in (False, True):
+        summary = module.train(module.parse_args(flags + (["--compile"] if compiled else [])))
+        with open(os.path.join(os.path.dirname(summary), "metrics.jsonl")) as f:
+            runs[compiled] = [{k: v for k, v in json.loads(line).items() if "per_sec" not in k} for line in f]
+    assert [r["step"] for r in runs[True]] == [10, 20, 30, 40, 50]
+    for eager, compiled in zip(runs[False], runs[True], strict=True):
+        for key, value in eager.items():
+            if "decision_rate" not in key:
+                assert compiled[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (eager["step"], key)

@@ -1,6 +1,7 @@
 """Check that a change keeps every logged number: run ofql.py, dql.py and fql.py on the CPU in this checkout and in a
-base checkout (e.g. `git worktree add /tmp/base <commit>`), then compare their metrics.jsonl record by record, bit for
-bit (JSON keeps a float's exact value), except the timing fields. Exit code 1 if anything differs.
+base checkout (e.g. `git worktree add /tmp/base <commit>`), each alone and as a 2 x 2 sweep (sweep.py: seeds x its
+weight), then compare every run's metrics.jsonl record by record, bit for bit (JSON keeps a float's exact value),
+except the timing fields. Exit code 1 if anything differs.
 
     python tools/compare_runs.py --base /tmp/base --dataset-path hopper-medium.hdf5   # any D4RL-layout hopper file
 """
@@ -28,6 +29,8 @@ class Args:
     """the D4RL id of the file"""
     scripts: list[str] = field(default_factory=lambda: ["ofql", "dql", "fql"])
     """the scripts to run in both checkouts"""
+    sweeps: list[str] = field(default_factory=lambda: ["ofql", "dql", "fql"])
+    """the scripts to run as a 2 x 2 sweep too (SWEEP_GRIDS) in both checkouts"""
     flags: str = "--total-steps 1010 --eval-every 1010 --eval-episodes 2 --log-every 101 --batch-size 64"
     """the flags of every run (after --env-id and --dataset-path)"""
     out_dir: str = os.path.join(tempfile.gettempdir(), "compare_runs")
@@ -36,12 +39,22 @@ class Args:
     """if toggled, reuse the base's runs already in --out-dir instead of running them again"""
 
 
-def run(checkout: str, script: str, args: Args, out: str) -> list[dict]:
-    """Run one script of `checkout` in a fresh folder and return its metrics.jsonl records."""
+SWEEP_GRIDS = {
+    "ofql": "--seeds 0 1 --eta 0.01 0.1",
+    "dql": "--seeds 0 1 --eta 0.5 1",
+    "fql": "--seeds 0 1 --alpha 3 10",
+}
+
+
+def run(checkout: str, script: str, args: Args, out: str) -> list[list[dict]]:
+    """Run one script of `checkout` ("sweep:<script>": its 2 x 2 sweep) in a fresh folder; returns the metrics.jsonl
+    records of each of its runs."""
     os.makedirs(out, exist_ok=True)
+    name = script.removeprefix("sweep:")
+    swept = [os.path.join(checkout, "sweep.py"), f"{name}.py", *SWEEP_GRIDS[name].split()] if name != script else []
     cmd = [
         sys.executable,
-        os.path.join(checkout, f"{script}.py"),
+        *(swept or [os.path.join(checkout, f"{script}.py")]),
         "--env-id",
         args.env_id,
         "--dataset-path",
@@ -55,10 +68,13 @@ def run(checkout: str, script: str, args: Args, out: str) -> list[dict]:
     return read_records(out)
 
 
-def read_records(out: str) -> list[dict]:
-    (run_dir,) = os.listdir(os.path.join(out, "runs"))
-    with open(os.path.join(out, "runs", run_dir, "metrics.jsonl")) as f:
-        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+def read_records(out: str) -> list[list[dict]]:
+    """Each run's records, the runs in the order of their folders' names (<env>__<exp_name>__<seed>__<time>)."""
+    runs = []
+    for run_dir in sorted(os.listdir(os.path.join(out, "runs"))):
+        with open(os.path.join(out, "runs", run_dir, "metrics.jsonl")) as f:
+            runs.append([{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f])
+    return runs
 
 
 def differences(base: list[dict], this: list[dict]) -> list[str]:
@@ -74,7 +90,7 @@ def differences(base: list[dict], this: list[dict]) -> list[str]:
 
 def main(args: Args) -> int:
     failed = False
-    for script in args.scripts:
+    for script in args.scripts + [f"sweep:{name}" for name in args.sweeps]:
         base_out, this_out = (os.path.join(args.out_dir, label, script) for label in ("base", "this"))
         if args.reuse_base and os.path.isdir(os.path.join(base_out, "runs")):
             base = read_records(base_out)
@@ -82,16 +98,12 @@ def main(args: Args) -> int:
             subprocess.run(["rm", "-rf", base_out], check=True)
             base = run(os.path.abspath(args.base), script, args, base_out)
         subprocess.run(["rm", "-rf", this_out], check=True)
-        found = differences(base, run(ROOT, script, args, this_out))
-        values = sum(len(r) for r in base)
-        print(
-            f"{script}: "
-            + (
-                f"{len(found)} difference(s)"
-                if found
-                else f"identical ({len(base)} records, {values} values, timing fields aside)"
-            )
-        )
+        this = run(ROOT, script, args, this_out)
+        found = [f"{len(base)} runs (base) vs {len(this)} (this)"] if len(base) != len(this) else []
+        found += [f"run {i}: {line}" for i, (a, b) in enumerate(zip(base, this)) for line in differences(a, b)]
+        records, values = sum(len(r) for r in base), sum(len(x) for r in base for x in r)
+        same = f"identical ({len(base)} run(s), {records} records, {values} values, timing fields aside)"
+        print(f"{script}: " + (f"{len(found)} difference(s)" if found else same))
         for line in found[:20]:
             print(f"  {line}")
         failed |= bool(found)

@@ -16,6 +16,7 @@ import tyro
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bookkeeping  # noqa: E402
 import offline_data  # noqa: E402
 from offline_data import UserError  # noqa: E402
 
@@ -56,7 +57,7 @@ def load_agent(state: dict, obs_dim: int, act_dim: int):
 
 def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     """The frames (reset, then every step), the return and the normalized score of one episode."""
-    state = offline_data.load_checkpoint(args.checkpoint)
+    state = bookkeeping.load_checkpoint(args.checkpoint)
     config = state["config"]
     minari = offline_data.is_minari_id(config["env_id"])  # its env comes with its data; a D4RL id's from the id
     source = offline_data.load(config["env_id"]) if minari else None

@@ -1,0 +1,497 @@
+"""The run bookkeeping of ofql.py, dql.py and fql.py, as `Runs`: the one owner of a run folder, for a script's lone run
+or the N members of a sweep (sweep.py) trained together in one process. It checks the flags, makes the folders, and
+writes into each: config.json, metrics.jsonl (the window means, the evaluations), checkpoint.pt (loads without
+running code), summary.json and the evaluation videos; it resumes runs, sends them to wandb, turns SIGINT and SIGTERM
+into a clean stop that prints the command which continues, and stops a member whose numbers are no longer finite.
+
+    runs/<env_id>__<exp_name>__<seed>__<unix time>/   config.json  metrics.jsonl  checkpoint.pt  summary.json  videos/
+
+A sweep's Agent holds its members stacked on a first dimension (every network parameter and every optimizer moment;
+the optimizers' step counts are shared): member m's checkpoint is slice m of each, and it resumes with the script.
+"""
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pickle
+import random
+import re
+import shlex
+import signal
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import offline_data
+from offline_data import UserError
+
+FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (any other: a finite number)
+    "(0, inf)": "total_steps batch_size eval_every eval_episodes num_candidates log_every num_backup_actions ema_every "
+    "diffusion_steps flow_steps actor_lr critic_lr time_sigma",
+    "[0, inf)": "grad_norm eta alpha ema_start adaptive_weight_power",
+    "[0, 4294967295]": "seed",  # numpy's seeds
+    "[0, 1]": "gamma tau ema_decay flow_ratio",
+}
+# the flags a --resume may change (the length, logging, evaluation, the device), and what config.json adds to them
+RESUMABLE = set(
+    "resume total_steps exp_name cuda cuda_graph compile capture_video track wandb_project_name wandb_entity "
+    "save_model eval_every eval_episodes num_candidates log_every device training_step torch".split()
+)
+
+
+def check_flags(flags: dict) -> None:
+    """Every number flag finite and within its FLAG_RANGES range (at start-up, before anything is read or written)."""
+    for name, value in flags.items():
+        if type(value) not in (int, float):  # bool, str, None: tyro has checked them
+            continue
+        bound = next((b for b, names in FLAG_RANGES.items() if name in names.split()), "(-inf, inf)")
+        low, high = (float(x) for x in bound[1:-1].split(","))
+        if not (
+            (type(value) is int or math.isfinite(value))
+            and (low < value or low == value and bound[0] == "[")
+            and value <= high
+        ):
+            raise UserError(f"--{name.replace('_', '-')} must be a number in {bound}, not {value}")
+
+
+def check_resume(config: dict, saved: dict, step: int) -> None:
+    """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
+    UserError names each flag (but RESUMABLE) that differs, and a --total-steps below `step`."""
+    keys = sorted((config.keys() | saved.keys()) - RESUMABLE)
+    diff = [
+        f"--{k.replace('_', '-')} {config.get(k)} (was {saved.get(k)})" for k in keys if config.get(k) != saved.get(k)
+    ]
+    if config.get("total_steps", step) < step:
+        diff.append(f"--total-steps {config['total_steps']} (below its step, {step})")
+    if diff:
+        raise UserError(f"its run had other flags: {', '.join(diff)}")
+
+
+def make_run_folder(name: str) -> str:
+    """runs/<name>, made at once and by this run only (when another run took the name, as one started in the same
+    second does: a suffix _1, _2, ...)."""
+    for run_dir in (os.path.join("runs", name) + (f"_{i}" if i else "") for i in range(1_000_000)):
+        try:
+            os.makedirs(run_dir)
+            return run_dir
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise UserError(f"cannot make the run folder {run_dir} in {os.getcwd()} ({e.strerror or e})") from None
+
+
+def trim_log(path: str, step: int) -> None:
+    """Keep the records of a metrics.jsonl up to `step`, and drop a partial last line (a kill, a full disk)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            kept = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+
+@contextlib.contextmanager
+def replaced_when_written(path: str):
+    """Yields a temporary path next to `path` to write; renamed to `path` once written, removed if the write fails
+    or is interrupted (Ctrl-C): `path` holds the old file or the whole new one, never part of one."""
+    tmp = path + ".tmp"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption or time limit): a stop at the end of a step, which is saved
+# ---------------------------------------------------------------------------------------------------------------
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT or SIGTERM: str() is the line to print, `exit_code` 128 + the signal's number (130,
+    143), as for a process that the signal ended."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+
+def raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum=signum)
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises Interrupted as SIGINT raises KeyboardInterrupt (by default it ends the process without a word)."""
+    signal.signal(signal.SIGTERM, raise_interrupted)
+
+
+@contextlib.contextmanager
+def stop_signals(how_to_continue: Callable[[], str] = str):
+    """While active, a first SIGINT or SIGTERM only appends its number to the yielded list, which a training loop
+    reads once per step, to save that step and stop after it; a second one raises Interrupted at once. A
+    KeyboardInterrupt from inside leaves as an Interrupted whose line is how_to_continue()."""
+    received: list[int] = []
+
+    def handler(signum: int, frame) -> None:
+        if received:
+            raise_interrupted(signum, frame)
+        received.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    except KeyboardInterrupt as e:
+        raise Interrupted(how_to_continue(), getattr(e, "signum", signal.SIGINT)) from None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def continue_command(argv: list[str], checkpoints: list[str]) -> str:
+    """The command line `argv` (sys.argv) with its --resume (and the paths after it) replaced by `checkpoints`."""
+    kept, skipping = [], False
+    for arg in argv[1:]:
+        skipping = arg == "--resume" or (skipping and not arg.startswith("-"))
+        if not skipping and not arg.startswith("--resume="):
+            kept.append(arg)
+    return shlex.join(["python", argv[0], *kept, "--resume", *checkpoints])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints that load without running code: torch.load(weights_only=True) builds tensors and plain values only
+# ---------------------------------------------------------------------------------------------------------------
+def rng_state() -> dict:
+    """The states of Python's, numpy's, torch's and CUDA's generators, as tuples, lists, numbers and tensors."""
+    kind, keys, *rest = np.random.get_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, keys.tolist(), *rest),
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+    }
+
+
+def set_rng_state(rng: dict) -> None:
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint's contents, read with weights_only=True: a file whose pickle holds anything but tensors and plain
+    values, which could run code as it is built, is refused before it is built."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(e))
+        what = next((g for g in found.groups() if g), "?") if found else str(e).splitlines()[0]
+        raise UserError(f"it holds a Python object ({what}) that only an unsafe load could build; not loaded") from None
+
+
+def member_state(agent, member: int | None) -> dict:
+    """The state dict of each network and optimizer of `agent` (a script's Agent); with `member`, that member's in a
+    sweep's stacked Agent: slice `member` of every parameter and optimizer moment, the shared step counts as they are.
+    """
+    state = {}
+    for f in dataclasses.fields(agent):
+        part, s = getattr(agent, f.name), getattr(agent, f.name).state_dict()
+        if member is not None and isinstance(part, torch.nn.Module):
+            stacked = dict(part.named_parameters())
+            s = {k: v[member].clone() if k in stacked else v for k, v in s.items()}
+        elif member is not None:
+            s["state"] = {
+                i: {k: v if k == "step" else v[member].clone() for k, v in p.items()} for i, p in s["state"].items()
+            }
+        state[f.name] = s
+    return state
+
+
+def stacked_state(agent, states: list[dict]) -> dict:
+    """The inverse of member_state: the members' states (a checkpoint's each) as the state of the stacked `agent`."""
+    state = {}
+    for f in dataclasses.fields(agent):
+        part, parts = getattr(agent, f.name), [s[f.name] for s in states]
+        if isinstance(part, torch.nn.Module):
+            stacked = dict(part.named_parameters())
+            state[f.name] = {k: torch.stack([p[k] for p in parts]) if k in stacked else v for k, v in parts[0].items()}
+        else:
+            moments = {
+                i: {k: v if k == "step" else torch.stack([p["state"][i][k] for p in parts]) for k, v in s.items()}
+                for i, s in parts[0]["state"].items()
+            }
+            state[f.name] = {**parts[0], "state": moments}
+    return state
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# summary.json
+# ---------------------------------------------------------------------------------------------------------------
+def reported_success(evals: list[dict], last: int = 3) -> float | None:
+    """The success rate OGBench's single-task results report (FQL, arXiv 2502.02538, Appendix B, "Training and
+    evaluation": "following the official evaluation scheme (Park et al., 2025), we report the average success rates
+    across the last three evaluation epochs (800K, 900K, and 1M for state-based tasks)"): the mean success of the
+    `last` evaluations with the largest steps (of a shorter run, of those it has); None without evaluations, or where
+    one of them has no success (a source not scored by success)."""
+    chosen = sorted(evals, key=lambda e: e["step"])[-last:]
+    if not chosen or any(e.get("success") is None for e in chosen):
+        return None
+    return float(np.mean([e["success"] for e in chosen]))
+
+
+def summarize(script: str, args, source, evals: list, wall_clock: float, steps_per_sec: float | None) -> dict:
+    """summary.json of a run of `script` (its path) with flags `args`: the last and the best evaluation (best by
+    success where there is one, then by return, which the score of the other sources increases with), OGBench's
+    reported success (reported_success), the speed, and every evaluation."""
+    last, best = (evals[-1], max(evals, key=lambda e: (e.get("success", 0.0), e["return"]))) if evals else ({}, {})
+    algorithm = os.path.basename(script).removesuffix(".py")
+    summary = dict(algorithm=algorithm, env_id=args.env_id, source=offline_data.source_kind(args.env_id))
+    summary.update(dataset=source.path, eval_env=source.eval_env_id, seed=args.seed, steps=args.total_steps)
+    summary.update(wall_clock_sec=wall_clock, train_steps_per_sec=steps_per_sec, num_candidates=args.num_candidates)
+    summary.update({"eval_episodes": args.eval_episodes, **{f"final_{k}": last.get(k) for k in ("score", "score_std")}})
+    summary.update({f"best_{k}": best.get(k) for k in ("score", "score_std", "step")})
+    summary.update(final_return=last.get("return"), best_return=best.get("return"))
+    summary.update(final_success=last.get("success"), best_success=best.get("success"))
+    summary.update(reported_success=reported_success(evals))  # OGBench's figure (docs/environments.md)
+    summary.update(final_policy_score=last.get("policy_score"), decision_rate=last.get("decision_rate"))
+    return {**summary, "evaluations": evals}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run folders of one training process
+# ---------------------------------------------------------------------------------------------------------------
+class Runs:
+    """The runs one training process trains: a script's run (`members` = [its Args]) or a sweep's members (`sweep`:
+    the sweep's name; their networks stacked in one Agent). Made before the data are loaded: checks every member's
+    flags, then makes its folder (with --resume: its checkpoint's). The training loop calls, in this order: start(),
+    stop_signals(), then per logging window check_finite(), record_video() and log(), save() with --save-model; at
+    the end finish() (or interrupted(), after a signal)."""
+
+    def __init__(self, script: str, members: list, sweep: str | None = None):
+        for args in members:
+            check_flags(vars(args))
+        self.script, self.members, self.sweep, self.size = script, members, sweep, len(members)
+        self.args, self.failed, self.video, self.train_time = members[0], {}, None, 0.0
+        self.dirs, self.made = [], []
+        for args in members:
+            if args.resume and not os.path.isfile(args.resume):
+                self.remove_made()
+                raise UserError(f"cannot resume from {args.resume}: no such file")
+            if args.resume:
+                self.dirs.append(os.path.dirname(args.resume) or ".")
+                continue
+            try:
+                self.dirs.append(
+                    make_run_folder(
+                        f"{args.env_id.replace('/', '-')}__{args.exp_name}__{args.seed}__{int(time.time())}"
+                    )
+                )
+            except UserError:
+                self.remove_made()
+                raise
+            self.made.append(self.dirs[-1])
+
+    def remove_made(self) -> None:
+        for run_dir in self.made:
+            with contextlib.suppress(OSError):
+                os.rmdir(run_dir)  # only ever removes an empty folder
+
+    @contextlib.contextmanager
+    def removed_on_failure(self):
+        """Around what may fail before the runs write anything (loading the data): the new folders removed if it
+        fails."""
+        try:
+            yield
+        except BaseException:
+            self.remove_made()
+            raise
+
+    @property
+    def video_folder(self) -> str | None:
+        """Where --capture-video records (the first env's episode at each evaluation), or None."""
+        return os.path.join(self.dirs[0], "videos") if self.args.capture_video else None
+
+    def start(self, agent, **config) -> int:
+        """Resume the members (with --resume) into `agent`, write their config.json (with `config` added: the device,
+        the dataset's size, ...), start their wandb runs and open their metrics logs. -> the first step to train."""
+        self.configs = [
+            {**vars(a), "dataset_path": a.dataset_path and os.path.abspath(a.dataset_path), **config}
+            for a in self.members
+        ]
+        for c in self.configs:
+            c["torch"] = str(torch.__version__)  # a str: weights_only loads it
+        fresh = (1, [[] for _ in self.members], 0.0)
+        self.start_step, self.evals, self.elapsed = self.resume(agent) if self.args.resume else fresh
+        start = self.start_step
+        for run_dir, c in zip(self.dirs, self.configs):
+            with open(f"{run_dir}/config{f'_resumed_at_{start - 1}' if self.args.resume else ''}.json", "w") as f:
+                json.dump(c, f, indent=2)
+            if self.sweep:
+                with open(f"{run_dir}/sweep.json", "w") as f:
+                    json.dump({"sweep": self.sweep, "members": self.dirs, "command": sys.argv}, f, indent=2)
+        if self.sweep:
+            print(f"sweep {self.sweep}: {self.size} members of {os.path.basename(self.script)}")
+        self.wandb_runs = (
+            [self.start_wandb(run_dir, c) for run_dir, c in zip(self.dirs, self.configs)] if self.args.track else []
+        )
+        self.logs = [open(os.path.join(d, "metrics.jsonl"), "a", buffering=1) for d in self.dirs]  # line-buffered
+        self.session_start = time.time()
+        return start
+
+    def start_wandb(self, run_dir: str, config: dict):
+        import wandb
+
+        name = os.path.basename(run_dir)
+        where = dict(project=self.args.wandb_project_name, entity=self.args.wandb_entity, name=name, id=name)
+        group = dict(group=self.sweep, reinit="create_new") if self.sweep else {}
+        return wandb.init(config=config, save_code=True, resume="allow", **where, **group)
+
+    def resume(self, agent) -> tuple[int, list, float]:
+        """Load the members' checkpoints into `agent` (checked against their configs: check_resume), restore the random
+        states (the same in every member's) and drop their metrics logs' records after its step. -> (next step, the
+        evaluations of each, seconds spent); any failure (a missing, empty, truncated or unsafe file, another run's,
+        members of different steps) is one UserError line."""
+        states = []
+        for args, config in zip(self.members, self.configs):
+            try:
+                states.append(load_checkpoint(args.resume))
+                check_resume(config, states[-1]["config"], states[-1]["step"])
+            except Exception as e:
+                raise UserError(
+                    f"cannot resume from {args.resume}: {e if isinstance(e, UserError) else repr(e)}"
+                ) from None
+        if len({s["step"] for s in states}) > 1:
+            raise UserError(f"the checkpoints are of different steps: {[s['step'] for s in states]}")
+        try:
+            state = stacked_state(agent, states) if self.sweep else states[0]
+            for f in dataclasses.fields(agent):
+                getattr(agent, f.name).load_state_dict(state[f.name])
+        except Exception as e:
+            raise UserError(f"cannot resume from {self.args.resume}: {repr(e)}") from None
+        set_rng_state(states[0]["rng"])
+        for run_dir in self.dirs:
+            trim_log(os.path.join(run_dir, "metrics.jsonl"), states[0]["step"])
+        return states[0]["step"] + 1, [s["evals"] for s in states], states[0]["elapsed"]
+
+    def live(self) -> list[int]:
+        return [m for m in range(self.size) if m not in self.failed]
+
+    def check_finite(self, names: list[str], first_bad: list[list[int]]) -> None:
+        """first_bad[m][i]: the first step at which member m's metric names[i] was not finite (-1: never). A member
+        with one stops logging and saving (the others go on); when none is left, one UserError line."""
+        for m in self.live():
+            if any(s >= 0 for s in first_bad[m]):
+                bad_step, index = min((s, i) for i, s in enumerate(first_bad[m]) if s >= 0)
+                self.failed[m] = f"non-finite {names[index]} at step {bad_step}"
+                if self.size > 1:
+                    tqdm.write(
+                        f"{self.dirs[m]}: {self.failed[m]}; this member stops, the others go on", file=sys.stderr
+                    )
+        if not self.live():
+            hint = "try a lower Q weight or learning rate, or a --grad-norm"
+            raise UserError(f"{self.failed[0]}; stopping ({hint})" if self.size == 1 else self.failure())
+
+    def failure(self) -> str:
+        return f"{len(self.failed)} of {self.size} members failed: " + "; ".join(
+            f"{self.dirs[m]}: {e}" for m, e in self.failed.items()
+        )
+
+    def record_video(self, envs, step: int) -> None:
+        """With --capture-video: the first env records its next episode (the evaluation's first), sent at log()."""
+        if self.args.capture_video:
+            self.video = envs.envs[0].record(f"step_{step}")
+
+    def log(self, step: int, names: list[str], means: list[list[float]], steps: int, seconds: float, evals=None):
+        """A logging window of `steps` steps in `seconds`: each live member's metric means (and evaluation) to its
+        metrics.jsonl, its wandb run and the console."""
+        self.train_time += seconds
+        for m in self.live():
+            record = {"step": step, **dict(zip(names, means[m])), "steps_per_sec": steps / seconds}
+            if evals is not None:
+                self.evals[m].append({"step": step, **evals[m]})
+                record.update({f"eval/{k}": v for k, v in evals[m].items() if v is not None})
+            self.logs[m].write(json.dumps(record) + "\n")
+            if self.wandb_runs:
+                if self.video:
+                    import wandb
+
+                    self.wandb_runs[m].log({"eval/video": wandb.Video(self.video, format="mp4")}, step=step)
+                self.wandb_runs[m].log(record, step=step)
+            if self.size == 1:
+                tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if evals is not None and self.size > 1:
+            scores = " ".join(f"{evals[m]['score']:.1f}" for m in self.live() if evals[m]["score"] is not None)
+            tqdm.write(f"step {step}: members' eval/score {scores}")
+        self.video = None
+
+    def save(self, agent, step: int) -> None:
+        """checkpoint.pt of each live member: its networks' and optimizers' states, the step, the evaluations, the
+        seconds spent, the random states and the config, as tensors and plain values only (torch.load with
+        weights_only=True reads it); written whole or not at all."""
+        elapsed = self.elapsed + time.time() - self.session_start
+        for m in self.live():
+            state = member_state(agent, m if self.sweep else None)
+            extra = {
+                "step": step,
+                "evals": self.evals[m],
+                "elapsed": elapsed,
+                "rng": rng_state(),
+                "config": self.configs[m],
+            }
+            with replaced_when_written(os.path.join(self.dirs[m], "checkpoint.pt")) as tmp:
+                torch.save({**state, **extra}, tmp)
+
+    def how_to_continue(self, stopped_at: int | None = None) -> str:
+        """After SIGINT or SIGTERM: the step the runs stopped at (`stopped_at`: saved, with --save-model) or else their
+        last checkpoints (in their folders, else --resume's), and the command line with --resume pointing at them;
+        or why there is none."""
+        last = [
+            next((p for p in (os.path.join(d, "checkpoint.pt"), a.resume) if p and os.path.isfile(p)), None)
+            for d, a in zip(self.dirs, self.members)
+        ]
+        stop = "" if stopped_at is None else f"stopped at step {stopped_at}; "
+        unsaved = "" if self.args.save_model else " (--save-model is off: add it to keep a checkpoint next time)"
+        if None in last:
+            return stop + ("nothing was saved" if stop else "no checkpoint was written") + unsaved
+        saved = (
+            "saved in" if stop and self.args.save_model else "nothing was saved since" if stop else "last checkpoint"
+        )
+        return f"{stop}{saved} {' '.join(last)}{unsaved}; continue with: {continue_command(sys.argv, last)}"
+
+    def stop_signals(self):
+        """SIGINT, SIGTERM: the loop stops after the step under way, which is saved; see stop_signals."""
+        return stop_signals(self.how_to_continue)
+
+    def interrupted(self, step: int, signum: int) -> Interrupted:
+        """What the loop raises after a signal at `step`: the runs' metrics logs closed, the line that continues."""
+        for f in self.logs:
+            f.close()
+        return Interrupted(self.how_to_continue(stopped_at=step), signum)
+
+    def finish(self, source) -> str:
+        """Each member's summary.json (plus, in a sweep, its name and size and the member's error), the logs and wandb
+        runs closed. -> the first member's summary.json; a UserError names the failed members, if any."""
+        for f in self.logs:
+            f.close()
+        wall_clock = self.elapsed + time.time() - self.session_start  # the members trained together: one clock
+        steps_per_sec = (self.args.total_steps - self.start_step + 1) / self.train_time if self.train_time else None
+        self.summaries = []
+        for m, (args, run_dir) in enumerate(zip(self.members, self.dirs)):
+            summary = summarize(self.script, args, source, self.evals[m], wall_clock, steps_per_sec)
+            if self.sweep:
+                summary.update(sweep=self.sweep, sweep_members=self.size, error=self.failed.get(m))
+            with open(os.path.join(run_dir, "summary.json"), "w") as f:
+                json.dump(summary, f, indent=2)
+            if self.wandb_runs:
+                self.wandb_runs[m].summary.update({k: v for k, v in summary.items() if k != "evaluations"})
+                self.wandb_runs[m].finish()
+            self.summaries.append(os.path.join(run_dir, "summary.json"))
+        if self.failed:
+            raise UserError(self.failure())
+        return self.summaries[0]
