@@ -4,9 +4,10 @@
     python sweep.py fql.py --env-id hopper-medium-v2 --seeds 0 1 2 --alpha 3 10 30 --save-model
     python sweep.py ofql.py --env-id hopper-medium-v2 --seeds 0 1 2 --eta 0.01 0.1 --shard 1/4   # members 1, 5, ...
 
-Every other flag is the script's (`python ofql.py --help`) and applies to every member. Each member writes the run
-folder the script would write (runs/<run_name>/: config.json with its own seed and weight, metrics.jsonl,
-summary.json, checkpoint.pt with --save-model), and its checkpoint resumes with the script alone.
+The grid: --seeds, and the values of the script's SWEEP_WEIGHT flag (--eta for ofql.py and dql.py, --alpha for
+fql.py; default: the preset's value). Every other flag is the script's (`python ofql.py --help`) and applies to every
+member. Each member writes the run folder the script would write (runs/<run_name>/: config.json with its own seed and
+weight, metrics.jsonl, summary.json, checkpoint.pt with --save-model), and its checkpoint resumes with the script.
 
 How: the script's own train() runs, its loop unchanged, with the names its SWEEP_TRAIN_REPLACES lists rebound to the
 Members' versions here (the run folders are bookkeeping.Runs', for N members as for one). The members' networks are

@@ -64,6 +64,9 @@ class Args:
     """rounds; every figure is the median over the rounds"""
     dataset_size: int = 100_000
     """transitions in the synthetic dataset"""
+    compile: bool = False
+    """if toggled, also each script's iteration under torch.compile on the CPU (--compile): the kernels inductor
+    generates for one iteration, beside the ATen operators, and the seconds compiling took (about 40 s each)"""
     out_dir: str = os.path.join(ROOT, "benchmark", "results", "speed")
     """where <device>.md and <device>.json go"""
 
@@ -202,6 +205,20 @@ def count_ops(module, domain, script_args) -> dict:
     return {**parts, "iteration": counter.count}
 
 
+def count_compiled_kernels(module, domain, script_args) -> dict:
+    """--compile's CPU proxy of the kernel count: the kernels inductor generates for one training iteration
+    (torch._inductor.metrics.generated_kernel_count; the matrix products are library calls, not counted), and the
+    seconds the first call took, which compiles."""
+    buffer = module.OfflineBuffer(synthetic_data(domain.obs_dim, domain.act_dim, 1000), torch.device("cpu"))
+    agent = module.make_agent(domain.obs_dim, domain.act_dim, script_args, torch.device("cpu"))
+    iteration = torch.compile(training_iteration(module, agent, buffer, script_args, torch.device("cpu"))[0])
+    torch._dynamo.reset()
+    torch._inductor.metrics.reset()
+    start = time.perf_counter()
+    iteration()
+    return {"kernels": torch._inductor.metrics.generated_kernel_count, "compile_sec": time.perf_counter() - start}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -276,6 +293,8 @@ def main(args: Args) -> dict:
             },
             "ops": count_ops(module, domain, script_args),
         }
+        if args.compile:
+            result["algorithms"][name]["compiled"] = count_compiled_kernels(module, domain, script_args)
     a = result["algorithms"]
     ratios = {}
     for path in paths:
@@ -355,6 +374,22 @@ def write(result: dict, args: Args) -> None:
         "|---|" + "---:|" * len(parts),
     ]
     lines += [f"| {name} | " + " | ".join(str(c[k]) for k in parts) + " |" for name, c in ops.items()]
+    compiled = {name: r["compiled"] for name, r in result["algorithms"].items() if "compiled" in r}
+    if compiled:
+        lines += [
+            "",
+            "--compile on the CPU (inductor): kernels it generates for one iteration (matrix products aside),",
+        ]
+        lines += ["against the ATen operators of the eager one, and the seconds compiling took:", ""]
+        lines += [
+            "| script | ATen operators, eager | kernels, compiled | ratio | compile s |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {n} | {ops[n]['iteration']} | {c['kernels']} | {ops[n]['iteration'] / max(c['kernels'], 1):.2f} | "
+            f"{c['compile_sec']:.0f} |"
+            for n, c in compiled.items()
+        ]
     with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:
