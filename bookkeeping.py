@@ -34,7 +34,7 @@ from offline_data import UserError
 FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (any other: a finite number)
     "(0, inf)": "total_steps batch_size eval_every eval_episodes num_candidates log_every num_backup_actions ema_every "
     "diffusion_steps flow_steps actor_lr critic_lr time_sigma",
-    "[0, inf)": "grad_norm eta alpha ema_start adaptive_weight_power",
+    "[0, inf)": "grad_norm eta alpha ema_start adaptive_weight_power online_steps",
     "[0, 4294967295]": "seed",  # numpy's seeds
     "[0, 1]": "gamma tau ema_decay flow_ratio",
 }
@@ -62,13 +62,16 @@ def check_flags(flags: dict) -> None:
 
 def check_resume(config: dict, saved: dict, step: int) -> None:
     """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
-    UserError names each flag (but RESUMABLE) that differs, and a --total-steps below `step`."""
+    UserError names each flag (but RESUMABLE) that differs, a --total-steps (+ --online-steps) below `step`, and a
+    changed --total-steps once the online phase has begun."""
     keys = sorted((config.keys() | saved.keys()) - RESUMABLE)
     diff = [
         f"--{k.replace('_', '-')} {config.get(k)} (was {saved.get(k)})" for k in keys if config.get(k) != saved.get(k)
     ]
-    if config.get("total_steps", step) < step:
+    if config.get("total_steps", step) + config.get("online_steps", 0) < step:
         diff.append(f"--total-steps {config['total_steps']} (below its step, {step})")
+    elif step > saved.get("total_steps", step) and config.get("total_steps") != saved["total_steps"]:
+        diff.append(f"--total-steps {config['total_steps']} (was {saved['total_steps']}; its online phase had begun)")
     if diff:
         raise UserError(f"its run had other flags: {', '.join(diff)}")
 
@@ -230,6 +233,15 @@ def stacked_state(agent, states: list[dict]) -> dict:
     return state
 
 
+ONLINE_FIELDS = ("obs", "actions", "rewards", "next_obs", "dones")  # a script buffer's tensors (its Batch's fields)
+
+
+def online_rows(buffer, env: int) -> dict:
+    """Views of the transitions env `env` (a sweep's member `env`) has added to a script's OfflineBuffer in the online
+    phase (its rows size + j * envs + env, j < added), by field."""
+    return {k: getattr(buffer, k)[buffer.size + env :: buffer.envs][: buffer.added] for k in ONLINE_FIELDS}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # summary.json
 # ---------------------------------------------------------------------------------------------------------------
@@ -243,6 +255,9 @@ def reported_success(evals: list[dict], last: int = 3) -> float | None:
     if not chosen or any(e.get("success") is None for e in chosen):
         return None
     return float(np.mean([e["success"] for e in chosen]))
+
+
+OFFLINE_KEYS = ("score", "score_std", "return", "success", "policy_score")
 
 
 def summarize(script: str, args, source, evals: list, wall_clock: float, steps_per_sec: float | None) -> dict:
@@ -260,6 +275,9 @@ def summarize(script: str, args, source, evals: list, wall_clock: float, steps_p
     summary.update(final_success=last.get("success"), best_success=best.get("success"))
     summary.update(reported_success=reported_success(evals))  # OGBench's figure (docs/environments.md)
     summary.update(final_policy_score=last.get("policy_score"), decision_rate=last.get("decision_rate"))
+    if getattr(args, "online_steps", 0):  # the offline phase's last evaluation (at --total-steps), and the online's
+        offline = next((e for e in evals if e["step"] == args.total_steps), {})
+        summary.update(online_steps=args.online_steps, **{f"offline_final_{k}": offline.get(k) for k in OFFLINE_KEYS})
     return {**summary, "evaluations": evals}
 
 
@@ -270,8 +288,8 @@ class Runs:
     """The runs one training process trains: a script's run (`members` = [its Args]) or a sweep's members (`sweep`:
     the sweep's name; their networks stacked in one Agent). Made before the data are loaded: checks every member's
     flags, then makes its folder (with --resume: its checkpoint's). The training loop calls, in this order: start(),
-    stop_signals(), then per logging window check_finite(), record_video() and log(), save() with --save-model; at
-    the end finish() (or interrupted(), after a signal)."""
+    stop_signals(), then log_episodes() at each online step, per logging window check_finite(), record_video() and
+    log(), save() with --save-model; at the end finish() (or interrupted(), after a signal)."""
 
     def __init__(self, script: str, members: list, sweep: str | None = None):
         for args in members:
@@ -317,9 +335,12 @@ class Runs:
         """Where --capture-video records (the first env's episode at each evaluation), or None."""
         return os.path.join(self.dirs[0], "videos") if self.args.capture_video else None
 
-    def start(self, agent, **config) -> int:
-        """Resume the members (with --resume) into `agent`, write their config.json (with `config` added: the device,
-        the dataset's size, ...), start their wandb runs and open their metrics logs. -> the first step to train."""
+    def start(self, agent, buffer=None, **config) -> int:
+        """Resume the members (with --resume) into `agent` and `buffer` (the script's OfflineBuffer: the transitions
+        collected online), write their config.json (with `config` added: the device, ..., and the dataset's size),
+        start their wandb runs and open their metrics logs. -> the first step to train."""
+        self.buffer = buffer
+        config = {**config, "transitions": buffer.size} if buffer is not None else config
         self.configs = [
             {**vars(a), "dataset_path": a.dataset_path and os.path.abspath(a.dataset_path), **config}
             for a in self.members
@@ -353,10 +374,10 @@ class Runs:
         return wandb.init(config=config, save_code=True, resume="allow", **where, **group)
 
     def resume(self, agent) -> tuple[int, list, float]:
-        """Load the members' checkpoints into `agent` (checked against their configs: check_resume), restore the random
-        states (the same in every member's) and drop their metrics logs' records after its step. -> (next step, the
-        evaluations of each, seconds spent); any failure (a missing, empty, truncated or unsafe file, another run's,
-        members of different steps) is one UserError line."""
+        """Load the members' checkpoints into `agent` (checked against their configs: check_resume) and their online
+        transitions into self.buffer, restore the random states (the same in every member's) and drop their metrics
+        logs' records after its step. -> (next step, the evaluations of each, seconds spent); any failure (a missing,
+        empty, truncated or unsafe file, another run's, members of different steps) is one UserError line."""
         states = []
         for args, config in zip(self.members, self.configs):
             try:
@@ -372,6 +393,12 @@ class Runs:
             state = stacked_state(agent, states) if self.sweep else states[0]
             for f in dataclasses.fields(agent):
                 getattr(agent, f.name).load_state_dict(state[f.name])
+            if self.buffer is not None:  # each member's transitions into its env's rows
+                self.buffer.added = len(states[0]["online"]["rewards"])
+                self.buffer.count.fill_(self.buffer.added)
+                for m, s in enumerate(states):
+                    for k, rows in online_rows(self.buffer, m).items():
+                        rows.copy_(s["online"][k])
         except Exception as e:
             raise UserError(f"cannot resume from {self.args.resume}: {repr(e)}") from None
         set_rng_state(states[0]["rng"])
@@ -407,6 +434,16 @@ class Runs:
         if self.args.capture_video:
             self.video = envs.envs[0].record(f"step_{step}")
 
+    def log_episodes(self, step: int, episodes: list) -> None:
+        """The online episodes that ended at `step` (episodes[m]: member m's, a dict of its metrics, or None) to the
+        live members' metrics.jsonl and wandb runs, with the env steps taken so far (online/env_steps)."""
+        for m in self.live():
+            if episodes[m] is not None:
+                record = {"step": step, **episodes[m], "online/env_steps": step - self.args.total_steps}
+                self.logs[m].write(json.dumps(record) + "\n")
+                if self.wandb_runs:
+                    self.wandb_runs[m].log(record, step=step)
+
     def log(self, step: int, names: list[str], means: list[list[float]], steps: int, seconds: float, evals=None):
         """A logging window of `steps` steps in `seconds`: each live member's metric means (and evaluation) to its
         metrics.jsonl, its wandb run and the console."""
@@ -432,17 +469,20 @@ class Runs:
 
     def save(self, agent, step: int) -> None:
         """checkpoint.pt of each live member: its networks' and optimizers' states, the step, the evaluations, the
-        seconds spent, the random states and the config, as tensors and plain values only (torch.load with
+        seconds spent, the random states, the config and the transitions it collected online (`online`: tensors by
+        Batch field, empty before the online phase), as tensors and plain values only (torch.load with
         weights_only=True reads it); written whole or not at all."""
         elapsed = self.elapsed + time.time() - self.session_start
         for m in self.live():
             state = member_state(agent, m if self.sweep else None)
+            online = {} if self.buffer is None else online_rows(self.buffer, m)
             extra = {
                 "step": step,
                 "evals": self.evals[m],
                 "elapsed": elapsed,
                 "rng": rng_state(),
                 "config": self.configs[m],
+                "online": {k: v.to("cpu", copy=True) for k, v in online.items()},  # copies: not the whole buffer
             }
             with replaced_when_written(os.path.join(self.dirs[m], "checkpoint.pt")) as tmp:
                 torch.save({**state, **extra}, tmp)
@@ -480,7 +520,8 @@ class Runs:
         for f in self.logs:
             f.close()
         wall_clock = self.elapsed + time.time() - self.session_start  # the members trained together: one clock
-        steps_per_sec = (self.args.total_steps - self.start_step + 1) / self.train_time if self.train_time else None
+        steps = self.args.total_steps + getattr(self.args, "online_steps", 0) - self.start_step + 1
+        steps_per_sec = steps / self.train_time if self.train_time else None
         self.summaries = []
         for m, (args, run_dir) in enumerate(zip(self.members, self.dirs)):
             summary = summarize(self.script, args, source, self.evals[m], wall_clock, steps_per_sec)
@@ -495,3 +536,18 @@ class Runs:
         if self.failed:
             raise UserError(self.failure())
         return self.summaries[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command line of a script
+# ---------------------------------------------------------------------------------------------------------------
+def main(script: str, run: Callable[[], str]) -> None:
+    """`python <script>`: run() (parse the flags and train; -> the summary.json path), SIGTERM handled as SIGINT,
+    any stop in one line on stderr: bad input or a refused write, exit code 2; SIGINT or SIGTERM, 130 or 143."""
+    stop_on_sigterm()  # outside training steps too: one line, not a silent end
+    try:
+        print(f"summary: {run()}")
+    except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM
+        stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
+        print(f"{os.path.basename(script)}: {stop}: {str(e) or 'no checkpoint was written'}", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)  # 130 / 143: as for SIGINT / SIGTERM

@@ -9,7 +9,6 @@ import collections
 import dataclasses
 import os
 import random
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -66,7 +65,12 @@ class Args:
 
     # Algorithm specific arguments (the defaults shown by --help are the presets of --env-id)
     total_steps: int = 2_000_000
-    """total number of gradient steps (preset)"""
+    """the number of gradient steps on the dataset, the offline phase (preset)"""
+    online_steps: int = 0
+    """then this many env steps, one update after each (FQL's offline-to-online protocol), acting with the policy's
+    own sample (one candidate), not the evaluation's rule"""
+    balanced_sampling: bool = False
+    """if toggled, online batches are half dataset, half online transitions (FQL's flag); else uniform over both"""
     batch_size: int = 256
     """the transitions drawn from the data for each gradient step (each member's, in a sweep)"""
     actor_lr: float = 3e-4
@@ -344,17 +348,35 @@ Batch = collections.namedtuple("Batch", "obs actions rewards next_obs dones")  #
 
 
 class OfflineBuffer:
-    """The whole dataset on the training device; batches are drawn there, uniformly with replacement."""
+    """The dataset on the training device, batches drawn there uniformly with replacement, and room after it for
+    `online_steps` transitions of each of `envs` envs (a sweep's members; env e's j-th in row size + j * envs + e).
+    Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each (`balanced`)."""
 
-    def __init__(self, data: dict[str, np.ndarray], device: torch.device):
-        to = lambda x: torch.as_tensor(x, dtype=torch.float32, device=device)
-        self.obs, self.actions, self.next_obs = (to(data[k]) for k in ("observations", "actions", "next_observations"))
-        self.rewards, self.dones = to(data["rewards"]).unsqueeze(-1), to(data["terminals"]).unsqueeze(-1)
-        self.size, self.device = len(self.obs), device
+    def __init__(self, data: dict, device: torch.device, online_steps: int = 0, envs: int = 1, balanced: bool = False):
+        self.size, self.device, self.envs, self.balanced, self.added = len(data["rewards"]), device, envs, balanced, 0
+        self.count = torch.zeros((), dtype=torch.long, device=device)  # = added, on the device (read by sample)
+        for name, key in zip(Batch._fields, ("observations", "actions", "rewards", "next_observations", "terminals")):
+            x = torch.as_tensor(data[key], dtype=torch.float32, device=device).reshape(self.size, -1)
+            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * envs, x.shape[1])]))  # obs, ..., dones
 
-    def sample(self, batch_size: int) -> Batch:
-        idx = torch.randint(self.size, (batch_size,), device=self.device)
+    def sample(self, batch_size: int, env=0, online: bool = False) -> Batch:
+        if not online:
+            idx = torch.randint(self.size, (batch_size,), device=self.device)
+        else:  # j: a row of the dataset, or (j >= size) env `env`'s (j - size)-th transition
+            r = torch.randint(1 << 62, (batch_size,), device=self.device)
+            j = r % (self.size + self.count)
+            if self.balanced:
+                j = torch.cat([r[: batch_size // 2] % self.size, self.size + r[batch_size // 2 :] % self.count])
+            idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.envs + env)
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
+
+    def add(self, *transition: np.ndarray) -> None:
+        """Store a transition of each env (Batch's fields, one row per env) in the next rows; only they are copied."""
+        for name, x in zip(Batch._fields, transition):
+            rows = getattr(self, name)[self.size + self.added * self.envs :][: self.envs]
+            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.envs, -1))
+        self.added += 1
+        self.count.fill_(self.added)  # in place: a captured training step reads it
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -391,36 +413,16 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
     return policy
 
 
-def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device) -> tuple:
-    """One episode per env, all in parallel, env i reset with seeds[i]: the returns, the successes (info['success'] of
-    the final step, as FQL counts them; NaN where an env reports none), and action batches per second."""
-    obs, _ = envs.reset(seed=seeds)
-    returns, finished = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
-    successes, policy_time, decisions = np.full(envs.num_envs, np.nan), 0.0, 0
-    while not finished.all():
-        start = time.perf_counter()
-        actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
-        policy_time, decisions = policy_time + time.perf_counter() - start, decisions + 1
-        obs, rewards, terminations, truncations, infos = envs.step(actions)
-        returns += np.where(finished, 0.0, rewards)
-        ending = (terminations | truncations) & ~finished
-        if "success" in infos:
-            successes = np.where(ending & infos["_success"], infos["success"], successes)
-        finished |= ending
-    return returns, successes, decisions / policy_time
-
-
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[Args], device) -> list[dict]:
-    """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env, all in
-    parallel: per member (a lone run is one; a sweep's envs are member-major, as many each, env i of a member seeded
-    its seed + 100 + i), source.episode_stats of its episodes, and the first policy's action batches per second.
-    The noise comes from a generator seeded seed + 100: evaluating never changes the training's numbers."""
+    """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env: per
+    member (a sweep's envs member-major, env i of a member seeded its seed + 100 + i), source.episode_stats of its
+    episodes, and action batches per second. Noise seeded seed + 100: it never changes the training's numbers."""
     episodes = envs.num_envs // len(members)
     results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
             torch.manual_seed(members[0].seed + 100)  # in a sweep, member m's noise is slice m of each draw
-            returns, successes, decision_rate = run_episodes(policy, envs, seeds, device)
+            returns, successes, decision_rate = offline_data.run_episodes(policy, envs, seeds, device)
         for result, r, s in zip(results, returns.reshape(len(members), -1), successes.reshape(len(members), -1)):
             result.update(source.episode_stats(r, s, prefix))
             result.setdefault("decision_rate", decision_rate)
@@ -431,8 +433,7 @@ def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[A
 # Training step on CUDA: the fast path, a CUDA graph replay per iteration (--no-cuda-graph: eager, as on the CPU)
 # ---------------------------------------------------------------------------------------------------------------
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
-    """Adam's capturable mode keeps its step counts on the parameters' device and never reads them back to the host,
-    as capture requires. Set again after a resume: load_state_dict restores the mode of the run that saved it."""
+    """Adam's capturable mode keeps step counts on the device, as capture needs (set after a resume: it resets it)."""
     for group in optimizer.param_groups:
         group["capturable"] = capturable
     for p, state in optimizer.state.items():
@@ -442,9 +443,8 @@ def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
 
 def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], Any]:
     """Serve fn() (no arguments: it reads and writes fixed tensors) from a CUDA graph. The first `warmup` calls run fn
-    eagerly on a side stream (they create Adam's state and CUDA's lazy handles), then fn is captured (which only
-    records its kernels); every later call is one replay of the same kernels on the same tensors, returning the captured
-    outputs, overwritten in place. PyTorch advances the random-number offset at each replay: fresh noise each time."""
+    eagerly on a side stream (they create Adam's state and CUDA's lazy handles), then fn is captured; every later call
+    replays its kernels on the same tensors, returning the captured outputs, overwritten in place (fresh noise each)."""
     stream, graph, captured = torch.cuda.Stream(), torch.cuda.CUDAGraph(), []
 
     def call() -> Any:
@@ -479,8 +479,7 @@ SWEEP_TRAIN_REPLACES = ("make_agent", "OfflineBuffer", "update", "make_policy")
 
 
 def train(args: Args, runs: bookkeeping.Runs | None = None) -> str:
-    """Train, evaluate and log one run; returns the path of its summary.json. sweep.py calls it with the Runs of its
-    members (args: the first's) and the names of SWEEP_TRAIN_REPLACES rebound: the loop below trains all of them."""
+    """Train, evaluate and log one run (sweep.py: its members, args the first's, SWEEP_TRAIN_REPLACES rebound)."""
     runs = runs or bookkeeping.Runs(__file__, [args])  # checks the flags, then makes the run folder
     with runs.removed_on_failure():  # made before the data are loaded
         source = offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
@@ -493,43 +492,50 @@ def train(args: Args, runs: bookkeeping.Runs | None = None) -> str:
     torch.set_float32_matmul_precision(args.matmul_precision)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    buffer = OfflineBuffer(source.data, device)
+    buffer = OfflineBuffer(source.data, device, args.online_steps, runs.size, args.balanced_sampling)
     agent = make_agent(source.obs_dim, source.act_dim, args, device)
     num_envs = runs.size * args.eval_episodes  # the first env records an episode per evaluation (--capture-video)
     envs = offline_data.evaluation_envs(source.make_env, num_envs, runs.video_folder)
+    online_envs = args.online_steps and offline_data.OnlineEnvs(source, [a.seed + 200 for a in runs.members], device)
     if source.limitation:
         print(f"NOTE: {args.env_id}: {source.limitation}")
     use_graph = args.cuda_graph and device.type == "cuda"
     training_step = "cuda_graph" if use_graph else "eager"
-    start_step = runs.start(agent, device=str(device), training_step=training_step, transitions=buffer.size)
+    start_step = runs.start(agent, buffer, device=str(device), training_step=training_step)
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
         set_capturable(optimizer, use_graph)  # after the resume, which restores the saved run's mode
     last_step = torch.tensor(start_step - 1, device=device)  # on the device: no iteration reads it back
 
-    def iteration() -> dict[str, torch.Tensor]:
+    def iteration(online: bool) -> dict[str, torch.Tensor]:  # online: batches of the data and the envs' transitions
         last_step.add_(1)
-        return update(agent, buffer.sample(args.batch_size), args, last_step)
+        return update(agent, buffer.sample(args.batch_size, online=online), args, last_step)
 
-    if args.compile:  # LeanRL's fast path: fused kernels, compiled at the first call
-        iteration = torch.compile(iteration)
-    if use_graph:  # the fast path: from the 4th iteration on, each one is a CUDA graph replay
-        iteration = cuda_graph(iteration, warmup=3, what="the training step")
+    def fast(fn: Callable) -> Callable:  # --compile: fused kernels (LeanRL's); CUDA: from the 4th call, a graph replay
+        fn = torch.compile(fn) if args.compile else fn
+        return cuda_graph(fn, warmup=3, what="the training step") if use_graph else fn
+
+    offline_iteration, online_iteration = fast(lambda: iteration(False)), fast(lambda: iteration(True))
     # with candidates the policy's own sample too: a low score with candidates only is a critic that cannot rank them
     candidates = [args.num_candidates, 1] if args.num_candidates > 1 else [1]
     policies = [make_policy(agent, k, num_envs, source.obs_dim, device, use_graph) for k in candidates]
+    act = args.online_steps and make_policy(agent, 1, runs.size, source.obs_dim, device, use_graph)  # its own sample
     print(f"training on {device}: " + ("CUDA graphs (--no-cuda-graph: eager)" if use_graph else "eager"))
 
-    metric_sum, window_steps, first_bad, stopping = 0.0, 0, -1, False
-    window_start = time.perf_counter()
-    progress = dict(initial=start_step - 1, total=args.total_steps, desc=args.env_id, unit="step", mininterval=2)
+    total = args.total_steps + args.online_steps  # the offline phase, then the online one
+    metric_sum, window_steps, first_bad, stopping, window_start = 0.0, 0, -1, False, time.perf_counter()
+    progress = dict(initial=start_step - 1, total=total, desc=args.env_id, unit="step", mininterval=2)
     with runs.stop_signals() as stop_signal:  # SIGINT, SIGTERM: stop after this step, saved
-        for step in tqdm(range(start_step, args.total_steps + 1), **progress):
-            metrics = iteration()
+        for step in tqdm(range(start_step, total + 1), **progress):
+            if step > args.total_steps:  # online: each member's env takes a step of its policy, stored, then an update
+                transitions, episodes = online_envs.step(act)
+                buffer.add(*transitions)
+                runs.log_episodes(step, episodes)  # those that ended
+            metrics = online_iteration() if step > args.total_steps else offline_iteration()
             values = torch.stack(list(metrics.values()), dim=-1)  # (metrics,); in a sweep (members, metrics)
             metric_sum, window_steps, stopping = metric_sum + values, window_steps + 1, bool(stop_signal)
             # the first step at which each metric became non-finite, kept on the device: no sync per step
             first_bad = torch.where(~torch.isfinite(values) & (first_bad < 0), step, first_bad)
-            eval_step = step % args.eval_every == 0 or step == args.total_steps
+            eval_step = step % args.eval_every == 0 or step in (args.total_steps, total)
             if step % args.log_every != 0 and not eval_step and not stopping:
                 continue
 
@@ -554,10 +560,4 @@ def train(args: Args, runs: bookkeeping.Runs | None = None) -> str:
 
 
 if __name__ == "__main__":
-    bookkeeping.stop_on_sigterm()  # outside training steps too: one line, not a silent end
-    try:
-        print(f"summary: {train(parse_args())}")
-    except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM
-        stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
-        print(f"{os.path.basename(__file__)}: {stop}: {str(e) or 'no checkpoint was written'}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)  # 130 / 143: as for SIGINT / SIGTERM
+    bookkeeping.main(__file__, lambda: train(parse_args()))  # any stop in one line: exit code 2, or 130/143 (signals)

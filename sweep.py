@@ -197,14 +197,16 @@ class Members:
         self.hyper = {weight: torch.tensor([getattr(a, weight) for a in self.member_args], device=device)}
         return self.stacked
 
-    def OfflineBuffer(self, data: dict, device: torch.device):
-        """The script's buffer, whose sample() draws a batch per member in one call."""
-        return self.batched(self.script.OfflineBuffer(data, device))
+    def OfflineBuffer(self, data: dict, device: torch.device, *online):
+        """The script's buffer (`online`: its online phase's arguments: an env per member), whose sample() draws a
+        batch per member in one call."""
+        return self.batched(self.script.OfflineBuffer(data, device, *online))
 
     def batched(self, buffer):
-        """A copy of the script's `buffer` (the same tensors) whose sample() draws a batch per member in one call."""
-        batched, sample_one = copy.copy(buffer), buffer.sample
-        batched.sample = lambda size: vmap(lambda _: sample_one(size), randomness="different")(torch.empty(self.size))
+        """A copy of the script's `buffer` (the same tensors) whose sample() draws a batch per member in one call:
+        member m's from the data and, online, from its own env's transitions (env m's rows)."""
+        batched, sample_one, members = copy.copy(buffer), buffer.sample, torch.arange(self.size, device=buffer.device)
+        batched.sample = lambda size, **kw: vmap(lambda m: sample_one(size, m, **kw), randomness="different")(members)
         return batched
 
     def update(self, agent, batch, args, step: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ CORL's scripts import `d4rl`: datasets with their evaluation environments and sc
     minari_datasets.py   Minari datasets with their own evaluation envs and reference returns
     ogbench_datasets.py  OGBench's single-task datasets and envs, from the ogbench package, scored by success
     evaluation_envs.py   a run's evaluation envs in one vector env, the first recorded with --capture-video
+    episodes.py          running envs with a policy: the evaluation's episodes, the online phase's steps
 
 The run bookkeeping (run folders, checkpoints, resume, signals, summaries) is not here: bookkeeping.py.
 
@@ -17,7 +18,10 @@ Public API (all importable from offline_data):
     DataSource.limitation                                                what a run on it cannot report ('' if nothing)
     normalized_score(env_id, returns)                                    Eq. 18 for a D4RL id
     eval_env_factory(env_id)                                             the evaluation env of a D4RL id (a factory)
+    DataSource.reward_fn(rewards)                                       --reward-mode's rule for online rewards
     evaluation_envs(make_env, num_envs, video_folder), renderable(env)   the evaluation envs, the first one recorded
+    run_episodes(policy, envs, seeds, device)                           one evaluation episode per env, in parallel
+    OnlineEnvs(source, seeds, device).step(policy)                      the online phase: one env step per member
     preset_key(env_id), source_kind(env_id), is_minari_id, is_ogbench_id the id whose presets an id uses; its source
     DATASETS, MINARI_PRESET_KEYS, OGBENCH_IDS                            the ids each source knows
     UserError, DatasetError                                              reported by the scripts as one line, exit 2
@@ -25,15 +29,17 @@ Public API (all importable from offline_data):
 
 from offline_data.d4rl_envs import eval_env_factory
 from offline_data.d4rl_files import DATASETS, dataset_cache_path, domain_of, load_d4rl, normalized_score
+from offline_data.episodes import OnlineEnvs, run_episodes
 from offline_data.evaluation_envs import evaluation_envs, renderable
 from offline_data.minari_datasets import MINARI_PRESET_KEYS, load_minari
 from offline_data.ogbench_datasets import OGBENCH_IDS, is_ogbench_id, load_ogbench
-from offline_data.source import DatasetError, DataSource, UserError, transform_rewards
+from offline_data.source import DatasetError, DataSource, UserError, reward_transform
 
 __all__ = [
     "DATASETS",
     "MINARI_PRESET_KEYS",
     "OGBENCH_IDS",
+    "OnlineEnvs",
     "DataSource",
     "DatasetError",
     "UserError",
@@ -45,6 +51,7 @@ __all__ = [
     "normalized_score",
     "preset_key",
     "renderable",
+    "run_episodes",
     "source_kind",
 ]
 
@@ -52,7 +59,8 @@ __all__ = [
 def load(env_id: str, dataset_path: str | None = None, reward_mode: str = "raw") -> DataSource:
     """A D4RL id (the D4RL file, downloaded to d4rl's cache if missing, or `dataset_path`, a local file in its
     layout), a Minari id, or an OGBench single-task id (ogbench's files, or `dataset_path`: their folder or the
-    train file); rewards transformed by `reward_mode` (see transform_rewards)."""
+    train file); rewards transformed by `reward_mode` (see reward_transform; the rule, with the dataset's statistics,
+    is the source's reward_fn, for rewards collected online)."""
     if is_minari_id(env_id):
         if dataset_path is not None:
             raise UserError(f"--dataset-path is for D4RL-layout files; {env_id} is read from $MINARI_DATASETS_PATH")
@@ -61,11 +69,12 @@ def load(env_id: str, dataset_path: str | None = None, reward_mode: str = "raw")
         source = load_ogbench(env_id, dataset_path)
     else:
         d = domain_of(env_id)
-        data = load_d4rl(env_id, dataset_path, reward_mode)
-        path = dataset_path or dataset_cache_path(env_id)
-        return DataSource(data, path, d.obs_dim, d.act_dim, eval_env_factory(env_id), d.eval_env, d.ref_min, d.ref_max)
-    source.data["rewards"] = transform_rewards(source.data["rewards"], reward_mode)
-    return source
+        data = load_d4rl(env_id, dataset_path, "raw")
+        path, env = dataset_path or dataset_cache_path(env_id), eval_env_factory(env_id)
+        source = DataSource(data, path, d.obs_dim, d.act_dim, env, d.eval_env, d.ref_min, d.ref_max)
+    reward_fn = reward_transform(source.data["rewards"], reward_mode)  # with the dataset's statistics, for online too
+    source.data["rewards"] = reward_fn(source.data["rewards"])
+    return source._replace(reward_fn=reward_fn)
 
 
 def preset_key(env_id: str) -> str | None:

@@ -26,6 +26,7 @@ class DataSource(NamedTuple):
     ref_min: float | None  # the reference returns of the normalized score; None: raw returns only
     ref_max: float | None
     scored_by_success: bool = False  # the score is 100 x the success rate (OGBench, as FQL scores it)
+    reward_fn: Callable[[np.ndarray], np.ndarray] | None = None  # --reward-mode's rule, for new (online) rewards
 
     @property
     def limitation(self) -> str:
@@ -60,11 +61,18 @@ class DataSource(NamedTuple):
         return 100.0 * (episode_returns - self.ref_min) / (self.ref_max - self.ref_min)
 
 
-def transform_rewards(rewards: np.ndarray, mode: str) -> np.ndarray:
+def reward_transform(rewards: np.ndarray, mode: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The reward rule of `mode` as a function, with the statistics of `rewards` (the dataset's) where it has any:
+    what the dataset's rewards get, and what rewards collected online get (--online-steps), the same numbers."""
     if mode == "cql_antmaze":  # CQL's AntMaze rule, as in DQL: {0, 1} -> {-2, 2}
-        return (rewards - 0.5) * 4.0
+        return lambda r: (r - 0.5) * 4.0
     if mode == "iql_antmaze":  # IQL's AntMaze rule, as in FQL: {0, 1} -> {-1, 0}
-        return rewards - 1.0
-    if mode == "standardize":  # DQL's "normalize" for Adroit
-        return (rewards - rewards.mean()) / rewards.std()
-    return rewards
+        return lambda r: r - 1.0
+    if mode == "standardize":  # DQL's "normalize" for Adroit, by the dataset's mean and std
+        mean, std = rewards.mean(), rewards.std()
+        return lambda r: (r - mean) / std
+    return lambda r: r
+
+
+def transform_rewards(rewards: np.ndarray, mode: str) -> np.ndarray:
+    return reward_transform(rewards, mode)(rewards)

@@ -470,7 +470,7 @@ def test_episode_video_records_one_whole_episode_when_asked_and_writes_it_as_it_
     assert path == str(tmp_path / "videos" / "step_7.mp4") and os.path.isfile(path)  # before any reset
     frames = iio.imread(path)
     assert frames.shape == (length + 1, 480, 480, 3) and frames.std() > 0
-    ofql.run_episodes(lambda o: torch.zeros(len(o), 3), envs, [5, 6], torch.device("cpu"))  # no record() asked
+    offline_data.run_episodes(lambda o: torch.zeros(len(o), 3), envs, [5, 6], torch.device("cpu"))  # no record() asked
     envs.close()
     assert os.listdir(tmp_path / "videos") == ["step_7.mp4"]
 

@@ -130,7 +130,7 @@ def test_the_evaluation_counts_a_success_where_ogbench_scores_one(files):
     starts = [(0.02, 2.0), (3.0, 0.0)]  # (gap, speed): into the goal in one step; far and still
     make = [lambda g=g, v=v: gym.wrappers.TimeLimit(StartBesideTheGoal(source.make_env(), g, v), 1) for g, v in starts]
     envs = gym.vector.SyncVectorEnv(make)
-    _, successes, _ = ofql.run_episodes(lambda obs: torch.zeros(len(obs), 8), envs, [0, 1], torch.device("cpu"))
+    _, successes, _ = offline_data.run_episodes(lambda obs: torch.zeros(len(obs), 8), envs, [0, 1], torch.device("cpu"))
     verdicts = [ogbench_scores_success(source.eval_env_id, env) for env in envs.envs]
     assert verdicts == [True, False] and successes.tolist() == [1.0, 0.0]
     stats = source.episode_stats(np.zeros(2), successes)
