@@ -340,10 +340,11 @@ class Runs:
         collected online), write their config.json (with `config` added: the device, ..., and the dataset's size),
         start their wandb runs and open their metrics logs. -> the first step to train."""
         self.buffer = buffer
-        config = {**config, "transitions": buffer.size} if buffer is not None else config
+        sizes = getattr(buffer, "member_sizes", None) or [getattr(buffer, "size", None)] * self.size  # a domain's: each
         self.configs = [
             {**vars(a), "dataset_path": a.dataset_path and os.path.abspath(a.dataset_path), **config}
-            for a in self.members
+            | ({"transitions": n} if buffer is not None else {})
+            for a, n in zip(self.members, sizes)
         ]
         for c in self.configs:
             c["torch"] = str(torch.__version__)  # a str: weights_only loads it
@@ -524,7 +525,7 @@ class Runs:
         steps_per_sec = steps / self.train_time if self.train_time else None
         self.summaries = []
         for m, (args, run_dir) in enumerate(zip(self.members, self.dirs)):
-            summary = summarize(self.script, args, source, self.evals[m], wall_clock, steps_per_sec)
+            summary = summarize(self.script, args, source.member(m), self.evals[m], wall_clock, steps_per_sec)
             if self.sweep:
                 summary.update(sweep=self.sweep, sweep_members=self.size, error=self.failed.get(m))
             with open(os.path.join(run_dir, "summary.json"), "w") as f:

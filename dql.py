@@ -358,8 +358,8 @@ def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
 
 
 # sweep.py runs update() on a stacked Agent (N members) with these names rebound to versions for all members, same
-# signatures: the losses vmapped (their args carry each member's SWEEP_WEIGHT as a tensor: arithmetic only, no `if`),
-# optimizer_step clipping each member's gradient by its own norm and returning the N norms
+# signatures: the losses vmapped (args carry each member's SWEEP_WEIGHT, and gamma, as tensors: arithmetic only, no
+# `if`), optimizer_step clipping each member's gradient to its own args.grad_norm and returning the N norms
 SWEEP_REPLACES = ("critic_loss_fn", "actor_loss_fn", "optimizer_step")
 
 
@@ -395,14 +395,13 @@ class OfflineBuffer:
             setattr(self, name, torch.cat([x, x.new_zeros(online_steps * envs, x.shape[1])]))  # obs, ..., dones
 
     def sample(self, batch_size: int, env=0, online: bool = False) -> Batch:
-        if not online:
-            idx = torch.randint(self.size, (batch_size,), device=self.device)
-        else:  # j: a row of the dataset, or (j >= size) env `env`'s (j - size)-th transition
-            r = torch.randint(1 << 62, (batch_size,), device=self.device)
-            j = r % (self.size + self.count)
-            if self.balanced:
-                j = torch.cat([r[: batch_size // 2] % self.size, self.size + r[batch_size // 2 :] % self.count])
-            idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.envs + env)
+        # j: a row of the dataset, or (j >= size) env `env`'s (j - size)-th transition; r % n is uniform over n rows,
+        # whatever n: a domain sweep's members draw r together, each for its own dataset (sweep.DomainBuffer)
+        r = torch.randint(1 << 62, (batch_size,), device=self.device)
+        j = r % (self.size + self.count) if online else r % self.size
+        if online and self.balanced:
+            j = torch.cat([r[: batch_size // 2] % self.size, self.size + r[batch_size // 2 :] % self.count])
+        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.envs + env)
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
 
     def add(self, *transition: np.ndarray) -> None:
@@ -450,17 +449,17 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
 
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[Args], device) -> list[dict]:
     """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env: per
-    member (a sweep's envs member-major, env i of a member seeded its seed + 100 + i), source.episode_stats of its
-    episodes, and action batches per second. Noise seeded seed + 100: it never changes the training's numbers."""
+    member (a sweep's envs member-major, env i of a member seeded its seed + 100 + i), its source's episode_stats of
+    its episodes, and action batches per second. Noise seeded seed + 100: it never changes the training's numbers."""
     episodes = envs.num_envs // len(members)
     results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
             torch.manual_seed(members[0].seed + 100)  # in a sweep, member m's noise is slice m of each draw
             returns, successes, decision_rate = offline_data.run_episodes(policy, envs, seeds, device)
-        for result, r, s in zip(results, returns.reshape(len(members), -1), successes.reshape(len(members), -1)):
-            result.update(source.episode_stats(r, s, prefix))
-            result.setdefault("decision_rate", decision_rate)
+        for m, (r, s) in enumerate(zip(returns.reshape(len(members), -1), successes.reshape(len(members), -1))):
+            results[m].update(source.member(m).episode_stats(r, s, prefix))  # a domain sweep: each member's dataset
+            results[m].setdefault("decision_rate", decision_rate)
     return results
 
 
@@ -513,11 +512,12 @@ def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], An
 SWEEP_TRAIN_REPLACES = ("make_agent", "OfflineBuffer", "update", "make_policy")
 
 
-def train(args: Args, runs: bookkeeping.Runs | None = None) -> str:
-    """Train, evaluate and log one run (sweep.py: its members, args the first's, SWEEP_TRAIN_REPLACES rebound)."""
+def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
+    """Train, evaluate and log one run (sweep.py: its members' Runs and, for several datasets, their MemberSources;
+    args the first member's; SWEEP_TRAIN_REPLACES rebound)."""
     runs = runs or bookkeeping.Runs(__file__, [args])  # checks the flags, then makes the run folder
     with runs.removed_on_failure():  # made before the data are loaded
-        source = offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
+        source = source or offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)

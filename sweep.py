@@ -1,13 +1,17 @@
-"""Many runs of one script in one process: a dataset's grid of seeds x eta (alpha for fql.py), trained together.
+"""Many runs of one script in one process: a grid of seeds x eta (alpha for fql.py), over one dataset or a domain's
+datasets (--env-ids), trained together.
 
     python sweep.py ofql.py --env-id hopper-medium-v2 --seeds 0 1 2 --eta 0.001 0.01 0.1 0.3 0.5
     python sweep.py fql.py --env-id hopper-medium-v2 --seeds 0 1 2 --alpha 3 10 30 --save-model
     python sweep.py ofql.py --env-id hopper-medium-v2 --seeds 0 1 2 --eta 0.01 0.1 --shard 1/4   # members 1, 5, ...
+    python sweep.py ofql.py --env-ids hopper-medium-v2 hopper-medium-replay-v2 hopper-medium-expert-v2 --seeds 0 1 2
 
 The grid: --seeds, and the values of the script's SWEEP_WEIGHT flag (--eta for ofql.py and dql.py, --alpha for
 fql.py; default: the preset's value). Every other flag is the script's (`python ofql.py --help`) and applies to every
-member. Each member writes the run folder the script would write (runs/<run_name>/: config.json with its own seed and
-weight, metrics.jsonl, summary.json, checkpoint.pt with --save-model), and its checkpoint resumes with the script.
+member; with --env-ids, each member has its own dataset's presets (a flag whose presets differ where the members of one
+process cannot is refused), samples its own dataset and evaluates in its env. Each member writes the run folder the
+script would write (runs/<run_name>/: config.json with its own seed and weight, metrics.jsonl, summary.json,
+checkpoint.pt with --save-model), and its checkpoint resumes with the script.
 
 How: the script's own train() runs, its loop unchanged, with the names its SWEEP_TRAIN_REPLACES lists rebound to the
 Members' versions here (the run folders are bookkeeping.Runs', for N members as for one). The members' networks are
@@ -27,7 +31,6 @@ member has after making its networks), but a one-member sweep is that lone run, 
 import copy
 import dataclasses
 import importlib.util
-import itertools
 import os
 import random
 import sys
@@ -42,6 +45,7 @@ import tyro
 from torch.func import functional_call, vmap
 
 import bookkeeping
+import offline_data
 from offline_data import UserError
 
 
@@ -55,8 +59,20 @@ class Args:
     resume: list[str] | None = None
     """the members' checkpoint.pt files, in the grid's order (the command a stopped sweep prints): continue them"""
     shard: str = "0/1"
-    """I/K: train only members I, I + K, I + 2K, ... of the grid (seeds outer, weights inner), e.g. the array index of
-    a SLURM job array of K jobs, or one of K GPUs"""
+    """I/K: train only members I, I + K, I + 2K, ... of the grid (datasets outer, then seeds, weights inner), e.g. the
+    array index of a SLURM job array of K jobs, or one of K GPUs"""
+    env_ids: list[str] | None = None
+    """instead of --env-id: datasets of one domain (the same observation and action sizes), every (dataset, seed,
+    weight) a member, each with its dataset's presets; a flag whose presets differ where members cannot is refused"""
+    dataset_paths: list[str] | None = None
+    """with --env-ids, instead of --dataset-path: a local file (or OGBench folder) per dataset, in their order"""
+
+
+# What may differ between the members of one process, besides the grid (--seeds, the weight) and the run's name: the
+# dataset (each member samples its own, evaluates in its own env, transforms rewards by its own rule), numbers that
+# enter only the losses (LOSS_NUMBERS: each member's tensor, as the weight) and each member's gradient clipping
+LOSS_NUMBERS = ("gamma",)
+PER_MEMBER = ("env_id", "dataset_path", "reward_mode", "grad_norm", *LOSS_NUMBERS)
 
 
 def load_script(path: str) -> types.ModuleType:
@@ -106,20 +122,20 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
         assert 0 <= index < count
     except (ValueError, AssertionError):
         raise UserError(f"--shard must be I/K with 0 <= I < K, not {sweep.shard!r}") from None
-    base = script.parse_args(rest)
-    if base.capture_video:
+    bases = datasets_args(script, sweep, rest)  # one per dataset, with its presets
+    if bases[0].capture_video:
         raise UserError("--capture-video records a lone run's policy; run the script with it (a sweep records none)")
     try:
-        weights = [float(v) for v in values] if values else [getattr(base, weight)]
+        weights = [float(v) for v in values] if values else None  # None: each dataset's preset
     except ValueError:
         raise UserError(f"--{weight} takes numbers, not {' '.join(values)}") from None
-    if len(set(sweep.seeds)) < len(sweep.seeds) or len(set(weights)) < len(weights):
+    if len(set(sweep.seeds)) < len(sweep.seeds) or len(set(weights or [])) < len(weights or []):
         raise UserError(f"--seeds and --{weight} must not repeat a value")
-    grid = list(itertools.product(sweep.seeds, weights))[index::count]
-    if not grid:
-        raise UserError(f"shard {sweep.shard} of a grid of {len(sweep.seeds) * len(weights)} members is empty")
-    name = lambda w: base.exp_name if len(weights) == 1 else f"{base.exp_name}_{weight}{w:g}"
-    members = [dataclasses.replace(base, seed=s, exp_name=name(w), **{weight: w}) for s, w in grid]
+    named = lambda b, w: b.exp_name if not weights or len(weights) == 1 else f"{b.exp_name}_{weight}{w:g}"
+    grid = [(b, s, w) for b in bases for s in sweep.seeds for w in weights or [getattr(b, weight)]]
+    if not grid[index::count]:
+        raise UserError(f"shard {sweep.shard} of a grid of {len(grid)} members is empty")
+    members = [dataclasses.replace(b, seed=s, exp_name=named(b, w), **{weight: w}) for b, s, w in grid[index::count]]
     if sweep.resume is not None:
         if len(sweep.resume) != len(members):
             raise UserError(f"--resume needs one checkpoint per member: {len(members)}, not {len(sweep.resume)}")
@@ -127,6 +143,33 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
     for member in members:
         bookkeeping.check_flags(vars(member))
     return script, sweep, members
+
+
+def datasets_args(script, sweep: Args, rest: list[str]) -> list:
+    """The script's Args for each dataset of the sweep (--env-ids; else the one of --env-id), with its presets; one
+    UserError line for a flag whose values differ where the members of one process cannot differ (not PER_MEMBER)."""
+    if sweep.env_ids is None:
+        if sweep.dataset_paths is not None:
+            raise UserError("--dataset-paths goes with --env-ids (one dataset: --dataset-path)")
+        return [script.parse_args(rest)]
+    if any(a.split("=")[0] in ("--env-id", "--env_id", "--dataset-path", "--dataset_path") for a in rest):
+        raise UserError("--env-ids and --dataset-paths replace --env-id and --dataset-path")
+    paths = sweep.dataset_paths or [None] * len(sweep.env_ids)
+    if len(paths) != len(sweep.env_ids) or len(set(sweep.env_ids)) < len(sweep.env_ids):
+        raise UserError(f"--env-ids must not repeat an id, and --dataset-paths needs one file per id ({len(paths)})")
+    bases = [
+        script.parse_args([*rest, "--env-id", e, *(["--dataset-path", p] if p else [])])
+        for e, p in zip(sweep.env_ids, paths)
+    ]
+    for f in dataclasses.fields(bases[0]):
+        values = {b.env_id: getattr(b, f.name) for b in bases}
+        if f.name not in (*PER_MEMBER, script.SWEEP_WEIGHT) and len(set(map(repr, values.values()))) > 1:
+            flag = f"--{f.name.replace('_', '-')}"
+            raise UserError(
+                f"{flag} differs between the datasets' presets ({values}) and cannot within one process: "
+                f"give {flag} for all, or sweep the datasets apart"
+            )
+    return bases
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -173,7 +216,7 @@ class Members:
     def __init__(self, script, member_args: list):
         self.script, self.member_args, self.size = script, member_args, len(member_args)
         replaced = {name: self.vectorized(getattr(script, name)) for name in script.SWEEP_REPLACES}
-        self.update_all = rebind(script.update, **{**replaced, "optimizer_step": optimizer_step})
+        self.update_all = rebind(script.update, **{**replaced, "optimizer_step": self.optimizer_step})
         self.make_policy = rebind(script.make_policy, select_action=self.select_action)
 
     def make_agent(self, obs_dim: int, act_dim: int, args, device: torch.device):
@@ -193,13 +236,18 @@ class Members:
         self.networks = Networks(self.stacked)
         self.params = dict(self.networks.named_parameters())  # the stacked tensors, updated in place
         device = next(iter(self.params.values())).device
-        weight = self.script.SWEEP_WEIGHT
-        self.hyper = {weight: torch.tensor([getattr(a, weight) for a in self.member_args], device=device)}
+        per_member = lambda name: torch.tensor([getattr(a, name) for a in self.member_args], device=device)
+        differ = [n for n in LOSS_NUMBERS if len({getattr(a, n, None) for a in self.member_args}) > 1]  # a domain's
+        self.hyper = {n: per_member(n) for n in (self.script.SWEEP_WEIGHT, *differ)}
+        norms = [getattr(a, "grad_norm", 0.0) or float("inf") for a in self.member_args]  # 0: no clipping
+        self.max_norms = torch.tensor(norms, device=device) if len(set(norms)) > 1 else None  # a domain's
         return self.stacked
 
-    def OfflineBuffer(self, data: dict, device: torch.device, *online):
+    def OfflineBuffer(self, data: dict | list, device: torch.device, *online):
         """The script's buffer (`online`: its online phase's arguments: an env per member), whose sample() draws a
-        batch per member in one call."""
+        batch per member in one call; for a domain (data: one dataset per member) a DomainBuffer."""
+        if isinstance(data, list):
+            return DomainBuffer(self.script, data, device)
         return self.batched(self.script.OfflineBuffer(data, device, *online))
 
     def batched(self, buffer):
@@ -232,26 +280,51 @@ class Members:
         per_member = obs.view(self.size, -1, obs.shape[-1])
         return vmap(one, randomness="different")(self.params, per_member).flatten(0, 1)
 
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, max_norm: float):
+        """The script's optimizer_step for the stacked members: one backward pass of the summed losses (each member's
+        parameters receive its own loss's gradient), each member's gradient clipped by its own norm to its own
+        --grad-norm (the script passes args.grad_norm, the first member's), then the step. Returns the members'
+        gradient norms (before clipping), as clip_grad_norm_ does for one."""
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        grads = [p.grad for p in module.parameters()]
+        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]).norm(dim=0)
+        limit = (max_norm or None) if self.max_norms is None else self.max_norms  # None: no clipping
+        if limit is not None:
+            scale = (limit / (norms + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s rule, per member
+            torch._foreach_mul_(grads, [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
+        optimizer.step()
+        return norms
+
+
+class DomainBuffer:
+    """The datasets of a domain sweep's members on the device, one after another (each once, however many members
+    share it), and a batch per member from its own dataset in one call, by the script buffer's rule: one draw r for
+    all members, member m's rows r % (its dataset's size); the draw of a one-dataset sweep of as many members, so a
+    member's batches do not depend on the other members' datasets."""
+
+    def __init__(self, script, member_data: list[dict], device: torch.device):
+        datasets = list({id(d): d for d in member_data}.values())
+        buffers = [script.OfflineBuffer(d, device) for d in datasets]
+        starts = dict(zip(map(id, datasets), np.cumsum([0] + [b.size for b in buffers]).tolist()))
+        sizes = dict(zip(map(id, datasets), [b.size for b in buffers]))
+        self.Batch, self.device = script.Batch, device
+        for name in script.Batch._fields:
+            setattr(self, name, torch.cat([getattr(b, name)[: b.size] for b in buffers]))
+        self.member_sizes = [sizes[id(d)] for d in member_data]  # each member's config.json "transitions"
+        self.starts = torch.tensor([starts[id(d)] for d in member_data], device=device).unsqueeze(1)
+        self.sizes = torch.tensor(self.member_sizes, device=device).unsqueeze(1)
+
+    def sample(self, batch_size: int, online: bool = False) -> tuple:
+        r = torch.randint(1 << 62, (len(self.member_sizes), batch_size), device=self.device)
+        idx = self.starts + r % self.sizes
+        return self.Batch(*(getattr(self, name)[idx] for name in self.Batch._fields))
+
 
 def rebind(fn, **names):
     """The script's function fn, its code unchanged, with some of the names it calls bound to other functions (here:
     their all-members versions). The script's module itself is left as it is."""
     return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__, fn.__closure__)
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, max_norm: float):
-    """The script's optimizer_step for stacked members: one backward pass of the summed losses (each member's
-    parameters receive its own loss's gradient), each member's gradient clipped by its own norm, then the step.
-    Returns the members' gradient norms (before clipping), as clip_grad_norm_ does for one."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.sum().backward()
-    grads = [p.grad for p in module.parameters()]
-    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]).norm(dim=0)
-    if max_norm > 0:
-        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s rule, per member
-        torch._foreach_mul_(grads, [scale.view(-1, *[1] * (g.dim() - 1)) for g in grads])
-    optimizer.step()
-    return norms
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -262,9 +335,16 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     summary.json paths."""
     if resume:
         member_args = [dataclasses.replace(a, resume=path) for a, path in zip(member_args, resume)]
+    keys = [(a.env_id, a.dataset_path, a.reward_mode) for a in member_args]
+    if len(set(keys)) > 1 and getattr(member_args[0], "online_steps", 0):
+        raise UserError("--online-steps with --env-ids: fine-tune each dataset's members in a sweep of its own")
     runs = bookkeeping.Runs(script.__file__, member_args, sweep=sweep_name)  # the members' folders, before the data
+    with runs.removed_on_failure():  # several datasets: each loaded once, each member given its own
+        loaded = {key: offline_data.load(*key) for key in dict.fromkeys(keys)} if len(set(keys)) > 1 else None
+        source = loaded and offline_data.MemberSources([loaded[key] for key in keys])
     members = Members(script, member_args)
-    rebind(script.train, **{name: getattr(members, name) for name in script.SWEEP_TRAIN_REPLACES})(member_args[0], runs)
+    train = rebind(script.train, **{name: getattr(members, name) for name in script.SWEEP_TRAIN_REPLACES})
+    train(member_args[0], runs, source)
     return runs.summaries
 
 
@@ -272,7 +352,9 @@ if __name__ == "__main__":
     bookkeeping.stop_on_sigterm()  # outside training steps too: one line, not a silent end
     try:
         script, sweep, member_args = parse_args(sys.argv[1:])
-        name = f"{member_args[0].env_id.replace('/', '-')}__{script.__name__}_sweep__{int(time.time())}"
+        ids = sorted({a.env_id.replace("/", "-") for a in member_args})
+        domain = ids[0] if len(ids) == 1 else os.path.commonprefix(ids).rstrip("-_") or f"{len(ids)}_datasets"
+        name = f"{domain}__{script.__name__}_sweep__{int(time.time())}"
         name += f"__shard{sweep.shard.replace('/', 'of')}" if sweep.shard != "0/1" else ""
         for path in train(script, member_args, name):
             print(f"summary: {path}")

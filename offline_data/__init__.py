@@ -16,10 +16,12 @@ Public API (all importable from offline_data):
     DataSource.score(returns, successes)                                the score of each evaluation episode
     DataSource.episode_stats(returns, successes, prefix)                 their means and stds, as metrics
     DataSource.limitation                                                what a run on it cannot report ('' if nothing)
+    MemberSources(sources), DataSource.member(m)                        a domain sweep's datasets; member m's source
     normalized_score(env_id, returns)                                    Eq. 18 for a D4RL id
     eval_env_factory(env_id)                                             the evaluation env of a D4RL id (a factory)
     DataSource.reward_fn(rewards)                                       --reward-mode's rule for online rewards
     evaluation_envs(make_env, num_envs, video_folder), renderable(env)   the evaluation envs, the first one recorded
+                                                                        (make_env: a factory, or one per member)
     run_episodes(policy, envs, seeds, device)                           one evaluation episode per env, in parallel
     OnlineEnvs(source, seeds, device).step(policy)                      the online phase: one env step per member
     preset_key(env_id), source_kind(env_id), is_minari_id, is_ogbench_id the id whose presets an id uses; its source
@@ -33,7 +35,7 @@ from offline_data.episodes import OnlineEnvs, run_episodes
 from offline_data.evaluation_envs import evaluation_envs, renderable
 from offline_data.minari_datasets import MINARI_PRESET_KEYS, load_minari
 from offline_data.ogbench_datasets import OGBENCH_IDS, is_ogbench_id, load_ogbench
-from offline_data.source import DatasetError, DataSource, UserError, reward_transform
+from offline_data.source import DatasetError, DataSource, MemberSources, UserError, reward_transform
 
 __all__ = [
     "DATASETS",
@@ -42,6 +44,7 @@ __all__ = [
     "OnlineEnvs",
     "DataSource",
     "DatasetError",
+    "MemberSources",
     "UserError",
     "eval_env_factory",
     "evaluation_envs",

@@ -75,12 +75,15 @@ class EpisodeVideo(gym.wrappers.RecordVideo):
         return obs, reward, terminated, truncated, info
 
 
-def evaluation_envs(make_env: Callable[[], gym.Env] | None, num_envs: int, video_folder: str | None = None):
+def evaluation_envs(make_env: Callable[[], gym.Env] | list | None, num_envs: int, video_folder: str | None = None):
     """`num_envs` evaluation envs in a SyncVectorEnv (None without an env), the first an EpisodeVideo into
-    `video_folder` if one is given."""
+    `video_folder` if one is given. `make_env`: one factory, or one per member (a domain sweep's MemberSources: the
+    envs member-major, num_envs / len(make_env) of each member's)."""
     if make_env is None:
         if video_folder:
             raise UserError("--capture-video needs an evaluation environment, and this dataset has none")
         return None
-    first = make_env if video_folder is None else lambda: EpisodeVideo(make_env(), video_folder)
-    return gym.vector.SyncVectorEnv([first] + [make_env] * (num_envs - 1))
+    makers = make_env if isinstance(make_env, list) else [make_env]
+    makers = [f for f in makers for _ in range(num_envs // len(makers))]
+    first = makers[0] if video_folder is None else lambda: EpisodeVideo(makers[0](), video_folder)
+    return gym.vector.SyncVectorEnv([first] + makers[1:])

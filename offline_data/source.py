@@ -54,11 +54,33 @@ class DataSource(NamedTuple):
             f"{prefix}{k}{s}": None if x is None else float(f(x)) for k, x in values.items() for s, f in stats.items()
         }
 
+    def member(self, m: int) -> "DataSource":
+        """The source of member m of the run (every member of a run on one dataset trains on this one)."""
+        return self
+
     def normalized_score(self, episode_returns: np.ndarray) -> np.ndarray | None:
         """100 (R - ref_min) / (ref_max - ref_min) (Eq. 18 for D4RL); None where the data have no reference returns."""
         if self.ref_min is None or self.ref_max is None:
             return None
         return 100.0 * (episode_returns - self.ref_min) / (self.ref_max - self.ref_min)
+
+
+class MemberSources:
+    """The datasets of a domain sweep's members, one source per member (members share the source of their dataset),
+    standing in for a DataSource in the training loop: member(m) is member m's; the shapes are the same for all (else
+    one UserError line); data and make_env have one entry per member (make_env: None where the sources have none)."""
+
+    def __init__(self, sources: list[DataSource]):
+        shapes = {s.path: (s.obs_dim, s.act_dim) for s in sources}
+        if len(set(shapes.values())) > 1:
+            raise UserError(f"datasets of different (observation, action) sizes cannot share one process: {shapes}")
+        self.sources, self.obs_dim, self.act_dim = sources, sources[0].obs_dim, sources[0].act_dim
+        self.data = [s.data for s in sources]
+        self.make_env = None if sources[0].make_env is None else [s.make_env for s in sources]
+        self.limitation = "; ".join(dict.fromkeys(s.limitation for s in sources if s.limitation))
+
+    def member(self, m: int) -> DataSource:
+        return self.sources[m]
 
 
 def reward_transform(rewards: np.ndarray, mode: str) -> Callable[[np.ndarray], np.ndarray]:

@@ -91,10 +91,10 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
 SWEEP_TRAIN_REPLACES = ("make_agent", "OfflineBuffer", "update", "make_policy")
 
 
-def train(args: Args, runs: bookkeeping.Runs | None = None) -> str:
+def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     runs = runs or bookkeeping.Runs(__file__, [args])
     with runs.removed_on_failure():
-        source = offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
+        source = source or offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     device = torch.device("cpu")

@@ -1,0 +1,154 @@
+"""sweep.py --env-ids: several datasets of one domain in one process. Each member samples its own dataset (sizes
+differ), trains with its own dataset's presets (eta, grad_norm, ...), evaluates in its own env and writes the run
+folder the script would; it equals the same member of a one-dataset sweep, so no member's numbers depend on another
+dataset's; flags that cannot differ inside one process are refused in one line."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import gymnasium as gym
+import pytest
+import torch
+
+import dql
+import fql
+import offline_data
+import ofql
+import sweep
+from conftest import ROOT, record_d4rl_file
+
+SCRIPTS = {"ofql": ofql, "dql": dql, "fql": fql}
+TIMING = ("steps_per_sec", "eval/decision_rate")
+FLAGS = ["--no-cuda", "--batch-size", "32", "--eval-episodes", "2", "--log-every", "10", "--num-candidates", "2"]
+A, B = "hopper-medium-v2", "hopper-medium-replay-v2"  # OFQL's and DQL's presets: grad_norm 9 and 4
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two hopper files of different sizes and contents, and a third like the second with other transitions."""
+    folder = tmp_path_factory.mktemp("domain")
+    paths = {name: str(folder / f"{name}.hdf5") for name in ("a", "b", "b2")}
+    record_d4rl_file(paths["a"], episodes=4, max_steps=40, seed=0)
+    record_d4rl_file(paths["b"], episodes=3, max_steps=25, seed=7)
+    record_d4rl_file(paths["b2"], episodes=5, max_steps=30, seed=11)
+    return paths
+
+
+def records(summary_path: str) -> list[dict]:
+    with open(os.path.join(os.path.dirname(summary_path), "metrics.jsonl")) as f:
+        return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+
+
+def run(argv: list[str], name: str) -> list[list[dict]]:
+    script, _, members = sweep.parse_args(argv)
+    return [records(path) for path in sweep.train(script, members, name)]
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_a_domain_member_is_that_member_of_a_one_dataset_sweep(tmp_path, files, monkeypatch, name):
+    """The domain sweep (A, B) x seed 0 against A's sweep over (A's preset weight, another) and B's over (another, B's
+    preset weight): the same member at the same place of a grid of the same size logs bit for bit the same numbers,
+    though the other member trains on another dataset, with another weight and another gradient clipping."""
+    monkeypatch.chdir(tmp_path)
+    module, weight = SCRIPTS[name], f"--{SCRIPTS[name].SWEEP_WEIGHT}"
+    steps = ["--total-steps", "30", "--eval-every", "30", *FLAGS]
+    domain = run([f"{name}.py", "--env-ids", A, B, "--dataset-paths", files["a"], files["b"], *steps], "domain")
+    preset = {e: str(getattr(module.parse_args(["--env-id", e]), module.SWEEP_WEIGHT)) for e in (A, B)}
+    alone_a = run([f"{name}.py", "--env-id", A, "--dataset-path", files["a"], weight, preset[A], "7", *steps], "a")
+    alone_b = run([f"{name}.py", "--env-id", B, "--dataset-path", files["b"], weight, "7", preset[B], *steps], "b")
+    assert [r["step"] for r in domain[0]] == [10, 20, 30] and "eval/score" in domain[0][-1]
+    assert domain[0] == alone_a[0] and domain[1] == alone_b[1]
+    assert domain[0][-1]["critic_loss"] != domain[1][-1]["critic_loss"]  # two datasets, not one
+
+
+def test_no_member_depends_on_another_dataset(tmp_path, files, monkeypatch):
+    """(A, B) and (A, B2), B2 a dataset of another size: A's member logs the same numbers; B's and B2's differ."""
+    monkeypatch.chdir(tmp_path)
+    steps = ["--total-steps", "20", "--eval-every", "20", *FLAGS]
+    first = run(["ofql.py", "--env-ids", A, B, "--dataset-paths", files["a"], files["b"], *steps], "first")
+    second = run(["ofql.py", "--env-ids", A, B, "--dataset-paths", files["a"], files["b2"], *steps], "second")
+    assert first[0] == second[0] and first[1] != second[1]
+
+
+def test_each_member_has_its_datasets_presets_and_writes_the_scripts_run_folder(tmp_path, files):
+    """The command line: datasets outer, seeds, then each dataset's preset weight; each member's config.json and
+    summary.json name its own dataset (its size: config's transitions) and grad_norm; --shard splits the domain."""
+    argv = ["ofql.py", "--env-ids", A, B, "--dataset-paths", files["a"], files["b"], "--seeds", "0", "1"]
+    _, _, members = sweep.parse_args(argv + ["--shard", "1/2"])
+    assert [(m.env_id, m.seed) for m in members] == [(A, 1), (B, 1)]
+    _, _, walkers = sweep.parse_args(["ofql.py", "--env-ids", "walker2d-medium-v2", "walker2d-medium-replay-v2"])
+    assert [m.eta for m in walkers] == [0.1, 0.01] and [m.grad_norm for m in walkers] == [1.0, 4.0]
+    flags = ["--total-steps", "10", "--eval-every", "10", *FLAGS]
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "sweep.py"), *argv, *flags], cwd=tmp_path, timeout=300,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    summaries = [line.split("summary: ")[1] for line in done.stdout.splitlines() if line.startswith("summary: ")]
+    assert len(summaries) == 4
+    for path, (env_id, seed, file) in zip(summaries, [(A, 0, "a"), (A, 1, "a"), (B, 0, "b"), (B, 1, "b")]):
+        with open(os.path.join(tmp_path, path)) as f:
+            summary = json.load(f)
+        with open(os.path.join(tmp_path, os.path.dirname(path), "config.json")) as f:
+            config = json.load(f)
+        assert (summary["env_id"], summary["seed"], summary["dataset"]) == (env_id, seed, files[file])
+        assert summary["sweep"].startswith("hopper-medium__ofql_sweep__") and summary["final_score"] is not None
+        assert config["grad_norm"] == (9.0 if env_id == A else 4.0) and config["dataset_path"] == files[file]
+        assert config["transitions"] == len(offline_data.load(env_id, files[file]).data["rewards"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ofql.py", "--env-ids", "antmaze-umaze-v2", "antmaze-medium-play-v2"], "--max-q-backup differs"),
+        (["dql.py", "--env-ids", "antmaze-medium-play-v2", "antmaze-large-play-v2"], "--actor-lr differs"),
+        (["ofql.py", "--env-ids", A, B, "--env-id", A], "replace --env-id"),
+        (["ofql.py", "--env-ids", A, B, "--dataset-paths", "x.hdf5"], "one file per id"),
+        (["ofql.py", "--env-ids", A, A], "must not repeat"),
+        (["ofql.py", "--env-id", A, "--dataset-paths", "x.hdf5"], "goes with --env-ids"),
+    ],
+)
+def test_what_cannot_differ_in_one_process_is_refused_in_one_line(argv, message):
+    with pytest.raises(sweep.UserError, match=message):
+        sweep.parse_args(argv)
+
+
+def test_datasets_of_other_sizes_or_online_steps_are_refused_and_leave_no_run_folder(tmp_path, files, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    walker = str(tmp_path / "walker.hdf5")
+    record_d4rl_file(walker, gym_id="Walker2d-v4", episodes=2, max_steps=20)
+    for argv, message in [
+        (["--env-ids", A, "walker2d-medium-v2", "--dataset-paths", files["a"], walker], "different .* sizes"),
+        (["--env-ids", A, B, "--dataset-paths", files["a"], files["b"], "--online-steps", "5"], "--online-steps"),
+    ]:
+        script, _, members = sweep.parse_args(["ofql.py", *argv, "--total-steps", "10", *FLAGS])
+        with pytest.raises(sweep.UserError, match=message):
+            sweep.train(script, members, "refused")
+        assert not os.path.exists("runs") or os.listdir("runs") == []
+
+
+def test_evaluation_scores_each_member_in_its_own_env_by_its_own_references(files):
+    """Member 1's env pays 10x member 0's and its references are (0, 1000): the same actions from the same seeds
+    return 10x, scored by member 1's references; member 0's by D4RL's hopper ones."""
+    a = offline_data.load(A, files["a"])
+    ten_times = lambda: gym.wrappers.TransformReward(a.make_env(), lambda r: 10.0 * r)
+    source = offline_data.MemberSources([a, a._replace(make_env=ten_times, ref_min=0.0, ref_max=1000.0)])
+    envs = offline_data.evaluation_envs(source.make_env, 4)
+    still = lambda obs: torch.zeros(len(obs), a.act_dim)
+    results = ofql.evaluate([still], envs, source, [ofql.Args(seed=0)] * 2, "cpu")
+    assert results[1]["return"] == pytest.approx(10.0 * results[0]["return"])
+    assert results[1]["score"] == pytest.approx(results[1]["return"] / 10.0)
+    assert results[0]["score"] == pytest.approx(offline_data.normalized_score(A, results[0]["return"]))
+
+
+def test_a_members_own_gamma_enters_its_losses(tmp_path, files, monkeypatch):
+    """gamma differs between OGBench's mazes' presets: changing member 1's changes its numbers and not member 0's."""
+    monkeypatch.chdir(tmp_path)
+    base = ofql.parse_args(["--env-id", A, "--dataset-path", files["a"], "--total-steps", "20", "--eval-every", "20"]
+                           + FLAGS)  # fmt: skip
+    logs = []
+    for gamma in (0.99, 0.5):
+        members = [dataclasses.replace(base, seed=0), dataclasses.replace(base, seed=1, gamma=gamma)]
+        logs.append([records(path) for path in sweep.train(ofql, members, f"gamma{gamma}")])
+    assert logs[0][0] == logs[1][0] and logs[0][1][-1]["critic_loss"] != logs[1][1][-1]["critic_loss"]
