@@ -253,3 +253,90 @@ def test_sweep_speed_table1_device_hours_of_the_three_scripts():
     t = sweep_speed.table1(h200["algorithms"], 16)
     assert t["algorithms"]["ofql"]["hours"] == pytest.approx(h200["table1_ofql"]["hours"])
     assert round(t["total_hours"], 1) == 33.0
+
+
+def fake_online_run(runs_dir, name, config, evals, episodes, finished=True):
+    """A run folder of online_check's: config.json, metrics.jsonl (evaluations, online episodes), summary.json."""
+    run_dir = os.path.join(runs_dir, name)
+    os.makedirs(run_dir)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({"exp_name": "online_check", "env_id": "hopper-medium-replay-v2", "num_candidates": 1, **config}, f)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        for step, score in evals:
+            f.write(json.dumps({"step": step, "eval/score": score}) + "\n")
+        for env_step, score in episodes:
+            f.write(json.dumps({"step": 40 + env_step, "online/env_steps": env_step, "online/episode_score": score}))
+            f.write("\n")
+    if finished:
+        open(os.path.join(run_dir, "summary.json"), "w").write("{}")
+
+
+def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
+    """OFQL (two seeds, finished) and FQL (under way, at 80 of 100 steps): the scores at the offline phase's end
+    (step 50) and the online one's, their change, the means of each phase's last five evaluations, the online
+    episodes' first and last ten; FQL marked under way at its last step, with no online end of five evaluations."""
+    import online_check
+
+    path = str(tmp_path / "hopper.hdf5")
+    record_d4rl_file(path)
+    runs = str(tmp_path / "runs")
+    steps = list(range(10, 110, 10))  # offline 10 ... 50, online 60 ... 100
+    episodes = [(10 * i, float(i)) for i in range(1, 21)]  # scores 1 ... 20
+    for seed, shift in ((0, 0.0), (1, 2.0)):
+        fake_online_run(runs, f"a{seed}", {"seed": seed, "eta": 0.1}, [(t, t / 10 + shift) for t in steps], episodes)
+    fake_online_run(runs, "b0", {"seed": 0, "alpha": 10.0}, [(t, 1.0) for t in steps[:8]], [], finished=False)
+    args = online_check.Args(dataset_path=path, offline_steps=50, online_steps=50, runs_dir=runs, out_dir=str(tmp_path))
+    online_check.report(args)
+    results = {r["algorithm"]: r for r in json.load(open(tmp_path / "results.json"))}
+    ofql, fql = results["ofql"], results["fql"]
+    assert ofql["offline_end"] == [5.0, 7.0] and ofql["online_end"] == [10.0, 12.0] and ofql["finished"]
+    assert ofql["offline_last_5_mean"] == [3.0, 5.0] and ofql["online_last_5_mean"] == [8.0, 10.0]
+    assert ofql["first_10_episodes"] == [5.5, 5.5] and ofql["last_10_episodes"] == [15.5, 15.5]
+    assert fql["last_step"] == 80 and not fql["finished"] and fql["online_last_5_mean"] == []
+    table = open(tmp_path / "results.md").read()
+    assert (
+        "| ofql | 2 | 6.0 ± 1.0 | 4.0 ± 1.0 | 11.0 ± 1.0 | 9.0 ± 1.0 | 5.0 ± 0.0 | 5.5 ± 0.0 → 15.5 ± 0.0 | 100 |"
+        in table
+    )
+    assert "| fql | 1 |" in table and "80 (under way)" in table and os.path.exists(tmp_path / "curves.png")
+
+
+def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_rates(tmp_path):
+    """A fake GPU's rates and the env step time online_speed.py measured (read back from results.json): the hours of
+    one run (offline N / r, online M x (1 / r + t)) and of a sweep of 16 (offline N / (R / 16), online
+    M x (16 / R + 16 t)), worked by hand; an id that has no env gets a row saying so, and no hours."""
+    import online_speed
+
+    rates = {"ofql": (800.0, 6400.0), "fql": (400.0, 1600.0)}  # one run's updates/s, a sweep of 16's member-updates/s
+    algorithms = {
+        name: {"cuda_graph": {"plain_updates_per_sec": r, "members": {"16": {"member_updates_per_sec": big_r}}}}
+        for name, (r, big_r) in rates.items()
+    }
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps({"device": "Fake GPU", "torch": "0.0", "date": "2000-01-01", "algorithms": algorithms}))
+    args = online_speed.Args(
+        env_ids=["hopper-medium-v2", "nonsense-v0"],
+        steps=20,
+        warmup=5,
+        gpu_results=str(gpu),
+        offline_steps=1_000,
+        online_steps=2_000,
+        out_dir=str(tmp_path),
+    )
+    online_speed.main(args)
+    result = json.load(open(tmp_path / "results.json"))
+    hopper, nonsense = result["envs"]
+    t = hopper["cpu_ms"] / 1e3
+    assert 0 < t < 0.1 and hopper["wall_ms"] > 0
+    for name, (r, big_r) in rates.items():
+        h = hopper["hours"][name]
+        assert h["run_offline_h"] == pytest.approx(1_000 / r / 3600)
+        assert h["run_h"] == pytest.approx((1_000 / r + 2_000 * (1 / r + t)) / 3600)
+        assert h["sweep_offline_h"] == pytest.approx(1_000 * 16 / big_r / 3600)
+        assert h["sweep_h"] == pytest.approx((1_000 * 16 / big_r + 2_000 * (16 / big_r + 16 * t)) / 3600)
+        assert h["sweep_per_member_run_h"] == pytest.approx(h["sweep_h"] / 16)
+        assert result["offline_hours"][name]["sweep_offline_h"] == pytest.approx(h["sweep_offline_h"])
+    assert nonsense["error"].startswith("could not be built") and "hours" not in nonsense
+    table = open(tmp_path / "results.md").read()
+    assert "| nonsense-v0 | could not be built" in table and "Fake GPU, torch 0.0, 2000-01-01" in table
+    assert f"| hopper-medium-v2 | {hopper['cpu_ms']:.3f} |" in table
