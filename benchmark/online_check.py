@@ -127,6 +127,9 @@ def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dic
     offline = [k for k, t in enumerate(steps) if t <= offline_end][-5:]
     online = [k for k, t in enumerate(steps) if t > offline_end][-5:]
     episodes = [[score for _, score in r["episodes"]] for r in seeds if r["episodes"]]
+    candidates = [[dict((step, c) for step, _, c in r["evals"])[t] for t in steps] for r in seeds]
+    candidates = None if any(None in row for row in candidates) else np.array(candidates)  # None: 1 candidate
+    at = lambda k: [] if candidates is None else [float(x) for x in candidates[:, k]]  # noqa: E731
     return dict(
         algorithm=algorithm,
         seeds=[r["seed"] for r in seeds],
@@ -141,6 +144,9 @@ def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dic
         online_episodes=[len(e) for e in episodes],
         first_10_episodes=[float(np.mean(e[:10])) for e in episodes],
         last_10_episodes=[float(np.mean(e[-10:])) for e in episodes],
+        candidates=seeds[0]["candidates"],
+        candidates_offline_end=at(steps.index(offline_end)) if offline_end in steps else [],
+        candidates_online_end=at(len(steps) - 1) if last > offline_end else [],
     )
 
 
@@ -153,7 +159,7 @@ def report(args: Args) -> None:
     runs, offline_end = read_runs(args), args.offline_steps
     data_mean = dataset_mean_score(ENV_ID, args.dataset_path)
     fig, (ax_eval, ax_episodes) = plt.subplots(1, 2, figsize=(13, 4.5))
-    rows, results = [], []
+    rows, results, candidate_rows = [], [], []
     for i, (algorithm, seeds) in enumerate(sorted(runs.items(), key=lambda kv: list(SCRIPTS).index(kv[0]))):
         result = algorithm_result(algorithm, seeds, offline_end)
         steps, own = result["steps"], np.array(result["own_sample_scores"])
@@ -167,6 +173,12 @@ def report(args: Args) -> None:
             + " | ".join(map(mean_std, cells))
             + f" → {mean_std(result['last_10_episodes'])} | {result['last_step']}{under_way} |"
         )
+        if result["candidates_offline_end"]:
+            ends = [result["candidates_offline_end"], result["candidates_online_end"]]
+            change = [b - a for a, b in zip(*ends)]
+            candidate_rows.append(
+                f"| {algorithm} | {result['candidates']} | " + " | ".join(map(mean_std, [*ends, change]))
+            )
         color = f"C{i}"
         ax_eval.plot(
             steps, own.mean(axis=0), color=color, label=f"{algorithm} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
@@ -198,6 +210,13 @@ def report(args: Args) -> None:
     )
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(header + "\n".join(rows) + f"\n\nDataset mean: {data_mean:.1f}.\n")
+        if candidate_rows:
+            f.write(
+                "\nWith the evaluation's candidates (the scripts' rule: one of N sampled actions picked by softmax(Q)):"
+                "\n\n| algorithm | candidates | offline end | online end | change |\n|---|---|---|---|---|\n"
+                + " |\n".join(candidate_rows)
+                + " |\n"
+            )
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(header + "\n".join(rows))

@@ -255,15 +255,16 @@ def test_sweep_speed_table1_device_hours_of_the_three_scripts():
     assert round(t["total_hours"], 1) == 33.0
 
 
-def fake_online_run(runs_dir, name, config, evals, episodes, finished=True):
+def fake_online_run(runs_dir, name, config, evals, episodes, finished=True, candidates=None):
     """A run folder of online_check's: config.json, metrics.jsonl (evaluations, online episodes), summary.json."""
     run_dir = os.path.join(runs_dir, name)
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
         json.dump({"exp_name": "online_check", "env_id": "hopper-medium-replay-v2", "num_candidates": 1, **config}, f)
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
-        for step, score in evals:
-            f.write(json.dumps({"step": step, "eval/score": score}) + "\n")
+        for step, score in evals:  # with candidates: eval/score theirs, eval/policy_score the own sample's
+            own = {} if candidates is None else {"eval/score": candidates * score, "eval/policy_score": score}
+            f.write(json.dumps({"step": step, "eval/score": score, **own}) + "\n")
         for env_step, score in episodes:
             f.write(json.dumps({"step": 40 + env_step, "online/env_steps": env_step, "online/episode_score": score}))
             f.write("\n")
@@ -285,6 +286,7 @@ def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
     for seed, shift in ((0, 0.0), (1, 2.0)):
         fake_online_run(runs, f"a{seed}", {"seed": seed, "eta": 0.1}, [(t, t / 10 + shift) for t in steps], episodes)
     fake_online_run(runs, "b0", {"seed": 0, "alpha": 10.0}, [(t, 1.0) for t in steps[:8]], [], finished=False)
+    fake_online_run(runs, "c0", {"seed": 0, "diffusion_steps": 5}, [(t, t / 10) for t in steps], [], candidates=3)
     args = online_check.Args(dataset_path=path, offline_steps=50, online_steps=50, runs_dir=runs, out_dir=str(tmp_path))
     online_check.report(args)
     results = {r["algorithm"]: r for r in json.load(open(tmp_path / "results.json"))}
@@ -293,12 +295,23 @@ def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
     assert ofql["offline_last_5_mean"] == [3.0, 5.0] and ofql["online_last_5_mean"] == [8.0, 10.0]
     assert ofql["first_10_episodes"] == [5.5, 5.5] and ofql["last_10_episodes"] == [15.5, 15.5]
     assert fql["last_step"] == 80 and not fql["finished"] and fql["online_last_5_mean"] == []
+    dql = results["dql"]  # its own sample's scores in the first table, the candidates' (3x here) in the second
+    assert (
+        dql["online_end"] == [10.0]
+        and dql["candidates_offline_end"] == [15.0]
+        and dql["candidates_online_end"] == [30.0]
+    )
     table = open(tmp_path / "results.md").read()
     assert (
         "| ofql | 2 | 6.0 ± 1.0 | 4.0 ± 1.0 | 11.0 ± 1.0 | 9.0 ± 1.0 | 5.0 ± 0.0 | 5.5 ± 0.0 → 15.5 ± 0.0 | 100 |"
         in table
     )
-    assert "| fql | 1 |" in table and "80 (under way)" in table and os.path.exists(tmp_path / "curves.png")
+    assert (
+        "| dql | 1 | 15.0 ± 0.0 | 30.0 ± 0.0 | 15.0 ± 0.0 |" in table
+        and "| fql | 1 |" in table
+        and "80 (under way)" in table
+        and os.path.exists(tmp_path / "curves.png")
+    )
 
 
 def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_rates(tmp_path):
