@@ -366,7 +366,7 @@ class OfflineBuffer:
         j = r % (self.size + self.count) if online else r % self.size
         if online and self.balanced:
             j = torch.cat([r[: batch_size // 2] % self.size, self.size + r[batch_size // 2 :] % self.count])
-        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.envs + env)
+        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.envs + env) if online else j
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
 
     def add(self, *transition: np.ndarray) -> None:
