@@ -1,33 +1,41 @@
 """One command that verifies a GPU machine in at most 5 minutes (by its own estimate on an H100/H200): the CUDA tests,
 eager against CUDA-graph training of the three scripts and of a sweep, and the GPU speed figures, in one results folder.
 
-    python benchmark/gpu_check.py                      # on a CUDA machine: about 4 minutes on one H200 (estimate)
+    python benchmark/gpu_check.py                      # on a CUDA machine: about 4.5 minutes on one H200 (estimate)
     python benchmark/gpu_check.py --train-steps 2000   # longer parity runs (over the 5-minute budget; it says so)
 
 0. The time budget: before it starts, per step its allowance (STEP_BUDGET_S, 300 s in all) and its estimate from the
    sizes chosen here and the per-step rates recorded on one H200 (H200_RATES); each step's actual seconds as it ends.
    Results are written after every step: a call stopped halfway keeps what it did (summary.md says INCOMPLETE).
 1. The device, its driver, torch's and CUDA's versions.
-2. `python -m pytest -q tests/test_training_step.py` (eager vs graph for the three scripts, no device sync, the
-   captured policy): passed/skipped/failed; on CUDA a skipped test is a failure (they skip only without CUDA).
+2. `python -m pytest -q tests/test_training_step.py` but its CPU-only compile test (eager vs graph for the three
+   scripts, no device sync, the captured policy, a domain sweep and an online run in CUDA graphs, the captured online
+   batch): passed/skipped/failed; on CUDA a skipped test is a failure (they skip only without CUDA).
 3. ofql.py, dql.py and fql.py, each trained twice on a small D4RL-layout file recorded here in Hopper-v4 (seeded
-   random policy), same seed: --no-cuda-graph and --cuda-graph, --train-steps steps with the EMA policy (which gives
-   the critic's next actions) starting at --ema-start. The logged window means are compared: the windows up to
-   --tight-steps within the tests' tolerance (rtol, atol), later ones within --drift-rtol (rounding noise of two
-   correct paths grows with the steps); the largest difference is reported. A run that fails, or that does not train
-   on the path it was asked for, is a failure: the check never falls back to eager.
+   random policy), same seed: --no-cuda-graph and --cuda-graph, --train-steps offline steps with the EMA policy (which
+   gives the critic its next actions) starting at --ema-start, then an online phase of --online-steps env steps (one
+   update after each: the online update's own graph, the acting policy's graph, the buffer's rows written in place).
+   The offline window means are compared: the windows up to --tight-steps within the tests' tolerance (rtol, atol),
+   later ones within --drift-rtol (rounding noise of two correct paths grows with the steps); the largest difference is
+   reported. The online windows are compared and their largest difference reported, never failed on: after the first
+   action that differs in its last bit the two runs' envs diverge, so two correct paths need not agree online. The
+   online phase fails the check only if a run stops, logs no online window, or logs a non-finite value (or a metric the
+   other does not); its episodes are counted, and the check fails if no online episode ended on a path in any run
+   (step 3 and 5 together). A run that fails, or that does not train on the path it was asked for, is a failure: the
+   check never falls back to eager.
 4. benchmark/speed.py: updates/s and decisions/s (1 and the evaluation's candidates), eager and graph, the ratios,
    against the speed targets (reported; they fail the check only with --fail-on-targets). Eager-light: the eager
    path is timed over --speed-eager-updates updates per round, the graph path over speed.py's --updates.
-5. sweep.py (two members of ofql.py) trained --no-cuda-graph and --cuda-graph for --sweep-steps, each member's logs
-   compared as in 3; benchmark/sweep_speed.py (eager-light too): member-updates/s of sweeps of 1 and 16 members
-   against one run, on both paths, and the target of 12,000 member-updates/s for 16 OFQL members (reported; fails
-   the check only with --fail-on-targets).
+5. sweep.py (two members of ofql.py) trained --no-cuda-graph and --cuda-graph for --sweep-steps offline steps and
+   --online-steps online steps (an env per member), each member's path checked and its logs compared as in 3;
+   benchmark/sweep_speed.py (eager-light too): member-updates/s of sweeps of 1 and 16 members against one run, on both
+   paths, and the target of 12,000 member-updates/s for 16 OFQL members (reported; fails the check only with
+   --fail-on-targets).
 6. summary.md and results.json in --out-dir; the summary is printed. Exit 1 if a check failed.
 
-Without CUDA it checks its own CPU parts (the data file, every script and a sweep for a few eager steps on both
-flags, the metrics, the comparison, the speed.py and sweep_speed.py interfaces through the eager-light runner, the
-budget, the summary) and prints one line.
+Without CUDA it checks its own CPU parts (the data file, every script and a sweep for a few eager offline and online
+steps on both flags, the metrics, the comparison, the online episodes, the speed.py and sweep_speed.py interfaces
+through the eager-light runner, the budget, the summary) and prints one line.
 """
 
 import dataclasses
@@ -93,6 +101,10 @@ H200_RATES = {
     "start_s": 3.0,
     # tests/test_training_step.py: "26 passed in 47.36s" (2026-12-04), and pytest's start
     "tests_s": 49.0,
+    # its CUDA tests added since, assumed: a domain sweep (4 members, 30 steps) eager and in a CUDA graph, an online run
+    # (20 offline and 20 online steps) on the graph path, the captured online batch; each run's start, captures and
+    # evaluation about 1 s, its steps at the rates below
+    "tests_added_s": 5.0,
     # record_hopper: 5000 Hopper-v4 steps in 0.9 s on a 2-core CPU (MuJoCo runs on the CPU)
     "record_s_per_transition": 2e-4,
     # a parity run's seconds beyond its training steps (start, CUDA, data, capture, evaluation, files): its seconds less
@@ -108,6 +120,14 @@ H200_RATES = {
         "dql": {"eager": 43.9, "cuda_graph": 342.8},
         "fql": {"eager": 55.4, "cuda_graph": 291.4},
     },
+    # the online phase (--online-steps), assumed (no call has run one): a run's seconds for it beyond its steps (the
+    # online update's warm-up and capture, the acting policy's capture, its env, the second evaluation: 2 episodes of
+    # tens of steps), and per online step beyond the update: the acting policy's call and the copy of its action to
+    # the host (which waits for the update before it: no overlap on the graph path), one Hopper-v4 step and the
+    # buffer's writes (0.45 ms on a 2-core CPU). Conservative: the slowest acting policy, DQL's eager chain of 203
+    # operators, is speed.py's 337 decisions/s with 1 candidate (3.0 ms)
+    "online_start_s": 1.0,
+    "online_step_overhead_s": 5e-3,
     # speed.py: its 148.3 s less its timed blocks at its figures (5 rounds of 410 updates and 21 decision batches per
     # script, path and candidate count), 2026-11-30: start, operator counts, the update profile
     "speed_start_s": 15.5,
@@ -154,8 +174,8 @@ STEP_BUDGET_S = {
     "parity ofql": 36,
     "parity dql": 42,
     "parity fql": 38,
-    "speed": 42,
-    "sweep parity": 40,
+    "speed": 40,
+    "sweep parity": 42,
     "sweep speed": 37,
 }
 
@@ -165,8 +185,11 @@ class Args:
     out_dir: str | None = None
     """the results folder; default benchmark/results/gpu_check, or its cpu_mode/ subfolder without CUDA (so that a
     CPU run never overwrites GPU results)"""
-    train_steps: int = 600
-    """gradient steps of each parity run (step 3)"""
+    train_steps: int = 500
+    """offline gradient steps of each parity run (step 3)"""
+    online_steps: int = 50
+    """then online steps of each parity and sweep run (steps 3 and 5: --online-steps; 0: none), one update after each;
+    their windows are reported, not failed on (the two paths' envs diverge), and on each path an episode must end"""
     ema_start: int = 300
     """--ema-start of the parity and sweep runs of ofql.py and dql.py: the EMA policy, which gives the critic its next
     actions, starts inside the runs (the scripts' default is step 1000), so that its start is compared too"""
@@ -204,7 +227,9 @@ class Args:
     fail_on_targets: bool = False
     """if toggled, a missed speed target fails the check"""
     cpu_steps: int = 10
-    """gradient steps of each run in the CPU mode"""
+    """offline gradient steps of each run in the CPU mode"""
+    cpu_online_steps: int = 30
+    """online steps of each run in the CPU mode (its barely trained policy's hopper falls within them)"""
     timeout: int = 600
     """seconds after which a subprocess (a run, the tests, speed.py) is stopped and reported as failed; on CUDA at
     most 4 times its step's estimate (at least 120 s), so that a hung step cannot take a lent GPU's time"""
@@ -290,10 +315,11 @@ def error_line(log_path: str, rc: int | None, timeout: int) -> str:
 # Step 2: the CUDA tests
 # ---------------------------------------------------------------------------------------------------------------
 def pytest_counts(output: str) -> dict:
-    """The counts of pytest's final summary line ('18 passed, 6 skipped in 5.2s', '23 tests collected in 1.1s')."""
+    """The counts of pytest's final summary line ('18 passed, 6 skipped in 5.2s', '23 tests collected in 1.1s', with
+    deselected tests '21/23 tests collected (2 deselected) in 1.1s': 21)."""
     counts = {"passed": 0, "skipped": 0, "failed": 0, "errors": 0, "collected": 0}
     for line in reversed(output.splitlines()):
-        found = re.findall(r"(\d+) (passed|skipped|failed|errors?|tests? collected)\b", line)
+        found = re.findall(r"(\d+)(?:/\d+)? (passed|skipped|failed|errors?|tests? collected)\b", line)
         if found and re.search(r" in [\d.]+s", line):
             for n, what in found:
                 key = "errors" if what.startswith("error") else ("collected" if "collected" in what else what)
@@ -313,9 +339,15 @@ def tests_verdict(counts: dict, rc: int | None, cuda: bool) -> str | None:
     return None if rc == 0 else f"pytest exited {rc}"
 
 
+# tests of the file that never touch CUDA and cost a lent GPU's time: --compile's CPU test compiles two scripts with
+# inductor's CPU backend (34 s on a 2-core CPU; added after the file was timed on the H200); CI runs them
+CPU_ONLY_TESTS = ("test_the_compiled_iteration_trains_as_the_eager_one",)
+
+
 def run_tests(args: Args, out: str, cuda: bool, timeout: int | None = None) -> dict:
-    """On CUDA the whole file; without CUDA only its collection (its CUDA tests would skip)."""
+    """On CUDA the whole file but CPU_ONLY_TESTS; without CUDA only its collection (its CUDA tests would skip)."""
     cmd = [sys.executable, "-m", "pytest", "-q", "tests/test_training_step.py"] + ([] if cuda else ["--collect-only"])
+    cmd += [f"--deselect=tests/test_training_step.py::{name}" for name in CPU_ONLY_TESTS]
     log, timeout = os.path.join(out, "tests.log"), timeout or args.timeout
     proc, t0 = start(cmd, ROOT, log)
     rc = finish(proc, timeout)
@@ -369,7 +401,10 @@ def record_hopper(path: str, transitions: int, seed: int) -> dict:
     return {"path": path, "transitions": transitions, "episodes": episode}
 
 
-def train_command(script: str, graph: bool, data_path: str, steps: int, log_every: int, args: Args) -> list[str]:
+def train_command(
+    script: str, graph: bool, data_path: str, steps: int, log_every: int, online_steps: int, args: Args
+) -> list[str]:
+    """The run's command: `steps` offline steps, then `online_steps` online; evaluated at the end of each phase."""
     return [
         sys.executable,
         os.path.join(ROOT, f"{script}.py"),
@@ -379,10 +414,12 @@ def train_command(script: str, graph: bool, data_path: str, steps: int, log_ever
         data_path,
         "--total-steps",
         str(steps),
+        "--online-steps",
+        str(online_steps),
         "--log-every",
         str(log_every),
         "--eval-every",
-        str(steps),
+        str(steps + online_steps),
         "--eval-episodes",
         "2",
         "--num-candidates",
@@ -396,20 +433,44 @@ def train_command(script: str, graph: bool, data_path: str, steps: int, log_ever
     ]
 
 
-def read_run(log_path: str, cwd: str) -> dict:
-    """The files of a finished run, found from the 'summary: <path>' line it prints last."""
+EPISODE_KEY = "online/episode_return"  # in the record of an online episode that ended (not a logging window)
+
+
+def phases(records: list[dict], offline_steps: int) -> dict:
+    """A metrics.jsonl split: the offline windows (steps up to offline_steps), the online ones, the online episodes."""
+    windows = [r for r in records if EPISODE_KEY not in r]
+    return {
+        "offline": [r for r in windows if r["step"] <= offline_steps],
+        "online": [r for r in windows if r["step"] > offline_steps],
+        "episodes": [r for r in records if EPISODE_KEY in r],
+    }
+
+
+def window_rate(windows: list[dict], first_step: int) -> float | None:
+    """Training steps/s over consecutive windows, each logged with its steps/s and covering the steps since the
+    previous one (the first: since first_step)."""
+    seconds, last = 0.0, first_step
+    for r in windows:
+        seconds, last = seconds + (r["step"] - last) / r["steps_per_sec"], r["step"]
+    return (last - first_step) / seconds if seconds else None
+
+
+def read_run(log_path: str, cwd: str, offline_steps: int) -> dict:
+    """The files of a finished run, found from the 'summary: <path>' line it prints last; steps/s of each phase."""
     summary_lines = [line for line in read_text(log_path).splitlines() if line.startswith("summary: ")]
     if not summary_lines:
         raise CheckError(f"no 'summary:' line in {log_path}")
     run_dir = os.path.join(cwd, os.path.dirname(summary_lines[-1][len("summary: ") :]))
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+        split = phases([json.loads(line) for line in f if line.strip()], offline_steps)
     summary = json.loads(read_text(os.path.join(run_dir, "summary.json")))
     config = json.loads(read_text(os.path.join(run_dir, "config.json")))
     return {
         "run_dir": run_dir,
-        "records": records,
-        "steps_per_sec": summary["train_steps_per_sec"],
+        "phases": split,
+        "steps_per_sec": window_rate(split["offline"], 0),  # summary.json's train_steps_per_sec: both phases
+        "online_steps_per_sec": window_rate(split["online"], offline_steps),
+        "online_episodes": len(split["episodes"]),
         "final_score": summary["final_score"],
         "device": config["device"],
         "training_step": config["training_step"],
@@ -426,30 +487,36 @@ def path_problem(run: dict, graph: bool, cuda: bool) -> str | None:
     return None
 
 
-def finish_run(proc, t0, log, cwd, graph: bool, cuda: bool, timeout: int) -> dict:
+def finish_run(proc, t0, log, cwd, graph: bool, cuda: bool, timeout: int, offline_steps: int) -> dict:
     rc = finish(proc, timeout)
     result = {"mode": "graph" if graph else "eager", "log": log, "seconds": time.time() - t0, "error": None}
     if rc != 0:
         return {**result, "error": error_line(log, rc, timeout)}
     try:
-        result.update(read_run(log, cwd))
+        result.update(read_run(log, cwd, offline_steps))
     except (CheckError, OSError, KeyError, ValueError) as e:
         return {**result, "error": f"unreadable run: {e}"}
     return {**result, "error": path_problem(result, graph, cuda)}
 
 
 def train_pair(
-    script: str, data_path: str, steps: tuple[int, int], work: str, args: Args, cuda: bool, timeout: int | None = None
+    script: str,
+    data_path: str,
+    steps: tuple[int, int, int],
+    work: str,
+    args: Args,
+    cuda: bool,
+    timeout: int | None = None,
 ) -> dict:
-    """The eager and the graph run of one script: one after the other on CUDA (their steps/s are compared), side by
-    side without CUDA (both are eager there)."""
+    """The eager and the graph run of one script (steps: offline steps, logging window, online steps): one after the
+    other on CUDA (their steps/s are compared), side by side without CUDA (both are eager there)."""
     logs = {graph: os.path.join(work, f"{script}_{'graph' if graph else 'eager'}.log") for graph in (False, True)}
 
     def launch(graph: bool):
         return start(train_command(script, graph, data_path, *steps, args), work, logs[graph])
 
     def wait(graph: bool, proc_t0) -> dict:
-        return finish_run(*proc_t0, logs[graph], work, graph, cuda, timeout or args.timeout)
+        return finish_run(*proc_t0, logs[graph], work, graph, cuda, timeout or args.timeout, steps[0])
 
     if cuda:
         runs = {graph: wait(graph, launch(graph)) for graph in (False, True)}
@@ -457,20 +524,42 @@ def train_pair(
         started = {graph: launch(graph) for graph in (False, True)}
         runs = {graph: wait(graph, proc_t0) for graph, proc_t0 in started.items()}
     eager, graph = runs[False], runs[True]
-    comparison = None
-    if "records" in eager and "records" in graph:  # both ran to the end (if on a wrong path, still compared)
-        comparison = compare_logs(
-            eager["records"], graph["records"], args.rtol, args.atol, args.tight_steps, args.drift_rtol
-        )
+    comparison = online = None
+    if "phases" in eager and "phases" in graph:  # both ran to the end (if on a wrong path, still compared)
+        comparison, online = compare_phases(eager["phases"], graph["phases"], steps[2], args)
     problems = [f"{r['mode']} run: {r['error']}" for r in (eager, graph) if r["error"]]
     problems += comparison["problems"] if comparison else []
+    problems += [f"online: {p}" for p in online["problems"]] if online else []
     return {
-        "eager": {k: v for k, v in eager.items() if k != "records"},
-        "graph": {k: v for k, v in graph.items() if k != "records"},
+        "eager": {k: v for k, v in eager.items() if k != "phases"},
+        "graph": {k: v for k, v in graph.items() if k != "phases"},
         "comparison": comparison,
+        "online": online,
         "ok": not problems,
         "problems": problems,
     }
+
+
+def compare_phases(eager: dict, graph: dict, online_steps: int, args: Args) -> tuple[dict, dict | None]:
+    """Two runs' phases(): the offline windows compared by compare_logs (they decide pass or fail), and, with an online
+    phase, compare_online's report on the online ones."""
+    offline = compare_logs(eager["offline"], graph["offline"], args.rtol, args.atol, args.tight_steps, args.drift_rtol)
+    return offline, compare_online(eager, graph, args) if online_steps else None
+
+
+def compare_online(eager: dict, graph: dict, args: Args) -> dict:
+    """The online windows of two runs' phases() compared as compare_logs does, their differences reported and never
+    failed on: after the first action that differs (in its last bit) the two envs diverge, so two correct paths need
+    not agree online. Problems: no online window, a non-finite value (an episode's too), a step or a metric that one
+    run logs and the other does not. The episodes that ended are counted per run."""
+    c = compare_logs(eager["online"], graph["online"], args.rtol, args.atol, tight_steps=0, drift_rtol=math.inf)
+    problems = [p for p in c["problems"] if p != "the eager run logged no metrics"]  # said per run below
+    for mode, run in (("eager", eager), ("graph", graph)):
+        problems += [] if run["online"] else [f"the {mode} run logged no online window"]
+        for r in run["episodes"]:
+            if not all(math.isfinite(v) for v in r.values()):
+                problems.append(f"{mode} run: the online episode ending at step {r['step']} has a non-finite value")
+    return {**c, "problems": problems, "episodes": {"eager": len(eager["episodes"]), "graph": len(graph["episodes"])}}
 
 
 def metric_keys(record: dict) -> set:
@@ -531,8 +620,23 @@ def prepare_parity(args: Args, out: str, cuda: bool) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     data = record_hopper(os.path.join(work, "hopper-random.hdf5"), args.transitions, args.seed)
-    steps, log_every = (args.train_steps, args.log_every) if cuda else (args.cpu_steps, max(1, args.cpu_steps // 2))
-    return {"data": data, "steps": steps, "log_every": log_every, "ema_start": args.ema_start, "scripts": {}}
+    steps, log_every, online_steps = sizes(args, args.train_steps, cuda)
+    return {
+        "data": data,
+        "steps": steps,
+        "log_every": log_every,
+        "online_steps": online_steps,
+        "ema_start": args.ema_start,
+        "scripts": {},
+    }
+
+
+def sizes(args: Args, steps: int, cuda: bool) -> tuple[int, int, int]:
+    """A parity or sweep run's offline steps, logging window and online steps: on CUDA `steps` and the flags', without
+    CUDA the CPU mode's."""
+    if cuda:
+        return steps, args.log_every, args.online_steps
+    return args.cpu_steps, max(1, args.cpu_steps // 2), args.cpu_online_steps if args.online_steps else 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -662,14 +766,22 @@ SWEEP_TARGET = ("OFQL member-updates/s, 16 members, CUDA graph", 12e3)  # issue 
 
 
 def sweep_pair(
-    data_path: str, steps: int, log_every: int, work: str, args: Args, cuda: bool, timeout: int | None = None
+    data_path: str,
+    steps: int,
+    log_every: int,
+    work: str,
+    args: Args,
+    cuda: bool,
+    timeout: int | None = None,
+    online_steps: int = 0,
 ) -> dict:
-    """sweep.py ofql.py, seeds 0 and 1, eager and with the CUDA graph: each member's logs compared as step 3's."""
+    """sweep.py ofql.py, seeds 0 and 1, eager and with the CUDA graph, `steps` offline and `online_steps` online steps
+    (an env per member): each member's path checked and its logs compared as step 3's."""
     logs, problems, runs, timeout = {}, [], {}, timeout or args.timeout
     for graph in (False, True):
         mode = "graph" if graph else "eager"
         cmd = [sys.executable, os.path.join(ROOT, "sweep.py"), "ofql.py"] + train_command(
-            "ofql", graph, data_path, steps, log_every, args
+            "ofql", graph, data_path, steps, log_every, online_steps, args
         )[2:]
         cmd[cmd.index("--seed") : cmd.index("--seed") + 2] = ["--seeds", "0", "1"]
         log = os.path.join(work, f"sweep_{mode}.log")
@@ -683,25 +795,41 @@ def sweep_pair(
         if len(summaries) != 2:
             problems.append(f"{mode} sweep: {len(summaries)} members' summaries, not 2")
         logs[graph] = []
-        for summary in summaries:
-            with open(os.path.join(work, os.path.dirname(summary), "metrics.jsonl")) as f:
-                logs[graph].append([json.loads(line) for line in f if line.strip()])
+        for member, summary in enumerate(summaries):
+            run_dir = os.path.join(work, os.path.dirname(summary))
+            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+                logs[graph].append(phases([json.loads(line) for line in f if line.strip()], steps))
+            config = json.loads(read_text(os.path.join(run_dir, "config.json")))
+            problem = path_problem(config, graph, cuda)
+            problems += [f"{mode} sweep, member {member}: {problem}"] if problem else []
         if summaries:
-            runs[mode]["steps_per_sec"] = json.loads(read_text(os.path.join(work, summaries[0])))["train_steps_per_sec"]
-    comparisons = []
+            runs[mode]["steps_per_sec"] = window_rate(logs[graph][0]["offline"], 0)
+            runs[mode]["online_steps_per_sec"] = window_rate(logs[graph][0]["online"], steps)
+    comparisons, online = [], []
     if len(logs) == 2:
         for member, (eager, graph) in enumerate(zip(logs[False], logs[True])):
-            c = compare_logs(eager, graph, args.rtol, args.atol, args.tight_steps, args.drift_rtol)
+            c, o = compare_phases(eager, graph, online_steps, args)
             comparisons.append(c)
+            online += [o] if o else []
             problems += [f"member {member}: {p}" for p in c["problems"]]
-    return {"ok": not problems, "problems": problems, "members": comparisons, "steps": steps, "runs": runs}
+            problems += [f"member {member}: online: {p}" for p in o["problems"]] if o else []
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "members": comparisons,
+        "online": online,
+        "steps": steps,
+        "online_steps": online_steps,
+        "runs": runs,
+    }
 
 
 def run_sweep_parity(args: Args, out: str, cuda: bool, timeout: int | None = None) -> dict:
     """Step 5's first half, on step 3's data file: report["sweep"] until sweep_speed.py has run."""
     work = os.path.join(out, "work")
-    steps, log_every = (args.sweep_steps, args.log_every) if cuda else (args.cpu_steps, max(1, args.cpu_steps // 2))
-    pair = sweep_pair(os.path.join(work, "hopper-random.hdf5"), steps, log_every, work, args, cuda, timeout)
+    steps, log_every, online_steps = sizes(args, args.sweep_steps, cuda)
+    data_path = os.path.join(work, "hopper-random.hdf5")
+    pair = sweep_pair(data_path, steps, log_every, work, args, cuda, timeout, online_steps)
     return {"parity": pair, "ok": pair["ok"], "error": "; ".join(pair["problems"][:3]) or None, "figures": None}
 
 
@@ -759,15 +887,28 @@ def budget(args: Args, rates: dict = H200_RATES) -> list[dict]:
     def row(step: str, estimate: float, basis: str) -> None:
         rows.append(dict(step=step, budget_s=STEP_BUDGET_S.get(step), estimate_s=estimate, basis=basis, actual_s=None))
 
+    def online(per_sec: dict) -> tuple[float, str]:
+        """The online phase of an eager and a graph run: seconds, and its basis."""
+        if not args.online_steps:
+            return 0.0, ""
+        step_s = {p: 1 / per_sec[p] + rates["online_step_overhead_s"] for p in PATHS}
+        seconds = sum(rates["online_start_s"] + args.online_steps * step_s[p] for p in PATHS)
+        overhead_ms = rates["online_step_overhead_s"] * 1e3
+        basis = f"; then {args.online_steps} online steps, each its update and {overhead_ms:g} ms more (assumed), "
+        return seconds, basis + f"and {rates['online_start_s']:g} s more a run (assumed)"
+
     row("start", rates["start_s"], "imports, the device's query")
     if args.tests:
-        row("tests", rates["tests_s"], "tests/test_training_step.py as last timed")
+        basis = f"tests/test_training_step.py as last timed, and {rates['tests_added_s']:g} s for its tests added since"
+        row("tests", rates["tests_s"] + rates["tests_added_s"], basis + " (assumed)")
     row("data", args.transitions * rates["record_s_per_transition"], f"{args.transitions} Hopper-v4 steps")
     for script in args.scripts:
         start_s, per_sec = rates["run_start_s"][script], rates["train_steps_per_sec"][script]
-        estimate = sum(start_s[p] + args.train_steps / per_sec[p] for p in PATHS)
+        estimate, more = online(per_sec)
+        estimate += sum(start_s[p] + args.train_steps / per_sec[p] for p in PATHS)
         basis = f"2 runs: {args.train_steps} steps at {per_sec['eager']:g} (eager), {per_sec['cuda_graph']:g} (graph)"
-        row(f"parity {script}", estimate, f"{basis} steps/s, {start_s['eager']:g} + {start_s['cuda_graph']:g} s more")
+        basis += f" steps/s, {start_s['eager']:g} + {start_s['cuda_graph']:g} s more{more}"
+        row(f"parity {script}", estimate, basis)
     if args.speed:
         sa = tyro.cli(speed.Args, args=[*CUDA_SPEED_FLAGS.split(), *args.speed_flags.split()])
         updates = {"eager": args.speed_eager_updates, "cuda_graph": sa.updates}
@@ -783,12 +924,10 @@ def budget(args: Args, rates: dict = H200_RATES) -> list[dict]:
         row("speed", rates["speed_start_s"] + sa.rounds * per_round, basis + " s more")
     if args.sweep:
         start_s, per_sec = rates["sweep_run_start_s"], rates["sweep_steps_per_sec"]
+        estimate, more = online(per_sec)
+        estimate += sum(start_s + args.sweep_steps / per_sec[p] for p in PATHS)
         basis = f"2 runs: {args.sweep_steps} steps at {per_sec['eager']:g} (eager), {per_sec['cuda_graph']:g} (graph) "
-        row(
-            "sweep parity",
-            sum(start_s + args.sweep_steps / per_sec[p] for p in PATHS),
-            f"{basis}steps/s, 2 x {start_s:g} s more",
-        )
+        row("sweep parity", estimate, f"{basis}steps/s, 2 x {start_s:g} s more{more}")
         wa = tyro.cli(sweep_speed.Args, args=CUDA_SWEEP_SPEED_FLAGS.split())
         updates = {"eager": args.sweep_eager_updates, "cuda_graph": wa.updates}
         per_round = sum(
@@ -867,6 +1006,7 @@ def check_rows(report: dict) -> list[str]:
             detail = f"{c['windows']} windows; max relative difference {c['max_rel']:.2g}" + (
                 f" ({c['max_rel_at']['metric']}, step {c['max_rel_at']['step']})" if c["max_rel_at"] else ""
             )
+            detail += online_detail([pair["online"]] if pair.get("online") else [])
         rows.append((f"{script}.py: eager vs CUDA graph", pair["ok"], detail))
     speed = report.get("speed")
     if speed:
@@ -877,29 +1017,60 @@ def check_rows(report: dict) -> list[str]:
     if sweep:
         members = sweep["parity"]["members"]
         detail = f"{len(members)} members; max relative difference " + ", ".join(f"{c['max_rel']:.2g}" for c in members)
+        detail += online_detail(sweep["parity"].get("online", []))
         rows.append(("sweep.py: eager vs CUDA graph, sweep_speed.py", sweep["ok"], sweep["error"] or detail))
+    episodes = online_episodes(report)
+    if episodes:
+        detail = f"{episodes['eager']} eager, {episodes['graph']} graph, over {episodes['pairs']} pairs of runs"
+        rows.append(("online episodes that ended (steps 3 and 5)", episodes["ok"], detail))
     return ["| check | result | detail |", "|---|---|---|"] + [
         f"| {name} | {'pass' if ok else '**FAIL**'} | {detail} |" for name, ok, detail in rows
     ]
 
 
+def online_detail(online: list[dict]) -> str:
+    """The online phases of a pair (a sweep's: per member) in a check's detail: reported, not failed on."""
+    if not online:
+        return ""
+    rel = ", ".join(f"{o['max_rel']:.2g}" for o in online)
+    episodes = ", ".join(f"{o['episodes']['eager']}/{o['episodes']['graph']}" for o in online)
+    return f"; online (reported only): max relative difference {rel}, episodes eager/graph {episodes}"
+
+
+def online_episodes(report: dict) -> dict | None:
+    """The online episodes that ended per path, over the pairs of runs (step 3's, step 5's members) that ran an online
+    phase to the end; ok if some ended on each path (None without an online phase)."""
+    online = [p["online"] for p in report.get("parity", {}).get("scripts", {}).values() if p.get("online")]
+    online += (report.get("sweep") or {}).get("parity", {}).get("online", [])
+    if not online:
+        return None
+    counts = {mode: sum(o["episodes"][mode] for o in online) for mode in ("eager", "graph")}
+    return {"pairs": len(online), **counts, "ok": all(counts.values())}
+
+
 PARITY_HEADER = (
     "| script | steps/s, eager | steps/s, CUDA graph | graph / eager | max rel. diff, early windows "
-    "| max rel. diff, all windows | first window beyond rtol |"
+    "| max rel. diff, all windows | first window beyond rtol | online steps/s, eager | online steps/s, CUDA graph "
+    "| online max rel. diff (reported only) | online episodes, eager/graph |"
 )
 
 
 def parity_table(parity: dict) -> list[str]:
-    data = parity["data"]
-    intro = f"Parity runs: {parity['steps']} steps, windows of {parity['log_every']} steps, {data['transitions']} "
-    lines = [intro + "Hopper-v4 random-policy transitions.", "", PARITY_HEADER, "|---|---:|---:|---:|---:|---:|---|"]
+    data, online_steps = parity["data"], parity.get("online_steps", 0)
+    intro = f"Parity runs: {parity['steps']} offline steps, then {online_steps} online steps, windows of "
+    intro += f"{parity['log_every']} steps, {data['transitions']} Hopper-v4 random-policy transitions."
+    lines = [intro, "", PARITY_HEADER, "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|"]
     for script, pair in parity["scripts"].items():
         e, g, c = pair["eager"].get("steps_per_sec"), pair["graph"].get("steps_per_sec"), pair["comparison"]
         first = c and c["first_beyond_rtol"]
         first = f"{first['step']} ({first['metric']})" if first else "-"
+        o = pair.get("online")
+        episodes = f"{o['episodes']['eager']}/{o['episodes']['graph']}" if o else "-"
         lines.append(
             f"| {script} | {fmt(e)} | {fmt(g)} | {fmt(g / e if e and g else None, '.2f')} | "
-            f"{fmt(c and c['tight_max_rel'], '.2g')} | {fmt(c and c['max_rel'], '.2g')} | {first} |"
+            f"{fmt(c and c['tight_max_rel'], '.2g')} | {fmt(c and c['max_rel'], '.2g')} | {first} | "
+            f"{fmt(pair['eager'].get('online_steps_per_sec'))} | {fmt(pair['graph'].get('online_steps_per_sec'))} | "
+            f"{fmt(o and o['max_rel'], '.2g')} | {episodes} |"
         )
     return lines
 
@@ -990,6 +1161,13 @@ def failures(report: dict) -> list[str]:
         found.append(f"speed.py: {report['speed']['error']}")
     if report.get("sweep") and not report["sweep"]["ok"]:
         found.append(f"sweep: {report['sweep']['error']}")
+    episodes = online_episodes(report)
+    for mode in ("eager", "graph") if episodes else ():
+        if not episodes[mode]:
+            found.append(
+                f"online: no online episode ended in the {mode} runs (their episode ends were not exercised): "
+                "rerun with a larger --online-steps"
+            )
     return found
 
 
@@ -1031,8 +1209,9 @@ def main(args: Args) -> int:
     if args.tests:
         step("tests", report, "tests", lambda timeout: run_tests(args, out, cuda, timeout))
     step("data", report, "parity", lambda _: prepare_parity(args, out, cuda))
-    data_path, pairs = report["parity"]["data"]["path"], report["parity"]["scripts"]
-    pair_args = (data_path, (report["parity"]["steps"], report["parity"]["log_every"]), os.path.dirname(data_path))
+    p = report["parity"]
+    data_path, pairs = p["data"]["path"], p["scripts"]
+    pair_args = (data_path, (p["steps"], p["log_every"], p["online_steps"]), os.path.dirname(data_path))
     for script in args.scripts:
         step(f"parity {script}", pairs, script, lambda t, s=script: train_pair(s, *pair_args, args, cuda, t))
     if args.speed:

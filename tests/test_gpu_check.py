@@ -32,14 +32,28 @@ def test_the_cpu_mode_runs_every_part_and_prints_one_line(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("gpu_check: no CUDA device") and "CPU parts work" in lines[0]
     report = json.loads((tmp_path / "results.json").read_text())
     assert report["ok"] and not report["cuda"] and report["tests"]["collected"] > 0
+    # the tests: collected, the CPU-only compile test deselected (a CUDA call runs the rest)
+    assert "--deselect=tests/test_training_step.py::test_the_compiled_iteration" in report["tests"]["command"]
     for script in gpu_check.SCRIPTS:
         pair = report["parity"]["scripts"][script]
         assert pair["ok"] and pair["comparison"]["windows"] == 2 and pair["comparison"]["max_rel"] == 0
         assert pair["eager"]["training_step"] == pair["graph"]["training_step"] == "eager"
+        # then the online phase: 30 steps in windows of 5, both runs the same (two eager runs on the CPU), episodes
+        online = pair["online"]
+        assert online["problems"] == [] and online["windows"] == 6 and online["max_rel"] == 0
+        assert online["episodes"]["eager"] == online["episodes"]["graph"] == pair["eager"]["online_episodes"]
+        assert pair["eager"]["online_steps_per_sec"] > 0 and pair["graph"]["online_steps_per_sec"] > 0
+        for run in (pair["eager"], pair["graph"]):
+            config = json.loads(open(os.path.join(run["run_dir"], "config.json")).read())
+            assert (config["total_steps"], config["online_steps"]) == (10, 30)
     assert report["speed"]["figures"]["ofql"]["eager"]["updates_per_sec"] > 0
     sweep = report["sweep"]
     assert sweep["ok"] and [c["windows"] for c in sweep["parity"]["members"]] == [2, 2]
     assert all(c["max_rel"] == 0 for c in sweep["parity"]["members"])
+    assert [(o["windows"], o["max_rel"], o["problems"]) for o in sweep["parity"]["online"]] == [(6, 0, [])] * 2
+    # the barely trained policies' hoppers fall within the 30 online steps: episodes on both paths
+    episodes = gpu_check.online_episodes(report)
+    assert episodes["ok"] and episodes["pairs"] == 5 and episodes["eager"] == episodes["graph"] > 0
     assert sweep["figures"]["algorithms"]["ofql"]["eager"]["members"]["2"]["member_updates_per_sec"] > 0
     # both tools ran through the eager-light runner (1 eager update a block in the CPU mode) and say so
     assert report["speed"]["eager_updates"] == 1 and sweep["figures"]["eager_updates"] == 1
@@ -52,6 +66,8 @@ def test_the_cpu_mode_runs_every_part_and_prints_one_line(tmp_path):
     summary = (tmp_path / "summary.md").read_text()
     assert "**PASS**" in summary and "| ofql.py: eager vs CUDA graph | pass |" in summary
     assert "| sweep.py: eager vs CUDA graph, sweep_speed.py | pass | 2 members" in summary
+    assert "| online episodes that ended (steps 3 and 5) | pass |" in summary
+    assert "online (reported only): max relative difference 0" in summary
     assert "| total | 300 |" in summary
 
 
@@ -69,10 +85,29 @@ def test_the_default_call_fits_five_minutes_at_the_recorded_h200_rates():
     assert sum(r["estimate_s"] for r in rows) <= 270  # and some margin for the assumed parts
 
 
+def test_the_online_phase_is_in_the_budget():
+    """Each parity and sweep pair's estimate has its online phase: per run its assumed start and per online step the
+    update at the pair's rate plus the assumed overhead; without one (--online-steps 0), the runs as before."""
+    rates = gpu_check.H200_RATES
+    with_online, without = estimates(), estimates(online_steps=0)
+    n, overhead = gpu_check.Args().online_steps, rates["online_step_overhead_s"]
+    per_sec = {f"parity {s}": rates["train_steps_per_sec"][s] for s in gpu_check.SCRIPTS}
+    per_sec["sweep parity"] = rates["sweep_steps_per_sec"]
+    for step, rate in per_sec.items():
+        online = sum(rates["online_start_s"] + n * (1 / rate[p] + overhead) for p in gpu_check.PATHS)
+        assert with_online[step] - without[step] == pytest.approx(online), step
+    assert n > 0 and overhead >= 3e-3  # the slowest acting policy, DQL's eager chain: 3.0 ms (speed.py's rate)
+    assert {k: v for k, v in with_online.items() if k not in per_sec} == {
+        k: v for k, v in without.items() if k not in per_sec
+    }
+
+
 @pytest.mark.parametrize(
     "flags, step",
     [
         ({"train_steps": 2000}, "parity dql"),  # the first call's parity runs
+        ({"online_steps": 1000}, "parity dql"),  # a hopper episode's time limit
+        ({"online_steps": 1000}, "sweep parity"),
         ({"speed_eager_updates": 400}, "speed"),  # speed.py without eager-light
         ({"speed_flags": "--rounds 5"}, "speed"),
         ({"sweep_steps": 2000}, "sweep parity"),
@@ -87,8 +122,8 @@ def test_a_mis_sized_step_is_over_its_budget(flags, step):
 def test_the_budget_reproduces_the_first_full_call():
     """The estimate for the sizes of the first call on one H200 (2026-11-30: 2000 parity steps, speed.py with 400
     updates on both paths and 5 rounds, no sweep) against its recorded seconds per step: a model that left out the
-    runs' start, a path, the warm-up, the decisions or the rounds would miss them."""
-    e = estimates(train_steps=2000, speed_eager_updates=400, speed_flags="--rounds 5", sweep=False)
+    runs' start, a path, the warm-up, the decisions or the rounds would miss them (it ran no online phase)."""
+    e = estimates(train_steps=2000, online_steps=0, speed_eager_updates=400, speed_flags="--rounds 5", sweep=False)
     recorded = {"parity ofql": 41.79 + 14.31, "parity dql": 57.38 + 15.16, "parity fql": 46.0 + 16.97, "speed": 148.28}
     assert all(abs(e[step] - seconds) < 0.02 * seconds for step, seconds in recorded.items()), e
     assert "sweep parity" not in e and "sweep speed" not in e
@@ -238,6 +273,101 @@ def test_eval_and_speed_entries_are_not_compared():
     assert compare(eager, graph)["problems"] == []
 
 
+def run_log(offline, online, episodes):
+    """A metrics.jsonl of 200 offline steps, then online ones: the windows (step, value) and the online episodes
+    that ended at the given steps."""
+    ended = [{"step": s, "online/episode_return": 12.0, "online/env_steps": s - 200} for s in episodes]
+    return log(*offline, *online) + ended
+
+
+def compare_runs(eager, graph, online_steps=100):
+    e, g = (gpu_check.phases(records, 200) for records in (eager, graph))
+    return gpu_check.compare_phases(e, g, online_steps, gpu_check.Args(tight_steps=200))
+
+
+def test_online_windows_are_reported_not_failed_on():
+    """The online windows may differ by any amount (the paths' envs diverge): reported, no problem; the offline windows
+    decide as before; an episode's record at a window's step is no window."""
+    eager = run_log([(100, 1.0), (200, 2.0)], [(300, 3.0)], [250, 300])
+    graph = run_log([(100, 1.0), (200, 2.0)], [(300, 6.0)], [300])
+    offline, online = compare_runs(eager, graph)
+    assert offline["problems"] == [] and offline["windows"] == 2 and offline["max_rel"] == 0
+    assert online["problems"] == [] and online["windows"] == 1 and online["max_rel"] == pytest.approx(3 / 3.1)
+    assert online["episodes"] == {"eager": 2, "graph": 1}
+    assert compare_runs(eager, graph, online_steps=0)[1] is None
+    drifted = run_log([(100, 1.0), (200, 2.1)], [(300, 3.0)], [250])  # an offline window still fails
+    assert len(compare_runs(eager, drifted)[0]["problems"]) == 2
+
+
+def test_an_online_phase_without_windows_or_with_a_non_finite_value_is_a_problem():
+    eager = run_log([(100, 1.0), (200, 2.0)], [(300, 3.0)], [250])
+    no_online = run_log([(100, 1.0), (200, 2.0)], [], [])
+    assert compare_runs(eager, no_online)[1]["problems"] == [
+        "step 300 logged only by the eager run",
+        "the graph run logged no online window",
+    ]
+    assert compare_runs(no_online, no_online)[1]["problems"] == [
+        "the eager run logged no online window",
+        "the graph run logged no online window",
+    ]
+    nan = run_log([(100, 1.0), (200, 2.0)], [(300, float("nan"))], [250])
+    assert [p.split(" is ")[1] for p in compare_runs(eager, nan)[1]["problems"]] == [
+        "not finite (eager 3.0, graph nan)"
+    ] * 2
+    inf = eager[:-1] + [{**eager[-1], "online/episode_return": float("inf")}]
+    assert compare_runs(eager, inf)[1]["problems"] == [
+        "graph run: the online episode ending at step 250 has a non-finite value"
+    ]
+
+
+def test_a_path_on_which_no_online_episode_ended_fails_the_check():
+    """Online episodes are counted over every pair of runs (step 3's, step 5's members): one pair without an episode
+    passes (a policy that balances its hopper for longer than the online phase), a path without any fails."""
+
+    def online(eager, graph):
+        return {"max_rel": 0.5, "episodes": {"eager": eager, "graph": graph}}
+
+    def pair(eager, graph):
+        return {
+            "ok": True,
+            "problems": [],
+            "comparison": compare(log((100, 1.0)), log((100, 1.0))),
+            "online": online(eager, graph),
+        }
+
+    sweep = {"ok": True, "error": None, "parity": {"members": [], "online": [online(0, 1)]}}
+    report = {"parity": {"scripts": {"ofql": pair(0, 0), "dql": pair(1, 2)}}, "sweep": sweep}
+    assert gpu_check.online_episodes(report) == {"pairs": 3, "eager": 1, "graph": 3, "ok": True}
+    assert gpu_check.failures(report) == []
+    report["parity"]["scripts"]["dql"] = pair(0, 2)
+    assert gpu_check.failures(report) == [
+        "online: no online episode ended in the eager runs (their episode ends were not exercised): rerun with a "
+        "larger --online-steps"
+    ]
+    assert "| online episodes that ended (steps 3 and 5) | **FAIL** | 0 eager, 3 graph, over 3 pairs" in "\n".join(
+        gpu_check.check_rows(report)
+    )
+    assert gpu_check.online_episodes({"parity": {"scripts": {"ofql": {"online": None}}}}) is None
+
+
+def test_the_online_steps_reach_both_runs_of_each_pair(tmp_path, monkeypatch):
+    """--online-steps goes to the eager and the graph run of step 3 and of step 5 (the CPU mode: its own sizes), the
+    evaluation at the end of each phase."""
+    launched = []
+    monkeypatch.setattr(gpu_check, "start", lambda cmd, cwd, log: launched.append(cmd) or (None, 0.0))
+    monkeypatch.setattr(gpu_check, "finish", lambda proc, timeout: 1)
+    monkeypatch.setattr(gpu_check, "error_line", lambda log, rc, timeout: "failed")
+    args = gpu_check.Args(online_steps=70)
+    gpu_check.train_pair("fql", "x.hdf5", gpu_check.sizes(args, args.train_steps, True), str(tmp_path), args, True)
+    gpu_check.run_sweep_parity(args, str(tmp_path), cuda=True)
+    value = lambda cmd, flag: cmd[cmd.index(flag) + 1]
+    assert [(value(c, "--online-steps"), "--cuda-graph" in c) for c in launched] == [("70", False), ("70", True)] * 2
+    steps = [(value(c, "--total-steps"), value(c, "--eval-every")) for c in launched]
+    assert steps == [("500", "570")] * 2 + [("400", "470")] * 2
+    assert gpu_check.sizes(args, 500, cuda=False) == (10, 5, 30)
+    assert gpu_check.sizes(gpu_check.Args(online_steps=0), 500, cuda=False)[2] == 0
+
+
 @pytest.mark.parametrize(
     "output, counts",
     [
@@ -248,10 +378,16 @@ def test_eval_and_speed_entries_are_not_compared():
         ),
         ("E\n1 error in 0.5s\n", {"passed": 0, "skipped": 0, "failed": 0, "errors": 1}),
         ("garbage\n", {"passed": 0, "skipped": 0, "failed": 0, "errors": 0}),
+        ("28 passed, 2 deselected in 50.1s\n", {"passed": 28, "skipped": 0, "failed": 0, "errors": 0}),
     ],
 )
 def test_pytest_counts(output, counts):
     assert {k: v for k, v in gpu_check.pytest_counts(output).items() if k != "collected"} == counts
+
+
+def test_collected_counts_leave_the_deselected_tests_out():
+    assert gpu_check.pytest_counts("30/32 tests collected (2 deselected) in 1.96s\n")["collected"] == 30
+    assert gpu_check.pytest_counts("23 tests collected in 1.1s\n")["collected"] == 23
 
 
 def test_a_skipped_or_failed_cuda_test_fails_the_check_on_cuda():
@@ -314,7 +450,7 @@ def test_speed_targets_and_the_summary_of_a_failed_gpu_run():
     report["parity"] = {"steps": 2000, "log_every": 100, "data": {"transitions": 5000}, "scripts": {"ofql": pair}}
     text = gpu_check.markdown(report)
     assert "**FAIL**" in text and "| ofql.py: eager vs CUDA graph | **FAIL** | graph run: exit 2: CUDA GRAPH" in text
-    assert "| ofql | 300.0 | - | - | - | - | - |" in text
+    assert "| ofql | 300.0 | - | - | - | - | - | - | - | - | - |" in text
 
 
 def test_a_graph_run_that_trains_eagerly_fails_on_cuda(tmp_path):
@@ -322,8 +458,9 @@ def test_a_graph_run_that_trains_eagerly_fails_on_cuda(tmp_path):
     failure (a silent fallback), not a pass; the comparison still runs."""
     data = gpu_check.record_hopper(str(tmp_path / "hopper.hdf5"), 300, seed=0)
     args = gpu_check.Args(seed=0)
-    pair = gpu_check.train_pair("ofql", data["path"], (4, 2), str(tmp_path), args, cuda=True)
+    pair = gpu_check.train_pair("ofql", data["path"], (4, 2, 0), str(tmp_path), args, cuda=True)
     assert not pair["ok"] and pair["comparison"]["windows"] == 2 and pair["comparison"]["problems"] == []
+    assert pair["online"] is None  # --online-steps 0
     assert pair["problems"] == [
         "eager run: trained on cpu, expected cuda",
         "graph run: trained with training_step=eager, expected cuda_graph",

@@ -2,14 +2,17 @@
 iteration and the policy capturable as CUDA graphs, checked on the CPU (no value read back to the host, the
 softmax(Q) candidate draw, cuda_graph's warm-up / capture / replay sequence and its one-line failure, Adam's
 capturable mode undone when a fast-path checkpoint resumes on the CPU), and, where CUDA is present, that the captured
-graphs compute what the eager code computes."""
+graphs compute what the eager code computes, for a domain sweep too, and that the online phase trains in them (its own
+update graph, the acting policy's, a captured batch that reads the transitions added after the capture)."""
 
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import types
 
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -17,6 +20,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import dql
 import fql
 import ofql
+import sweep
+from conftest import record_d4rl_file
 from offline_data import UserError
 
 MODULES = (ofql, dql, fql)
@@ -46,6 +51,19 @@ class RecordHostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+def small_data() -> dict:
+    """500 seeded random transitions in the D4RL layout's keys."""
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randn(500, OBS, generator=g)
+    return {
+        "observations": obs.numpy(),
+        "next_observations": (obs + 0.1).numpy(),
+        "actions": (torch.rand(500, ACT, generator=g) * 2 - 1).numpy(),
+        "rewards": torch.randn(500, generator=g).numpy(),
+        "terminals": (torch.rand(500, generator=g) < 0.05).numpy(),
+    }
+
+
 def small_setup(module, device, **overrides):
     torch.manual_seed(0)
     args = (
@@ -53,16 +71,7 @@ def small_setup(module, device, **overrides):
         if module is not fql
         else dataclasses.replace(module.Args(), batch_size=32, **overrides)
     )
-    g = torch.Generator().manual_seed(1)
-    obs = torch.randn(500, OBS, generator=g)
-    data = {
-        "observations": obs.numpy(),
-        "next_observations": (obs + 0.1).numpy(),
-        "actions": (torch.rand(500, ACT, generator=g) * 2 - 1).numpy(),
-        "rewards": torch.randn(500, generator=g).numpy(),
-        "terminals": (torch.rand(500, generator=g) < 0.05).numpy(),
-    }
-    return args, module.make_agent(OBS, ACT, args, device), module.OfflineBuffer(data, device)
+    return args, module.make_agent(OBS, ACT, args, device), module.OfflineBuffer(small_data(), device)
 
 
 def training_iteration(module, agent, buffer, args, device, last_step=0):
@@ -343,3 +352,87 @@ def test_the_compiled_iteration_trains_as_the_eager_one(hopper_file, tmp_path, m
         for key, value in eager.items():
             if "decision_rate" not in key:
                 assert compiled[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (eager["step"], key)
+
+
+def run_files(summary_path: str) -> tuple[dict, list[dict]]:
+    """A finished run's config.json and metrics.jsonl (without the timings)."""
+    run_dir = os.path.dirname(summary_path)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        logged = [{k: v for k, v in json.loads(line).items() if "per_sec" not in k and "rate" not in k} for line in f]
+    return config, logged
+
+
+@cuda
+def test_a_domain_sweep_in_a_cuda_graph_logs_the_eager_numbers(tmp_path, monkeypatch):
+    """sweep.py ofql.py --env-ids over two hopper files of different sizes x seeds 0 and 1 (sweep.DomainBuffer's draw,
+    rows r % each member's dataset size; each dataset's own --grad-norm, a per-member tensor in the clipping: here 0.3
+    and 2, under these gradients' norms, where the presets' 9 and 4 would hardly clip), 30 steps with the EMA policy
+    moving from step 10, then an evaluation: the fast path's members log the eager path's training metrics within the
+    tests' tolerance (its Adam is capturable, the eager path's is not)."""
+    monkeypatch.chdir(tmp_path)
+    files = [str(tmp_path / "a.hdf5"), str(tmp_path / "b.hdf5")]
+    record_d4rl_file(files[0], episodes=4, max_steps=40, seed=0)
+    record_d4rl_file(files[1], episodes=3, max_steps=25, seed=7)
+    argv = ["ofql.py", "--env-ids", "hopper-medium-v2", "hopper-medium-replay-v2", "--dataset-paths", *files]
+    argv += "--seeds 0 1 --total-steps 30 --log-every 10 --eval-every 30 --batch-size 32".split()
+    argv += ["--ema-start", "10", "--ema-every", "2", "--eval-episodes", "1", "--num-candidates", "1"]
+    runs = {}
+    for path in ("eager", "cuda_graph"):
+        script, _, members = sweep.parse_args(argv + ["--cuda-graph" if path == "cuda_graph" else "--no-cuda-graph"])
+        members = [dataclasses.replace(m, grad_norm=0.3 if m.dataset_path == files[0] else 2.0) for m in members]
+        runs[path] = [run_files(summary) for summary in sweep.train(script, members, path)]
+        assert [config["training_step"] for config, _ in runs[path]] == [path] * 4
+    datasets = [(config["transitions"], config["grad_norm"]) for config, _ in runs["cuda_graph"]]
+    assert datasets[0] == datasets[1] != datasets[2] == datasets[3] and datasets[0][0] != datasets[2][0]  # then seeds
+    for member, ((_, eager), (_, graph)) in enumerate(zip(runs["eager"], runs["cuda_graph"])):
+        assert [r["step"] for r in graph] == [r["step"] for r in eager] == [10, 20, 30]
+        assert "eval/score" in graph[-1] and math.isfinite(graph[-1]["eval/score"])
+        for e, g in zip(eager, graph):
+            assert e.keys() == g.keys()
+            for key in (k for k in e if k != "step" and not k.startswith("eval/")):
+                torch.testing.assert_close(g[key], e[key], rtol=1e-4, atol=1e-5, msg=f"{key}, {member}, {e['step']}")
+
+
+@cuda
+def test_an_online_run_trains_on_the_cuda_graph_path(hopper_file, tmp_path, monkeypatch):
+    """ofql.py, 20 offline then 20 online steps on the fast path (the online update its own graph, the acting policy a
+    graph, --balanced-sampling): the checkpoint holds the 20 transitions the env gave, in order (a row's next
+    observation is the next row's observation except where the episode ended), all finite, and every logged value is
+    finite."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "20", "--online-steps"]
+    flags += ["20", "--balanced-sampling", "--batch-size", "32", "--log-every", "10", "--eval-episodes", "1"]
+    summary = ofql.train(ofql.parse_args(flags + ["--num-candidates", "1", "--save-model"]))
+    config, logged = run_files(summary)
+    assert config["training_step"] == "cuda_graph" and config["device"].startswith("cuda")
+    online = torch.load(os.path.join(os.path.dirname(summary), "checkpoint.pt"))["online"]
+    assert [len(v) for v in online.values()] == [20] * 5 and all(v.isfinite().all() for v in online.values())
+    continues = (online["next_obs"][:-1] == online["obs"][1:]).all(dim=1)
+    assert torch.equal(~continues, online["dones"][:-1, 0].bool())
+    assert [r["step"] for r in logged if "critic_loss" in r] == [10, 20, 30, 40]
+    assert all(math.isfinite(v) for r in logged for v in r.values())
+
+
+@cuda
+@pytest.mark.parametrize("balanced", [False, True], ids=["uniform", "balanced"])
+def test_a_captured_online_batch_draws_the_transitions_added_after_the_capture(balanced):
+    """An online batch (the online iteration's draw) captured with 4 transitions in the buffer: its replays draw from
+    every transition added since, and from no row not yet written (the count is read on the device, not fixed at the
+    capture); balanced: the batch's second half from them only."""
+    device = torch.device("cuda")
+    buffer = ofql.OfflineBuffer(small_data(), device, online_steps=40, balanced=balanced)
+
+    def add(j: int) -> None:  # transition j: observation 1000 + j
+        obs = np.full((1, OBS), 1000.0 + j, dtype=np.float32)
+        buffer.add(obs, np.zeros((1, ACT)), np.zeros(1), obs, np.zeros(1))
+
+    batch = ofql.cuda_graph(lambda: buffer.sample(20_000, online=True).obs[:, 0], warmup=4, what="the online batch")
+    for j in range(40):
+        add(j)
+        obs = batch().cpu()
+    online = obs >= 1000
+    assert set(obs[online].tolist()) == {1000.0 + j for j in range(40)} and (obs != 0).all()
+    if balanced:
+        assert not online[:10_000].any() and online[10_000:].all()
