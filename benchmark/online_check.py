@@ -145,6 +145,7 @@ def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dic
         first_10_episodes=[float(np.mean(e[:10])) for e in episodes],
         last_10_episodes=[float(np.mean(e[-10:])) for e in episodes],
         candidates=seeds[0]["candidates"],
+        candidate_scores=None if candidates is None else candidates.tolist(),
         candidates_offline_end=at(steps.index(offline_end)) if offline_end in steps else [],
         candidates_online_end=at(len(steps) - 1) if last > offline_end else [],
     )
@@ -183,6 +184,9 @@ def report(args: Args) -> None:
         ax_eval.plot(
             steps, own.mean(axis=0), color=color, label=f"{algorithm} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
         )
+        if result["candidate_scores"] is not None:
+            label = f"{algorithm}, {result['candidates']} candidates"
+            ax_eval.plot(steps, np.mean(result["candidate_scores"], axis=0), color=color, linestyle="--", label=label)
         if len(seeds) > 1:
             ax_eval.fill_between(steps, own.min(axis=0), own.max(axis=0), color=color, alpha=0.2)
         for r, line in zip(seeds, ("-", "--", ":")):
@@ -193,7 +197,7 @@ def report(args: Args) -> None:
     ax_eval.axvline(offline_end, color="gray", linestyle="--", linewidth=1)
     ax_eval.axhline(data_mean, color="gray", linestyle=":", linewidth=1, label=f"dataset mean ({data_mean:.1f})")
     ax_eval.set(xlabel="updates (offline, then one per online env step)", ylabel="normalized score",
-                title=f"{ENV_ID}: evaluations, the policy's own sample")  # fmt: skip
+                title=f"{ENV_ID}: evaluations (solid: the policy's own sample)")  # fmt: skip
     ax_episodes.set(xlabel="online env steps", ylabel="normalized score", title="online training episodes (mean of 10)")
     for ax in (ax_eval, ax_episodes):
         ax.legend(fontsize=8)
