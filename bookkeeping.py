@@ -32,8 +32,8 @@ import offline_data
 from offline_data import UserError
 
 FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (any other: a finite number)
-    "(0, inf)": "total_steps batch_size eval_every eval_episodes num_candidates log_every num_backup_actions ema_every "
-    "diffusion_steps flow_steps actor_lr critic_lr time_sigma",
+    "(0, inf)": "total_steps batch_size eval_every eval_episodes num_candidates online_candidates log_every ema_every "
+    "num_backup_actions diffusion_steps flow_steps actor_lr critic_lr time_sigma",
     "[0, inf)": "grad_norm eta alpha ema_start adaptive_weight_power online_steps",
     "[0, 4294967295]": "seed",  # numpy's seeds
     "[0, 1]": "gamma tau ema_decay flow_ratio",

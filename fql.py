@@ -67,8 +67,9 @@ class Args:
     total_steps: int = 2_000_000
     """the number of gradient steps on the dataset, the offline phase (preset)"""
     online_steps: int = 0
-    """then this many env steps, one update after each (FQL's offline-to-online protocol), acting with the policy's
-    own sample (one candidate), not the evaluation's rule"""
+    """then this many env steps, one update after each (FQL's offline-to-online protocol)"""
+    online_candidates: int = 1
+    """candidate actions per state when acting online: 1 is the policy's own sample (FQL's rule); more, softmax(Q)"""
     balanced_sampling: bool = False
     """if toggled, online batches are half dataset, half online transitions (FQL's flag); else uniform over both"""
     batch_size: int = 256
@@ -518,7 +519,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     # with candidates the policy's own sample too: a low score with candidates only is a critic that cannot rank them
     candidates = [args.num_candidates, 1] if args.num_candidates > 1 else [1]
     policies = [make_policy(agent, k, num_envs, source.obs_dim, device, use_graph) for k in candidates]
-    act = args.online_steps and make_policy(agent, 1, runs.size, source.obs_dim, device, use_graph)  # its own sample
+    act = args.online_steps and make_policy(agent, args.online_candidates, runs.size, source.obs_dim, device, use_graph)
     print(f"training on {device}: " + ("CUDA graphs (--no-cuda-graph: eager)" if use_graph else "eager"))
 
     total = args.total_steps + args.online_steps  # the offline phase, then the online one

@@ -37,11 +37,13 @@ def records(summary_path: str) -> list[dict]:
 
 
 # --- the acting policy -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("online_candidates", [1, 3])
 @pytest.mark.parametrize("name", SCRIPTS)
-def test_the_agent_acts_with_its_own_sample(tmp_path, hopper_file, monkeypatch, name):
+def test_the_agent_acts_with_its_own_sample(tmp_path, hopper_file, monkeypatch, name, online_candidates):
     """The policy the online envs step with is the algorithm's own stochastic sample (OFQL's one call, DQL's chain,
     FQL's one-step policy with fresh noise): for the same noise, sample_actions' action, not the evaluation's pick
-    among --num-candidates (3 here, for all three), and a new action at each call."""
+    among --num-candidates (3 here, for all three), and a new action at each call; with --online-candidates 3, that
+    pick."""
     monkeypatch.chdir(tmp_path)
     module, agents, checked = SCRIPTS[name], [], []
     make_agent, step = module.make_agent, offline_data.OnlineEnvs.step
@@ -60,10 +62,11 @@ def test_the_agent_acts_with_its_own_sample(tmp_path, hopper_file, monkeypatch, 
         return step(self, policy)
 
     monkeypatch.setattr(offline_data.OnlineEnvs, "step", checking_step)
-    args = module.parse_args(flags(hopper_file, "--total-steps", "2", "--online-steps", "2", "--num-candidates", "3"))
-    module.train(args)
+    more = ["--num-candidates", "3", "--online-candidates", str(online_candidates)]
+    module.train(module.parse_args(flags(hopper_file, "--total-steps", "2", "--online-steps", "2", *more)))
     acted, own, candidates, again = checked[0]
-    assert torch.equal(acted, own) and not torch.equal(acted, candidates) and not torch.equal(acted, again)
+    expected, other = (own, candidates) if online_candidates == 1 else (candidates, own)
+    assert torch.equal(acted, expected) and not torch.equal(acted, other) and not torch.equal(acted, again)
 
 
 # --- the transitions: done = terminated, the episode's own last observation, the dataset's reward rule ------------
