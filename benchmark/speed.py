@@ -22,6 +22,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,19 +89,39 @@ def synthetic_data(obs_dim: int, act_dim: int, n: int) -> dict:
     }
 
 
-def training_iteration(module, agent, buffer, script_args, device) -> tuple:
+# the training paths a step can take: eager; the script's CUDA graph (its default on CUDA); torch.compile, then the
+# script's CUDA graph (--compile on CUDA; on the CPU, compiled alone); torch.compile(mode="reduce-overhead"), whose
+# own CUDA graphs (inductor's cudagraph trees) take the place of the script's
+PATHS = ("eager", "cuda_graph", "compile_graph", "compile_reduce_overhead")
+
+
+def on_path(fn, module, path: str, device: torch.device, what: str):
+    """fn as `path` serves it (PATHS), with the script's cuda_graph where the path has one."""
+    if path not in PATHS:
+        raise ValueError(f"unknown path {path!r}: one of {', '.join(PATHS)}")
+    if path == "cuda_graph" and device.type != "cuda":
+        raise ValueError("the cuda_graph path needs a CUDA device")
+    if path.startswith("compile"):
+        fn = torch.compile(fn, mode="reduce-overhead" if path == "compile_reduce_overhead" else None)
+    if path in ("cuda_graph", "compile_graph") and device.type == "cuda":
+        fn = module.cuda_graph(fn, warmup=3, what=what)
+    return fn
+
+
+def training_iteration(module, agent, buffer, script_args, device, path: str | None = None) -> tuple:
     """(iteration, agent): what train() runs at each step, update() on a fresh batch with the step count on the
-    device, served by the script's cuda_graph on the fast path (Adam in capturable mode)."""
-    use_graph = script_args.cuda_graph and device.type == "cuda"
+    device, served as `path` says (default: the script's CUDA graph on CUDA with --cuda-graph, else eager; on CUDA
+    every path but eager steps Adam in capturable mode, its step count on the device)."""
+    path = path or ("cuda_graph" if script_args.cuda_graph and device.type == "cuda" else "eager")
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
-        module.set_capturable(optimizer, use_graph)
+        module.set_capturable(optimizer, device.type == "cuda" and path != "eager")
     step = torch.tensor(0, device=device)
 
     def iteration():
         step.add_(1)
         return module.update(agent, buffer.sample(script_args.batch_size), script_args, step)
 
-    return (module.cuda_graph(iteration, warmup=3, what="the training step") if use_graph else iteration), agent
+    return on_path(iteration, module, path, device, "the training step"), agent
 
 
 def time_updates(train_step, args: Args, device) -> float:
@@ -159,6 +180,7 @@ class CountOps(TorchDispatchMode):
         "aten.is_",
         "aten._has_",
         "aten._local_scalar_dense",
+        "aten.detach_",
         "profiler.",
     )
 
@@ -205,18 +227,57 @@ def count_ops(module, domain, script_args) -> dict:
     return {**parts, "iteration": counter.count}
 
 
-def count_compiled_kernels(module, domain, script_args) -> dict:
-    """--compile's CPU proxy of the kernel count: the kernels inductor generates for one training iteration
-    (torch._inductor.metrics.generated_kernel_count; the matrix products are library calls, not counted), and the
-    seconds the first call took, which compiles."""
+MATRIX_PRODUCTS = ("aten::linear", "aten::matmul", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def count_calls(fn) -> dict:
+    """The kernel calls of one call of fn, from the profiler: each inductor-generated kernel (recorded by name with
+    inductor's cpp.enable_kernel_profile), and each outermost ATen operator that computes, as count_ops counts them:
+    views, allocations, metadata checks and host reads aside (and broadcast_tensors, views only), what an operator
+    runs inside it not counted again (the backward pass's and the compiled code's operators are outermost: the autograd
+    engine and the compiled graphs' wrappers are not ATen operators). For eager code this is count_ops's count, except
+    forward-mode AD (OFQL's jvp), whose tangent operators the profiler nests in the primal ones. By kind: generated
+    kernels, matrix products, other ATen operators."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiled:
+        fn()
+    calls = {"generated kernels": 0, "matrix products": 0, "other ATen operators": 0}
+
+    def count(event) -> None:
+        op = getattr(torch.ops.aten, event.name.removeprefix("aten::"), None) if event.name[:6] == "aten::" else None
+        if "_cpp_fused_" in event.name:  # graph_<i>_cpp_fused_<ops>_<j>
+            calls["generated kernels"] += 1
+        elif op is not None:
+            overload = getattr(op, op.overloads()[0])
+            if not overload.is_view and not str(overload).startswith(CountOps.SKIP + ("aten.broadcast_tensors",)):
+                calls["matrix products" if event.name in MATRIX_PRODUCTS else "other ATen operators"] += 1
+        else:  # the autograd engine, Dynamo's and AOTAutograd's wrappers: what they call
+            for child in event.cpu_children:
+                count(child)
+
+    for event in profiled.events():
+        if event.cpu_parent is None:
+            count(event)
+    return {"calls": sum(calls.values()), **calls}
+
+
+def count_compiled_calls(module, domain, script_args) -> dict:
+    """--compile's CPU proxy of the kernels an iteration launches, to set beside count_ops's ATen operators of the
+    eager one: count_calls of one compiled iteration after compiling (the kernels inductor generated, C++ here and
+    Triton kernels on CUDA, and the ATen operators that the compiled graphs and the code between them call: matrix
+    products, Adam, random draws), and the seconds the first call took, which compiles (inductor's caches off). The
+    profiler, not a dispatch mode: under a dispatch mode Dynamo runs the code eagerly."""
     buffer = module.OfflineBuffer(synthetic_data(domain.obs_dim, domain.act_dim, 1000), torch.device("cpu"))
     agent = module.make_agent(domain.obs_dim, domain.act_dim, script_args, torch.device("cpu"))
-    iteration = torch.compile(training_iteration(module, agent, buffer, script_args, torch.device("cpu"))[0])
+    iteration = training_iteration(module, agent, buffer, script_args, torch.device("cpu"), "compile_graph")[0]
     torch._dynamo.reset()
-    torch._inductor.metrics.reset()
-    start = time.perf_counter()
-    iteration()
-    return {"kernels": torch._inductor.metrics.generated_kernel_count, "compile_sec": time.perf_counter() - start}
+    with torch._inductor.config.patch({"force_disable_caches": True, "cpp.enable_kernel_profile": True}):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "dynamo_pgo force disabled")
+            start = time.perf_counter()
+            iteration()
+            compile_sec = time.perf_counter() - start
+        iteration()
+        return {**count_calls(iteration), "compile_sec": compile_sec}
 
 
 def device_name(device: torch.device) -> str:
@@ -294,7 +355,7 @@ def main(args: Args) -> dict:
             "ops": count_ops(module, domain, script_args),
         }
         if args.compile:
-            result["algorithms"][name]["compiled"] = count_compiled_kernels(module, domain, script_args)
+            result["algorithms"][name]["compiled"] = count_compiled_calls(module, domain, script_args)
     a = result["algorithms"]
     ratios = {}
     for path in paths:
@@ -376,18 +437,16 @@ def write(result: dict, args: Args) -> None:
     lines += [f"| {name} | " + " | ".join(str(c[k]) for k in parts) + " |" for name, c in ops.items()]
     compiled = {name: r["compiled"] for name, r in result["algorithms"].items() if "compiled" in r}
     if compiled:
+        lines += ["", "--compile on the CPU (inductor): the kernel calls of one compiled iteration against the ATen"]
+        lines += ["operators of the eager one (speed.count_compiled_calls), and the seconds compiling took:", ""]
         lines += [
-            "",
-            "--compile on the CPU (inductor): kernels it generates for one iteration (matrix products aside),",
+            "| script | ATen operators, eager | calls, compiled | of which generated kernels | matrix products | "
         ]
-        lines += ["against the ATen operators of the eager one, and the seconds compiling took:", ""]
+        lines[-1] += "other ATen operators | fewer | compile s |"
+        lines += ["|---|" + "---:|" * 7]
         lines += [
-            "| script | ATen operators, eager | kernels, compiled | ratio | compile s |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        lines += [
-            f"| {n} | {ops[n]['iteration']} | {c['kernels']} | {ops[n]['iteration'] / max(c['kernels'], 1):.2f} | "
-            f"{c['compile_sec']:.0f} |"
+            f"| {n} | {ops[n]['iteration']} | {c['calls']} | {c['generated kernels']} | {c['matrix products']} | "
+            f"{c['other ATen operators']} | {ops[n]['iteration'] / c['calls']:.2f}x | {c['compile_sec']:.0f} |"
             for n, c in compiled.items()
         ]
     with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:

@@ -224,6 +224,120 @@ def test_sweep_speed_writes_member_updates_and_the_ratio(tmp_path):
     assert "| ofql | 15 (3 seeds x 5 etas) | 390M |" in md and "| all three |" not in md
 
 
+def test_the_speed_paths_compile_and_capture_as_named(monkeypatch):
+    """speed.on_path: compile_graph is torch.compile's default mode (then the script's CUDA graph, on CUDA),
+    compile_reduce_overhead its mode="reduce-overhead" with no graph of the script's; a graph path asked on the CPU,
+    or an unknown path, is refused."""
+    import speed
+
+    compiled = []
+    monkeypatch.setattr(speed.torch, "compile", lambda fn, mode=None: compiled.append(mode) or fn)
+    fn, cpu = (lambda: 1), torch.device("cpu")
+    assert speed.on_path(fn, speed.ofql, "eager", cpu, "it") is fn and compiled == []
+    assert speed.on_path(fn, speed.ofql, "compile_graph", cpu, "it") is fn and compiled == [None]
+    assert speed.on_path(fn, speed.ofql, "compile_reduce_overhead", cpu, "it") is fn
+    assert compiled == [None, "reduce-overhead"]
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        speed.on_path(fn, speed.ofql, "cuda_graph", cpu, "it")
+    with pytest.raises(ValueError, match="unknown path"):
+        speed.on_path(fn, speed.ofql, "graph", cpu, "it")
+
+
+def test_the_profilers_count_of_an_eager_update_is_count_ops_count():
+    """count_calls (the profiler's count, which --compile's proxy uses) counts an eager update of fql.py (no
+    forward-mode AD) as count_ops's dispatch mode does, to 1%: views aside, composed operators (linear) as what they
+    run, the backward pass's operators included."""
+    import speed
+
+    class Shapes:
+        obs_dim, act_dim = 17, 6
+
+    args = speed.fql.parse_args(["--env-id", "halfcheetah-medium-v2", "--batch-size", "16"])
+    buffer = speed.fql.OfflineBuffer(speed.synthetic_data(17, 6, 100), torch.device("cpu"))
+    agent = speed.fql.make_agent(17, 6, args, torch.device("cpu"))
+    update = lambda: speed.fql.update(agent, buffer.sample(16), args, torch.tensor(5))
+    update()  # Adam's state, as count_ops makes it
+    calls, ops = speed.count_calls(update), speed.count_ops(speed.fql, Shapes, args)["iteration"]
+    assert calls["calls"] == pytest.approx(ops, rel=0.01) and calls["generated kernels"] == 0
+    assert calls["matrix products"] == 141  # FQL's 4x512 networks: forward and backward products of one update
+
+
+def test_the_compiled_count_is_generated_kernels_and_the_operators_called():
+    """A compiled (x.sin() * 2 + y).relu() @ w: one generated kernel for the fused pointwise chain and one matrix
+    product, against the eager code's four operators and one product."""
+    import speed
+
+    x, y, w = torch.randn(8, 4), torch.randn(8, 4), torch.randn(4, 3)
+    fn = lambda: (x.sin() * 2 + y).relu() @ w
+    assert speed.count_calls(fn) == {
+        "calls": 5,
+        "generated kernels": 0,
+        "matrix products": 1,
+        "other ATen operators": 4,
+    }
+    with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
+        compiled = torch.compile(fn)
+        compiled()
+        assert speed.count_calls(compiled) == {
+            "calls": 2, "generated kernels": 1, "matrix products": 1, "other ATen operators": 0
+        }  # fmt: skip
+
+
+def test_sweep_speed_times_each_path_at_its_matmul_precision_and_reports_compiling(tmp_path, monkeypatch):
+    """Each path is timed at each --matmul-precision, set before its blocks (then back to highest), the non-default
+    one named path+tf32; a compiled path's first call is timed apart as its compile seconds."""
+    import sweep_speed
+
+    import speed
+
+    seen, time_updates = [], speed.time_updates
+    monkeypatch.setattr(speed.torch, "compile", lambda fn, mode=None: fn)  # the wiring, not inductor's 40 s
+    monkeypatch.setattr(
+        speed, "time_updates", lambda *a: seen.append(torch.get_float32_matmul_precision()) or time_updates(*a)
+    )
+    args = sweep_speed.Args(
+        device="cpu", algorithms=["ofql"], members=[2], warmup=0, updates=1, rounds=1, out_dir=str(tmp_path),
+        paths=["eager", "compile_graph"], matmul_precision=["highest", "high"], dataset_size=500,
+    )  # fmt: skip
+    result = sweep_speed.main(args)
+    assert result["paths"] == ["eager", "eager+tf32", "compile_graph", "compile_graph+tf32"]
+    assert seen == ["highest", "highest", "high", "high"] * 2  # (one run, N = 2) per path, in turn
+    assert torch.get_float32_matmul_precision() == "highest"
+    by_path = result["algorithms"]["ofql"]
+    assert by_path["eager"]["compile_sec"] == {} and set(by_path["compile_graph+tf32"]["compile_sec"]) == {"plain", "2"}
+    assert "| ofql | compile_graph+tf32 |" in (tmp_path / "cpu.md").read_text()
+
+
+def test_a_domain_sweep_s_member_trains_on_its_own_dataset(tmp_path):
+    """sweep_speed --datasets K: member m's batches come from dataset m % K (here dataset 1's rewards are NaN: members
+    1 and 3 only go non-finite), through sweep.DomainBuffer, with its dataset's own grad_norm."""
+    import sweep_speed
+
+    import speed
+
+    cpu, domain = torch.device("cpu"), speed.offline_data.d4rl_files.domain_of("hopper-medium-v2")
+    data = [speed.synthetic_data(domain.obs_dim, domain.act_dim, n) for n in (300, 200)]
+    data[1]["rewards"][:] = np.nan
+    args = speed.ofql.parse_args(["--env-id", "hopper-medium-v2", "--batch-size", "8"])
+    iteration = sweep_speed.sweep_iteration(speed.ofql, args, 4, domain, data, cpu, "eager")
+    finite = torch.isfinite(iteration()["critic_loss"]).tolist()
+    assert finite == [True, False, True, False]
+    result = sweep_speed.main(
+        sweep_speed.Args(
+            device="cpu",
+            algorithms=["ofql"],
+            members=[2],
+            warmup=0,
+            updates=1,
+            rounds=1,
+            out_dir=str(tmp_path),
+            datasets=2,
+            dataset_size=400,
+        )  # fmt: skip
+    )
+    assert result["datasets"] == [400, 200] and "synthetic dataset m % 2" in (tmp_path / "cpu.md").read_text()
+
+
 def test_sweep_speed_table1_device_hours_of_the_three_scripts():
     """Each script's Table 1 protocol (17 D4RL datasets at its presets' steps: 9 MuJoCo, 4 AntMaze, 2 Kitchen, 2 pen)
     at its member-updates/s with the largest N, on its faster path, and the sum; the hours below are worked by hand."""

@@ -1,7 +1,10 @@
 """tools/compare_runs.py: the record-by-record comparison that checks a refactoring keeps every logged number."""
 
+import dataclasses
 import os
 import sys
+
+import pytest
 
 from conftest import ROOT
 
@@ -18,3 +21,29 @@ def test_only_identical_numbers_pass():
     missing = [base[0], {"step": 202, "critic_loss": 0.125}]
     assert compare_runs.differences(base, missing) == ["step 202 eval/score: 3.5 (base) vs None (this)"]
     assert compare_runs.differences(base, base[:1])[0].startswith("logged steps differ")
+
+
+def test_the_largest_relative_difference_and_where():
+    base = [{"step": 101, "critic_loss": 0.25, "q_data": 4.0, "done": True}, {"step": 202, "critic_loss": 0.5}]
+    this = [{"step": 101, "critic_loss": 0.25, "q_data": 4.2, "done": False}, {"step": 202, "critic_loss": 0.51}]
+    rel, where = compare_runs.largest_difference(base, this)
+    assert rel == pytest.approx(0.05) and where == "step 101 q_data"  # not step 202's 0.02, not the boolean
+    assert compare_runs.largest_difference(base, base) == (0.0, "")
+
+
+def test_base_flags_go_to_the_base_runs_only_and_cuda_leaves_the_gpu_visible(tmp_path, monkeypatch):
+    """--base . --base-flags F: what F changes (the base's command gets F, this checkout's does not); --cuda: the runs
+    are not sent to the CPU (no --no-cuda, CUDA_VISIBLE_DEVICES left as it is)."""
+    calls = []
+    monkeypatch.setattr(compare_runs, "read_records", lambda out: [[{"step": 1, "critic_loss": float(len(calls))}]])
+    monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: calls.append((cmd, env)))
+    args = compare_runs.Args(base=ROOT, scripts=["ofql"], sweeps=[], out_dir=str(tmp_path), flags="--total-steps 5")
+    assert compare_runs.main(dataclasses.replace(args, base_flags="--matmul-precision high", cuda=True)) == 1
+    runs = [(cmd, env) for cmd, env in calls if cmd[0] == sys.executable]
+    (base_cmd, base_env), (this_cmd, this_env) = runs
+    assert base_cmd[-2:] == ["--matmul-precision", "high"] and "--matmul-precision" not in this_cmd
+    assert "--no-cuda" not in base_cmd + this_cmd and "CUDA_VISIBLE_DEVICES" not in this_env.keys() - os.environ.keys()
+    calls.clear()
+    compare_runs.main(args)  # the default: on the CPU, the same flags on both sides
+    (base_cmd, base_env), (this_cmd, this_env) = [(c, e) for c, e in calls if c[0] == sys.executable]
+    assert "--no-cuda" in base_cmd and base_cmd[2:] == this_cmd[2:] and this_env["CUDA_VISIBLE_DEVICES"] == ""

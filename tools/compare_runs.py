@@ -4,6 +4,11 @@ weight), then compare every run's metrics.jsonl record by record, bit for bit (J
 except the timing fields. Exit code 1 if anything differs.
 
     python tools/compare_runs.py --base /tmp/base --dataset-path hopper-medium.hdf5   # any D4RL-layout hopper file
+
+What a flag changes in the numbers, in one checkout: its base is the checkout itself with the flag added to its runs
+only; on a GPU (--cuda, the scripts' default path there) with the largest relative difference it finds:
+
+    python tools/compare_runs.py --base . --cuda --base-flags="--matmul-precision high"   # TF32 against float32
 """
 
 import json
@@ -35,6 +40,10 @@ class Args:
     """the flags of every run (after --env-id and --dataset-path)"""
     out_dir: str = os.path.join(tempfile.gettempdir(), "compare_runs")
     """where the runs go: <out-dir>/{base,this}/<script>/runs/..."""
+    base_flags: str = ""
+    """flags added to the base's runs only (with --base . : what those flags change)"""
+    cuda: bool = False
+    """if toggled, the runs train on the GPU (the scripts' default path there), not with --no-cuda on the CPU"""
     reuse_base: bool = False
     """if toggled, reuse the base's runs already in --out-dir instead of running them again"""
 
@@ -46,9 +55,9 @@ SWEEP_GRIDS = {
 }
 
 
-def run(checkout: str, script: str, args: Args, out: str) -> list[list[dict]]:
+def run(checkout: str, script: str, args: Args, out: str, extra: str = "") -> list[list[dict]]:
     """Run one script of `checkout` ("sweep:<script>": its 2 x 2 sweep) in a fresh folder; returns the metrics.jsonl
-    records of each of its runs."""
+    records of each of its runs (extra: flags after args.flags)."""
     os.makedirs(out, exist_ok=True)
     name = script.removeprefix("sweep:")
     swept = [os.path.join(checkout, "sweep.py"), f"{name}.py", *SWEEP_GRIDS[name].split()] if name != script else []
@@ -58,11 +67,13 @@ def run(checkout: str, script: str, args: Args, out: str) -> list[list[dict]]:
         "--env-id",
         args.env_id,
         "--dataset-path",
-        args.dataset_path,
-        "--no-cuda",
+        os.path.abspath(args.dataset_path),  # the runs start in their own folder
+        *([] if args.cuda else ["--no-cuda"]),
         *args.flags.split(),
+        *extra.split(),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    env.update({} if args.cuda else {"CUDA_VISIBLE_DEVICES": ""})
     with open(os.path.join(out, "log.txt"), "w") as log:
         subprocess.run(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     return read_records(out)
@@ -88,6 +99,18 @@ def differences(base: list[dict], this: list[dict]) -> list[str]:
     return found
 
 
+def largest_difference(base: list[dict], this: list[dict]) -> tuple[float, str]:
+    """The largest relative difference |this - base| / max(|base|, 1e-12) among the numbers both log at a step, and
+    where (step and key)."""
+    largest = (0.0, "")
+    for a, b in zip(base, this):
+        for key in a.keys() & b.keys():
+            x, y = a[key], b[key]
+            if isinstance(x, float | int) and isinstance(y, float | int) and not isinstance(x, bool) and x != y:
+                largest = max(largest, (abs(y - x) / max(abs(x), 1e-12), f"step {a['step']} {key}"))
+    return largest
+
+
 def main(args: Args) -> int:
     failed = False
     for script in args.scripts + [f"sweep:{name}" for name in args.sweeps]:
@@ -96,14 +119,17 @@ def main(args: Args) -> int:
             base = read_records(base_out)
         else:
             subprocess.run(["rm", "-rf", base_out], check=True)
-            base = run(os.path.abspath(args.base), script, args, base_out)
+            base = run(os.path.abspath(args.base), script, args, base_out, args.base_flags)
         subprocess.run(["rm", "-rf", this_out], check=True)
         this = run(ROOT, script, args, this_out)
         found = [f"{len(base)} runs (base) vs {len(this)} (this)"] if len(base) != len(this) else []
         found += [f"run {i}: {line}" for i, (a, b) in enumerate(zip(base, this)) for line in differences(a, b)]
         records, values = sum(len(r) for r in base), sum(len(x) for r in base for x in r)
         same = f"identical ({len(base)} run(s), {records} records, {values} values, timing fields aside)"
-        print(f"{script}: " + (f"{len(found)} difference(s)" if found else same))
+        rel, where = max((largest_difference(a, b) for a, b in zip(base, this)), default=(0.0, ""))
+        print(
+            f"{script}: " + (f"{len(found)} difference(s), the largest relative {rel:.2e} ({where})" if found else same)
+        )
         for line in found[:20]:
             print(f"  {line}")
         failed |= bool(found)

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The GPU figures of issue 28 (speed II) that benchmark/gpu_check.py does not measure, in one call after it; each
+# part writes its results as it ends, so a call cut short keeps the parts it finished. Budget: about 6.5 minutes on
+# one H100/H200 (estimate: compiling dominates; see docs/speed.md, "What a GPU session measures next").
+#
+#   bash benchmark/gpu_speed_ii.sh            # results in benchmark/results/speed_ii/
+#
+# 1. --compile on CUDA: OFQL alone and 16 members, the scripts' CUDA graph against torch.compile inside it (what
+#    --compile runs) and torch.compile(mode="reduce-overhead"); each compiled iteration's compile seconds.
+# 2. TF32 (--matmul-precision high) against float32 on the graph path, and a 45-member hopper domain sweep (3 datasets
+#    x 15 members), for the three scripts: member-updates/s.
+# 3. What TF32 changes in the numbers: ofql.py, dql.py and fql.py on the GPU, float32 twice (the floor: two runs of
+#    the same flags) and TF32 against float32 (tools/compare_runs.py, the largest relative difference).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RESULTS=${RESULTS:-benchmark/results/speed_ii}
+mkdir -p "$RESULTS"
+python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_speed_ii.sh: no CUDA device')" || exit 1
+DATA=benchmark/results/gpu_check/work/hopper-random.hdf5  # gpu_check's recorded file, else one recorded here
+[ -f "$DATA" ] || { DATA=$RESULTS/hopper-random.hdf5; python -c "import sys; sys.path.insert(0, 'benchmark'); import gpu_check
+gpu_check.record_hopper(sys.argv[1], 5000, 0)" "$DATA"; }
+part() {  # part NAME TIMEOUT_S COMMAND...: its output in $RESULTS/NAME.log, its exit code and seconds in $RESULTS/parts.txt
+    local name=$1 limit=$2 start=$SECONDS
+    shift 2
+    echo "== $name: $*" | tee "$RESULTS/$name.log"
+    timeout "$limit" "$@" >>"$RESULTS/$name.log" 2>&1
+    local rc=$?
+    echo "$name rc=$rc seconds=$((SECONDS - start)) command: $*" | tee -a "$RESULTS/parts.txt"
+    tail -n 30 "$RESULTS/$name.log"
+}
+part compile 240 python benchmark/sweep_speed.py --device cuda --algorithms ofql --members 16 \
+    --paths cuda_graph compile_graph compile_reduce_overhead --updates 50 --rounds 3 --warmup 3 --out-dir "$RESULTS/compile"
+part tf32_domain 120 python benchmark/sweep_speed.py --device cuda --env-id hopper-medium-v2 --members 45 --datasets 3 \
+    --paths cuda_graph --matmul-precision highest high --updates 50 --rounds 3 --warmup 3 --out-dir "$RESULTS/tf32_domain"
+FLAGS="--total-steps 1000 --eval-every 1000 --eval-episodes 2 --log-every 100"
+part floor 150 python tools/compare_runs.py --base . --cuda --sweeps --dataset-path "$DATA" --flags="$FLAGS" \
+    --out-dir "$RESULTS/floor"
+part tf32_numbers 150 python tools/compare_runs.py --base . --cuda --sweeps --dataset-path "$DATA" --flags="$FLAGS" \
+    --base-flags="--matmul-precision high" --out-dir "$RESULTS/tf32_numbers"
+cat "$RESULTS/parts.txt"
