@@ -68,6 +68,30 @@ def test_no_member_depends_on_another_members_weight(tmp_path, hopper_file, monk
     assert first[0][-1]["critic_loss"] != first[1][-1]["critic_loss"]  # and the members are not copies
 
 
+def test_a_compiled_sweep_trains_as_the_eager_one(tmp_path, hopper_file, monkeypatch):
+    """--compile in a sweep (the script's loop compiles the vmapped iteration, inductor's CPU backend): two OFQL members
+    log the eager sweep's numbers within float rounding over 30 updates and an evaluation, each member with its own
+    noise as eager (fallback_random, AOTAutograd's CSE off: tests/test_training_step.py says why)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    monkeypatch.setattr(torch._functorch.config, "cse", False)
+    compiled_fns, compile = [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_fns.append(fn) or compile(fn, **kw))
+    base = script_args(ofql, hopper_file, "--total-steps", "30", "--eval-every", "30")
+    grid = [dataclasses.replace(base, seed=s, eta=eta) for s, eta in ((0, 0.1), (1, 0.3))]
+    eager = [records(p) for p in sweep.train(ofql, grid, "eager")]
+    assert compiled_fns == []
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = [records(p) for p in sweep.train(ofql, [dataclasses.replace(a, compile=True) for a in grid], "c")]
+    assert len(compiled_fns) == 2 and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # both phases' loops
+    assert eager[0][-1]["critic_loss"] != eager[1][-1]["critic_loss"]
+    for member_eager, member_compiled in zip(eager, compiled, strict=True):
+        for e, c in zip(member_eager, member_compiled, strict=True):
+            for key, value in e.items():
+                assert c[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (e["step"], key)
+
+
 def test_the_sweep_runs_the_scripts_own_loss(tmp_path, hopper_file, monkeypatch):
     """A change to ofql.py's behaviour-cloning loss is a change to the sweep: nothing of the algorithm is copied."""
     monkeypatch.chdir(tmp_path)
