@@ -125,7 +125,12 @@ def table1(algorithms: dict, n: int) -> dict:
     of the three together when all three were measured. algorithms: result["algorithms"] as main() writes it."""
     t = dict(members=n, algorithms={})
     for name, by_path in algorithms.items():
-        rate, path = max((r["members"][str(n)]["member_updates_per_sec"], path) for path, r in by_path.items())
+        measured = [
+            (r["members"][str(n)]["member_updates_per_sec"], path) for path, r in by_path.items() if "members" in r
+        ]
+        if not measured:  # every path failed
+            continue
+        rate, path = max(measured)
         updates = table1_member_updates(name)
         t["algorithms"][name] = dict(
             runs_per_dataset=TABLE1_RUNS_PER_DATASET[name],
@@ -189,6 +194,15 @@ def main(args: Args) -> dict:
             for n in args.members:
                 setups[(name, key, n)] = sweep_iteration(module, script_args, n, domain, data, device, path)
             precision[key] = p
+    failed = {}  # (script, path): the error that stopped one of its iterations; the path's others are dropped
+
+    def attempt(key, call, *call_args):  # a path that cannot compile or capture is reported, the others measured
+        try:
+            return None if key[:2] in failed else call(*call_args)
+        except Exception as e:
+            failed[key[:2]] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            print(f"{key[0]} {key[1]} failed: {failed[key[:2]]}", flush=True)
+
     compile_sec = {}  # the first call of a compiled iteration compiles it: its seconds, reported (caches off: cold)
     for key, iteration in setups.items():
         if key[1].startswith("compile"):
@@ -196,23 +210,26 @@ def main(args: Args) -> dict:
             start = time.perf_counter()
             with torch._inductor.config.patch(force_disable_caches=True), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "dynamo_pgo force disabled")
-                iteration()
+                attempt(key, iteration)
             speed.sync(device)
             compile_sec[key] = time.perf_counter() - start
     timing = dataclasses.replace(speed.Args(), warmup=args.warmup, updates=args.updates)
     for r in range(args.rounds):
         for key, iteration in setups.items():
             torch.set_float32_matmul_precision(precision[key[1]])  # a graph is captured in its first warm-up
-            timed.setdefault(key, []).append(speed.time_updates(iteration, timing, device))
+            seconds = attempt(key, speed.time_updates, iteration, timing, device)
+            timed.setdefault(key, []).extend([] if seconds is None else [seconds])
         print(f"round {r + 1}/{args.rounds} done", flush=True)
-    seconds = {key: statistics.median(v) for key, v in timed.items()}
+    seconds = {key: statistics.median(v) for key, v in timed.items() if key[:2] not in failed}
     torch.set_float32_matmul_precision("highest")
     result = dict(device=speed.device_name(device), torch=torch.__version__, env_id=args.env_id, paths=paths)
     result.update(datasets=sizes, matmul_precision=precision)
     result.update(batch_size=args.batch_size, updates_per_block=args.updates, rounds=args.rounds, algorithms={})
     for name in args.algorithms:
         result["algorithms"][name] = {
-            path: {
+            path: {"failed": failed[(name, path)]}
+            if (name, path) in failed
+            else {
                 "plain_updates_per_sec": 1 / seconds[(name, path, "plain")],
                 "compile_sec": {str(k[2]): t for k, t in compile_sec.items() if k[:2] == (name, path)},
                 "members": {
@@ -247,11 +264,16 @@ def write(result: dict, args: Args) -> None:
     ]
     for name, by_path in result["algorithms"].items():
         for path, r in by_path.items():
+            if "failed" in r:
+                lines.append(f"| {name} | {path} | failed: {r['failed']} |" + " |" * len(args.members))
+                continue
             cells = [
                 f"{m['member_updates_per_sec']:.1f} ({m['vs_one_after_another']:.2f}x)" for m in r["members"].values()
             ]
             lines.append(f"| {name} | {path} | {r['plain_updates_per_sec']:.1f} | " + " | ".join(cells) + " |")
-    compiled = [(name, path, r["compile_sec"]) for name, by in result["algorithms"].items() for path, r in by.items()]
+    compiled = [
+        (name, path, r.get("compile_sec")) for name, by in result["algorithms"].items() for path, r in by.items()
+    ]
     if any(sec for _, _, sec in compiled):  # "Compile time is reported, not hidden" (issue 28)
         lines += ["", "Seconds the first call of each compiled iteration took (compiling):", ""]
         lines += ["| script | path | one run | " + " | ".join(f"N = {n}" for n in args.members) + " |"]

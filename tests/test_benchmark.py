@@ -308,6 +308,32 @@ def test_sweep_speed_times_each_path_at_its_matmul_precision_and_reports_compili
     assert "| ofql | compile_graph+tf32 |" in (tmp_path / "cpu.md").read_text()
 
 
+def test_a_path_that_fails_is_reported_and_the_others_measured(tmp_path, monkeypatch):
+    """A compiled path that cannot compile (here torch.compile's iteration raises, as a GPU without Triton would) is
+    reported with its error in the results, and the other paths are measured and Table 1 computed from them."""
+    import sweep_speed
+
+    import speed
+
+    def broken(fn, mode=None):
+        def call():
+            raise RuntimeError("inductor: no working C++ compiler\nmore lines")
+
+        return call
+
+    monkeypatch.setattr(speed.torch, "compile", broken)
+    args = sweep_speed.Args(
+        device="cpu", algorithms=["ofql"], members=[2], warmup=0, updates=1, rounds=2, out_dir=str(tmp_path),
+        paths=["eager", "compile_graph"], dataset_size=500,
+    )  # fmt: skip
+    result = sweep_speed.main(args)
+    by_path = result["algorithms"]["ofql"]
+    assert by_path["compile_graph"] == {"failed": "RuntimeError: inductor: no working C++ compiler"}
+    assert by_path["eager"]["members"]["2"]["member_updates_per_sec"] > 0
+    assert result["table1"]["algorithms"]["ofql"]["path"] == "eager"
+    assert "| ofql | compile_graph | failed: RuntimeError: inductor" in (tmp_path / "cpu.md").read_text()
+
+
 def test_a_domain_sweep_s_member_trains_on_its_own_dataset(tmp_path):
     """sweep_speed --datasets K: member m's batches come from dataset m % K (here dataset 1's rewards are NaN: members
     1 and 3 only go non-finite), through sweep.DomainBuffer, with its dataset's own grad_norm."""
