@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-benchmark/results/speed_ii}
 mkdir -p "$RESULTS"
 python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_speed_ii.sh: no CUDA device')" || exit 1
+python -c "import torch; print('device:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| CUDA',
+torch.version.cuda, '| commit', __import__('subprocess').getoutput('git rev-parse --short HEAD'))" | tee "$RESULTS/parts.txt"
 DATA=benchmark/results/gpu_check/work/hopper-random.hdf5  # gpu_check's recorded file, else one recorded here
 [ -f "$DATA" ] || { DATA=$RESULTS/hopper-random.hdf5; python -c "import sys; sys.path.insert(0, 'benchmark'); import gpu_check
 gpu_check.record_hopper(sys.argv[1], 5000, 0)" "$DATA"; }
