@@ -520,7 +520,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     candidates = [args.num_candidates, 1] if args.num_candidates > 1 else [1]
     policies = [make_policy(agent, k, num_envs, source.obs_dim, device, use_graph) for k in candidates]
     act = args.online_steps and make_policy(agent, args.online_candidates, runs.size, source.obs_dim, device, use_graph)
-    print(f"training on {device}: " + ("CUDA graphs (--no-cuda-graph: eager)" if use_graph else "eager"))
+    print(f"training on {device}: " + ("CUDA graphs" if use_graph else "eager") + ", torch.compile" * args.compile)
 
     total = args.total_steps + args.online_steps  # the offline phase, then the online one
     metric_sum, window_steps, first_bad, stopping, window_start = 0.0, 0, -1, False, time.perf_counter()

@@ -334,7 +334,7 @@ def test_the_captured_policy_chooses_the_eager_actions(module):
 
 
 @pytest.mark.parametrize("module", [ofql, dql, fql])
-def test_the_compiled_iteration_trains_as_the_eager_one(hopper_file, tmp_path, monkeypatch, module):
+def test_the_compiled_iteration_trains_as_the_eager_one(hopper_file, tmp_path, monkeypatch, capsys, module):
     """--compile (inductor's CPU backend here): 50 updates log the eager run's numbers within float rounding (inductor
     fuses and reorders the arithmetic), with the eager run's noise (fallback_random: inductor draws its random numbers
     as eager PyTorch does, where by default it uses its own generator: other numbers, as random). AOTAutograd's common
@@ -351,6 +351,7 @@ def test_the_compiled_iteration_trains_as_the_eager_one(hopper_file, tmp_path, m
         with open(os.path.join(os.path.dirname(summary), "metrics.jsonl")) as f:
             runs[compiled] = [{k: v for k, v in json.loads(line).items() if "per_sec" not in k} for line in f]
     assert [r["step"] for r in runs[True]] == [10, 20, 30, 40, 50]
+    assert "training on cpu: eager, torch.compile\n" in capsys.readouterr().out  # the run says how it trains
     for eager, compiled in zip(runs[False], runs[True], strict=True):
         for key, value in eager.items():
             if "decision_rate" not in key:
