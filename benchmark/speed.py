@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -92,7 +93,8 @@ def synthetic_data(obs_dim: int, act_dim: int, n: int) -> dict:
 # the training paths a step can take: eager; the script's CUDA graph (its default on CUDA); torch.compile, then the
 # script's CUDA graph (--compile on CUDA; on the CPU, compiled alone); torch.compile(mode="reduce-overhead"), whose
 # own CUDA graphs (inductor's cudagraph trees) take the place of the script's
-PATHS = ("eager", "cuda_graph", "compile_graph", "compile_reduce_overhead")
+Path = Literal["eager", "cuda_graph", "compile_graph", "compile_reduce_overhead"]
+PATHS = get_args(Path)
 
 
 def on_path(fn, module, path: str, device: torch.device, what: str):

@@ -24,6 +24,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import tyro
@@ -56,14 +57,14 @@ class Args:
     """timed iterations per block"""
     rounds: int = 3
     """rounds; every figure is the median over the rounds"""
-    paths: list[str] | None = None
+    paths: list[speed.Path] | None = None
     """training paths to time (speed.PATHS; default: eager and cuda_graph on CUDA, eager on the CPU): eager,
     cuda_graph (the scripts' CUDA graph), compile_graph (torch.compile inside it: the scripts' --compile),
     compile_reduce_overhead (torch.compile's mode="reduce-overhead", its own CUDA graphs); each compiled iteration
     compiles in its first warm-up call"""
-    matmul_precision: list[str] = field(default_factory=lambda: ["highest"])
+    matmul_precision: list[Literal["highest", "high"]] = field(default_factory=lambda: ["highest"])
     """float32 matmul precisions each path is timed at (the scripts' --matmul-precision; high: TF32 on NVIDIA GPUs),
-    set before each of its blocks; a path at another precision than highest is named path+tf32"""
+    set before each of its blocks; a path timed at high is named path+tf32"""
     datasets: int = 1
     """datasets the members train on: above 1, a domain sweep (sweep.py --env-ids): member m on synthetic dataset
     m % datasets (sizes dataset-size / 1, 2, ...), drawn by sweep.DomainBuffer, clipped to its dataset's --grad-norm
@@ -87,9 +88,7 @@ TABLE1_RUNS_PER_DATASET = {"ofql": 3 * 5, "dql": 3, "fql": 3}
 def sweep_iteration(module, args, n: int, domain, data: list[dict], device, path: str):
     """One iteration of a sweep of n members, as sweep.train runs it, served as `path` says (speed.PATHS). data: one
     dataset, or a domain's (member m on data[m % len(data)], with that dataset's grad_norm: sweep.DomainBuffer)."""
-    member_args = [
-        dataclasses.replace(args, seed=s, grad_norm=args.grad_norm + s % len(data) * (len(data) > 1)) for s in range(n)
-    ]
+    member_args = [dataclasses.replace(args, seed=s, grad_norm=args.grad_norm + s % len(data)) for s in range(n)]
     agents = [module.make_agent(domain.obs_dim, domain.act_dim, a, device) for a in member_args]
     members = sweep.Members(module, member_args)
     stacked = members.stack(agents)
@@ -106,7 +105,7 @@ def sweep_iteration(module, args, n: int, domain, data: list[dict], device, path
 
 
 def path_name(path: str, precision: str) -> str:
-    return path if precision == "highest" else f"{path}+tf32" if precision == "high" else f"{path}+{precision}"
+    return path if precision == "highest" else f"{path}+tf32"
 
 
 def preset_steps(name: str, env_id: str) -> int:
