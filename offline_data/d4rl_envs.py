@@ -57,13 +57,15 @@ def antmaze_maze_name(env_id: str) -> str:
 
 def d4rl_ant_xml(path: str) -> None:
     """Write D4RL's ant model (locomotion/assets/ant.xml) to `path`, made from gymnasium's ant.xml, whose bodies,
-    joints, geoms and contact parameters are the same. Two physical differences are undone: D4RL integrates with
-    timestep 0.02 (gymnasium 0.01), and its motors have gear 1 and ctrlrange [-30, 30] (gymnasium gear 150 on
-    [-1, 1])."""
+    joints, geoms, masses and friction are the same. Three physical differences are undone: D4RL integrates with
+    timestep 0.02 (gymnasium 0.01); its default geom has solimp ".8 .8 .01" (gymnasium none: MuJoCo's .9 .95 .001),
+    which every contact takes, the maze's blocks' too (they join this model); and its motors have gear 1 and
+    ctrlrange [-30, 30] (gymnasium gear 150 on [-1, 1])."""
     from gymnasium.envs.mujoco import ant_v5
 
     tree = ET.parse(os.path.join(os.path.dirname(ant_v5.__file__), "assets", "ant.xml"))
     tree.getroot().find("option").set("timestep", "0.02")
+    tree.getroot().find("default/geom").attrib.update(solref=".02 1", solimp=".8 .8 .01")
     for motor in tree.getroot().find("actuator"):
         motor.set("ctrlrange", "-30.0 30.0")
         motor.attrib.pop("gear", None)  # MuJoCo's default gear is 1
@@ -322,6 +324,9 @@ class D4RLKitchenEnv(gym.Env):
 
     def render(self):
         return self.robot.mujoco_renderer.render("rgb_array")
+
+    def close(self):
+        self.robot.close()  # its renderer's GL context, when it rendered
 
 
 def make_kitchen_env(env_id: str) -> gym.Env:

@@ -4,7 +4,9 @@
 import contextlib
 import glob
 import hashlib
+import http.client
 import os
+import socket
 import urllib.error
 import urllib.request
 from typing import NamedTuple
@@ -171,7 +173,7 @@ def dataset_cache_path(env_id: str) -> str:
 def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
     """Stream `url` to a temporary file next to `path`, check size (the known one, else the server's Content-Length)
     and sha256, then rename: no partial file is ever left under the final name."""
-    tmp, digest = f"{path}.part{os.getpid()}", hashlib.sha256()
+    tmp, digest = f"{path}.part-{socket.gethostname()}-{os.getpid()}", hashlib.sha256()  # a shared cache: host too
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as e:
@@ -194,7 +196,7 @@ def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
         if sha256 is not None and digest.hexdigest() != sha256:
             raise DatasetError(f"sha256 of {url} is {digest.hexdigest()}, expected {sha256}; run again to retry")
         os.replace(tmp, path)
-    except (urllib.error.URLError, OSError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # HTTPException: a cut-off response
         raise DatasetError(
             f"could not download {url} ({e}); download it by hand to {path}, or pass --dataset-path FILE"
         ) from None
@@ -204,9 +206,10 @@ def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
 
 
 def remove_stale_downloads(path: str) -> None:
-    """Delete the `<path>.part<pid>` files of downloads whose process is gone (killed: its `finally` never ran)."""
-    for part in glob.glob(glob.escape(path) + ".part*"):
-        pid = part.rsplit(".part", 1)[1]
+    """Delete the `<path>.part-<host>-<pid>` files of this host's downloads whose process is gone (killed: its
+    `finally` never ran); another host's (a cache on a shared file system) may be downloading."""
+    for part in glob.glob(glob.escape(f"{path}.part-{socket.gethostname()}-") + "*"):
+        pid = part.rsplit("-", 1)[1]
         if pid.isdigit() and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), 0)  # signal 0: only asks whether the process exists

@@ -64,7 +64,14 @@ def open_minari(dataset_id: str):
                 f"({type(e).__name__}: {e}); run `minari download {dataset_id}` where there is network "
                 "access, and point MINARI_DATASETS_PATH at the folder that holds it".replace("\n", " ")
             ) from None
-    return minari.load_dataset(dataset_id), str(get_dataset_path(dataset_id))
+    try:
+        return minari.load_dataset(dataset_id), str(get_dataset_path(dataset_id))
+    except Exception as e:  # a damaged or half-downloaded copy
+        why = " ".join(f"{type(e).__name__}: {e}".split())
+        raise DatasetError(
+            f"Minari dataset {dataset_id} in {get_dataset_path(dataset_id)} cannot be read ({why}); delete that "
+            "folder to download it again"
+        ) from None
 
 
 def load_minari(dataset_id: str) -> "DataSource":

@@ -53,12 +53,28 @@ def import_ogbench():
     return ogbench
 
 
+class SeededStarts(gym.Wrapper):
+    """reset(seed=s) seeds numpy's global generator with s too, for the reset alone (its state then restored): the
+    mazes and antsoccer draw their start's noise from it, so that, as elsewhere, a seed gives one start."""
+
+    def reset(self, *, seed=None, options=None):
+        if seed is None:
+            return self.env.reset(options=options)
+        state = np.random.get_state()
+        np.random.seed(seed)
+        try:
+            return self.env.reset(seed=seed, options=options)
+        finally:
+            np.random.set_state(state)
+
+
 def make_ogbench_env(env_id: str) -> gym.Env:
     """The single-task evaluation env of `env_id`, ogbench's own, with FQL's success timing (its maze file deleted)."""
     ogbench = import_ogbench()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium: float64 bounds of ogbench's spaces cast to float32
-        return remove_model_file(ogbench.make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING))
+        env = ogbench.make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING)
+        return SeededStarts(remove_model_file(env))
 
 
 def dataset_name(env_id: str) -> str:

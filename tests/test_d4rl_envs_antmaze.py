@@ -259,11 +259,14 @@ def test_umaze_files_load_with_d4rls_names_and_replay(tmp_path, monkeypatch):
 
 
 def test_physics_matches_d4rl_ant_xml():
-    """D4RL locomotion/assets/ant.xml: timestep 0.02, RK4; motors gear 1, ctrlrange [-30, 30]; ant.py: frame_skip 5;
+    """D4RL locomotion/assets/ant.xml: timestep 0.02, RK4; every geom's contact solref .02 1 and solimp .8 .8 .01 (its
+    default class; the maze's blocks join that model); motors gear 1, ctrlrange [-30, 30]; ant.py: frame_skip 5;
     wrappers.py NormalizedBoxEnv: action a in [-1, 1] -> ctrl 30 a."""
     env, u, _, _ = make(MEDIUM)
     m = u.ant.model
     assert m.opt.timestep == 0.02 and m.opt.integrator == mujoco.mjtIntegrator.mjINT_RK4
+    np.testing.assert_allclose(m.geom_solref, np.tile([0.02, 1.0], (m.ngeom, 1)))
+    np.testing.assert_allclose(m.geom_solimp[:, :3], np.tile([0.8, 0.8, 0.01], (m.ngeom, 1)))
     assert u.ant.frame_skip == 5 and np.isclose(u.ant.dt, 0.1)
     assert (m.actuator_gear[:, 0] == 1.0).all() and (m.actuator_ctrlrange == [-30.0, 30.0]).all()
     assert (m.dof_armature[6:] == 1.0).all() and (m.dof_damping[6:] == 1.0).all() and m.nq == 15 and m.nv == 14

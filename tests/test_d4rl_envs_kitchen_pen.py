@@ -362,3 +362,13 @@ def test_replay_check_command(tmp_path, capsys):
     with pytest.raises(SystemExit, match="replay checks exist for antmaze-umaze-v2, .*antmaze-medium-play-v2") as e:
         rc.main(rc.Args(env_id="hopper-medium-v2", dataset_path=path))
     assert all(i in str(e.value) for i in ("pen-cloned-v1", "door-cloned-v1", "hammer-cloned-v1", "relocate-cloned-v1"))
+
+
+def test_closing_the_kitchen_env_closes_its_robot_and_renderer():
+    """The MuJoCo env inside (FrankaRobot) owns the renderer: closing the wrapped env must reach it."""
+    env = offline_data.d4rl_envs.make_kitchen_env("kitchen-mixed-v0")
+    closed = []
+    robot_close = env.unwrapped.robot.close
+    env.unwrapped.robot.close = lambda: closed.append(robot_close())
+    env.close()
+    assert closed == [None]

@@ -1,8 +1,10 @@
 """offline_data's D4RL loader on small files in the exact D4RL layout; the network is never touched."""
 
 import hashlib
+import http.client
 import io
 import os
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -330,17 +332,39 @@ def test_a_download_shorter_than_its_content_length_is_refused(tmp_path, monkeyp
     assert os.listdir(tmp_path) == []
 
 
+def test_a_response_cut_off_mid_stream_is_one_line(tmp_path, monkeypatch):
+    """http.client's IncompleteRead (a chunked response cut off) is neither URLError nor OSError: still one line."""
+    response = fake_urlopen(b"x" * 1000)
+
+    def cut_off(n=-1):
+        raise http.client.IncompleteRead(b"x", 10)
+
+    def urlopen(url, timeout=None):
+        r = response(url, timeout)
+        r.read = cut_off
+        return r
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    with pytest.raises(offline_data.DatasetError, match="could not download .*IncompleteRead"):
+        offline_data.d4rl_files.download("http://example.invalid/f.hdf5", str(tmp_path / "f.hdf5"), None, None)
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_parts_of_killed_downloads_are_removed(tmp_path, monkeypatch):
-    """A download killed with SIGKILL leaves its `.part<pid>` file; the next load of the same dataset removes the
-    parts of processes that are gone and keeps those of live ones."""
+    """A download killed with SIGKILL leaves its `.part-<host>-<pid>` file; the next load of the same dataset removes
+    this host's parts of processes that are gone and keeps those of live ones, and every other host's (a cache on a
+    shared file system: their process ids are not this host's)."""
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     record_d4rl_file(tmp_path / "hopper_medium-v2.hdf5", episodes=1, max_steps=10)
-    for pid in (dead.pid, os.getppid()):
-        (tmp_path / f"hopper_medium-v2.hdf5.part{pid}").write_bytes(b"partial")
+    host = socket.gethostname()
+    parts = [f"hopper_medium-v2.hdf5.part-{h}-{pid}" for h, pid in ((host, dead.pid), (host, os.getppid()))]
+    parts.append(f"hopper_medium-v2.hdf5.part-other-node-{dead.pid}")
+    for part in parts:
+        (tmp_path / part).write_bytes(b"partial")
     offline_data.d4rl_files.load_d4rl("hopper-medium-v2", None, "raw")
-    assert sorted(os.listdir(tmp_path)) == ["hopper_medium-v2.hdf5", f"hopper_medium-v2.hdf5.part{os.getppid()}"]
+    assert sorted(os.listdir(tmp_path)) == sorted(["hopper_medium-v2.hdf5", *parts[1:]])
 
 
 def test_missing_file_is_a_clear_error(tmp_path):

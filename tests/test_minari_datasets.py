@@ -336,6 +336,17 @@ def test_missing_dataset_offline(monkeypatch, minari_root):
     assert str(minari_root) in message and "ConnectionError" in message
 
 
+def test_a_damaged_local_dataset_is_one_line(minari_root):
+    """A copy whose data/ folder exists but cannot be read (a half-finished download): one line naming the folder."""
+    folder = minari_root / "D4RL" / "pen" / "human-v2"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "main_data.hdf5").write_bytes(b"not hdf5")
+    with pytest.raises(offline_data.DatasetError) as caught:
+        load("D4RL/pen/human-v2")
+    message = str(caught.value)
+    assert "\n" not in message and str(folder) in message and "delete that folder" in message
+
+
 def test_missing_download_client_is_named_exactly(monkeypatch, minari_root):
     """minari.download_dataset imports huggingface_hub (the extra minari[hf]); without it the one-line error names
     that package and the pip command, and does not blame the network. Mocked: no test touches the network."""

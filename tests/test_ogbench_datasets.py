@@ -232,3 +232,15 @@ def test_bad_input_exits_2_with_one_line(files, tmp_path):
         proc = run_script("ofql.py", tmp_path, *flags)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert proc.stderr.startswith("ofql.py: error: ")
+
+
+@pytest.mark.parametrize("env_id", ["antmaze-large-navigate-singletask-v0", "antsoccer-arena-navigate-singletask-v0"])
+def test_a_seeded_reset_gives_one_start_and_leaves_numpys_generator_as_it_was(env_id):
+    """ogbench's mazes and antsoccer draw their start's noise from numpy's global generator: the evaluation env's
+    reset(seed) must still give one start per seed (every evaluation the same starts) and not move that generator."""
+    env = offline_data.ogbench_datasets.make_ogbench_env(env_id)
+    np.random.seed(0)
+    starts = [env.reset(seed=s)[0] for s in (5, 5, 6)]
+    assert np.array_equal(starts[0], starts[1]) and not np.array_equal(starts[0], starts[2])
+    assert np.random.randint(1 << 30) == np.random.RandomState(0).randint(1 << 30)
+    env.close()
