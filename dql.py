@@ -86,7 +86,7 @@ class Args:
     ema_every: int = 5
     """the EMA policy is updated every this many steps"""
     ema_start: int = 1000
-    """the EMA policy starts moving at this step; before it, it is the initial network (as in DQL's code)"""
+    """the EMA policy starts moving after this many steps; before, it is the initial network (as in DQL's code)"""
     eta: float = 1.0
     """the weight of the normalised Q term in the actor loss (DQL's alpha) (preset)"""
     diffusion_steps: int = 5
@@ -349,11 +349,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 
 @torch.no_grad()
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
-    """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps from `ema_start` on (DQL
-    keeps the initial network until then), at a tensor rate, 0 off schedule: the step count never leaves the device.
+    """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps after `ema_start` (DQL
+    counts from 0: steps 1001, 1006, ...), at a tensor rate, 0 off schedule: the step count never leaves the device.
     Each network's lerps are one foreach operation."""
     torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
-    rate = (1.0 - args.ema_decay) * ((step >= args.ema_start) & (step % args.ema_every == 0))
+    rate = (1.0 - args.ema_decay) * ((step > args.ema_start) & ((step - 1) % args.ema_every == 0))  # DQL: from 0
     ema = list(agent.actor_ema.parameters())
     torch._foreach_lerp_(ema, list(agent.actor.parameters()), [rate] * len(ema))  # weights as tensors: no host read
 
@@ -588,7 +588,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
             metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
             if stopping:
                 break
-    if stopping:
+    if stopping and step < total:  # a stop in the last step: it finishes
         raise runs.interrupted(step, stop_signal[0])
     if envs is not None:
         envs.close()

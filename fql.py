@@ -332,6 +332,7 @@ def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict
     """One FQL iteration: both losses from the same parameters (FQL takes one Adam step on their sum, which is
     two Adam steps on the disjoint parameters), then the target critic; `step` (a device tensor) is this iteration's
     number. Returns detached metrics. Nothing here reads a value back to the host."""
+    batch = batch._replace(actions=batch.actions.clamp(-1 + 1e-5, 1 - 1e-5))  # FQL's loaders clip the data's actions
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     agent.critic.requires_grad_(False)  # the Q term's gradient reaches the actor only, not the critic's weights
     actor_loss, actor_metrics = actor_loss_fn(agent, batch, args)
@@ -553,7 +554,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
             metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
             if stopping:
                 break
-    if stopping:
+    if stopping and step < total:  # a stop in the last step: it finishes
         raise runs.interrupted(step, stop_signal[0])
     if envs is not None:
         envs.close()

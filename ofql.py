@@ -85,7 +85,7 @@ class Args:
     ema_every: int = 5
     """the EMA policy is updated every this many steps"""
     ema_start: int = 1000
-    """the EMA policy starts moving at this step; before it, it is the initial network (as in DQL's code)"""
+    """the EMA policy starts moving after this many steps; before, it is the initial network (as in DQL's code)"""
     eta: float = 0.1
     """the weight of the normalised Q term in the actor loss (Eq. 7) (preset)"""
     flow_ratio: float = 0.5
@@ -259,8 +259,9 @@ def meanflow_target(u_fn, a, eps, r, t):
 
 
 def behavior_cloning_loss(actor: Actor, obs, actions, args: Args) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_FBC (Eq. 14): the squared error to the stop-gradient target, weighted by MeanFlow's adaptive weight
-    1/(err + 1e-3)^p when p = --adaptive-weight-power > 0 (p = 0: Eq. 14); returns (loss, plain mean squared error)."""
+    """L_FBC (Eq. 14): the squared error to the stop-gradient target, averaged over the action's dimensions (the
+    author's and DQL's MSE: Eq. 14's norm over |A|), weighted by MeanFlow's adaptive weight 1/(err + 1e-3)^p when
+    p = --adaptive-weight-power > 0 (p = 0: Eq. 14); returns (loss, plain mean squared error)."""
     t, r = sample_t_r(len(obs), args.flow_ratio, args.time_mu, args.time_sigma, obs.device)
     u, u_tgt = meanflow_target(lambda a_t, r, t: actor(a_t, r, t, obs), actions, torch.randn_like(actions), r, t)
     err = (u - u_tgt).pow(2).mean(dim=-1)
@@ -339,11 +340,11 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 
 @torch.no_grad()
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
-    """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps from `ema_start` on (DQL
-    keeps the initial network until then), at a tensor rate, 0 off schedule: the step count never leaves the device.
+    """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps after `ema_start` (DQL
+    counts from 0: steps 1001, 1006, ...), at a tensor rate, 0 off schedule: the step count never leaves the device.
     Each network's lerps are one foreach operation."""
     torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
-    rate = (1.0 - args.ema_decay) * ((step >= args.ema_start) & (step % args.ema_every == 0))
+    rate = (1.0 - args.ema_decay) * ((step > args.ema_start) & ((step - 1) % args.ema_every == 0))  # DQL: from 0
     ema = list(agent.actor_ema.parameters())
     torch._foreach_lerp_(ema, list(agent.actor.parameters()), [rate] * len(ema))  # weights as tensors: no host read
 
@@ -578,7 +579,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
             metric_sum, window_steps, window_start = 0.0, 0, time.perf_counter()
             if stopping:
                 break
-    if stopping:
+    if stopping and step < total:  # a stop in the last step: it finishes
         raise runs.interrupted(step, stop_signal[0])
     if envs is not None:
         envs.close()

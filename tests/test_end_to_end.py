@@ -427,6 +427,22 @@ def test_an_interrupted_checkpoint_write_leaves_the_last_one_whole(tmp_path, hop
     )
 
 
+def test_a_signal_in_the_last_step_lets_the_run_finish(tmp_path, hopper_file, monkeypatch, algo):
+    """SIGTERM while the last step trains: nothing is left to continue, so the run finishes (its summary.json, its
+    last evaluation) rather than stopping with a --resume line."""
+    monkeypatch.chdir(tmp_path)
+    update = algo.update
+
+    def update_then_sigterm(agent, batch, args, step):
+        if int(step) == args.total_steps:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler only notes it: the loop reads it after this step
+        return update(agent, batch, args, step)
+
+    monkeypatch.setattr(algo, "update", update_then_sigterm)
+    summary = algo.train(algo.parse_args(small_run_flags(hopper_file, 20)))
+    assert json.load(open(summary))["evaluations"][-1]["step"] == 20
+
+
 def start_script(tmp_path, algo, flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "D4RL_DATASET_DIR": str(tmp_path)}
     return subprocess.Popen(

@@ -1,6 +1,8 @@
 """fql.py: the Euler flow against known velocity fields, the stop-gradient distillation target, which parameters
 each loss term reaches, the critic target's Q aggregation, FQL's networks and presets."""
 
+import copy
+
 import pytest
 import torch
 
@@ -230,3 +232,20 @@ def test_actor_loss_sends_the_q_gradient_to_the_one_step_policy_only(agent_and_b
     flow_b, onestep_b = gradients()
     assert all(torch.equal(a, b) for a, b in zip(flow_a, flow_b))
     assert not all(torch.allclose(a, b) for a, b in zip(onestep_a, onestep_b))
+
+
+def test_the_update_trains_on_actions_clipped_as_fqls_loaders_clip_them(agent_and_batch):
+    """FQL clips the data's actions to [-1 + 1e-5, 1 - 1e-5]: a batch with actions beyond that range trains exactly as
+    the same batch clipped (losses and new weights), and differently from the batch with the actions inside it."""
+    agent, batch, args = agent_and_batch
+    wide = batch._replace(actions=batch.actions * 1.5)
+    runs = []
+    for actions in (wide.actions, wide.actions.clamp(-1 + 1e-5, 1 - 1e-5), batch.actions):
+        a = copy.deepcopy(agent)
+        torch.manual_seed(0)
+        metrics = fql.update(a, batch._replace(actions=actions), args, torch.tensor(1))
+        runs.append((metrics["critic_loss"], metrics["bc_loss"], list(a.actor.parameters())))
+    assert (batch.actions.abs() * 1.5 > 1).any()
+    for x, y in zip(runs[0][:2] + tuple(runs[0][2]), runs[1][:2] + tuple(runs[1][2])):
+        assert torch.equal(x, y)
+    assert not torch.equal(runs[0][0], runs[2][0])

@@ -175,9 +175,11 @@ def test_update_moves_targets_by_polyak_and_ema_rules(agent_and_batch):
     for p_target, p_old, p in zip(agent.critic_target.parameters(), before, agent.critic.parameters()):
         torch.testing.assert_close(p_target, p_old + args.tau * (p - p_old))
     assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters()))
-    ofql.update(agent, batch, args, step=torch.tensor(11))  # not a multiple of ema_every: untouched
-    assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters()))
-    ofql.update(agent, batch, args, step=torch.tensor(15))
+    # DQL's schedule, its step counter starting at 0: the EMA moves at steps 11, 16, ... (counter 10, 15, ...)
+    for step in (10, 12):  # the 10th step (counter 9) and one off the schedule: untouched
+        ofql.update(agent, batch, args, step=torch.tensor(step))
+        assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters()))
+    ofql.update(agent, batch, args, step=torch.tensor(11))
     for p_ema, p_old, p in zip(agent.actor_ema.parameters(), initial, agent.actor.parameters()):
         torch.testing.assert_close(p_ema, 0.995 * p_old + 0.005 * p)
 

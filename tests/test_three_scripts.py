@@ -132,8 +132,9 @@ def test_all_three_evaluate_a_policy_identically():
 
 @pytest.mark.parametrize("module", [ofql, dql])
 def test_dql_and_ofql_share_dqls_ema_rule(module):
-    """One rule (DQL's code): the EMA policy keeps its initial network until step 1000, then every 5 steps
-    ema <- 0.995 ema + 0.005 actor. The same text in both scripts, and this behaviour."""
+    """One rule (DQL's code, whose step counter starts at 0): the EMA policy keeps its initial network for 1000
+    steps, then every 5 steps (the 1001st, 1006th, ...) ema <- 0.995 ema + 0.005 actor. The same text in both
+    scripts, and this behaviour."""
     assert inspect.getsource(ofql.update_targets) == inspect.getsource(dql.update_targets)
     torch.manual_seed(0)
     agent = module.make_agent(11, 3, module.Args(), torch.device("cpu"))
@@ -141,10 +142,10 @@ def test_dql_and_ofql_share_dqls_ema_rule(module):
     with torch.no_grad():
         for p in agent.actor.parameters():
             p.add_(1.0)
-    for step in (1, 5, 995, 1001):
+    for step in (1, 5, 996, 1000, 1002):
         module.update_targets(agent, module.Args(), torch.tensor(step))
         assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters())), step
-    module.update_targets(agent, module.Args(), torch.tensor(1000))
+    module.update_targets(agent, module.Args(), torch.tensor(1001))
     for p0, p_ema, p in zip(initial, agent.actor_ema.parameters(), agent.actor.parameters()):
         torch.testing.assert_close(p_ema, 0.995 * p0 + 0.005 * p)
 
