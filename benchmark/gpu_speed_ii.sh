@@ -17,11 +17,16 @@ RESULTS=${RESULTS:-benchmark/results/speed_ii}
 mkdir -p "$RESULTS"
 python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_speed_ii.sh: no CUDA device')" || exit 1
 python -c "import torch; print('device:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| CUDA',
-torch.version.cuda, '| commit', __import__('subprocess').getoutput('git rev-parse --short HEAD'))" | tee "$RESULTS/parts.txt"
+torch.version.cuda, '| commit', __import__('subprocess').getoutput('git rev-parse --short HEAD'))" \
+    | tee "$RESULTS/parts.txt"
 DATA=benchmark/results/gpu_check/work/hopper-random.hdf5  # gpu_check's recorded file, else one recorded here
-[ -f "$DATA" ] || { DATA=$RESULTS/hopper-random.hdf5; python -c "import sys; sys.path.insert(0, 'benchmark'); import gpu_check
-gpu_check.record_hopper(sys.argv[1], 5000, 0)" "$DATA"; }
-part() {  # part NAME TIMEOUT_S COMMAND...: its output in $RESULTS/NAME.log, its exit code and seconds in $RESULTS/parts.txt
+[ -f "$DATA" ] || {
+    DATA=$RESULTS/hopper-random.hdf5
+    python -c "import sys; sys.path.insert(0, 'benchmark'); import gpu_check
+gpu_check.record_hopper(sys.argv[1], 5000, 0)" "$DATA"
+}
+# part NAME TIMEOUT_S COMMAND...: its output in $RESULTS/NAME.log, its exit code and seconds in $RESULTS/parts.txt
+part() {
     local name=$1 limit=$2 start=$SECONDS
     shift 2
     echo "== $name: $*" | tee "$RESULTS/$name.log"
@@ -31,9 +36,11 @@ part() {  # part NAME TIMEOUT_S COMMAND...: its output in $RESULTS/NAME.log, its
     tail -n 30 "$RESULTS/$name.log"
 }
 part compile 240 python benchmark/sweep_speed.py --device cuda --algorithms ofql --members 16 \
-    --paths cuda_graph compile_graph compile_reduce_overhead --updates 50 --rounds 3 --warmup 3 --out-dir "$RESULTS/compile"
-part tf32_domain 120 python benchmark/sweep_speed.py --device cuda --env-id hopper-medium-v2 --members 45 --datasets 3 \
-    --paths cuda_graph --matmul-precision highest high --updates 50 --rounds 3 --warmup 3 --out-dir "$RESULTS/tf32_domain"
+    --paths cuda_graph compile_graph compile_reduce_overhead --updates 50 --rounds 3 --warmup 3 \
+    --out-dir "$RESULTS/compile"
+part tf32_domain 120 python benchmark/sweep_speed.py --device cuda --env-id hopper-medium-v2 --members 45 \
+    --datasets 3 --paths cuda_graph --matmul-precision highest high --updates 50 --rounds 3 --warmup 3 \
+    --out-dir "$RESULTS/tf32_domain"
 FLAGS="--total-steps 1000 --eval-every 1000 --eval-episodes 2 --log-every 100"
 part floor 150 python tools/compare_runs.py --base . --cuda --sweeps --dataset-path "$DATA" --flags="$FLAGS" \
     --out-dir "$RESULTS/floor"

@@ -206,7 +206,7 @@ def report(args: Args) -> None:
     os.makedirs(args.out_dir, exist_ok=True)
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=120)
     header = (
-        f"{ENV_ID} ({os.path.relpath(args.dataset_path, ROOT)}): {args.offline_steps} offline updates, then "
+        f"{ENV_ID} ({os.path.basename(args.dataset_path)}): {args.offline_steps} offline updates, then "
         f"{args.online_steps} online env steps with one update each; evaluations every {args.eval_every} updates on "
         f"{args.eval_episodes} episodes, scored with the policy's own sample; mean ± std over seeds.\n\n"
         "| algorithm | seeds | offline end | offline, last 5 evals | online end | online, last 5 evals | change at the "
