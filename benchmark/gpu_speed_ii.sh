@@ -11,6 +11,8 @@
 #    x 15 members), for the three scripts: member-updates/s.
 # 3. What TF32 changes in the numbers: ofql.py, dql.py and fql.py on the GPU, float32 twice (the floor: two runs of
 #    the same flags) and TF32 against float32 (tools/compare_runs.py, the largest relative difference).
+# 4. The evaluation envs on that machine's cores: one process against 4 and 15 workers, 160 envs (a sweep's), and
+#    Table 1's evaluation hours at those step times (benchmark/eval_speed.py; CPU only, about a minute).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-benchmark/results/speed_ii}
@@ -46,4 +48,6 @@ part floor 150 python tools/compare_runs.py --base . --cuda --sweeps --dataset-p
     --out-dir "$RESULTS/floor"
 part tf32_numbers 150 python tools/compare_runs.py --base . --cuda --sweeps --dataset-path "$DATA" --flags="$FLAGS" \
     --base-flags="--matmul-precision high" --out-dir "$RESULTS/tf32_numbers"
+part eval_workers 120 python benchmark/eval_speed.py --workers 1 4 15 --num-envs 160 --steps 30 --rounds 2 \
+    --out-dir "$RESULTS/eval_workers"
 cat "$RESULTS/parts.txt"

@@ -7,6 +7,7 @@ CORL's scripts import `d4rl`: datasets with their evaluation environments and sc
     minari_datasets.py   Minari datasets with their own evaluation envs and reference returns
     ogbench_datasets.py  OGBench's single-task datasets and envs, from the ogbench package, scored by success
     evaluation_envs.py   a run's evaluation envs in one vector env, the first recorded with --capture-video
+    vector_envs.py       many envs in worker processes (a SyncVectorEnv of a slice each) where there are the cores
     episodes.py          running envs with a policy: the evaluation's episodes, the online phase's steps
 
 The run bookkeeping (run folders, checkpoints, resume, signals, summaries) is not here: bookkeeping.py.
@@ -22,6 +23,7 @@ Public API (all importable from offline_data):
     DataSource.reward_fn(rewards)                                       --reward-mode's rule for online rewards
     evaluation_envs(make_env, num_envs, video_folder), renderable(env)   the evaluation envs, the first one recorded
                                                                         (make_env: a factory, or one per member)
+    vector_env(env_fns, workers=None)                                   envs in worker processes, or in this one
     run_episodes(policy, envs, seeds, device)                           one evaluation episode per env, in parallel
     OnlineEnvs(source, seeds, device).step(policy)                      the online phase: one env step per member
     preset_key(env_id), source_kind(env_id), is_minari_id, is_ogbench_id the id whose presets an id uses; its source
@@ -36,6 +38,7 @@ from offline_data.evaluation_envs import evaluation_envs, renderable
 from offline_data.minari_datasets import MINARI_PRESET_KEYS, load_minari
 from offline_data.ogbench_datasets import OGBENCH_IDS, is_ogbench_id, load_ogbench
 from offline_data.source import DatasetError, DataSource, MemberSources, UserError, reward_transform
+from offline_data.vector_envs import vector_env
 
 __all__ = [
     "DATASETS",
@@ -56,6 +59,7 @@ __all__ = [
     "renderable",
     "run_episodes",
     "source_kind",
+    "vector_env",
 ]
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from offline_data.source import DataSource, UserError
+from offline_data.vector_envs import vector_env
 
 
 def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device) -> tuple:
@@ -35,11 +36,11 @@ class OnlineEnvs:
     """The online phase's envs, one per member, in one vector env whose ended episodes restart within the step
     (gymnasium's same-step autoreset); env m first reset with seeds[m]. Its episodes run on across step() calls."""
 
-    def __init__(self, source: DataSource, seeds: list[int], device):
+    def __init__(self, source: DataSource, seeds: list[int], device, workers: int | None = None):
         if source.make_env is None:
             raise UserError("--online-steps needs an environment to act in, and this dataset has none")
-        same_step = gym.vector.AutoresetMode.SAME_STEP
-        self.envs = gym.vector.SyncVectorEnv([source.make_env] * len(seeds), autoreset_mode=same_step)
+        same_step = gym.vector.AutoresetMode.SAME_STEP  # in worker processes where there are cores (vector_env)
+        self.envs = vector_env([source.make_env] * len(seeds), workers, autoreset_mode=same_step)
         self.obs, _ = self.envs.reset(seed=seeds)
         self.source, self.device, self.returns = source, device, np.zeros(len(seeds))
 

@@ -1,5 +1,5 @@
-"""The evaluation envs of a run, stepped together in one vector env (any source's); with --capture-video the first one
-is recorded, one episode per evaluation."""
+"""The evaluation envs of a run, stepped together in one vector env (any source's; in worker processes where there are
+cores for them); with --capture-video the first one is recorded, one episode per evaluation."""
 
 import contextlib
 import os
@@ -11,6 +11,7 @@ import gymnasium as gym
 import mujoco
 
 from offline_data.source import UserError
+from offline_data.vector_envs import vector_env
 
 
 def renderable(env: gym.Env) -> gym.Env:
@@ -75,15 +76,19 @@ class EpisodeVideo(gym.wrappers.RecordVideo):
         return obs, reward, terminated, truncated, info
 
 
-def evaluation_envs(make_env: Callable[[], gym.Env] | list | None, num_envs: int, video_folder: str | None = None):
-    """`num_envs` evaluation envs in a SyncVectorEnv (None without an env), the first an EpisodeVideo into
-    `video_folder` if one is given. `make_env`: one factory, or one per member (a domain sweep's MemberSources: the
-    envs member-major, num_envs / len(make_env) of each member's)."""
+def evaluation_envs(
+    make_env: Callable[[], gym.Env] | list | None, num_envs: int, video_folder: str | None = None, workers=None
+):
+    """`num_envs` evaluation envs in one vector env (None without an env): in worker processes where the machine has
+    the cores for them (vector_env; `workers`: their number, None: default_workers), else a SyncVectorEnv, the first
+    env an EpisodeVideo into `video_folder` if one is given (in this process: it records). `make_env`: one factory,
+    or one per member (a domain sweep's MemberSources: the envs member-major, num_envs / len(make_env) of each)."""
     if make_env is None:
         if video_folder:
             raise UserError("--capture-video needs an evaluation environment, and this dataset has none")
         return None
     makers = make_env if isinstance(make_env, list) else [make_env]
     makers = [f for f in makers for _ in range(num_envs // len(makers))]
-    first = makers[0] if video_folder is None else lambda: EpisodeVideo(makers[0](), video_folder)
-    return gym.vector.SyncVectorEnv([first] + makers[1:])
+    if video_folder is None:
+        return vector_env(makers, workers)
+    return gym.vector.SyncVectorEnv([lambda: EpisodeVideo(makers[0](), video_folder)] + makers[1:])

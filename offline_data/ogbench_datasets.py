@@ -54,14 +54,13 @@ def import_ogbench():
 
 
 class SeededStarts(gym.Wrapper):
-    """reset(seed=s) seeds numpy's global generator with s too, for the reset alone (its state then restored): the
-    mazes and antsoccer draw their start's noise from it, so that, as elsewhere, a seed gives one start."""
+    """The mazes and antsoccer draw their start's noise from numpy's global generator: each reset seeds it for the
+    reset alone (its state then restored), with the reset's seed, or without one with a draw of the env's own
+    generator, so that, as elsewhere, the env's seed decides its starts, in whatever process the env runs."""
 
     def reset(self, *, seed=None, options=None):
-        if seed is None:
-            return self.env.reset(options=options)
         state = np.random.get_state()
-        np.random.seed(seed)
+        np.random.seed(seed if seed is not None else int(self.env.unwrapped.np_random.integers(1 << 31)))
         try:
             return self.env.reset(seed=seed, options=options)
         finally:

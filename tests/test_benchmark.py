@@ -493,3 +493,23 @@ def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_
     table = open(tmp_path / "results.md").read()
     assert "| nonsense-v0 | could not be built" in table and "Fake GPU, torch 0.0, 2000-01-01" in table
     assert f"| hopper-medium-v2 | {hopper['cpu_ms']:.3f} |" in table
+
+
+def test_eval_speed_times_one_process_against_workers_and_prices_table1(tmp_path):
+    """eval_speed.py: hopper's envs in one process and in 2 workers, each figure written with its ratio; Table 1's
+    evaluation env steps from the presets (OFQL on hopper-medium-v2: 15 runs x 40 evaluations x 2 policies x 10
+    episodes x 1000 steps; FQL acts with one sample: 1 policy); a baseline other than one process is refused."""
+    import eval_speed
+
+    args = eval_speed.Args(env_ids=["hopper-medium-v2"], num_envs=4, steps=3, rounds=1, out_dir=str(tmp_path))
+    result = eval_speed.main(args)
+    row = result["rows"][0]
+    assert set(row["ms_per_vector_step"]) == {"1", "2"} and row["ratio"]["1"] == 1.0
+    assert row["ratio"]["2"] == pytest.approx(row["ms_per_vector_step"]["1"] / row["ms_per_vector_step"]["2"])
+    assert result["table1_evaluation"] == {}  # only one family measured: no hours
+    assert json.load(open(tmp_path / "cpu.json"))["args"]["out_dir"] == os.path.relpath(tmp_path, ROOT)
+    ofql, fql = (eval_speed.table1_eval_steps(n)["hopper-medium-v2"] for n in ("ofql", "fql"))
+    assert ofql == 15 * (2_000_000 // 50_000) * 2 * 10 * 1000
+    assert fql == 3 * (2_000_000 // 50_000) * 1 * 10 * 1000
+    with pytest.raises(SystemExit, match="starts with 1"):
+        eval_speed.main(dataclasses.replace(args, workers=[2, 4]))

@@ -237,10 +237,13 @@ def test_bad_input_exits_2_with_one_line(files, tmp_path):
 @pytest.mark.parametrize("env_id", ["antmaze-large-navigate-singletask-v0", "antsoccer-arena-navigate-singletask-v0"])
 def test_a_seeded_reset_gives_one_start_and_leaves_numpys_generator_as_it_was(env_id):
     """ogbench's mazes and antsoccer draw their start's noise from numpy's global generator: the evaluation env's
-    reset(seed) must still give one start per seed (every evaluation the same starts) and not move that generator."""
+    reset(seed) must still give one start per seed (every evaluation the same starts), a reset without a seed one that
+    the env's seed decides (the same in a worker process), and neither may move that generator."""
     env = offline_data.ogbench_datasets.make_ogbench_env(env_id)
     np.random.seed(0)
     starts = [env.reset(seed=s)[0] for s in (5, 5, 6)]
     assert np.array_equal(starts[0], starts[1]) and not np.array_equal(starts[0], starts[2])
+    after = [(env.reset(seed=5), env.reset()[0])[1] for _ in range(2)]  # unseeded: from the env's own generator
+    assert np.array_equal(after[0], after[1]) and not np.array_equal(after[0], starts[0])
     assert np.random.randint(1 << 30) == np.random.RandomState(0).randint(1 << 30)
     env.close()

@@ -1,0 +1,161 @@
+"""offline_data/vector_envs.py: envs in worker processes give what one SyncVectorEnv of the same envs gives
+(observations, rewards, flags, infos, with both autoreset modes), evaluation returns and online transitions included;
+a failing worker is one error; the number of workers follows the cores."""
+
+import json
+import os
+import signal
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import offline_data
+from conftest import record_d4rl_file
+from offline_data import vector_envs
+from offline_data.d4rl_envs import eval_env_factory
+
+HOPPER = eval_env_factory("hopper-medium-v2")
+
+
+@pytest.fixture
+def hopper_source(tmp_path):
+    record_d4rl_file(tmp_path / "hopper.hdf5", episodes=2, max_steps=20)
+    return offline_data.load("hopper-medium-v2", str(tmp_path / "hopper.hdf5"))
+
+
+def spy(fn, calls: list):
+    def wrapped(*args, **kwargs):
+        calls.append(args[1:])
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def assert_same_infos(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_same_infos(a[key], b[key])
+        elif a[key].dtype == object:
+            assert all((x is None and y is None) or np.array_equal(x, y) for x, y in zip(a[key], b[key])), key
+        else:
+            assert np.array_equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("mode", [gym.vector.AutoresetMode.NEXT_STEP, gym.vector.AutoresetMode.SAME_STEP])
+def test_workers_step_as_one_sync_vector_env(mode):
+    """Seven hopper envs in 3 workers (slices of 3, 2, 2) against one SyncVectorEnv: random actions for 150 steps,
+    in which episodes end (a falling hopper) and restart; every output equal, infos (final_obs, final_info) too."""
+    n, ends = 7, 0
+    sync = gym.vector.SyncVectorEnv([HOPPER] * n, autoreset_mode=mode)
+    workers = vector_envs.WorkerVectorEnv([HOPPER] * n, 3, autoreset_mode=mode)
+    assert workers.sizes == [3, 2, 2] and workers.single_action_space == sync.single_action_space
+    seeds = list(range(10, 10 + n))
+    np.testing.assert_array_equal(sync.reset(seed=seeds)[0], workers.reset(seed=seeds)[0])
+    actions = np.random.default_rng(0).uniform(-1, 1, (150, n, 3)).astype(np.float32)
+    for a in actions:
+        expected, got = sync.step(a), workers.step(a)
+        for x, y in zip(expected[:4], got[:4]):
+            np.testing.assert_array_equal(x, y)
+        assert_same_infos(expected[4], got[4])
+        ends += int(expected[2].sum())
+    assert ends > 5
+    sync.close()
+    workers.close()
+    assert not any(p.is_alive() for p in workers.processes)
+
+
+def test_an_evaluation_in_workers_returns_what_it_returns_in_this_process():
+    envs = [offline_data.evaluation_envs(HOPPER, 6, workers=w) for w in (1, 2)]
+    assert isinstance(envs[0], gym.vector.SyncVectorEnv) and isinstance(envs[1], vector_envs.WorkerVectorEnv)
+    policy = lambda obs: torch.tanh(obs[:, :3] - obs[:, 3:6])  # noqa: E731  a deterministic policy
+    results = [offline_data.run_episodes(policy, e, list(range(100, 106)), "cpu")[:2] for e in envs]
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert len(set(results[0][0])) == 6  # six different episodes
+    for e in envs:
+        e.close()
+
+
+def test_online_steps_in_workers_store_the_same_transitions(hopper_source):
+    """OnlineEnvs (same-step autoreset: the episode's last observation from final_obs) of 4 members, in 2 workers
+    and in this process: 60 steps of a policy that falls, the same transitions and ended episodes."""
+    policy = lambda obs: torch.sin(3 * obs[:, :3])  # noqa: E731
+    runs = [offline_data.OnlineEnvs(hopper_source, [200, 201, 202, 203], "cpu", workers=w) for w in (1, 2)]
+    ended = 0
+    for _ in range(60):
+        (t1, e1), (t2, e2) = (r.step(policy) for r in runs)
+        for x, y in zip(t1, t2):
+            np.testing.assert_array_equal(x, y)
+        assert e1 == e2
+        ended += sum(e is not None for e in e1)
+    assert ended > 0
+    for r in runs:
+        r.envs.close()
+
+
+def test_workers_leave_ctrl_c_and_sigterm_to_the_training_process():
+    """Ctrl-C (the whole process group) and a cluster's SIGTERM reach the workers too: they must live on, so that the
+    training process can finish its step, evaluation included, and save; close() ends them."""
+    envs = vector_envs.WorkerVectorEnv([HOPPER] * 2, 2)
+    envs.reset(seed=[0, 1])
+    for process in envs.processes:
+        os.kill(process.pid, signal.SIGINT)
+        os.kill(process.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    assert envs.step(np.zeros((2, 3), np.float32))[0].shape == (2, 11)
+    assert all(p.is_alive() for p in envs.processes)
+    envs.close()
+    assert not any(p.is_alive() for p in envs.processes)
+
+
+def failing_env():
+    raise ValueError("no such model file")
+
+
+def test_a_failing_worker_is_one_error_and_the_others_stop():
+    with pytest.raises(RuntimeError, match="an env worker failed: ValueError: no such model file"):
+        vector_envs.WorkerVectorEnv([HOPPER, HOPPER, failing_env, HOPPER], 2)
+
+
+def test_merged_infos_are_gymnasiums_layout_for_all_the_envs():
+    """Infos of two slices, one with a key the other lacks and nested dicts: as gymnasium's own _add_info builds them
+    for the four envs one by one."""
+    per_env = [{"a": 1.0, "d": {"s": True}}, {}, {"a": 2.0, "o": "x"}, {"d": {"s": False}}]
+    whole, half = gym.vector.SyncVectorEnv([HOPPER] * 4), gym.vector.SyncVectorEnv([HOPPER] * 2)
+    expected, parts = {}, [{}, {}]
+    for i, info in enumerate(per_env):
+        expected = whole._add_info(expected, info, i)
+        parts[i // 2] = half._add_info(parts[i // 2], info, i % 2)
+    assert "o" not in parts[0] and "o" in parts[1]  # a key of one slice only
+    assert_same_infos(vector_envs.merge_infos(parts, [2, 2]), expected)
+    whole.close()
+    half.close()
+
+
+def test_workers_follow_the_cores(monkeypatch):
+    monkeypatch.setattr(vector_envs, "usable_cpus", lambda: 16)
+    assert [vector_envs.default_workers(n) for n in (10, 16, 64, 160, 4500)] == [1, 2, 8, 15, 15]
+    monkeypatch.setattr(vector_envs, "usable_cpus", lambda: 2)
+    assert vector_envs.default_workers(4500) == 1
+    assert isinstance(vector_envs.vector_env([HOPPER] * 3), gym.vector.SyncVectorEnv)
+
+
+def test_a_run_evaluates_in_workers_as_in_this_process(tmp_path, monkeypatch):
+    """ofql.py with 16 evaluation episodes on a machine of 16 cores (2 workers of 8 envs) and of 2 (in this process):
+    the same evaluations, bit for bit."""
+    import ofql
+
+    record_d4rl_file(tmp_path / "hopper.hdf5", episodes=3, max_steps=40)
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", str(tmp_path / "hopper.hdf5"), "--total-steps", "20"]
+    flags += ["--eval-every", "20", "--eval-episodes", "16", "--log-every", "10", "--batch-size", "32"]
+    made, evaluations = [], []
+    monkeypatch.setattr(vector_envs.WorkerVectorEnv, "__init__", spy(vector_envs.WorkerVectorEnv.__init__, made))
+    for cores in (16, 2):
+        monkeypatch.setattr(vector_envs, "usable_cpus", lambda: cores)  # noqa: B023
+        summary = json.load(open(ofql.train(ofql.parse_args(flags + ["--exp-name", f"cores{cores}"]))))
+        evaluations.append([{k: v for k, v in e.items() if k != "decision_rate"} for e in summary["evaluations"]])
+    assert len(made) == 1 and evaluations[0] == evaluations[1]  # all but the timing
