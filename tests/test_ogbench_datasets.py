@@ -20,6 +20,7 @@ import fql
 import offline_data
 import ofql
 from conftest import ROOT
+from offline_data.evaluation_envs import remove_model_file
 
 ogbench = pytest.importorskip("ogbench")
 ANTMAZE = "antmaze-large-navigate-singletask-task1-v0"
@@ -45,7 +46,8 @@ def record_ogbench(env_id: str, folder, steps=(30, 30), seed=0, start=None):
     """Write ogbench's train and -val files of `env_id`'s dataset into `folder`, one random-action trajectory per
     entry of `steps`; each row is the observation, action, done flag and state (info's prev_*) of one step, as in
     ogbench's generators. `start(env)` changes the state at the start of every trajectory after the first."""
-    env, rng = ogbench.make_env_and_datasets(env_id, env_only=True), np.random.default_rng(seed)
+    env = remove_model_file(ogbench.make_env_and_datasets(env_id, env_only=True))  # its temporary model file
+    rng = np.random.default_rng(seed)
     rows = defaultdict(list)
     for episode, n in enumerate(steps):
         ob, _ = env.reset(seed=seed + episode)
@@ -89,7 +91,8 @@ def files(tmp_path_factory):
 def test_the_scripts_train_on_ogbench_own_relabelling(files, env_id):
     """The batches the scripts draw hold ogbench's relabelled rewards, and done = 1 - ogbench's mask (not the file's
     terminals, which end trajectories)."""
-    _, train, _ = ogbench.make_env_and_datasets(env_id, dataset_dir=os.path.dirname(files[env_id]))
+    env, train, _ = ogbench.make_env_and_datasets(env_id, dataset_dir=os.path.dirname(files[env_id]))
+    remove_model_file(env).close()
     assert 0 < train["masks"].sum() < len(train["masks"])  # successes and failures: a wrong mask shows
     assert not np.array_equal(1.0 - train["masks"], train["terminals"])
     source = offline_data.load(env_id, os.path.dirname(files[env_id]))
