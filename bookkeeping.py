@@ -180,11 +180,12 @@ def rng_state() -> dict:
 
 
 def set_rng_state(rng: dict) -> None:
+    """Restore rng_state()'s states; CUDA's of as many devices as are visible now (training uses the first)."""
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+        torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
 
 
 def load_checkpoint(path: str) -> dict:
@@ -238,8 +239,26 @@ ONLINE_FIELDS = ("obs", "actions", "rewards", "next_obs", "dones")  # a script b
 
 def online_rows(buffer, env: int) -> dict:
     """Views of the transitions env `env` (a sweep's member `env`) has added to a script's OfflineBuffer in the online
-    phase (its rows size + j * envs + env, j < added), by field."""
+    phase (its rows size + j * envs + env, j < added), by field; {} before any (or for a buffer without online rows:
+    sweep.DomainBuffer)."""
+    if getattr(buffer, "added", 0) == 0:
+        return {}
     return {k: getattr(buffer, k)[buffer.size + env :: buffer.envs][: buffer.added] for k in ONLINE_FIELDS}
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM received while active are delivered when it ends (to the handlers of then): what runs
+    inside is not cut (whichever thread the signal reaches, Python runs its handler in the main thread)."""
+    held = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        for s in held:
+            signal.raise_signal(s)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -379,29 +398,33 @@ class Runs:
         transitions into self.buffer, restore the random states (the same in every member's) and drop their metrics
         logs' records after its step. -> (next step, the evaluations of each, seconds spent); any failure (a missing,
         empty, truncated or unsafe file, another run's, members of different steps) is one UserError line."""
-        states = []
-        for args, config in zip(self.members, self.configs):
+        states, files = [], [args.resume for args in self.members]
+        for file, config in zip(files, self.configs):
             try:
-                states.append(load_checkpoint(args.resume))
+                states.append(load_checkpoint(file))
                 check_resume(config, states[-1]["config"], states[-1]["step"])
             except Exception as e:
-                raise UserError(
-                    f"cannot resume from {args.resume}: {e if isinstance(e, UserError) else repr(e)}"
-                ) from None
+                raise UserError(f"cannot resume from {file}: {e if isinstance(e, UserError) else repr(e)}") from None
         if len({s["step"] for s in states}) > 1:
-            raise UserError(f"the checkpoints are of different steps: {[s['step'] for s in states]}")
-        try:
+            steps = ", ".join(f"{file} (step {s['step']})" for file, s in zip(files, states))
+            raise UserError(f"the checkpoints are of different steps: {steps}")
+        try:  # the members' states are loaded together: a failure names every file
             state = stacked_state(agent, states) if self.sweep else states[0]
             for f in dataclasses.fields(agent):
                 getattr(agent, f.name).load_state_dict(state[f.name])
-            if self.buffer is not None:  # each member's transitions into its env's rows
-                self.buffer.added = len(states[0]["online"]["rewards"])
-                self.buffer.count.fill_(self.buffer.added)
-                for m, s in enumerate(states):
+        except Exception as e:
+            raise UserError(f"cannot resume from {' '.join(files)}: {repr(e)}") from None
+        added = len(states[0]["online"].get("rewards", ()))  # transitions collected online (older files: 0 rows)
+        if self.buffer is not None and added:  # each member's transitions into its env's rows
+            self.buffer.added = added
+            self.buffer.count.fill_(added)
+            for m, (file, s) in enumerate(zip(files, states)):
+                try:
                     for k, rows in online_rows(self.buffer, m).items():
                         rows.copy_(s["online"][k])
-        except Exception as e:
-            raise UserError(f"cannot resume from {self.args.resume}: {repr(e)}") from None
+                except Exception as e:
+                    raise UserError(f"cannot resume from {file}: {repr(e)}") from None
+        self.failed = {m: s["failed"] for m, s in enumerate(states) if s.get("failed")}  # they stay failed
         set_rng_state(states[0]["rng"])
         for run_dir in self.dirs:
             trim_log(os.path.join(run_dir, "metrics.jsonl"), states[0]["step"])
@@ -464,29 +487,39 @@ class Runs:
             if self.size == 1:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if evals is not None and self.size > 1:
-            scores = " ".join(f"{evals[m]['score']:.1f}" for m in self.live() if evals[m]["score"] is not None)
+            scored = [m not in self.failed and e["score"] is not None for m, e in enumerate(evals)]
+            scores = " ".join(f"{e['score']:.1f}" if ok else "-" for e, ok in zip(evals, scored))  # one per member
             tqdm.write(f"step {step}: members' eval/score {scores}")
         self.video = None
 
     def save(self, agent, step: int) -> None:
-        """checkpoint.pt of each live member: its networks' and optimizers' states, the step, the evaluations, the
-        seconds spent, the random states, the config and the transitions it collected online (`online`: tensors by
-        Batch field, empty before the online phase), as tensors and plain values only (torch.load with
-        weights_only=True reads it); written whole or not at all."""
-        elapsed = self.elapsed + time.time() - self.session_start
-        for m in self.live():
-            state = member_state(agent, m if self.sweep else None)
-            online = {} if self.buffer is None else online_rows(self.buffer, m)
-            extra = {
-                "step": step,
-                "evals": self.evals[m],
-                "elapsed": elapsed,
-                "rng": rng_state(),
-                "config": self.configs[m],
-                "online": {k: v.to("cpu", copy=True) for k, v in online.items()},  # copies: not the whole buffer
-            }
-            with replaced_when_written(os.path.join(self.dirs[m], "checkpoint.pt")) as tmp:
-                torch.save({**state, **extra}, tmp)
+        """checkpoint.pt of each member (a failed one's too, its reason in `failed`): its networks' and optimizers'
+        states, the step, the evaluations, the seconds spent, the random states, the config and the transitions it
+        collected online (`online`: tensors by Batch field, {} before the online phase), as tensors and plain values
+        only (torch.load with weights_only=True reads it). All or none: every member's file is written to a .tmp
+        first, SIGINT and SIGTERM held, then all replace the old ones; a failed write leaves every old one."""
+        elapsed, rng = self.elapsed + time.time() - self.session_start, rng_state()
+        paths = [os.path.join(run_dir, "checkpoint.pt") for run_dir in self.dirs]
+        with signals_held():
+            try:
+                for m, path in enumerate(paths):
+                    online = {} if self.buffer is None else online_rows(self.buffer, m)
+                    extra = {
+                        "step": step,
+                        "evals": self.evals[m],
+                        "elapsed": elapsed,
+                        "rng": rng,
+                        "config": self.configs[m],
+                        "online": {k: v.to("cpu", copy=True) for k, v in online.items()},  # copies: not the buffer
+                        "failed": self.failed.get(m),
+                    }
+                    torch.save({**member_state(agent, m if self.sweep else None), **extra}, path + ".tmp")
+                for path in paths:
+                    os.replace(path + ".tmp", path)
+            finally:
+                for path in paths:
+                    if os.path.exists(path + ".tmp"):
+                        os.remove(path + ".tmp")
 
     def how_to_continue(self, stopped_at: int | None = None) -> str:
         """After SIGINT or SIGTERM: the step the runs stopped at (`stopped_at`: saved, with --save-model) or else their
@@ -528,7 +561,7 @@ class Runs:
             summary = summarize(self.script, args, source.member(m), self.evals[m], wall_clock, steps_per_sec)
             if self.sweep:
                 summary.update(sweep=self.sweep, sweep_members=self.size, error=self.failed.get(m))
-            with open(os.path.join(run_dir, "summary.json"), "w") as f:
+            with replaced_when_written(os.path.join(run_dir, "summary.json")) as tmp, open(tmp, "w") as f:
                 json.dump(summary, f, indent=2)
             if self.wandb_runs:
                 self.wandb_runs[m].summary.update({k: v for k, v in summary.items() if k != "evaluations"})

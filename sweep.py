@@ -28,9 +28,11 @@ noise is not that of a lone run with its seed (one generator serves the sweep, i
 member has after making its networks), but a one-member sweep is that lone run, up to float rounding.
 """
 
+import contextlib
 import copy
 import dataclasses
 import importlib.util
+import json
 import os
 import random
 import sys
@@ -76,13 +78,15 @@ PER_MEMBER = ("env_id", "dataset_path", "reward_mode", "grad_norm", *LOSS_NUMBER
 
 
 def load_script(path: str) -> types.ModuleType:
-    """Import a training script (a path, or the name of one beside this file: ofql.py, ...) as the module it is."""
+    """Import a training script (a path, or the bare name of one beside this file: ofql.py, ...) as the module it is."""
     name = os.path.basename(path).removesuffix(".py")
-    if name in sys.modules and hasattr(sys.modules[name], "SWEEP_WEIGHT"):
-        return sys.modules[name]
-    file = path if os.path.isfile(path) else os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    if not os.path.isfile(file):
+    beside = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    file = path if os.path.isfile(path) else beside if not os.path.dirname(path) else None  # no directory: beside
+    if file is None or not os.path.isfile(file):
         raise UserError(f"no script {path!r} (sweep.py trains ofql.py, dql.py, fql.py or a script of the same form)")
+    loaded = sys.modules.get(name)
+    if hasattr(loaded, "SWEEP_WEIGHT") and os.path.realpath(loaded.__file__) == os.path.realpath(file):
+        return loaded
     spec = importlib.util.spec_from_file_location(name, file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -92,13 +96,22 @@ def load_script(path: str) -> types.ModuleType:
     return module
 
 
-def grid_values(argv: list[str], flag: str) -> tuple[list[str] | None, list[str]]:
-    """The values after `flag` in argv (up to the next flag; None if absent), and argv without them."""
-    if flag not in argv:
+def grid_values(argv: list[str], weight: str) -> tuple[list[str] | None, list[str]]:
+    """The values of the flag of `weight` in argv (--eta 0.1 0.3 or --eta=0.1 0.3, up to the next flag; tyro's
+    spellings: --grad-norm, --grad_norm; None if absent), and argv without them. Given twice or without a value: one
+    UserError line."""
+    flag = f"--{weight.replace('_', '-')}"
+    found = [i for i, a in enumerate(argv) if a.split("=")[0] in (flag, f"--{weight}")]
+    if not found:
         return None, argv
-    i = argv.index(flag)
+    if len(found) > 1:
+        raise UserError(f"{flag} is given {len(found)} times: give its values once ({flag} 0.1 0.3)")
+    i = found[0]
     j = next((k for k in range(i + 1, len(argv)) if argv[k].startswith("-") and not argv[k][1:2].isdigit()), len(argv))
-    return argv[i + 1 : j], argv[:i] + argv[j:]
+    values = [v for v in argv[i].split("=", 1)[1:] if v] + argv[i + 1 : j]
+    if not values:
+        raise UserError(f"{flag} needs at least one value (without it: the preset's)")
+    return values, argv[:i] + argv[j:]
 
 
 def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
@@ -109,8 +122,10 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
         raise UserError(f"the first argument is the script (sweep.py ofql.py --seeds ...), not {argv[0]!r}")
     script = load_script(argv[0])
     weight = script.SWEEP_WEIGHT
-    values, rest = grid_values(argv[1:], f"--{weight.replace('_', '-')}")
+    values, rest = grid_values(argv[1:], weight)
     sweep, rest = tyro.cli(Args, args=rest, return_unknown_args=True, description=__doc__)
+    if not sweep.seeds:
+        raise UserError("--seeds needs at least one seed")
     fields = {f.name for f in dataclasses.fields(script.Args)}
     for flag in (a.split("=")[0] for a in rest if a.startswith("--")):
         if flag == "--seed":
@@ -131,7 +146,8 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
         raise UserError(f"--{weight} takes numbers, not {' '.join(values)}") from None
     if len(set(sweep.seeds)) < len(sweep.seeds) or len(set(weights or [])) < len(weights or []):
         raise UserError(f"--seeds and --{weight} must not repeat a value")
-    named = lambda b, w: b.exp_name if not weights or len(weights) == 1 else f"{b.exp_name}_{weight}{w:g}"
+    short = lambda w: repr(w).removesuffix(".0")  # round-trips: 0.1, 3, 1e-05, 0.1000001
+    named = lambda b, w: b.exp_name if not weights or len(weights) == 1 else f"{b.exp_name}_{weight}{short(w)}"
     grid = [(b, s, w) for b in bases for s in sweep.seeds for w in weights or [getattr(b, weight)]]
     if not grid[index::count]:
         raise UserError(f"shard {sweep.shard} of a grid of {len(grid)} members is empty")
@@ -154,9 +170,14 @@ def datasets_args(script, sweep: Args, rest: list[str]) -> list:
         return [script.parse_args(rest)]
     if any(a.split("=")[0] in ("--env-id", "--env_id", "--dataset-path", "--dataset_path") for a in rest):
         raise UserError("--env-ids and --dataset-paths replace --env-id and --dataset-path")
-    paths = sweep.dataset_paths or [None] * len(sweep.env_ids)
-    if len(paths) != len(sweep.env_ids) or len(set(sweep.env_ids)) < len(sweep.env_ids):
-        raise UserError(f"--env-ids must not repeat an id, and --dataset-paths needs one file per id ({len(paths)})")
+    ids, paths = sweep.env_ids, sweep.dataset_paths
+    if not ids:
+        raise UserError("--env-ids needs at least one id")
+    if len(set(ids)) < len(ids):
+        raise UserError(f"--env-ids must not repeat an id: {' '.join(sorted({e for e in ids if ids.count(e) > 1}))}")
+    if paths is not None and len(paths) != len(ids):
+        raise UserError(f"--dataset-paths needs one file per id of --env-ids: {len(paths)} for {len(ids)}")
+    paths = paths or [None] * len(ids)
     bases = [
         script.parse_args([*rest, "--env-id", e, *(["--dataset-path", p] if p else [])])
         for e, p in zip(sweep.env_ids, paths)
@@ -224,10 +245,10 @@ class Members:
         left as the first member's run leaves them."""
         agents, state = [], None
         for a in self.member_args:
-            random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)
+            random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)  # torch's: CUDA's too
             agents.append(self.script.make_agent(obs_dim, act_dim, a, device))
-            state = state or (random.getstate(), np.random.get_state(), torch.get_rng_state())
-        random.setstate(state[0]), np.random.set_state(state[1]), torch.set_rng_state(state[2])
+            state = state or bookkeeping.rng_state()  # Python's, numpy's, torch's and CUDA's
+        bookkeeping.set_rng_state(state)
         return self.stack(agents)
 
     def stack(self, agents: list):
@@ -288,7 +309,7 @@ class Members:
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         grads = [p.grad for p in module.parameters()]
-        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]).norm(dim=0)
+        norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]).norm(dim=0)
         limit = (max_norm or None) if self.max_norms is None else self.max_norms  # None: no clipping
         if limit is not None:
             scale = (limit / (norms + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s rule, per member
@@ -348,15 +369,24 @@ def train(script, member_args: list, sweep_name: str, resume: list[str] | None =
     return runs.summaries
 
 
+def sweep_name(script, sweep: Args, member_args: list) -> str:
+    """The sweep's name (its members' wandb group): <datasets>__<script>_sweep__<unix time>, + __shard<I>of<K> with
+    --shard; with --resume, the resumed sweep's (its first member's sweep.json), so a continuation keeps it."""
+    if sweep.resume:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            with open(os.path.join(os.path.dirname(sweep.resume[0]), "sweep.json")) as f:
+                return str(json.load(f)["sweep"])
+    ids = sorted({a.env_id.replace("/", "-") for a in member_args})
+    domain = ids[0] if len(ids) == 1 else os.path.commonprefix(ids).rstrip("-_") or f"{len(ids)}_datasets"
+    name = f"{domain}__{script.__name__}_sweep__{int(time.time())}"
+    return name + (f"__shard{sweep.shard.replace('/', 'of')}" if sweep.shard != "0/1" else "")
+
+
 if __name__ == "__main__":
     bookkeeping.stop_on_sigterm()  # outside training steps too: one line, not a silent end
     try:
         script, sweep, member_args = parse_args(sys.argv[1:])
-        ids = sorted({a.env_id.replace("/", "-") for a in member_args})
-        domain = ids[0] if len(ids) == 1 else os.path.commonprefix(ids).rstrip("-_") or f"{len(ids)}_datasets"
-        name = f"{domain}__{script.__name__}_sweep__{int(time.time())}"
-        name += f"__shard{sweep.shard.replace('/', 'of')}" if sweep.shard != "0/1" else ""
-        for path in train(script, member_args, name):
+        for path in train(script, member_args, sweep_name(script, sweep, member_args)):
             print(f"summary: {path}")
     except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT/SIGTERM
         stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"

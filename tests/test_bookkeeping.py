@@ -1,11 +1,14 @@
 """bookkeeping.py and the sweep's members, directly: every training flag is refused by --resume, summary.json's final
-and best evaluations on made-up evaluations, and a sweep's members drawing their own batches and their own noise."""
+and best evaluations on made-up evaluations, a sweep's members drawing their own batches and their own noise, the
+generators' states on CUDA (mocked: fewer devices at resume, the sweep's generator after the members' seeds) and each
+member's gradient clipped by its own norm."""
 
 import dataclasses
 import types
 
 import pytest
 import torch
+import torch.nn as nn
 
 import bookkeeping
 import dql
@@ -91,3 +94,46 @@ def test_sweep_members_draw_their_own_batches_and_their_own_noise(script):
     assert metrics["critic_loss"][0] != metrics["critic_loss"][1]  # the next actions' noise
     assert metrics["actor_loss"][0] != metrics["actor_loss"][1]  # the policy's noise
     assert dataclasses.fields(stacked) == dataclasses.fields(script.Agent)
+
+
+def test_cuda_generators_restore_on_fewer_visible_devices(monkeypatch):
+    """A checkpoint saved with 2 GPUs, resumed with 1 visible: the first's state only (the training device's), no
+    error for the missing one."""
+    rng, restored = bookkeeping.rng_state(), []
+    rng["cuda"] = [torch.tensor([1], dtype=torch.uint8), torch.tensor([2], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    bookkeeping.set_rng_state(rng)
+    assert restored == [rng["cuda"][:1]]
+
+
+def test_the_sweeps_cuda_generator_is_left_as_the_first_members_seed_leaves_it(monkeypatch):
+    """Members of seeds 3 then 5 (CUDA mocked: its generator's state is the last seed given): after making their
+    networks, CUDA's generator is where seed 3 left it, as torch's is (restoring torch's alone leaves seed 5's)."""
+    cuda = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda.update(state=torch.tensor([seed])))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [cuda["state"].clone()])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: cuda.update(state=states[0]))
+    members = sweep.Members(ofql, [ofql.Args(seed=3), ofql.Args(seed=5)])
+    members.make_agent(11, 3, ofql.Args(seed=3), torch.device("cpu"))
+    assert cuda["state"].item() == 3
+    swept = torch.get_rng_state()
+    torch.manual_seed(3)
+    ofql.make_agent(11, 3, ofql.Args(seed=3), torch.device("cpu"))
+    assert torch.equal(swept, torch.get_rng_state())  # torch's: the first member's lone run's
+
+
+def test_each_member_is_clipped_by_its_own_norm_with_a_scalar_parameter():
+    """A network whose stacked parameters include one of shape (members,) (a scalar per member): each member's
+    gradient norm is its own, and each is clipped to the limit."""
+    members, *_ = two_identical_members(ofql)
+    module = nn.Module()
+    module.scale, module.weight = nn.Parameter(torch.tensor([1.0, 2.0])), nn.Parameter(torch.ones(2, 3))
+    loss = 3.0 * module.scale + torch.tensor([[1.0], [4.0]]).mul(module.weight).sum(1)  # one loss per member
+    norms = members.optimizer_step(torch.optim.SGD(module.parameters(), lr=0.0), module, loss, max_norm=1.0)
+    assert norms.tolist() == pytest.approx([(9 + 3) ** 0.5, (9 + 48) ** 0.5])
+    clipped = torch.cat([module.scale.grad[:, None], module.weight.grad], dim=1).norm(dim=1)
+    assert clipped.tolist() == pytest.approx([1.0, 1.0], rel=1e-5)

@@ -13,6 +13,7 @@ import gymnasium as gym
 import pytest
 import torch
 
+import bookkeeping
 import dql
 import fql
 import offline_data
@@ -64,6 +65,23 @@ def test_a_domain_member_is_that_member_of_a_one_dataset_sweep(tmp_path, files, 
     assert domain[0][-1]["critic_loss"] != domain[1][-1]["critic_loss"]  # two datasets, not one
 
 
+def test_a_domain_sweep_saves_and_resumes_bit_for_bit(tmp_path, files, monkeypatch):
+    """(A, B) with --save-model to step 20 in one go, or to step 10 and then --resume from the members' checkpoints
+    (member 0's with the 5 empty online tensors of an older file): the same numbers, bit for bit."""
+    monkeypatch.chdir(tmp_path)
+    steps = ["--total-steps", "20", "--eval-every", "10", "--save-model", *FLAGS]
+    script, _, members = sweep.parse_args(
+        ["ofql.py", "--env-ids", A, B, "--dataset-paths", files["a"], files["b"], *steps]
+    )
+    whole = [records(p) for p in sweep.train(script, members, "whole")]
+    part = sweep.train(script, [dataclasses.replace(m, total_steps=10) for m in members], "part")
+    paths = [os.path.join(os.path.dirname(p), "checkpoint.pt") for p in part]
+    older = torch.load(paths[0], weights_only=True)
+    torch.save({**older, "online": {k: torch.zeros(0, 1) for k in bookkeeping.ONLINE_FIELDS}}, paths[0])
+    resumed = sweep.train(script, [dataclasses.replace(m, resume=p) for m, p in zip(members, paths)], "part", paths)
+    assert [records(p) for p in resumed] == whole and [r["step"] for r in whole[1]] == [10, 20]
+
+
 def test_no_member_depends_on_another_dataset(tmp_path, files, monkeypatch):
     """(A, B) and (A, B2), B2 a dataset of another size: A's member logs the same numbers; B's and B2's differ."""
     monkeypatch.chdir(tmp_path)
@@ -104,8 +122,13 @@ def test_each_member_has_its_datasets_presets_and_writes_the_scripts_run_folder(
         (["ofql.py", "--env-ids", "antmaze-umaze-v2", "antmaze-medium-play-v2"], "--max-q-backup differs"),
         (["dql.py", "--env-ids", "antmaze-medium-play-v2", "antmaze-large-play-v2"], "--actor-lr differs"),
         (["ofql.py", "--env-ids", A, B, "--env-id", A], "replace --env-id"),
-        (["ofql.py", "--env-ids", A, B, "--dataset-paths", "x.hdf5"], "one file per id"),
-        (["ofql.py", "--env-ids", A, A], "must not repeat"),
+        (
+            ["ofql.py", "--env-ids", A, B, "--dataset-paths", "x.hdf5"],
+            "^--dataset-paths needs one file per id.*1 for 2$",
+        ),
+        (["ofql.py", "--env-ids", A, B, "--dataset-paths"], "^--dataset-paths needs one file per id.*0 for 2$"),
+        (["ofql.py", "--env-ids", A, A], f"^--env-ids must not repeat an id: {A}$"),
+        (["ofql.py", "--env-ids"], "^--env-ids needs at least one id$"),
         (["ofql.py", "--env-id", A, "--dataset-paths", "x.hdf5"], "goes with --env-ids"),
     ],
 )

@@ -5,6 +5,7 @@ writes the run folder the script would, and a member's checkpoint resumes with t
 import dataclasses
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -279,6 +280,35 @@ def test_bad_grids_are_one_line_and_exit_code_2(tmp_path, flags, message):
     assert not os.path.exists(tmp_path / "runs")
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["nosuchdir/ofql.py"], "no script 'nosuchdir/ofql.py'"),  # not the ofql.py beside sweep.py
+        (["ofql.py", "--eta", "0.1", "--eta", "0.3"], "--eta is given 2 times"),  # not [0.1] alone
+        (["ofql.py", "--eta=0.1", "--eta", "0.3"], "--eta is given 2 times"),
+        (["ofql.py", "--eta", "--seeds", "0"], "--eta needs at least one value"),  # not the preset's
+        (["ofql.py", "--seeds", "0", "--eta="], "--eta needs at least one value"),
+        (["ofql.py", "--seeds"], "--seeds needs at least one seed"),
+    ],
+)
+def test_grid_flags_that_would_be_ignored_or_empty_are_refused(flags, message):
+    with pytest.raises(offline_data.UserError, match=f"^{re.escape(message)}"):
+        sweep.parse_args([*flags, "--env-id", "hopper-medium-v2"])
+
+
+def test_the_weights_flag_forms_and_names_that_read_back(hopper_file):
+    """--eta 0.1 0.3, --eta=0.1 0.3 and --eta=0.2; tyro's spellings of a weight with an underscore; experiment names
+    whose weight reads back as the same number (0.1 and 0.1000001 apart)."""
+    flags = ["ofql.py", "--env-id", "hopper-medium-v2", "--dataset-path", hopper_file]
+    for weights in (["--eta", "0.1", "0.3"], ["--eta=0.1", "0.3"]):
+        assert [m.eta for m in sweep.parse_args([*flags, *weights, "--seeds", "1"])[2]] == [0.1, 0.3]
+    assert [m.eta for m in sweep.parse_args([*flags, "--eta=0.2"])[2]] == [0.2]
+    for spelling in ("--grad-norm", "--grad_norm"):
+        assert sweep.grid_values(["-x", spelling, "1", "-2", "--y"], "grad_norm") == (["1", "-2"], ["-x", "--y"])
+    _, _, members = sweep.parse_args([*flags, "--eta", "0.1", "0.1000001", "3", "1e-05"])
+    assert [m.exp_name for m in members] == ["ofql_eta0.1", "ofql_eta0.1000001", "ofql_eta3", "ofql_eta1e-05"]
+
+
 def test_a_stopped_sweep_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch):
     """Two members to step 40 in one go, or to step 20 and then --resume from their checkpoints: the same numbers, bit
     for bit (networks, Adam moments and the generators all come back), in the same run folders."""
@@ -328,12 +358,14 @@ def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(
     command = shlex.split(line.split("continue with: ")[1])
     resumed = command[command.index("--resume") + 1 :]
     assert len(resumed) == 2 and all((tmp_path / p).is_file() for p in resumed) and "__0__" in resumed[0]
+    name = json.load(open(tmp_path / os.path.dirname(resumed[0]) / "sweep.json"))["sweep"]
     total = command.index("--total-steps") + 1
     command[total] = str(step + 10)
     done = subprocess.run([sys.executable, *command[1:]], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for summary in tmp_path.glob("runs/*/summary.json"):
         assert json.load(open(summary))["steps"] == step + 10
+        assert json.load(open(summary))["sweep"] == name  # the resumed sweep's name, not a new one
 
 
 def test_track_makes_one_wandb_run_per_member_grouped_by_the_sweep(tmp_path, hopper_file, monkeypatch):
