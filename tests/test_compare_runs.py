@@ -47,3 +47,13 @@ def test_base_flags_go_to_the_base_runs_only_and_cuda_leaves_the_gpu_visible(tmp
     compare_runs.main(args)  # the default: on the CPU, the same flags on both sides
     (base_cmd, base_env), (this_cmd, this_env) = [(c, e) for c, e in calls if c[0] == sys.executable]
     assert "--no-cuda" in base_cmd and base_cmd[2:] == this_cmd[2:] and this_env["CUDA_VISIBLE_DEVICES"] == ""
+
+
+@pytest.mark.parametrize("records", [[], [[]]])
+def test_runs_that_logged_nothing_are_not_called_identical(tmp_path, monkeypatch, capsys, records):
+    """No run folder, or a run without records, on both sides: a failure that says nothing was compared."""
+    monkeypatch.setattr(compare_runs, "read_records", lambda out: records)
+    monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: None)
+    args = compare_runs.Args(base=ROOT, scripts=["ofql"], sweeps=[], out_dir=str(tmp_path), flags="--total-steps 5")
+    assert compare_runs.main(args) == 1
+    assert "nothing compared" in capsys.readouterr().out

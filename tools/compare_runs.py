@@ -123,6 +123,7 @@ def main(args: Args) -> int:
         subprocess.run(["rm", "-rf", this_out], check=True)
         this = run(ROOT, script, args, this_out)
         found = [f"{len(base)} runs (base) vs {len(this)} (this)"] if len(base) != len(this) else []
+        found += [] if any(base) else ["no records in the base's runs: nothing compared"]  # not "identical"
         found += [f"run {i}: {line}" for i, (a, b) in enumerate(zip(base, this)) for line in differences(a, b)]
         records, values = sum(len(r) for r in base), sum(len(x) for r in base for x in r)
         same = f"identical ({len(base)} run(s), {records} records, {values} values, timing fields aside)"
