@@ -74,6 +74,8 @@ def time_steps(envs: gym.vector.VectorEnv, actions: np.ndarray) -> float:
 def measure(env_id: str, args: Args) -> dict:
     """ms per vector step of --num-envs envs with each worker count (medians over the rounds), the ratios."""
     make = offline_data.eval_env_factory(env_id)
+    if make is None:
+        raise ValueError("no evaluation env for this id (an unknown D4RL id, or gymnasium_robotics missing)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         envs = {w: offline_data.vector_env([make] * args.num_envs, workers=w) for w in args.workers}
@@ -95,7 +97,8 @@ def measure(env_id: str, args: Args) -> dict:
 
 
 def family(env_id: str) -> str:
-    return next(f for f in FAMILIES if env_id.startswith(f))
+    """The Table 1 family of a D4RL id (the id itself outside them)."""
+    return next((f for f in FAMILIES if env_id.startswith(f)), env_id)
 
 
 def time_limit(env: gym.Env) -> int:
@@ -124,12 +127,23 @@ def table1_eval_steps(name: str) -> dict:
     return steps
 
 
+def measured(env_id: str, args: Args) -> dict:
+    """measure(env_id), or why it could not be (a package missing on the machine: gymnasium_robotics for AntMaze,
+    Kitchen and pen), in its row."""
+    try:
+        return measure(env_id, args)
+    except Exception as e:
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        print(f"{env_id}: not measured: {type(e).__name__}: {text}", flush=True)
+        return dict(env_id=env_id, error=f"{type(e).__name__}: {text}")
+
+
 def main(args: Args) -> dict:
     if args.workers[0] != 1:
         raise SystemExit("--workers starts with 1: one process, the baseline of the ratios")
-    rows = [measure(env_id, args) for env_id in args.env_ids]
-    per_env_ms = {family(r["env_id"]): r["ms_per_env_step_one_process"] for r in rows}
-    best = {family(r["env_id"]): max(r["ratio"].values()) for r in rows}
+    rows = [measured(env_id, args) for env_id in args.env_ids]
+    per_env_ms = {family(r["env_id"]): r["ms_per_env_step_one_process"] for r in rows if "error" not in r}
+    best = {family(r["env_id"]): max(r["ratio"].values()) for r in rows if "error" not in r}
     table1 = {}
     for name in TABLE1_RUNS_PER_DATASET:
         steps = table1_eval_steps(name)
@@ -159,6 +173,9 @@ def markdown(result: dict) -> list[str]:
         "|---|" + "---:|" * (2 * len(workers) - 1),
     ]
     for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['env_id']} | not measured: {r['error']} |" + " |" * (2 * len(workers) - 2))
+            continue
         cells = [f"{r['ms_per_vector_step'][w]:.2f}" for w in workers] + [f"{r['ratio'][w]:.2f}" for w in workers[1:]]
         lines.append(f"| {r['env_id']} | " + " | ".join(cells) + " |")
     if result["table1_evaluation"]:

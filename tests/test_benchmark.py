@@ -498,12 +498,15 @@ def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_
 def test_eval_speed_times_one_process_against_workers_and_prices_table1(tmp_path):
     """eval_speed.py: hopper's envs in one process and in 2 workers, each figure written with its ratio; Table 1's
     evaluation env steps from the presets (OFQL on hopper-medium-v2: 15 runs x 40 evaluations x 2 policies x 10
-    episodes x 1000 steps; FQL acts with one sample: 1 policy); a baseline other than one process is refused."""
+    episodes x 1000 steps; FQL acts with one sample: 1 policy); an env that cannot be built is a row saying why, the
+    others measured; a baseline other than one process is refused."""
     import eval_speed
 
-    args = eval_speed.Args(env_ids=["hopper-medium-v2"], num_envs=4, steps=3, rounds=1, out_dir=str(tmp_path))
+    ids = ["hopper-medium-v2", "nosuch-medium-v2"]
+    args = eval_speed.Args(env_ids=ids, num_envs=4, steps=3, rounds=1, out_dir=str(tmp_path))
     result = eval_speed.main(args)
-    row = result["rows"][0]
+    row, missing = result["rows"]
+    assert missing.keys() == {"env_id", "error"} and "no evaluation env" in missing["error"]
     assert set(row["ms_per_vector_step"]) == {"1", "2"} and row["ratio"]["1"] == 1.0
     assert row["ratio"]["2"] == pytest.approx(row["ms_per_vector_step"]["1"] / row["ms_per_vector_step"]["2"])
     assert result["table1_evaluation"] == {}  # only one family measured: no hours
