@@ -232,7 +232,8 @@ class Args:
     """online steps of each run in the CPU mode (its barely trained policy's hopper falls within them)"""
     timeout: int = 600
     """seconds after which a subprocess (a run, the tests, speed.py) is stopped and reported as failed; on CUDA at
-    most 4 times its step's estimate (at least 120 s), so that a hung step cannot take a lent GPU's time"""
+    most 4 times its step's estimate (at least 120 s) each, so a parity step's two runs together up to 8 times: a hung
+    run cannot take a lent GPU's whole time, though the limits add up to more than the 300 s budget"""
 
 
 class CheckError(Exception):

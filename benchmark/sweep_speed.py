@@ -160,14 +160,19 @@ def table1_lines(t: dict) -> list[str]:
         )
     if "total_hours" in t:
         lines.append(f"| all three | | {t['total_member_updates'] / 1e6:.0f}M | | | {t['total_hours']:.1f} |")
-    return lines
+    return lines + [
+        "",
+        f"Every member priced at the N = {t['members']} rate: DQL's and FQL's grids are 3 seeds a dataset (9-12 "
+        "members with a domain's datasets in one sweep), so their hours are a lower bound; training alone, the "
+        "evaluations' env steps are benchmark/eval_speed.py's.",
+    ]
 
 
 def main(args: Args) -> dict:
     if args.table1_from:
         with open(args.table1_from) as f:
             algorithms = json.load(f)["algorithms"]
-        n = max(int(n) for by_path in algorithms.values() for r in by_path.values() for n in r["members"])
+        n = max(int(n) for by_path in algorithms.values() for r in by_path.values() for n in r.get("members", ()))
         t = table1(algorithms, n)
         print("\n".join(table1_lines(t)))
         return t

@@ -171,13 +171,15 @@ def report(args: Args) -> None:
     runs_dir = os.path.join(args.out_dir, "runs")
     results = []
     for variant in args.variants:
-        rows = []
-        for name in sorted(os.listdir(runs_dir)):
+        rows, newest = [], {}  # a seed run again: its newest finished run (by its summary.json's time) only
+        for name in os.listdir(runs_dir):
             _, exp, seed, _ = name.split("__")
-            path = os.path.join(runs_dir, name)
-            if exp != variant or int(seed) not in args.seeds or not os.path.exists(os.path.join(path, "summary.json")):
-                continue
-            summary = json.load(open(os.path.join(path, "summary.json")))
+            summary_path = os.path.join(runs_dir, name, "summary.json")
+            if exp == variant and int(seed) in args.seeds and os.path.exists(summary_path):
+                newest[int(seed)] = max(newest.get(int(seed), summary_path), summary_path, key=os.path.getmtime)
+        for seed, summary_path in sorted(newest.items()):
+            path = os.path.dirname(summary_path)
+            summary = json.load(open(summary_path))
             actor = actor_class(variant)(obs.shape[1], actions.shape[1])
             actor.load_state_dict(bookkeeping.load_checkpoint(os.path.join(path, "checkpoint.pt"))["actor"])
             rows.append(

@@ -395,6 +395,21 @@ def test_sweep_speed_table1_device_hours_of_the_three_scripts():
     assert round(t["total_hours"], 1) == 33.0
 
 
+def test_table1_from_a_file_with_a_failed_path(tmp_path):
+    """--table1-from a results file in which one path failed ({"failed": ...}, as sweep_speed writes it): the hours
+    from the paths that were measured, and the caveat that DQL's and FQL's are a lower bound."""
+    import sweep_speed
+
+    with open(os.path.join(ROOT, "benchmark", "results", "sweep_speed", "cuda.json")) as f:
+        result = json.load(f)
+    result["algorithms"]["ofql"]["compile_graph"] = {"failed": "RuntimeError: no"}
+    with open(tmp_path / "cuda.json", "w") as f:
+        json.dump(result, f)
+    t = sweep_speed.main(sweep_speed.Args(table1_from=str(tmp_path / "cuda.json")))
+    assert round(t["total_hours"], 1) == 33.0
+    assert "a lower bound" in " ".join(sweep_speed.table1_lines(t))
+
+
 def fake_online_run(runs_dir, name, config, evals, episodes, finished=True, candidates=None):
     """A run folder of online_check's: config.json, metrics.jsonl (evaluations, online episodes), summary.json."""
     run_dir = os.path.join(runs_dir, name)
@@ -516,3 +531,25 @@ def test_eval_speed_times_one_process_against_workers_and_prices_table1(tmp_path
     assert fql == 3 * (2_000_000 // 50_000) * 1 * 10 * 1000
     with pytest.raises(SystemExit, match="starts with 1"):
         eval_speed.main(dataclasses.replace(args, workers=[2, 4]))
+
+
+def test_time_embedding_reports_a_seed_run_twice_once(tmp_path):
+    """Two finished runs of raw16 seed 0 in the runs folder (the second newer): the report's row for seed 0 is the
+    newer one's alone, not both (a mean over the two would count the seed twice)."""
+    import time_embedding
+
+    record_d4rl_file(tmp_path / "hopper.hdf5", episodes=250, max_steps=60)  # the report samples 4096 transitions
+    actor = time_embedding.actor_class("raw16")(11, 3)
+    for i, score in enumerate((10.0, 50.0)):
+        run_dir = tmp_path / "runs" / f"hopper-medium-v2__raw16__0__{100 + i}"
+        run_dir.mkdir(parents=True)
+        torch.save({"actor": actor.state_dict()}, run_dir / "checkpoint.pt")
+        summary = {"evaluations": [{"step": 10, "score": score}], "train_steps_per_sec": 1.0}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        os.utime(run_dir / "summary.json", (1000 + i, 1000 + i))
+    args = time_embedding.Args(
+        dataset_path=str(tmp_path / "hopper.hdf5"), variants=["raw16"], seeds=[0], out_dir=str(tmp_path)
+    )
+    time_embedding.report(args)
+    runs = json.load(open(tmp_path / "results.json"))["results"][0]["runs"]
+    assert [(r["seed"], r["scores"]) for r in runs] == [(0, [50.0])]

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import subprocess
 import sys
 
 import pytest
@@ -10,6 +11,8 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import compare_runs  # noqa: E402
+
+DONE = subprocess.CompletedProcess([], 0)
 
 
 def test_only_identical_numbers_pass():
@@ -36,7 +39,7 @@ def test_base_flags_go_to_the_base_runs_only_and_cuda_leaves_the_gpu_visible(tmp
     are not sent to the CPU (no --no-cuda, CUDA_VISIBLE_DEVICES left as it is)."""
     calls = []
     monkeypatch.setattr(compare_runs, "read_records", lambda out: [[{"step": 1, "critic_loss": float(len(calls))}]])
-    monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: calls.append((cmd, env)))
+    monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: calls.append((cmd, env)) or DONE)
     args = compare_runs.Args(base=ROOT, scripts=["ofql"], sweeps=[], out_dir=str(tmp_path), flags="--total-steps 5")
     assert compare_runs.main(dataclasses.replace(args, base_flags="--matmul-precision high", cuda=True)) == 1
     runs = [(cmd, env) for cmd, env in calls if cmd[0] == sys.executable]
@@ -53,7 +56,19 @@ def test_base_flags_go_to_the_base_runs_only_and_cuda_leaves_the_gpu_visible(tmp
 def test_runs_that_logged_nothing_are_not_called_identical(tmp_path, monkeypatch, capsys, records):
     """No run folder, or a run without records, on both sides: a failure that says nothing was compared."""
     monkeypatch.setattr(compare_runs, "read_records", lambda out: records)
-    monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: None)
+    monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: DONE)
     args = compare_runs.Args(base=ROOT, scripts=["ofql"], sweeps=[], out_dir=str(tmp_path), flags="--total-steps 5")
     assert compare_runs.main(args) == 1
     assert "nothing compared" in capsys.readouterr().out
+
+
+def test_nothing_to_compare_and_a_failing_run_are_one_line(tmp_path):
+    """Empty --scripts and --sweeps: refused (not a silent exit 0); a base checkout whose script cannot run: one line
+    with its exit code, its log's last line and the log's path (not a CalledProcessError traceback)."""
+    args = compare_runs.Args(base=str(tmp_path / "nowhere"), scripts=["ofql"], sweeps=[], out_dir=str(tmp_path))
+    with pytest.raises(SystemExit, match="nothing to compare"):
+        compare_runs.main(dataclasses.replace(args, scripts=[]))
+    with pytest.raises(
+        SystemExit, match=r"ofql in .*nowhere exited 2: .*can't open file.*\(the whole log: .*log.txt\)"
+    ):
+        compare_runs.main(args)

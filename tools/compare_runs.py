@@ -75,7 +75,10 @@ def run(checkout: str, script: str, args: Args, out: str, extra: str = "") -> li
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     env.update({} if args.cuda else {"CUDA_VISIBLE_DEVICES": ""})
     with open(os.path.join(out, "log.txt"), "w") as log:
-        subprocess.run(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        done = subprocess.run(cmd, cwd=out, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        last = (open(os.path.join(out, "log.txt")).read().strip().splitlines() or [""])[-1]
+        raise SystemExit(f"{script} in {checkout} exited {done.returncode}: {last} (the whole log: {out}/log.txt)")
     return read_records(out)
 
 
@@ -112,6 +115,8 @@ def largest_difference(base: list[dict], this: list[dict]) -> tuple[float, str]:
 
 
 def main(args: Args) -> int:
+    if not args.scripts and not args.sweeps:
+        raise SystemExit("nothing to compare: --scripts and --sweeps are both empty")
     failed = False
     for script in args.scripts + [f"sweep:{name}" for name in args.sweeps]:
         base_out, this_out = (os.path.join(args.out_dir, label, script) for label in ("base", "this"))

@@ -5,6 +5,7 @@ script's networks it holds), rendered off-screen, as a strip of frames (PNG) and
 """
 
 import dataclasses
+import functools
 import importlib
 import os
 import sys
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bookkeeping  # noqa: E402
 import offline_data  # noqa: E402
 from offline_data import UserError  # noqa: E402
+from offline_data.ogbench_datasets import make_ogbench_env  # noqa: E402
 
 
 @dataclass
@@ -59,9 +61,18 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     """The frames (reset, then every step), the return and the normalized score of one episode."""
     state = bookkeeping.load_checkpoint(args.checkpoint)
     config = state["config"]
-    minari = offline_data.is_minari_id(config["env_id"])  # its env comes with its data; a D4RL id's from the id
-    source = offline_data.load(config["env_id"]) if minari else None
-    env = offline_data.renderable((source.make_env if minari else offline_data.eval_env_factory(config["env_id"]))())
+    env_id = config["env_id"]  # a Minari id's env comes with its data; a D4RL or OGBench id's from the id
+    minari, ogbench = offline_data.is_minari_id(env_id), offline_data.is_ogbench_id(env_id)
+    source = offline_data.load(env_id) if minari else None
+    if minari:
+        make = source.make_env
+    elif ogbench:
+        make = functools.partial(make_ogbench_env, env_id)
+    else:
+        make = offline_data.eval_env_factory(env_id)
+    if make is None:
+        raise UserError(f"no evaluation env for {env_id} here (AntMaze, Kitchen and Adroit need gymnasium-robotics)")
+    env = offline_data.renderable(make())
     module, agent = load_agent(state, env.observation_space.shape[0], env.action_space.shape[0])
     seed = config["seed"] + 100 if args.seed is None else args.seed
     torch.manual_seed(seed)
@@ -76,7 +87,11 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
         total, done = total + float(reward), terminated or truncated
     env.close()
     score = (
-        source.normalized_score(np.array(total)) if minari else offline_data.normalized_score(config["env_id"], total)
+        source.normalized_score(np.array(total))
+        if minari
+        else None  # an OGBench task is scored by its success, not its return
+        if ogbench
+        else offline_data.normalized_score(env_id, total)
     )
     return frames, total, None if score is None else float(score)
 
