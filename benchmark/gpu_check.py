@@ -795,14 +795,18 @@ def sweep_pair(
         summaries = [line[len("summary: ") :] for line in read_text(log).splitlines() if line.startswith("summary: ")]
         if len(summaries) != 2:
             problems.append(f"{mode} sweep: {len(summaries)} members' summaries, not 2")
-        logs[graph] = []
-        for member, summary in enumerate(summaries):
-            run_dir = os.path.join(work, os.path.dirname(summary))
-            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-                logs[graph].append(phases([json.loads(line) for line in f if line.strip()], steps))
-            config = json.loads(read_text(os.path.join(run_dir, "config.json")))
-            problem = path_problem(config, graph, cuda)
-            problems += [f"{mode} sweep, member {member}: {problem}"] if problem else []
+        try:  # a member's files missing or damaged: a problem of this row, the other checks go on
+            member_logs = []
+            for member, summary in enumerate(summaries):
+                run_dir = os.path.join(work, os.path.dirname(summary))
+                lines = read_text(os.path.join(run_dir, "metrics.jsonl")).splitlines()
+                member_logs.append(phases([json.loads(line) for line in lines if line.strip()], steps))
+                problem = path_problem(json.loads(read_text(os.path.join(run_dir, "config.json"))), graph, cuda)
+                problems += [f"{mode} sweep, member {member}: {problem}"] if problem else []
+        except (OSError, ValueError, KeyError) as e:
+            problems.append(f"{mode} sweep, member {len(member_logs)}: unreadable run: {e}")
+            continue
+        logs[graph] = member_logs
         if summaries:
             runs[mode]["steps_per_sec"] = window_rate(logs[graph][0]["offline"], 0)
             runs[mode]["online_steps_per_sec"] = window_rate(logs[graph][0]["online"], steps)

@@ -368,6 +368,23 @@ def test_the_online_steps_reach_both_runs_of_each_pair(tmp_path, monkeypatch):
     assert gpu_check.sizes(gpu_check.Args(online_steps=0), 500, cuda=False)[2] == 0
 
 
+def test_a_sweep_member_without_its_files_is_a_problem_not_a_traceback(tmp_path, monkeypatch):
+    """Both sweeps exit 0 and print two summaries, but member 1's run folder holds nothing: step 5 fails in its row
+    (naming the member), the check goes on."""
+    run = tmp_path / "runs" / "m0"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 10, "critic_loss": 1.0, "steps_per_sec": 9.0}) + "\n\n")
+    (run / "config.json").write_text(json.dumps({"training_step": "eager", "device": "cpu"}))
+    summaries = "summary: runs/m0/summary.json\nsummary: runs/m1/summary.json\n"
+    monkeypatch.setattr(gpu_check, "start", lambda cmd, cwd, log: (open(log, "w").write(summaries), (None, 0.0))[1])
+    monkeypatch.setattr(gpu_check, "finish", lambda proc, timeout: 0)
+    args = gpu_check.Args()
+    pair = gpu_check.sweep_pair("x.hdf5", 10, 5, str(tmp_path), args, cuda=False)
+    assert not pair["ok"] and pair["members"] == []
+    assert [p.split(": ")[0] for p in pair["problems"]] == ["eager sweep, member 1", "graph sweep, member 1"]
+    assert all("unreadable run" in p and "metrics.jsonl" in p for p in pair["problems"])
+
+
 @pytest.mark.parametrize(
     "output, counts",
     [
