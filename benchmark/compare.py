@@ -143,6 +143,11 @@ def train_all(args: Args) -> None:
     print(f"all runs done in {(time.time() - start) / 60:.1f} min")
 
 
+def mean_std(values) -> str:
+    """The seeds' mean ± std (numpy's std: ddof 0, as CORL's tables); one seed: its value alone."""
+    return f"{np.mean(values):.1f}" + (f" ± {np.std(values):.1f}" if len(values) > 1 else "")
+
+
 def latest_summaries(args: Args) -> dict:
     """(env_id, algorithm, seed) -> summary.json of the newest matching run in --out-dir/runs."""
     found = {}
@@ -203,11 +208,10 @@ def write_report(args: Args) -> None:
                 ax.fill_between(steps, curves.min(0), curves.max(0), alpha=0.2, color=color)
             shown = "-" if data_score is None else f"{data_score:.1f}"
             reported = result.get("reported_scores")  # absent from the rows of an older results.json
-            reported = "-" if reported is None else f"{np.mean(reported):.1f} ± {np.std(reported):.1f}"
+            reported = "-" if reported is None else mean_std(reported)
             rows.append(
-                f"| {env_id} | {shown} | {algorithm} | {n} | {final.mean():.1f} ± {final.std():.1f} | "
-                f"{best.mean():.1f} ± {best.std():.1f} | {' / '.join(f'{s:.0f}' for s in curves.mean(0))} | "
-                f"{reported} |"
+                f"| {env_id} | {shown} | {algorithm} | {n} | {mean_std(final)} | {mean_std(best)} | "
+                f"{' / '.join(f'{s:.0f}' for s in curves.mean(0))} | {reported} |"
             )
         if data_score is not None:
             ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")
@@ -222,9 +226,9 @@ def write_report(args: Args) -> None:
     )
     header = (
         f"{protocol}, evaluation every {args.eval_every} steps, seeds {args.seeds}; score = mean ± std "
-        "over seeds of the normalized score (mean over episodes) at the last / the best evaluation; reported (OGBench "
-        "ids): the figure OGBench and FQL report, 100 x the mean success rate over the last three evaluations "
-        "(reported_success), mean ± std over seeds.\n\n"
+        "over seeds (numpy's std, ddof 0; one seed: its value) of the normalized score (mean over episodes) at the "
+        "last / the best evaluation; reported (OGBench ids): the figure OGBench and FQL report, 100 x the mean success "
+        "rate over the last three evaluations (reported_success), mean ± std over seeds.\n\n"
         "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) | reported |\n"
         "|---|---|---|---|---|---|---|---|\n"
     )

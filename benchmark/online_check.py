@@ -114,7 +114,10 @@ def read_runs(args: Args) -> dict:
 
 
 def mean_std(values: list) -> str:
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if len(values) else "-"
+    """The values' mean ± std (numpy's std: ddof 0, as CORL's tables); one value alone; none: "-"."""
+    if len(values) < 2:
+        return f"{np.mean(values):.1f}" if len(values) else "-"
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
 def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dict:
@@ -208,7 +211,8 @@ def report(args: Args) -> None:
     header = (
         f"{ENV_ID} ({os.path.basename(args.dataset_path)}): {args.offline_steps} offline updates, then "
         f"{args.online_steps} online env steps with one update each; evaluations every {args.eval_every} updates on "
-        f"{args.eval_episodes} episodes, scored with the policy's own sample; mean ± std over seeds.\n\n"
+        f"{args.eval_episodes} episodes, scored with the policy's own sample; mean ± std over seeds "
+        "(numpy's std, ddof 0; one seed: its value).\n\n"
         "| algorithm | seeds | offline end | offline, last 5 evals | online end | online, last 5 evals | change at the "
         "end | online episodes: first 10 → last 10 | last step |\n|---|---|---|---|---|---|---|---|---|\n"
     )
