@@ -3,7 +3,8 @@
 # part writes its results as it ends, so a call cut short keeps the parts it finished. Budget: about 6.5 minutes on
 # one H100/H200 (estimate: compiling dominates; see docs/speed.md, "What a GPU session measures next").
 #
-#   bash benchmark/gpu_speed_ii.sh            # results in benchmark/results/speed_ii/
+#   bash benchmark/gpu_speed_ii.sh                                   # results in benchmark/results/speed_ii/
+#   PARTS="compile tf32_domain" bash benchmark/gpu_speed_ii.sh       # only these parts (names below)
 #
 # 1. --compile on CUDA: OFQL alone and 16 members, the scripts' CUDA graph against torch.compile inside it (what
 #    --compile runs) and torch.compile(mode="reduce-overhead"); each compiled iteration's compile seconds.
@@ -16,6 +17,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-benchmark/results/speed_ii}
+NAMES="compile tf32_domain floor tf32_numbers eval_workers"
+for name in ${PARTS:-}; do
+    [[ " $NAMES " == *" $name "* ]] || { echo "gpu_speed_ii.sh: unknown part '$name' in PARTS ($NAMES)"; exit 2; }
+done
 mkdir -p "$RESULTS"
 python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_speed_ii.sh: no CUDA device')" || exit 1
 python -c "import torch; print('device:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| CUDA',
@@ -31,6 +36,7 @@ gpu_check.record_hopper(sys.argv[1], 5000, 0)" "$DATA"
 part() {
     local name=$1 limit=$2 start=$SECONDS
     shift 2
+    [[ -z ${PARTS:-} || " $PARTS " == *" $name "* ]] || return 0  # PARTS: a space-separated subset of the names
     echo "== $name: $*" | tee "$RESULTS/$name.log"
     timeout "$limit" "$@" >>"$RESULTS/$name.log" 2>&1
     local rc=$?
