@@ -175,6 +175,30 @@ def test_update_runs_the_dql_step(agent_and_batch):
     assert any(not torch.equal(a, b) for a, b in zip(before, agent.actor.parameters()))
 
 
+def test_the_q_term_is_a_coin_flipped_head_over_the_other_heads_constant_mean_abs_q(agent_and_batch):
+    """DQL's actor loss: L_DBC - eta * Q_i / E|Q_j| at the chain's actions, (i, j) by a coin flip, E|Q_j| a constant:
+    its value and the gradient it sends to the policy."""
+    agent, batch, args = agent_and_batch
+    args = dataclasses.replace(args, eta=0.3)
+    flips = set()
+    for seed in range(8):  # both sides of the coin
+        torch.manual_seed(seed)
+        loss, m = dql.actor_loss_fn(agent, batch, args)
+        torch.testing.assert_close(loss, m["bc_loss"] + 0.3 * m["q_loss"])
+        torch.manual_seed(seed)  # the same draws: the BC loss's, the actions' noise, then the coin
+        dql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions)
+        q1, q2 = agent.critic(batch.obs, dql.sample_actions(agent.actor, batch.obs))
+        flip = bool(torch.rand(()) < 0.5)  # one head is maximised, the other one's mean |Q| normalises, a constant
+        flips.add(flip)
+        expected = -(q1.mean() / q2.abs().mean().item()) if flip else -(q2.mean() / q1.abs().mean().item())
+        torch.testing.assert_close(m["q_loss"], expected)
+        # the gradient that reaches the policy is that of the maximised head alone (the normaliser passes none)
+        params = list(agent.actor.parameters())
+        for got, want in zip(torch.autograd.grad(m["q_loss"], params), torch.autograd.grad(expected, params)):
+            torch.testing.assert_close(got, want)
+    assert flips == {True, False}
+
+
 def test_presets_are_dqls_table():
     args = dql.parse_args(["--env-id", "antmaze-medium-play-v2"])
     assert (args.eta, args.actor_lr, args.max_q_backup, args.reward_mode, args.grad_norm, args.total_steps) == (

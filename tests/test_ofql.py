@@ -154,15 +154,23 @@ def test_terminal_transitions_do_not_bootstrap(agent_and_batch):
 def test_actor_loss_combines_bc_and_normalised_q(agent_and_batch):
     agent, batch, args = agent_and_batch
     args = dataclasses.replace(args, eta=0.3)
-    torch.manual_seed(3)
-    loss, m = ofql.actor_loss_fn(agent, batch, args)
-    torch.testing.assert_close(loss, m["bc_loss"] + 0.3 * m["q_loss"])
-    torch.manual_seed(3)  # the same draws: the BC loss's, the one-step actions' noise, then the coin
-    ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
-    q1, q2 = agent.critic(batch.obs, ofql.sample_actions(agent.actor, batch.obs))
-    flip = torch.rand(()) < 0.5  # one head is maximised, the other one's mean |Q| normalises
-    expected = -(q1.mean() / q2.abs().mean()) if flip else -(q2.mean() / q1.abs().mean())
-    torch.testing.assert_close(m["q_loss"], expected)
+    flips = set()
+    for seed in range(8):  # both sides of the coin
+        torch.manual_seed(seed)
+        loss, m = ofql.actor_loss_fn(agent, batch, args)
+        torch.testing.assert_close(loss, m["bc_loss"] + 0.3 * m["q_loss"])
+        torch.manual_seed(seed)  # the same draws: the BC loss's, the actions' noise, then the coin
+        ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
+        q1, q2 = agent.critic(batch.obs, ofql.sample_actions(agent.actor, batch.obs))
+        flip = bool(torch.rand(()) < 0.5)  # one head is maximised, the other one's mean |Q| normalises, a constant
+        flips.add(flip)
+        expected = -(q1.mean() / q2.abs().mean().item()) if flip else -(q2.mean() / q1.abs().mean().item())
+        torch.testing.assert_close(m["q_loss"], expected)
+        # the gradient that reaches the policy is that of the maximised head alone (the normaliser passes none)
+        params = list(agent.actor.parameters())
+        for got, want in zip(torch.autograd.grad(m["q_loss"], params), torch.autograd.grad(expected, params)):
+            torch.testing.assert_close(got, want)
+    assert flips == {True, False}
 
 
 def test_update_moves_targets_by_polyak_and_ema_rules(agent_and_batch):

@@ -148,6 +148,14 @@ def test_dql_and_ofql_share_dqls_ema_rule(module):
     module.update_targets(agent, module.Args(), torch.tensor(1001))
     for p0, p_ema, p in zip(initial, agent.actor_ema.parameters(), agent.actor.parameters()):
         torch.testing.assert_close(p_ema, 0.995 * p0 + 0.005 * p)
+    # an --ema-start that is no multiple of --ema-every: DQL moves at counters >= 11 divisible by 5 (steps 16, 21, ...),
+    # not at step 11 (counter 10, before the start)
+    args, moved = module.Args(ema_start=11), [p.clone() for p in agent.actor_ema.parameters()]
+    for step in (11, 12, 15):
+        module.update_targets(agent, args, torch.tensor(step))
+        assert all(torch.equal(a, b) for a, b in zip(moved, agent.actor_ema.parameters())), step
+    module.update_targets(agent, args, torch.tensor(16))
+    assert not any(torch.equal(a, b) for a, b in zip(moved, agent.actor_ema.parameters()))
 
 
 @pytest.mark.parametrize("name", ["ofql", "dql", "fql"])
