@@ -216,8 +216,11 @@ def test_presets_are_dqls_table():
 
 def test_max_q_backup_takes_the_max_over_several_next_actions_of_the_ema_policy(agent_and_batch):
     """With --max-q-backup each head takes the max over num_backup_actions next actions (of the EMA policy), then the
-    min of the heads; without it, one next action."""
+    min of the heads; without it, one next action. The target networks differ from the trained ones here."""
     agent, batch, args = agent_and_batch
+    with torch.no_grad():
+        for p in (*agent.actor_ema.parameters(), *agent.critic_target.parameters()):
+            p.add_(0.1 * torch.randn_like(p))
     for max_q in (False, True):
         a = dataclasses.replace(args, max_q_backup=max_q, num_backup_actions=4)
         torch.manual_seed(5)

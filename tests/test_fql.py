@@ -117,9 +117,17 @@ def test_actor_loss_is_fqls_sum_and_update_leaves_the_critic_to_its_own_loss(age
         torch.testing.assert_close(a, b)
 
 
+def move_the_target_critic(agent):
+    """The target critic apart from the trained one (they start equal), so that a test sees which one is used."""
+    with torch.no_grad():
+        for p in agent.critic_target.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+
+
 @pytest.mark.parametrize("q_agg", ["mean", "min"])
 def test_critic_target_aggregates_the_heads_of_the_one_step_policy(agent_and_batch, q_agg):
     agent, batch, _ = agent_and_batch
+    move_the_target_critic(agent)
     args = fql.Args(q_agg=q_agg)
     torch.manual_seed(3)
     _, m = fql.critic_loss_fn(agent, batch, args)
@@ -180,6 +188,7 @@ def test_max_q_backup_takes_the_max_over_several_next_actions(agent_and_batch, q
     """With --max-q-backup each head takes the max over num_backup_actions next actions of the one-step policy, then
     the heads are aggregated (`q_agg`)."""
     agent, batch, _ = agent_and_batch
+    move_the_target_critic(agent)
     args = fql.Args(q_agg=q_agg, max_q_backup=True, num_backup_actions=4)
     torch.manual_seed(3)
     _, m = fql.critic_loss_fn(agent, batch, args)

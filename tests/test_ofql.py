@@ -119,10 +119,10 @@ def test_select_action_picks_high_q_candidates(agent_and_batch):
     """With a critic that prefers a_0 > 0 strongly, softmax(Q) selection must (almost) always return one."""
     agent, batch, _ = agent_and_batch
 
-    class Preferring(torch.nn.Module):
+    class Preferring(torch.nn.Module):  # the heads disagree: min(Q1, Q2) prefers a_0 > 0, max(Q1, Q2) a_0 <= 0
         def forward(self, obs, actions):
-            q = 100.0 * (actions[:, :1] > 0).float()
-            return q, q + 1.0
+            positive = (actions[:, :1] > 0).float()
+            return 100.0 * positive, 50.0 + 100.0 * (1.0 - positive)
 
     agent = dataclasses.replace(agent, critic_target=Preferring())
     a = ofql.select_action(agent, batch.obs, 50)
@@ -131,6 +131,9 @@ def test_select_action_picks_high_q_candidates(agent_and_batch):
 
 def test_critic_target_with_and_without_max_q_backup(agent_and_batch):
     agent, batch, args = agent_and_batch
+    with torch.no_grad():  # target networks apart from the trained ones: the target must use the former
+        for p in (*agent.actor_ema.parameters(), *agent.critic_target.parameters()):
+            p.add_(0.1 * torch.randn_like(p))
     for max_q in (False, True):
         a = dataclasses.replace(args, max_q_backup=max_q, num_backup_actions=4)
         torch.manual_seed(5)
@@ -190,6 +193,22 @@ def test_update_moves_targets_by_polyak_and_ema_rules(agent_and_batch):
     ofql.update(agent, batch, args, step=torch.tensor(11))
     for p_ema, p_old, p in zip(agent.actor_ema.parameters(), initial, agent.actor.parameters()):
         torch.testing.assert_close(p_ema, 0.995 * p_old + 0.005 * p)
+
+
+def test_optimizer_step_clips_the_gradient_to_max_norm_and_zero_leaves_it_alone():
+    """The gradient the optimizer sees: scaled to norm max_norm when above it; max_norm = 0: untouched (no clipping).
+    (Adam's first step hardly depends on the gradient's scale, so SGD shows it.)"""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 3)
+    x = torch.randn(8, 4)
+    raw = torch.autograd.grad(net(x).pow(2).sum() * 100, list(net.parameters()))
+    raw_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in raw]))
+    for max_norm, scale in ((0.0, 1.0), (1e-3, 1e-3 / raw_norm.item()), (1e9, 1.0)):
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+        norm = ofql.optimizer_step(optimizer, net, net(x).pow(2).sum() * 100, max_norm)
+        torch.testing.assert_close(norm, raw_norm)  # the norm before clipping
+        for p, g in zip(net.parameters(), raw):
+            torch.testing.assert_close(p.grad, g * scale)
 
 
 def test_gradient_clipping_bounds_the_step(agent_and_batch):
