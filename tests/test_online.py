@@ -194,6 +194,20 @@ def test_the_buffer_is_preallocated_and_grows_in_place():
     np.testing.assert_array_equal(buffer.obs[:100].numpy(), tiny_data()["observations"])
 
 
+def test_batches_draw_every_row_uniformly():
+    """Offline: each of the dataset's 100 rows about 1% of the draws (the first and the last among them); online,
+    env 0's 10 transitions too, each about 1/110."""
+    buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, envs=2)
+    row_of = {v: i for i, v in enumerate(buffer.obs[:100, 0].tolist())}
+    torch.manual_seed(0)
+    counts = np.bincount([row_of[v] for v in buffer.sample(100_000).obs[:, 0].tolist()], minlength=100)
+    assert counts.min() > 850 and counts.max() < 1150  # 1000 expected, std 31
+    add_marked(buffer, 10)
+    obs = buffer.sample(110_000, 0, online=True).obs[:, 0].tolist()
+    counts = np.bincount([row_of.get(v, 100 + int(v) - 1000) for v in obs], minlength=110)
+    assert len(counts) == 110 and counts.min() > 850 and counts.max() < 1150
+
+
 @pytest.mark.parametrize("balanced", [False, True])
 def test_online_batches_come_from_the_data_and_the_envs_own_transitions(balanced):
     """Env 1's batches: rows of the dataset and of env 1's transitions only (never env 0's); uniformly over both
