@@ -243,6 +243,41 @@ def test_actor_loss_sends_the_q_gradient_to_the_one_step_policy_only(agent_and_b
     assert not all(torch.allclose(a, b) for a, b in zip(onestep_a, onestep_b))
 
 
+def test_the_q_term_is_the_heads_mean_at_the_clipped_one_step_action(agent_and_batch):
+    """-E[(Q1 + Q2) / 2] at clip(mu(z; s), -1, 1), over the constant E|Q| (--normalize-q), and the gradient it sends to
+    the one-step policy: with a policy whose actions leave [-1, 1], so that the clip matters."""
+    agent, batch, args = agent_and_batch
+    with torch.no_grad():
+        agent.actor.onestep[-1].weight.mul_(100.0)
+        agent.critic.q2[-1].bias.add_(5.0)  # heads apart: one head alone gives another value
+    torch.manual_seed(4)
+    _, m = fql.actor_loss_fn(agent, batch, args)
+    torch.manual_seed(4)
+    fql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions)  # the same draws, in the same order
+    actions = agent.actor(torch.randn_like(batch.actions), batch.obs)
+    assert (actions.abs() > 1).float().mean() > 0.2
+    assert fql.sample_actions(agent.actor, batch.obs).abs().max() <= 1.0  # the critic's and evaluation's actions
+    q = sum(agent.critic(batch.obs, actions.clamp(-1.0, 1.0))) / 2
+    expected = -q.mean() / q.abs().mean().item()
+    torch.testing.assert_close(m["q_loss"], expected)
+    params = list(agent.actor.onestep.parameters())
+    for got, want in zip(torch.autograd.grad(m["q_loss"], params), torch.autograd.grad(expected, params)):
+        torch.testing.assert_close(got, want)
+
+
+def test_the_critic_loss_is_the_mean_of_the_heads_squared_errors(agent_and_batch):
+    agent, batch, args = agent_and_batch
+    move_the_target_critic(agent)
+    torch.manual_seed(3)
+    loss, m = fql.critic_loss_fn(agent, batch, args)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        next_q = sum(agent.critic_target(batch.next_obs, fql.sample_actions(agent.actor, batch.next_obs))) / 2
+    target = batch.rewards + args.gamma * (1 - batch.dones) * next_q
+    q1, q2 = agent.critic(batch.obs, batch.actions)
+    torch.testing.assert_close(loss, ((q1 - target).pow(2).mean() + (q2 - target).pow(2).mean()) / 2)
+
+
 def test_the_update_trains_on_actions_clipped_as_fqls_loaders_clip_them(agent_and_batch):
     """FQL clips the data's actions to [-1 + 1e-5, 1 - 1e-5]: a batch with actions beyond that range trains exactly as
     the same batch clipped (losses and new weights), and differently from the batch with the actions inside it."""
