@@ -125,6 +125,28 @@ def test_bc_loss_is_zero_mean_noise_regression(agent_and_batch):
     assert dql.behavior_cloning_loss(exact, batch.obs, torch.full((B, ACT), 0.5)).item() < 1e-10
 
 
+def test_bc_loss_draws_every_step_uniformly_and_the_network_sees_it(agent_and_batch):
+    """i ~ U{0, ..., T-1} per row, each a_i built with abar_i of its own row's step; the step reaches the network
+    (another step, another output)."""
+    agent, batch, _ = agent_and_batch
+    seen = []
+    handle = agent.actor.register_forward_hook(lambda module, args, out: seen.append((args[0], args[1])))
+    obs, actions = batch.obs.repeat(200, 1), batch.actions.repeat(200, 1)  # 12,800 rows
+    dql.behavior_cloning_loss(agent.actor, obs, actions)
+    handle.remove()
+    ((a_i, steps),) = seen
+    counts = torch.bincount(steps.long().flatten(), minlength=5)
+    assert len(counts) == 5 and counts.min() > 0.9 * len(obs) / 5 and counts.max() < 1.1 * len(obs) / 5
+    # at the last step a_i is mostly noise, at the first mostly the action: their correlation with it falls with i
+    corr = [
+        torch.corrcoef(torch.stack([a_i[steps[:, 0] == i, 0], actions[steps[:, 0] == i, 0]]))[0, 1] for i in range(5)
+    ]
+    assert all(a > b for a, b in zip(corr, corr[1:]))
+    a = torch.randn(4, ACT)
+    outputs = [agent.actor(a, torch.full((1, 1), float(i)), batch.obs[:4]) for i in range(5)]
+    assert all(not torch.allclose(outputs[0], out) for out in outputs[1:])
+
+
 def test_sampling_calls_the_network_once_per_step_and_backpropagates_through_all(agent_and_batch):
     agent, batch, _ = agent_and_batch
     seen_steps, outputs = [], []
