@@ -144,7 +144,9 @@ def train_all(args: Args) -> None:
 
 
 def mean_std(values) -> str:
-    """The seeds' mean ± std (numpy's std: ddof 0, as CORL's tables); one seed: its value alone."""
+    """The values' mean ± std (numpy's std: ddof 0, as CORL's tables); one value alone; none: "-"."""
+    if len(values) == 0:
+        return "-"
     return f"{np.mean(values):.1f}" + (f" ± {np.std(values):.1f}" if len(values) > 1 else "")
 
 

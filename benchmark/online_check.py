@@ -21,7 +21,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
-from compare import dataset_mean_score  # noqa: E402
+from compare import dataset_mean_score, mean_std  # noqa: E402
 
 SCRIPTS = {"ofql": "ofql.py", "dql": "dql.py", "fql": "fql.py"}
 ENV_ID = "hopper-medium-replay-v2"
@@ -111,13 +111,6 @@ def read_runs(args: Args) -> dict:
         run["finished"] = os.path.exists(os.path.join(folder, "summary.json"))
         runs.setdefault(algorithm, {})[config["seed"]] = run  # sorted by name: the newest folder of a seed last
     return {a: [r[s] for s in sorted(r)] for a, r in runs.items()}
-
-
-def mean_std(values: list) -> str:
-    """The values' mean ± std (numpy's std: ddof 0, as CORL's tables); one value alone; none: "-"."""
-    if len(values) < 2:
-        return f"{np.mean(values):.1f}" if len(values) else "-"
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}"
 
 
 def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dict:

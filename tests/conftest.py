@@ -29,6 +29,36 @@ def agent_and_random_batch(script, obs_dim=11, act_dim=3, batch_size=64):
     return agent, script.Batch(obs, actions, rewards, next_obs, dones), args
 
 
+def move_targets_apart(agent):
+    """The target critic and, where there is one, the EMA policy moved away from the trained networks (they start
+    equal to them), so that a test sees which of the two a computation uses."""
+    with torch.no_grad():
+        for p in (*getattr(agent, "actor_ema", torch.nn.Module()).parameters(), *agent.critic_target.parameters()):
+            p.add_(0.1 * torch.randn_like(p))
+
+
+def check_coin_flipped_q_term(script, agent, batch, args, bc_draws):
+    """OFQL's and DQL's actor loss: L_BC + eta * q_loss, q_loss = -Q_i / E|Q_j| at the policy's actions, (i, j) by a
+    coin flip and E|Q_j| a constant: its value and the gradient it sends to the policy, on both sides of the coin.
+    `bc_draws()` repeats the BC loss's random draws (they come first)."""
+    flips = set()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        loss, m = script.actor_loss_fn(agent, batch, args)
+        torch.testing.assert_close(loss, m["bc_loss"] + args.eta * m["q_loss"])
+        torch.manual_seed(seed)  # the same draws: the BC loss's, the actions' noise, then the coin
+        bc_draws()
+        q1, q2 = agent.critic(batch.obs, script.sample_actions(agent.actor, batch.obs))
+        flip = bool(torch.rand(()) < 0.5)  # one head is maximised, the other one's mean |Q| normalises
+        flips.add(flip)
+        expected = -(q1.mean() / q2.abs().mean().item()) if flip else -(q2.mean() / q1.abs().mean().item())
+        torch.testing.assert_close(m["q_loss"], expected)
+        params = list(agent.actor.parameters())  # the normaliser passes no gradient: the maximised head's alone
+        for got, want in zip(torch.autograd.grad(m["q_loss"], params), torch.autograd.grad(expected, params)):
+            torch.testing.assert_close(got, want)
+    assert flips == {True, False}
+
+
 def record_d4rl_file(path, gym_id="Hopper-v4", episodes=3, max_steps=40, seed=0, timeouts=True):
     """Roll a seeded random policy in `gym_id` and write every key a D4RL v2 locomotion file has:
     float32 arrays, bool flags, `next_observations`, `infos/*` and scalar `metadata/*` entries.

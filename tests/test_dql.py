@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dql
-from conftest import agent_and_random_batch
+from conftest import agent_and_random_batch, check_coin_flipped_q_term, move_targets_apart
 
 OBS, ACT, B = 11, 3, 64
 
@@ -202,23 +202,9 @@ def test_the_q_term_is_a_coin_flipped_head_over_the_other_heads_constant_mean_ab
     its value and the gradient it sends to the policy."""
     agent, batch, args = agent_and_batch
     args = dataclasses.replace(args, eta=0.3)
-    flips = set()
-    for seed in range(8):  # both sides of the coin
-        torch.manual_seed(seed)
-        loss, m = dql.actor_loss_fn(agent, batch, args)
-        torch.testing.assert_close(loss, m["bc_loss"] + 0.3 * m["q_loss"])
-        torch.manual_seed(seed)  # the same draws: the BC loss's, the actions' noise, then the coin
-        dql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions)
-        q1, q2 = agent.critic(batch.obs, dql.sample_actions(agent.actor, batch.obs))
-        flip = bool(torch.rand(()) < 0.5)  # one head is maximised, the other one's mean |Q| normalises, a constant
-        flips.add(flip)
-        expected = -(q1.mean() / q2.abs().mean().item()) if flip else -(q2.mean() / q1.abs().mean().item())
-        torch.testing.assert_close(m["q_loss"], expected)
-        # the gradient that reaches the policy is that of the maximised head alone (the normaliser passes none)
-        params = list(agent.actor.parameters())
-        for got, want in zip(torch.autograd.grad(m["q_loss"], params), torch.autograd.grad(expected, params)):
-            torch.testing.assert_close(got, want)
-    assert flips == {True, False}
+    check_coin_flipped_q_term(
+        dql, agent, batch, args, lambda: dql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions)
+    )
 
 
 def test_presets_are_dqls_table():
@@ -240,9 +226,7 @@ def test_max_q_backup_takes_the_max_over_several_next_actions_of_the_ema_policy(
     """With --max-q-backup each head takes the max over num_backup_actions next actions (of the EMA policy), then the
     min of the heads; without it, one next action. The target networks differ from the trained ones here."""
     agent, batch, args = agent_and_batch
-    with torch.no_grad():
-        for p in (*agent.actor_ema.parameters(), *agent.critic_target.parameters()):
-            p.add_(0.1 * torch.randn_like(p))
+    move_targets_apart(agent)
     for max_q in (False, True):
         a = dataclasses.replace(args, max_q_backup=max_q, num_backup_actions=4)
         torch.manual_seed(5)

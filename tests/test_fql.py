@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import fql
-from conftest import agent_and_random_batch
+from conftest import agent_and_random_batch, move_targets_apart
 
 OBS, ACT, B = 11, 3, 64
 
@@ -117,17 +117,10 @@ def test_actor_loss_is_fqls_sum_and_update_leaves_the_critic_to_its_own_loss(age
         torch.testing.assert_close(a, b)
 
 
-def move_the_target_critic(agent):
-    """The target critic apart from the trained one (they start equal), so that a test sees which one is used."""
-    with torch.no_grad():
-        for p in agent.critic_target.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-
-
 @pytest.mark.parametrize("q_agg", ["mean", "min"])
 def test_critic_target_aggregates_the_heads_of_the_one_step_policy(agent_and_batch, q_agg):
     agent, batch, _ = agent_and_batch
-    move_the_target_critic(agent)
+    move_targets_apart(agent)
     args = fql.Args(q_agg=q_agg)
     torch.manual_seed(3)
     _, m = fql.critic_loss_fn(agent, batch, args)
@@ -188,7 +181,7 @@ def test_max_q_backup_takes_the_max_over_several_next_actions(agent_and_batch, q
     """With --max-q-backup each head takes the max over num_backup_actions next actions of the one-step policy, then
     the heads are aggregated (`q_agg`)."""
     agent, batch, _ = agent_and_batch
-    move_the_target_critic(agent)
+    move_targets_apart(agent)
     args = fql.Args(q_agg=q_agg, max_q_backup=True, num_backup_actions=4)
     torch.manual_seed(3)
     _, m = fql.critic_loss_fn(agent, batch, args)
@@ -267,7 +260,7 @@ def test_the_q_term_is_the_heads_mean_at_the_clipped_one_step_action(agent_and_b
 
 def test_the_critic_loss_is_the_mean_of_the_heads_squared_errors(agent_and_batch):
     agent, batch, args = agent_and_batch
-    move_the_target_critic(agent)
+    move_targets_apart(agent)
     torch.manual_seed(3)
     loss, m = fql.critic_loss_fn(agent, batch, args)
     torch.manual_seed(3)

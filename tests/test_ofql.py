@@ -11,7 +11,7 @@ import torch
 import dql
 import offline_data
 import ofql
-from conftest import agent_and_random_batch
+from conftest import agent_and_random_batch, check_coin_flipped_q_term, move_targets_apart
 
 OBS, ACT, B = 11, 3, 64
 
@@ -133,9 +133,7 @@ def test_select_action_picks_high_q_candidates(agent_and_batch):
 
 def test_critic_target_with_and_without_max_q_backup(agent_and_batch):
     agent, batch, args = agent_and_batch
-    with torch.no_grad():  # target networks apart from the trained ones: the target must use the former
-        for p in (*agent.actor_ema.parameters(), *agent.critic_target.parameters()):
-            p.add_(0.1 * torch.randn_like(p))
+    move_targets_apart(agent)  # the target must use the target networks
     for max_q in (False, True):
         a = dataclasses.replace(args, max_q_backup=max_q, num_backup_actions=4)
         torch.manual_seed(5)
@@ -159,23 +157,9 @@ def test_terminal_transitions_do_not_bootstrap(agent_and_batch):
 def test_actor_loss_combines_bc_and_normalised_q(agent_and_batch):
     agent, batch, args = agent_and_batch
     args = dataclasses.replace(args, eta=0.3)
-    flips = set()
-    for seed in range(8):  # both sides of the coin
-        torch.manual_seed(seed)
-        loss, m = ofql.actor_loss_fn(agent, batch, args)
-        torch.testing.assert_close(loss, m["bc_loss"] + 0.3 * m["q_loss"])
-        torch.manual_seed(seed)  # the same draws: the BC loss's, the actions' noise, then the coin
-        ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
-        q1, q2 = agent.critic(batch.obs, ofql.sample_actions(agent.actor, batch.obs))
-        flip = bool(torch.rand(()) < 0.5)  # one head is maximised, the other one's mean |Q| normalises, a constant
-        flips.add(flip)
-        expected = -(q1.mean() / q2.abs().mean().item()) if flip else -(q2.mean() / q1.abs().mean().item())
-        torch.testing.assert_close(m["q_loss"], expected)
-        # the gradient that reaches the policy is that of the maximised head alone (the normaliser passes none)
-        params = list(agent.actor.parameters())
-        for got, want in zip(torch.autograd.grad(m["q_loss"], params), torch.autograd.grad(expected, params)):
-            torch.testing.assert_close(got, want)
-    assert flips == {True, False}
+    check_coin_flipped_q_term(
+        ofql, agent, batch, args, lambda: ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
+    )
 
 
 def test_update_moves_targets_by_polyak_and_ema_rules(agent_and_batch):
