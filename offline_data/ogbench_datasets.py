@@ -73,7 +73,10 @@ def make_ogbench_env(env_id: str) -> gym.Env:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # gymnasium: float64 bounds of ogbench's spaces cast to float32
         env = ogbench.make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING)
-        return SeededStarts(remove_model_file(env))
+    base = env.unwrapped
+    if not base.metadata.get("render_modes"):  # the manipulation envs list none, yet render rgb frames in any mode
+        base.metadata = {**base.metadata, "render_modes": ["rgb_array"]}
+    return SeededStarts(remove_model_file(env))
 
 
 def dataset_name(env_id: str) -> str:

@@ -2,6 +2,7 @@
 networks the checkpoint holds."""
 
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -32,3 +33,32 @@ def test_a_checkpoint_becomes_a_strip_of_frames_of_its_own_policy(tmp_path, hopp
     assert Image.open(args.gif).n_frames > 1
     state = render_policy.bookkeeping.load_checkpoint(args.checkpoint)
     assert render_policy.load_agent(state, 11, 3)[0] is module  # DQL's and OFQL's Agent fields are the same
+
+
+def test_an_ogbench_checkpoint_renders_its_task_and_reports_no_normalized_score(tmp_path, monkeypatch):
+    """As a user runs it (a process of its own, MUJOCO_GL unset): an OGBench manipulation id's env comes from ogbench
+    (not D4RL's factory) and renders through MuJoCo's own renderer; no normalized score (OGBench scores successes, and
+    --max-steps cut the episode); bad input is one line, exit 2."""
+    pytest.importorskip("ogbench")
+    from test_ogbench_datasets import CUBE, record_ogbench
+
+    monkeypatch.chdir(tmp_path)
+    data = record_ogbench(CUBE, tmp_path / "data", steps=(20, 20))
+    flags = ["--env-id", CUBE, "--dataset-path", data, "--total-steps", "5", "--eval-every", "5", "--save-model"]
+    run_dir = os.path.dirname(ofql.train(ofql.parse_args(flags + ["--eval-episodes", "1", "--num-candidates", "1"])))
+    out = str(tmp_path / "strip.png")
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    cmd = [sys.executable, render_policy.__file__, checkpoint, "--out", out, "--frames", "3"]
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "DISPLAY")}
+    run = lambda *flags: subprocess.run(cmd + list(flags), env=env, capture_output=True, text=True, timeout=600)
+    proc = run("--size", "48", "--max-steps", "6")  # a cut episode: 7 frames, not ogbench's 500 steps
+    if proc.returncode and "EGL" in proc.stderr:
+        pytest.skip(f"off-screen rendering is not available here: {proc.stderr.strip().splitlines()[-1]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("6 steps, return ") and proc.stdout.strip().endswith(out)
+    strip = np.asarray(Image.open(out))
+    assert strip.shape == (48, 3 * 48, 3) and strip.std() > 1  # frames of the scene, not a blank image
+    bad = run("--max-steps", "0")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "render_policy.py: error: --frames, --size and --max-steps must be at least 1"
+    )

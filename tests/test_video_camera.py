@@ -48,3 +48,23 @@ def test_the_video_renders_through_the_track_camera(monkeypatch):
     assert video_frame.shape == track_frame.shape == free_frame.shape and video_frame.std() > 0
     assert np.abs(track_frame.astype(float) - free_frame).mean() > 1  # the two cameras see different pictures
     np.testing.assert_array_equal(video_frame, track_frame)
+
+
+def test_an_ogbench_manipulation_env_renders_or_names_the_setting_it_needs(monkeypatch):
+    """ogbench's manipulation envs render through mujoco.Renderer, whose GL backend MuJoCo picks when first imported:
+    in a process that imported it with GLFW and has no display, renderable refuses at once (the scripts' --capture-video
+    before training, not a crash at the first evaluation) naming MUJOCO_GL=egl; otherwise the env renders frames."""
+    pytest.importorskip("ogbench")
+    from test_ogbench_datasets import CUBE
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    env = offline_data.ogbench_datasets.make_ogbench_env(CUBE)
+    try:
+        if mujoco.GLContext.__module__ == "mujoco.glfw":
+            with pytest.raises(offline_data.UserError, match="set MUJOCO_GL=egl before starting"):
+                offline_data.renderable(env)
+        else:
+            offline_data.renderable(env).reset(seed=0)
+            assert env.render().std() > 0
+    finally:
+        env.close()

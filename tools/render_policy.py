@@ -17,6 +17,7 @@ import tyro
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("MUJOCO_GL", "egl")  # off-screen frames; MuJoCo's own renderer reads it when first imported
 import bookkeeping  # noqa: E402
 import offline_data  # noqa: E402
 from offline_data import UserError  # noqa: E402
@@ -39,6 +40,8 @@ class Args:
     """candidate actions per state, one picked by softmax(Q) (default: the run's --num-candidates)"""
     gif: str | None = None
     """if given, the whole episode is also written there as a GIF (every 4th frame)"""
+    max_steps: int | None = None
+    """stop the episode after this many steps (default: where the env ends it); a cut episode has no normalized score"""
 
 
 def load_agent(state: dict, obs_dim: int, act_dim: int):
@@ -58,7 +61,7 @@ def load_agent(state: dict, obs_dim: int, act_dim: int):
 
 
 def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
-    """The frames (reset, then every step), the return and the normalized score of one episode."""
+    """The frames (reset, then every step), the return and the normalized score of one episode (None if cut)."""
     state = bookkeeping.load_checkpoint(args.checkpoint)
     config = state["config"]
     env_id = config["env_id"]  # a Minari id's env comes with its data; a D4RL or OGBench id's from the id
@@ -80,12 +83,14 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     shrink = lambda frame: np.asarray(Image.fromarray(frame).resize((args.size, args.size), Image.LANCZOS))
     obs, _ = env.reset(seed=seed)
     frames, total, done = [shrink(env.render())], 0.0, False
-    while not done:
+    while not done and len(frames) - 1 < (args.max_steps or np.inf):
         action = module.select_action(agent, torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0), k)[0]
         obs, reward, terminated, truncated, _ = env.step(action.numpy())
         frames.append(shrink(env.render()))
         total, done = total + float(reward), terminated or truncated
     env.close()
+    if not done:  # cut by --max-steps: a part of an episode has no normalized score
+        return frames, total, None
     score = (
         source.normalized_score(np.array(total))
         if minari
@@ -97,6 +102,8 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
 
 
 def main(args: Args) -> None:
+    if min(args.frames, args.size, 1 if args.max_steps is None else args.max_steps) < 1:
+        raise UserError("--frames, --size and --max-steps must be at least 1")
     frames, total, score = render_episode(args)
     picked = [frames[i] for i in np.linspace(0, len(frames) - 1, args.frames).round().astype(int)]
     Image.fromarray(np.concatenate(picked, axis=1)).save(args.out)
