@@ -23,8 +23,10 @@ def renderable(env: gym.Env) -> gym.Env:
     os.environ.setdefault("MUJOCO_GL", "egl")  # read when the first frame is rendered
     base.render_mode = "rgb_array"
     renderer = getattr(base, "mujoco_renderer", None)
-    context = getattr(mujoco, "GLContext", None)  # mujoco.Renderer's (ogbench's manipulation envs): fixed at import
-    if renderer is None and getattr(context, "__module__", "") == "mujoco.glfw" and not os.environ.get("DISPLAY"):
+    # ogbench's manipulation envs render through mujoco.Renderer, whose GL backend MuJoCo chose when it was imported
+    context = getattr(mujoco, "GLContext", None)
+    manipulation = type(base).__module__.startswith("ogbench.manipspace")
+    if manipulation and getattr(context, "__module__", "") == "mujoco.glfw" and not os.environ.get("DISPLAY"):
         raise UserError(
             f"{base} renders through the GL backend MuJoCo chose at import (GLFW, no display): set "
             "MUJOCO_GL=egl before starting"
