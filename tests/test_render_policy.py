@@ -62,3 +62,28 @@ def test_an_ogbench_checkpoint_renders_its_task_and_reports_no_normalized_score(
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "render_policy.py: error: --frames, --size and --max-steps must be at least 1"
     )
+
+
+def test_a_minari_checkpoint_renders_in_its_datasets_env_scored_by_its_references(tmp_path, monkeypatch, capsys):
+    """A Minari id's env and score come with its dataset (its evaluation env's spec, here 4-step episodes, and its
+    reference returns), not from the id."""
+    pytest.importorskip("minari")
+    import gymnasium as gym
+    from test_minari_datasets import rollout, write_dataset
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.chdir(tmp_path)
+    env = gym.make("Hopper-v5")
+    episodes = [rollout(env, seed, max_steps=20) for seed in (0, 1, 4)]
+    short = gym.make("Hopper-v5", max_episode_steps=4)  # its evaluation env: episodes of 4 steps at most
+    write_dataset("mujoco/hopper/medium-v0", env, episodes, eval_env=short, ref_min=-20.0, ref_max=30.0)
+    flags = ["--env-id", "mujoco/hopper/medium-v0", "--total-steps", "5", "--eval-every", "5", "--save-model"]
+    run_dir = os.path.dirname(ofql.train(ofql.parse_args(flags + ["--eval-episodes", "1", "--num-candidates", "1"])))
+    args = render_policy.Args(os.path.join(run_dir, "checkpoint.pt"), out=str(tmp_path / "strip.png"), frames=3)
+    args.size = 48
+    capsys.readouterr()  # the training's output
+    render_policy.main(args)
+    steps, rest = capsys.readouterr().out.split(" steps, return ")
+    total = float(rest.split(",")[0])
+    assert rest.startswith(f"{total:.1f}, normalized score {100 * (total + 20) / 50:.1f}: ")
+    assert Image.open(args.out).size == (3 * 48, 48) and steps == "4"
