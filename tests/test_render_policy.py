@@ -20,7 +20,8 @@ FLAGS = ["--env-id", "hopper-medium-v2", "--total-steps", "5", "--eval-every", "
 
 
 @pytest.mark.parametrize("module", [ofql, dql])
-def test_a_checkpoint_becomes_a_strip_of_frames_of_its_own_policy(tmp_path, hopper_file, monkeypatch, module):
+def test_a_checkpoint_becomes_a_strip_of_frames_of_its_own_policy(tmp_path, hopper_file, monkeypatch, capsys, module):
+    """A D4RL checkpoint: the whole episode, scored; cut by --max-steps, its partial return gets no normalized score."""
     monkeypatch.chdir(tmp_path)
     run_dir = os.path.dirname(module.train(module.parse_args(FLAGS + ["--dataset-path", hopper_file, "--save-model"])))
     args = render_policy.Args(os.path.join(run_dir, "checkpoint.pt"), out=str(tmp_path / "strip.png"), frames=4)
@@ -33,6 +34,11 @@ def test_a_checkpoint_becomes_a_strip_of_frames_of_its_own_policy(tmp_path, hopp
     assert Image.open(args.gif).n_frames > 1
     state = render_policy.bookkeeping.load_checkpoint(args.checkpoint)
     assert render_policy.load_agent(state, 11, 3)[0] is module  # DQL's and OFQL's Agent fields are the same
+    assert ", normalized score " in capsys.readouterr().out  # the whole episode
+    args.max_steps, args.gif = 2, None
+    render_policy.main(args)
+    steps, rest = capsys.readouterr().out.split(" steps, return ")
+    assert steps == "2" and "normalized" not in rest and Image.open(args.out).size == (4 * 64, 64)
 
 
 def test_an_ogbench_checkpoint_renders_its_task_and_reports_no_normalized_score(tmp_path, monkeypatch):
