@@ -20,6 +20,7 @@ import random
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +42,7 @@ FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (
 # the flags a --resume may change (the length, logging, evaluation, the device), and what config.json adds to them
 RESUMABLE = set(
     "resume total_steps exp_name cuda cuda_graph compile capture_video track wandb_project_name wandb_entity "
-    "save_model eval_every eval_episodes num_candidates log_every device training_step torch".split()
+    "save_model eval_every eval_episodes num_candidates log_every device training_step torch commit".split()
 )
 
 
@@ -74,6 +75,18 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
         diff.append(f"--total-steps {config['total_steps']} (was {saved['total_steps']}; its online phase had begun)")
     if diff:
         raise UserError(f"its run had other flags: {', '.join(diff)}")
+
+
+def code_version(script: str) -> str | None:
+    """The git commit of the checkout holding `script` (12 hex digits), + "+changes" when a tracked file differs from
+    it: which code made a run's numbers. None outside a git checkout or without git."""
+    git = ["git", "-C", os.path.dirname(os.path.abspath(script))]
+    try:
+        run = lambda *a: subprocess.run(git + list(a), capture_output=True, text=True, timeout=30, check=True).stdout
+        commit, changes = run("rev-parse", "--short=12", "HEAD").strip(), run("status", "--porcelain", "-uno").strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + "+changes" * bool(changes)
 
 
 def make_run_folder(name: str) -> str:
@@ -365,8 +378,9 @@ class Runs:
             | ({"transitions": n} if buffer is not None else {})
             for a, n in zip(self.members, sizes)
         ]
+        self.commit = code_version(self.script)
         for c in self.configs:
-            c["torch"] = str(torch.__version__)  # a str: weights_only loads it
+            c["torch"], c["commit"] = str(torch.__version__), self.commit  # strs: weights_only loads them
         fresh = (1, [[] for _ in self.members], 0.0)
         self.start_step, self.evals, self.elapsed = self.resume(agent) if self.args.resume else fresh
         start = self.start_step
@@ -559,6 +573,7 @@ class Runs:
         self.summaries = []
         for m, (args, run_dir) in enumerate(zip(self.members, self.dirs)):
             summary = summarize(self.script, args, source.member(m), self.evals[m], wall_clock, steps_per_sec)
+            summary = {"commit": self.commit, **summary}  # this session's code (config.json's: the run's first)
             if self.sweep:
                 summary.update(sweep=self.sweep, sweep_members=self.size, error=self.failed.get(m))
             with replaced_when_written(os.path.join(run_dir, "summary.json")) as tmp, open(tmp, "w") as f:

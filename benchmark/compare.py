@@ -193,6 +193,7 @@ def write_report(args: Args) -> None:
                     "dataset_mean_score": data_score,
                     "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs])),
                     "reported_scores": None,  # 100 x reported_success of each run, OGBench ids only
+                    "commits": sorted({str(r.get("commit", "unrecorded")) for r in runs}),  # their code (git)
                 }
                 if offline_data.source_kind(env_id) == "ogbench":
                     reported = [run_reported_success(r) for r in runs]
@@ -211,9 +212,10 @@ def write_report(args: Args) -> None:
             shown = "-" if data_score is None else f"{data_score:.1f}"
             reported = result.get("reported_scores")  # absent from the rows of an older results.json
             reported = "-" if reported is None else mean_std(reported)
+            commits = ", ".join(result.get("commits") or ["-"])  # absent from an older results.json's rows
             rows.append(
                 f"| {env_id} | {shown} | {algorithm} | {n} | {mean_std(final)} | {mean_std(best)} | "
-                f"{' / '.join(f'{s:.0f}' for s in curves.mean(0))} | {reported} |"
+                f"{' / '.join(f'{s:.0f}' for s in curves.mean(0))} | {reported} | {commits} |"
             )
         if data_score is not None:
             ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")
@@ -230,9 +232,11 @@ def write_report(args: Args) -> None:
         f"{protocol}, evaluation every {args.eval_every} steps, seeds {args.seeds}; score = mean ± std "
         "over seeds (numpy's std, ddof 0; one seed: its value) of the normalized score (mean over episodes) at the "
         "last / the best evaluation; reported (OGBench ids): the figure OGBench and FQL report, 100 x the mean success "
-        "rate over the last three evaluations (reported_success), mean ± std over seeds.\n\n"
-        "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) | reported |\n"
-        "|---|---|---|---|---|---|---|---|\n"
+        "rate over the last three evaluations (reported_success), mean ± std over seeds; commit: the git commit of the "
+        "code that trained the runs (+changes: with uncommitted changes; None: not a git checkout; unrecorded: a run "
+        "from before runs recorded it).\n\n"
+        "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) | reported | commit |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
     )
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(header + "\n".join(rows) + "\n")

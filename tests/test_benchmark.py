@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmark"))
 import compare  # noqa: E402
 
 
-def fake_run(out_dir, env_id, algorithm, seed, scores):
+def fake_run(out_dir, env_id, algorithm, seed, scores, commit="0123456789ab"):
     run_dir = os.path.join(out_dir, "runs", f"{env_id.replace('/', '-')}__{algorithm}__{seed}__123")  # as the scripts
     os.makedirs(run_dir)
     evaluations = [{"step": 100 * (i + 1), "score": s} for i, s in enumerate(scores)]
@@ -30,6 +30,7 @@ def fake_run(out_dir, env_id, algorithm, seed, scores):
                 "train_steps_per_sec": 10.0,
                 "eval_episodes": 10,
                 "num_candidates": 1,
+                "commit": commit,
             },
             f,
         )
@@ -41,7 +42,7 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     rows = record_d4rl_file(data_dir / "hopper-medium.hdf5", episodes=2, max_steps=10)
     out = str(tmp_path / "out")
     fake_run(out, "hopper-medium-v2", "ofql", 0, [10.0, 50.0, 30.0])
-    fake_run(out, "hopper-medium-v2", "ofql", 1, [20.0, 40.0, 50.0])
+    fake_run(out, "hopper-medium-v2", "ofql", 1, [20.0, 40.0, 50.0], commit="fedcba987654+changes")
     fake_run(out, "hopper-medium-v2", "dql", 0, [5.0, 6.0, 7.0])
     args = compare.Args(
         datasets=["hopper-medium-v2"],
@@ -54,8 +55,8 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     compare.write_report(args)
     table = open(os.path.join(out, "results.md")).read()
     # ofql: last 30, 50 -> 40 ± 10; best 50, 50 -> 50 ± 0; curve = seed mean at every evaluation
-    assert "| ofql | 2 | 40.0 ± 10.0 | 50.0 ± 0.0 | 15 / 45 / 40 |" in table
-    assert "| dql | 1 | 7.0 | 7.0 | 5 / 6 / 7 |" in table
+    assert "| ofql | 2 | 40.0 ± 10.0 | 50.0 ± 0.0 | 15 / 45 / 40 | - | 0123456789ab, fedcba987654+changes |" in table
+    assert "| dql | 1 | 7.0 | 7.0 | 5 / 6 / 7 | - | 0123456789ab |" in table  # the code that made each row
     assert "| fql |" not in table  # no runs, no row
     results = json.load(open(os.path.join(out, "results.json")))
     assert [r["algorithm"] for r in results] == ["ofql", "dql"] and results[0]["seeds"] == [0, 1]
@@ -67,10 +68,11 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     # a new ofql run replaces ofql's row; dql, with no runs left, keeps its row from the previous results.json
     for name in os.listdir(os.path.join(out, "runs")):
         shutil.rmtree(os.path.join(out, "runs", name))
-    fake_run(out, "hopper-medium-v2", "ofql", 0, [1.0, 2.0, 3.0])
+    fake_run(out, "hopper-medium-v2", "ofql", 0, [1.0, 2.0, 3.0], commit="abcdefabcdef")
     compare.write_report(args)
     table = open(os.path.join(out, "results.md")).read()
-    assert "| ofql | 1 | 3.0 | 3.0 | 1 / 2 / 3 |" in table and "| dql | 1 | 7.0 | 7.0 |" in table
+    assert "| ofql | 1 | 3.0 | 3.0 | 1 / 2 / 3 | - | abcdefabcdef |" in table
+    assert "| dql | 1 | 7.0 | 7.0 | 5 / 6 / 7 | - | 0123456789ab |" in table  # kept with the code that made it
     # a run of one algorithm (--algorithms fql) keeps the others' rows, in the usual order, in every file it writes
     fake_run(out, "hopper-medium-v2", "fql", 0, [4.0, 4.0, 4.0])
     compare.write_report(dataclasses.replace(args, algorithms=["fql"]))

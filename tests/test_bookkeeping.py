@@ -4,6 +4,8 @@ generators' states on CUDA (mocked: fewer devices at resume, the sweep's generat
 member's gradient clipped by its own norm."""
 
 import dataclasses
+import shutil
+import subprocess
 import types
 
 import pytest
@@ -43,6 +45,28 @@ def test_resume_refuses_every_training_flag_and_only_those(script):
         else:
             with pytest.raises(UserError, match=f"--{flag.replace('_', '-')} "):
                 bookkeeping.check_resume(config, saved, step=10)
+
+
+def test_a_run_records_the_commit_of_its_code_and_may_resume_on_another(tmp_path):
+    """config.json's and summary.json's "commit": the checkout's HEAD, marked when a tracked file differs from it."""
+    if shutil.which("git") is None:
+        pytest.skip("no git here")
+    repo, plain = tmp_path / "repo", tmp_path / "plain"
+    repo.mkdir(), plain.mkdir()
+    git = lambda *a: subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *a], check=True, capture_output=True
+    ).stdout.decode()
+    (repo / "ofql.py").write_text("x = 1\n")
+    git("init", "-q"), git("add", "ofql.py"), git("commit", "-qm", "first")
+    head, script = git("rev-parse", "HEAD").strip(), str(repo / "ofql.py")
+    assert bookkeeping.code_version(script) == head[:12]
+    (repo / "notes.txt").write_text("not tracked: not the code")
+    assert bookkeeping.code_version(script) == head[:12]
+    (repo / "ofql.py").write_text("x = 2\n")
+    assert bookkeeping.code_version(script) == head[:12] + "+changes"
+    assert bookkeeping.code_version(str(plain / "ofql.py")) is None  # not a git checkout
+    saved = vars(ofql.Args())
+    bookkeeping.check_resume({**saved, "commit": "b"}, {**saved, "commit": "a"}, step=10)  # later code may continue
 
 
 def test_the_summary_names_the_last_and_the_best_evaluation():

@@ -96,6 +96,7 @@ def test_script_trains_evaluates_and_writes_a_valid_run(tmp_path, hopper_file, a
         k: v for k, v in algo.PRESETS["hopper-medium-v2"].items() if k not in ("total_steps", "eval_episodes")
     }
     assert preset and {k: config[k] for k in preset} == preset and config["transitions"] > 0
+    assert config["commit"] == summary["commit"] == bookkeeping.code_version(algo.__file__)  # None outside git
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [10, 20, 30, 40]
     assert all(math.isfinite(v) for r in records for v in r.values())
