@@ -145,9 +145,9 @@ def main(args: Args) -> dict:
     per_env_ms = {family(r["env_id"]): r["ms_per_env_step_one_process"] for r in rows if "error" not in r}
     best = {family(r["env_id"]): max(r["ratio"].values()) for r in rows if "error" not in r}
     table1 = {}
-    for name in TABLE1_RUNS_PER_DATASET:
-        steps = table1_eval_steps(name)
-        if all(family(d) in per_env_ms for d in steps):
+    if all(family(d) in per_env_ms for d in TABLE1_DATASETS):  # else a family was not measured: no hours
+        for name in TABLE1_RUNS_PER_DATASET:
+            steps = table1_eval_steps(name)  # builds each family's env: only where every one was measured
             hours = sum(n * per_env_ms[family(d)] / 3.6e6 for d, n in steps.items())
             fastest = sum(n * per_env_ms[family(d)] / 3.6e6 / best[family(d)] for d, n in steps.items())
             table1[name] = dict(env_steps=sum(steps.values()), hours_one_process=hours, hours_fastest=fastest)

@@ -512,7 +512,7 @@ def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_
     assert f"| hopper-medium-v2 | {hopper['cpu_ms']:.3f} |" in table
 
 
-def test_eval_speed_times_one_process_against_workers_and_prices_table1(tmp_path):
+def test_eval_speed_times_one_process_against_workers_and_prices_table1(tmp_path, monkeypatch):
     """eval_speed.py: hopper's envs in one process and in 2 workers, each figure written with its ratio; Table 1's
     evaluation env steps from the presets (OFQL on hopper-medium-v2: 15 runs x 40 evaluations x 2 policies x 10
     episodes x 1000 steps; FQL acts with one sample: 1 policy); an env that cannot be built is a row saying why, the
@@ -533,6 +533,13 @@ def test_eval_speed_times_one_process_against_workers_and_prices_table1(tmp_path
     assert fql == 3 * (2_000_000 // 50_000) * 1 * 10 * 1000
     with pytest.raises(SystemExit, match="starts with 1"):
         eval_speed.main(dataclasses.replace(args, workers=[2, 4]))
+    # a machine without gymnasium_robotics (no AntMaze, Kitchen or pen env): rows saying so, no hours, no traceback
+    mujoco_only = eval_speed.offline_data.eval_env_factory
+    monkeypatch.setattr(
+        eval_speed.offline_data, "eval_env_factory", lambda i: mujoco_only(i) if "-medium" in i else None
+    )
+    result = eval_speed.main(dataclasses.replace(args, env_ids=["hopper-medium-v2", "pen-cloned-v1"]))
+    assert "no evaluation env" in result["rows"][1]["error"] and result["table1_evaluation"] == {}
 
 
 def test_time_embedding_reports_a_seed_run_twice_once(tmp_path):

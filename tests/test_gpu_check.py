@@ -3,6 +3,7 @@ GPU machine: the eager/graph comparison, pytest's counts, the runs' error lines,
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -503,3 +504,45 @@ def test_speed_on_cuda_gets_the_checks_flags_and_the_users_win(tmp_path, monkeyp
     assert " ".join(flags) == gpu_check.CUDA_SPEED_FLAGS + " --rounds 9"
     parsed = speed.tyro.cli(speed.Args, args=flags)
     assert (parsed.device, parsed.updates, parsed.decisions, parsed.rounds) == ("cuda", 400, 20, 9)
+
+
+def read_offline_wheels():
+    """benchmark/offline_wheels.txt: its pins, and its 'present:' and 'left out:' lines."""
+    pins, lists = {}, {"present": set(), "left out": set()}
+    with open(os.path.join(ROOT, "benchmark", "offline_wheels.txt")) as f:
+        for line in f:
+            line = line.strip()
+            for key in lists:
+                if line.startswith(f"# {key}:"):
+                    lists[key] = {canonical(name) for name in line.split(":", 1)[1].split()}
+            if line and not line.startswith("#"):
+                name, version = line.split("#")[0].strip().split("==")
+                pins[canonical(name)] = version
+    return pins, lists["present"], lists["left out"]
+
+
+def canonical(name):
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
+def test_the_offline_wheels_hold_every_requirement_of_the_gpu_checks_packages():
+    """--no-deps installs only the listed wheels: each one's requirements (Python 3.12 on Linux, no extras) must be
+    listed, or be in the machine's own Python ('present'), or be left out on purpose; and the pins are
+    requirements.txt's where it names the package."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins, present, left_out = read_offline_wheels()
+    assert {"gymnasium", "mujoco", "tyro"} <= set(pins)
+    environment = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "extra": ""}
+    for name in pins:
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                assert canonical(requirement.name) in set(pins) | present | left_out, (name, text)
+    with open(os.path.join(ROOT, "requirements.txt")) as f:
+        pinned = dict(line.split("#")[0].strip().split("==") for line in f if "==" in line.split("#")[0])
+    pinned = {canonical(re.sub(r"\[.*\]", "", name)): version for name, version in pinned.items()}
+    for name, version in pins.items():
+        assert pinned.get(name, version) == version, f"{name}: {version} here, {pinned[name]} in requirements.txt"
