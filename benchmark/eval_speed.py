@@ -5,12 +5,12 @@ times.
     python benchmark/eval_speed.py                          # Table 1's six env families, 32 envs, 1 and 2 workers
     python benchmark/eval_speed.py --workers 1 4 15 --num-envs 160
 
-For each env id: --num-envs envs reset with seeds 0, 1, ..., then --steps vector steps of random actions, timed in
-turns with each worker count over --rounds rounds (each figure the median); the ratio is one process's time over the
-workers'. Then, per script, the evaluation env steps of Table 1 (17 D4RL datasets, each run at its presets: runs x
-evaluations x evaluated policies x episodes x the env's time limit, an upper bound, as the scripts step every env
-until all have ended) and their hours at one process's measured step time of the dataset's family, and at the
-fastest worker count's. Writes benchmark/results/eval_speed/<machine>.{md,json}.
+For each env id: --num-envs envs reset with seeds 0, 1, ..., then --steps vector steps of random actions, timed in turns
+with each worker count over --rounds rounds (each figure the median); the ratio is one process's time over the workers'.
+Then, per script, the evaluation env steps of Table 1 (with Appendix J's pen: 17 D4RL datasets, each run at its presets:
+runs x evaluations x evaluated policies x episodes x the env's time limit, an upper bound, as the scripts step every env
+until all have ended) and their hours at one process's measured step time of the dataset's family, and at the fastest
+worker count's. Writes benchmark/results/eval_speed/<machine>.{md,json}.
 """
 
 import json

@@ -77,7 +77,8 @@ class Args:
     """a .json this script wrote: print the Table 1 device hours at its rates for the largest N, measure nothing"""
 
 
-# the paper's Table 1: its 17 D4RL datasets (not the AntMaze umaze and Adroit door/hammer/relocate ids of FQL's table)
+# 'Table 1' in these tools: the paper's Table 1 (15 D4RL datasets) and Appendix J's 2 pen datasets (not the AntMaze
+# umaze and Adroit door/hammer/relocate ids of FQL's table)
 NOT_IN_TABLE1 = ("antmaze-umaze", "door", "hammer", "relocate")
 TABLE1_DATASETS = [d for d in offline_data.DATASETS if not d.startswith(NOT_IN_TABLE1)]
 # runs per dataset of the paper's Table 1 protocol (TABLE1_DATASETS, each run at the dataset's preset steps):
