@@ -372,7 +372,7 @@ def claim_check(distances: dict, names: list[str], args: Args) -> list[str]:
     u, lo, hi = min(args.u_steps), min(args.steps), max(args.steps)
     lines = []
     for n in names:
-        others = (("v-param", lo), ("DDPM", lo), ("v-param", hi), ("DDPM", hi))
+        others = [(m, k) for k in dict.fromkeys((lo, hi)) for m in ("v-param", "DDPM")]  # hi = lo: listed once
         rel = [f"{m} {k}: {distances[n, m, k] / distances[n, 'u-param', u]:.1f}x" for m, k in others]
         lines.append(f"- {n}, distance relative to u-param with {u} step{'s' * (u > 1)}: " + ", ".join(rel))
     return lines

@@ -179,7 +179,7 @@ def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
     except OSError as e:
         raise DatasetError(
             f"cannot create the dataset folder {os.path.dirname(path)} ({e.strerror or e}); set D4RL_DATASET_DIR to "
-            "a writable folder, or pass --dataset-path FILE"
+            "a writable folder, or pass --dataset-path FILE (sweep.py --env-ids: --dataset-paths)"
         ) from None
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
@@ -198,7 +198,8 @@ def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
         os.replace(tmp, path)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # HTTPException: a cut-off response
         raise DatasetError(
-            f"could not download {url} ({e}); download it by hand to {path}, or pass --dataset-path FILE"
+            f"could not download {url} ({e}); download it by hand to {path}, or pass --dataset-path FILE (sweep.py "
+            "--env-ids: --dataset-paths)"
         ) from None
     finally:
         if os.path.exists(tmp):

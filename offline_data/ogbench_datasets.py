@@ -103,7 +103,7 @@ def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
         raise DatasetError(
             f"{name} is not in {where['dataset_dir']} and could not be downloaded ({e}); download {name}.npz and "
             f"{name}-val.npz (ogbench.download_datasets) where there is network access, and pass their folder "
-            "as --dataset-path"
+            "as --dataset-path (sweep.py --env-ids: --dataset-paths)"
         ) from None
     except FileNotFoundError as e:
         beside = f" (ogbench reads it beside {os.path.basename(files[0])})" if e.filename == files[1] else ""

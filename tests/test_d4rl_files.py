@@ -345,7 +345,10 @@ def test_a_response_cut_off_mid_stream_is_one_line(tmp_path, monkeypatch):
         return r
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
-    with pytest.raises(offline_data.DatasetError, match="could not download .*IncompleteRead"):
+    with pytest.raises(
+        offline_data.DatasetError,
+        match=r"could not download .*IncompleteRead.*--dataset-path FILE \(sweep.py --env-ids: --dataset-paths\)",
+    ):
         offline_data.d4rl_files.download("http://example.invalid/f.hdf5", str(tmp_path / "f.hdf5"), None, None)
     assert os.listdir(tmp_path) == []
 

@@ -393,10 +393,14 @@ def test_the_run_folder_is_checked_before_the_data_are_loaded(tmp_path, hopper_f
     monkeypatch.setattr(offline_data, "load", lambda *a: pytest.fail("the data were loaded first"))
     with pytest.raises(algo.UserError, match="cannot make the run folder runs/hopper-medium-v2__"):
         algo.train(algo.parse_args(small_run_flags(hopper_file, 10)))
-    # and a run whose data fail leaves no empty folder behind
+    # and a run whose data fail leaves no empty folder behind, nor the runs folder it made
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").unlink()
+    with pytest.raises(algo.UserError, match="does not exist"):
+        algo.train(algo.parse_args(small_run_flags(str(tmp_path / "missing.hdf5"), 10)))
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "runs").mkdir()  # a runs folder that was there before stays
     with pytest.raises(algo.UserError, match="does not exist"):
         algo.train(algo.parse_args(small_run_flags(str(tmp_path / "missing.hdf5"), 10)))
     assert os.listdir(tmp_path / "runs") == []

@@ -222,7 +222,10 @@ def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    with pytest.raises(offline_data.DatasetError, match="cube-double-play-v0 is not in .*could not be downloaded"):
+    with pytest.raises(
+        offline_data.DatasetError,
+        match=r"cube-double-play-v0 is not in .*could not be downloaded.*\(sweep.py --env-ids: --dataset-paths\)",
+    ):
         offline_data.load(CUBE)
 
 

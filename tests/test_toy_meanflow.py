@@ -64,3 +64,18 @@ def test_quick_run_writes_outputs_and_one_meanflow_step_beats_one_euler_step(tmp
     u1, v1, ddpm1 = (distances["checkerboard", m, 1] for m in ("u-param", "v-param", "DDPM"))
     assert u1 < 0.3 * v1, (u1, v1)
     assert u1 < 0.3 * ddpm1, (u1, ddpm1)
+
+
+def test_the_claim_lines_name_each_step_count_once():
+    """One line per dataset: each baseline at the fewest and the most steps, relative to u-param; with one step count
+    (--steps 1) each baseline once."""
+    distances = {("moons", "u-param", 1): 0.1, ("moons", "v-param", 1): 0.2, ("moons", "DDPM", 1): 0.4}
+    distances |= {("moons", "v-param", 10): 0.05, ("moons", "DDPM", 10): 0.3}
+    args = tm.Args(steps=[1, 10], u_steps=[1])
+    line = tm.claim_check(distances, ["moons"], args)
+    assert line == [
+        "- moons, distance relative to u-param with 1 step: "
+        + "v-param 1: 2.0x, DDPM 1: 4.0x, v-param 10: 0.5x, DDPM 10: 3.0x"
+    ]
+    line = tm.claim_check(distances, ["moons"], tm.Args(steps=[1], u_steps=[1]))[0]
+    assert line.endswith("with 1 step: v-param 1: 2.0x, DDPM 1: 4.0x")
