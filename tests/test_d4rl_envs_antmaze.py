@@ -107,6 +107,9 @@ def test_reset_start_and_goal_distribution(env_id):
     low = d4rl_xy(*GOAL_CELL[env_id])
     assert (goals >= low).all() and (goals <= low + 1.5).all()
     np.testing.assert_allclose(goals.mean(0), low + 0.75, atol=0.1)
+    # each axis its own draws: std of U(0, 1) + U(0, 0.5) is 0.32, and x and y are uncorrelated
+    assert ((0.27 < goals.std(0)) & (goals.std(0) < 0.38)).all(), goals.std(0)
+    assert abs(np.corrcoef(goals[:, 0], goals[:, 1])[0, 1]) < 0.3
     assert not np.allclose(goals[0], goals[1])  # a new goal every episode (v2_resets)
     env.reset(seed=3)
     np.testing.assert_array_equal(env.unwrapped.goal, goals[3])  # seeded

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dql
+import ofql
 from conftest import agent_and_random_batch, check_coin_flipped_q_term, move_targets_apart
 
 OBS, ACT, B = 11, 3, 64
@@ -222,6 +223,44 @@ def test_presets_are_dqls_table():
     assert dql.parse_args(["--env-id", "walker2d-medium-v2"]).grad_norm == 1.0
 
 
+# DQL's main.py, row by row (../shared/reference/reference-impls.md, 2.4): lr, eta, max-Q backup, reward_tune
+# ('no' is raw, 'normalize' a z-score), epochs of 1000 steps, gradient norm; its AntMaze rows are for the -v0 files
+DQL_MAIN_PY = {
+    "halfcheetah-medium-v2": (3e-4, 1.0, False, "raw", 2000, 9.0),
+    "hopper-medium-v2": (3e-4, 1.0, False, "raw", 2000, 9.0),
+    "walker2d-medium-v2": (3e-4, 1.0, False, "raw", 2000, 1.0),
+    "halfcheetah-medium-replay-v2": (3e-4, 1.0, False, "raw", 2000, 2.0),
+    "hopper-medium-replay-v2": (3e-4, 1.0, False, "raw", 2000, 4.0),
+    "walker2d-medium-replay-v2": (3e-4, 1.0, False, "raw", 2000, 4.0),
+    "halfcheetah-medium-expert-v2": (3e-4, 1.0, False, "raw", 2000, 7.0),
+    "hopper-medium-expert-v2": (3e-4, 1.0, False, "raw", 2000, 5.0),
+    "walker2d-medium-expert-v2": (3e-4, 1.0, False, "raw", 2000, 5.0),
+    "antmaze-umaze-v2": (3e-4, 0.5, False, "cql_antmaze", 1000, 2.0),
+    "antmaze-umaze-diverse-v2": (3e-4, 2.0, True, "cql_antmaze", 1000, 3.0),
+    "antmaze-medium-play-v2": (1e-3, 2.0, True, "cql_antmaze", 1000, 2.0),
+    "antmaze-medium-diverse-v2": (3e-4, 3.0, True, "cql_antmaze", 1000, 1.0),
+    "antmaze-large-play-v2": (3e-4, 4.5, True, "cql_antmaze", 1000, 10.0),
+    "antmaze-large-diverse-v2": (3e-4, 3.5, True, "cql_antmaze", 1000, 7.0),
+    "pen-human-v1": (3e-5, 0.15, False, "standardize", 1000, 7.0),
+    "pen-cloned-v1": (3e-5, 0.1, False, "standardize", 1000, 8.0),
+    "kitchen-partial-v0": (3e-4, 0.005, False, "raw", 1000, 10.0),
+    "kitchen-mixed-v0": (3e-4, 0.005, False, "raw", 1000, 10.0),
+}
+
+
+@pytest.mark.parametrize("env_id", DQL_MAIN_PY)
+def test_every_preset_of_a_dataset_in_dqls_table_is_its_row(env_id):
+    """DQL's presets are its main.py's rows; OFQL's ("other hyperparameters as in DQL", Appendix B) share their
+    gradient norm, max-Q backup, reward rule and steps, with Adam's 3e-4 everywhere and OFQL's own eta."""
+    lr, eta, max_q, reward_mode, epochs, grad_norm = DQL_MAIN_PY[env_id]
+    args = dql.parse_args(["--env-id", env_id])
+    got = (args.actor_lr, args.eta, args.max_q_backup, args.reward_mode, args.total_steps, args.grad_norm)
+    assert got == (lr, eta, max_q, reward_mode, epochs * 1000, grad_norm)
+    assert args.eval_episodes == (10 if env_id.startswith(("halfcheetah", "hopper", "walker2d")) else 100)
+    o = ofql.parse_args(["--env-id", env_id])
+    assert (o.max_q_backup, o.reward_mode, o.total_steps, o.grad_norm, o.actor_lr) == (*got[2:], 3e-4)
+
+
 def test_max_q_backup_takes_the_max_over_several_next_actions_of_the_ema_policy(agent_and_batch):
     """With --max-q-backup each head takes the max over num_backup_actions next actions (of the EMA policy), then the
     min of the heads; without it, one next action. The target networks differ from the trained ones here."""
@@ -239,6 +278,9 @@ def test_max_q_backup_takes_the_max_over_several_next_actions_of_the_ema_policy(
         next_q = torch.min(q1.view(B, k).amax(1), q2.view(B, k).amax(1)).unsqueeze(1)
         expected = batch.rewards + 0.99 * (1 - batch.dones) * next_q
         torch.testing.assert_close(metrics["q_target"], expected.mean())
+        q1_data, q2_data = agent.critic(batch.obs, batch.actions)  # the loss: both heads' squared errors, summed
+        loss = ((q1_data - expected) ** 2).mean() + ((q2_data - expected) ** 2).mean()
+        torch.testing.assert_close(metrics["critic_loss"], loss)
         if max_q:  # the max over the next actions matters here: their min gives another target
             low = torch.min(q1.view(B, k).amin(1), q2.view(B, k).amin(1)).unsqueeze(1)
             assert (metrics["q_target"] - (batch.rewards + 0.99 * (1 - batch.dones) * low).mean()).abs() > 1e-3

@@ -91,6 +91,9 @@ def test_script_trains_evaluates_and_writes_a_valid_run(tmp_path, hopper_file, a
         )
         assert 0 < e["return"] < 3000 and e["decision_rate"] > 0
     assert summary["train_steps_per_sec"] > 0 and summary["wall_clock_sec"] > 0
+    windows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "steps_per_sec" in r]  # 4 windows of 10 steps
+    seconds = sum(10 / r["steps_per_sec"] for r in windows)
+    assert len(windows) == 4 and summary["train_steps_per_sec"] == pytest.approx(40 / seconds, rel=1e-9)
     config = json.loads((run_dir / "config.json").read_text())
     preset = {  # the three set by the flags aside
         k: v for k, v in algo.PRESETS["hopper-medium-v2"].items() if k not in ("total_steps", "eval_episodes")

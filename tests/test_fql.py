@@ -166,6 +166,41 @@ def test_presets_follow_fqls_flags():
     assert fql.parse_args(["--env-id", "hopper-medium-v2"]).normalize_q
 
 
+# FQL's README, its exact command lines (../shared/reference/reference-impls.md, 3.4): alpha, q_agg and, for OGBench,
+# the discount; D4RL runs 500k steps, OGBench's state-based tasks 1M, both without the Q term's normaliser
+FQL_README = {
+    "antmaze-umaze-v2": (10, "mean"),
+    "antmaze-umaze-diverse-v2": (10, "mean"),
+    "antmaze-medium-play-v2": (10, "mean"),
+    "antmaze-medium-diverse-v2": (10, "mean"),
+    "antmaze-large-play-v2": (3, "mean"),
+    "antmaze-large-diverse-v2": (3, "mean"),
+    "pen-human-v1": (10000, "min"),
+    "pen-cloned-v1": (10000, "min"),
+    "door-cloned-v1": (30000, "min"),
+    "hammer-cloned-v1": (10000, "min"),
+    "relocate-cloned-v1": (30000, "min"),
+    "antmaze-large-navigate-singletask-v0": (10, "min", 0.99),
+    "antmaze-giant-navigate-singletask-v0": (10, "min", 0.995),
+    "humanoidmaze-medium-navigate-singletask-v0": (30, "mean", 0.995),
+    "humanoidmaze-large-navigate-singletask-v0": (30, "mean", 0.995),
+    "antsoccer-arena-navigate-singletask-v0": (10, "mean", 0.995),
+    "cube-single-play-singletask-v0": (300, "mean", 0.99),
+    "cube-double-play-singletask-v0": (300, "mean", 0.99),
+    "scene-play-singletask-v0": (300, "mean", 0.99),
+    "puzzle-3x3-play-singletask-v0": (1000, "mean", 0.99),
+    "puzzle-4x4-play-singletask-v0": (1000, "mean", 0.99),
+}
+
+
+@pytest.mark.parametrize("env_id", FQL_README)
+def test_every_preset_of_a_task_in_fqls_readme_is_its_command_line(env_id):
+    alpha, q_agg, *gamma = FQL_README[env_id]
+    args = fql.parse_args(["--env-id", env_id])
+    assert (args.alpha, args.q_agg, args.normalize_q) == (alpha, q_agg, False)
+    assert (args.gamma, args.total_steps) == ((gamma[0], 1_000_000) if gamma else (0.99, 500_000))
+
+
 MUJOCO_AND_KITCHEN = [e for e in fql.PRESETS if e.startswith(("halfcheetah", "hopper", "walker2d", "kitchen"))]
 
 

@@ -98,6 +98,16 @@ def test_adaptive_weight_power_one_is_meanflows_weighting(agent_and_batch):
     )
     torch.testing.assert_close(mse_p1, mse)
     assert loss_p1 < 1.0 < mse  # each row's weighted error e / (e + 1e-3) is below 1
+    # the weight is a constant (MeanFlow's sg(w)): the gradient is that of mean(e / sg(e + 1e-3)), not of e / (e + 1e-3)
+    grads = torch.autograd.grad(loss_p1, list(agent.actor.parameters()))
+    torch.manual_seed(1)  # the loss's draws: (t, r), then the noise
+    t, r = ofql.sample_t_r(B, args.flow_ratio, args.time_mu, args.time_sigma, "cpu")
+    eps = torch.randn_like(batch.actions)
+    u, u_tgt = ofql.meanflow_target(lambda a_t, r, t: agent.actor(a_t, r, t, batch.obs), batch.actions, eps, r, t)
+    err = (u - u_tgt).pow(2).mean(dim=-1)
+    expected = torch.autograd.grad((err / (err.detach() + 1e-3)).mean(), list(agent.actor.parameters()))
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e)
 
 
 def test_one_step_action_is_differentiable_and_bounded(agent_and_batch):
@@ -145,6 +155,9 @@ def test_critic_target_with_and_without_max_q_backup(agent_and_batch):
         next_q = torch.min(q1.view(B, k).amax(1), q2.view(B, k).amax(1)).unsqueeze(1)
         expected = batch.rewards + 0.99 * (1 - batch.dones) * next_q
         torch.testing.assert_close(metrics["q_target"], expected.mean())
+        q1, q2 = agent.critic(batch.obs, batch.actions)  # the loss: both heads' squared errors, summed (DQL's)
+        loss = ((q1 - expected) ** 2).mean() + ((q2 - expected) ** 2).mean()
+        torch.testing.assert_close(metrics["critic_loss"], loss)
 
 
 def test_terminal_transitions_do_not_bootstrap(agent_and_batch):

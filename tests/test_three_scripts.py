@@ -130,6 +130,28 @@ def test_all_three_evaluate_a_policy_identically():
     assert results[0]["return"] != 0 and results[1] == results[0] and results[2] == results[0]
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_evaluation_resets_env_i_of_each_member_with_its_seed_plus_100_plus_i(module, monkeypatch):
+    """Each of a member's evaluation episodes starts from its own seed (the same in every evaluation of the run), for
+    each evaluated policy; member m's results are its own envs' episodes (a sweep's envs are member-major)."""
+    calls = []
+
+    def run_episodes(policy, envs, seeds, device):
+        calls.append(list(seeds))
+        return np.arange(envs.num_envs, dtype=float) + 10 * len(calls), np.full(envs.num_envs, np.nan), 1.0
+
+    class Source:
+        def member(self, m):
+            return offline_data.DataSource({}, "", 11, 3, None, "Hopper-v4", 0.0, 100.0)
+
+    monkeypatch.setattr(offline_data, "run_episodes", run_episodes)
+    members = [module.Args(env_id="hopper-medium-v2", seed=3), module.Args(env_id="hopper-medium-v2", seed=8)]
+    envs = type("Envs", (), {"num_envs": 4})()
+    first, second = module.evaluate([None, None], envs, Source(), members, torch.device("cpu"))
+    assert calls == [[103, 104, 108, 109]] * 2
+    assert (first["return"], second["return"], second["policy_return"]) == (10.5, 12.5, 22.5)
+
+
 @pytest.mark.parametrize("module", [ofql, dql])
 def test_dql_and_ofql_share_dqls_ema_rule(module):
     """One rule (DQL's code, whose step counter starts at 0): the EMA policy keeps its initial network for 1000
