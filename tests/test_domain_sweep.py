@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ import sweep
 from conftest import ROOT, record_d4rl_file
 
 SCRIPTS = {"ofql": ofql, "dql": dql, "fql": fql}
+DomainBuffer = sweep.DomainBuffer
 TIMING = ("steps_per_sec", "eval/decision_rate")
 FLAGS = ["--no-cuda", "--batch-size", "32", "--eval-episodes", "2", "--log-every", "10", "--num-candidates", "2"]
 A, B = "hopper-medium-v2", "hopper-medium-replay-v2"  # OFQL's and DQL's presets: grad_norm 9 and 4
@@ -163,6 +165,23 @@ def test_evaluation_scores_each_member_in_its_own_env_by_its_own_references(file
     assert results[1]["return"] == pytest.approx(10.0 * results[0]["return"])
     assert results[1]["score"] == pytest.approx(results[1]["return"] / 10.0)
     assert results[0]["score"] == pytest.approx(offline_data.normalized_score(A, results[0]["return"]))
+
+
+def test_a_members_own_reward_rule_shapes_its_rewards(tmp_path, files, monkeypatch):
+    """Each dataset's reward rule is its own (AntMaze's and Adroit's presets differ from MuJoCo's): member 1's rule
+    changes its numbers and not member 0's, and its rewards are its dataset's under that rule."""
+    monkeypatch.chdir(tmp_path)
+    base = ofql.parse_args(["--env-id", A, "--dataset-path", files["a"], "--total-steps", "20", "--eval-every", "20"]
+                           + FLAGS)  # fmt: skip
+    buffers, logs = [], []
+    monkeypatch.setattr(sweep, "DomainBuffer", lambda *a: buffers.append(DomainBuffer(*a)) or buffers[-1])
+    for mode in ("raw", "standardize"):
+        other = dataclasses.replace(base, env_id=B, dataset_path=files["b"], seed=1, reward_mode=mode)
+        logs.append([records(path) for path in sweep.train(ofql, [base, other], f"rewards_{mode}")])
+    assert logs[0][0] == logs[1][0] and logs[0][1][-1]["critic_loss"] != logs[1][1][-1]["critic_loss"]
+    start, size = int(buffers[1].starts[1]), buffers[1].member_sizes[1]
+    expected = offline_data.load(B, files["b"], "standardize").data["rewards"]
+    np.testing.assert_allclose(buffers[1].rewards[start : start + size].squeeze(1).numpy(), expected, rtol=1e-6)
 
 
 def test_a_members_own_gamma_enters_its_losses(tmp_path, files, monkeypatch):

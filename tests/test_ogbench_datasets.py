@@ -105,6 +105,19 @@ def test_the_scripts_train_on_ogbench_own_relabelling(files, env_id):
     assert source.scored_by_success and source.obs_dim == train["observations"].shape[1]
 
 
+def test_another_task_of_a_family_relabels_the_familys_data_for_itself(files):
+    """puzzle-3x3's file under task 1, not the family's default task 4: ogbench's rewards and masks for task 1."""
+    task1, folder = PUZZLE.replace("task4", "task1"), os.path.dirname(files[PUZZLE])
+    theirs = {}
+    for env_id in (task1, PUZZLE):
+        env, theirs[env_id], _ = ogbench.make_env_and_datasets(env_id, dataset_dir=folder)
+        remove_model_file(env).close()
+    assert not np.array_equal(theirs[task1]["rewards"], theirs[PUZZLE]["rewards"])  # the task shows in the numbers
+    source = offline_data.load(task1, folder)
+    np.testing.assert_array_equal(source.data["rewards"], theirs[task1]["rewards"])
+    np.testing.assert_array_equal(1.0 - source.data["terminals"], theirs[task1]["masks"])
+
+
 def ogbench_scores_success(env_name: str, env) -> bool:
     """ogbench's own verdict on the env's current state: its single-task relabelling of that one state."""
     state = {"qpos": env.unwrapped.data.qpos[None].copy()}

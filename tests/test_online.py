@@ -361,3 +361,27 @@ def test_no_online_member_depends_on_another_members_weight(tmp_path, hopper_fil
         assert all(torch.equal(online[0][m][f], online[1][m][f]) for f in bookkeeping.ONLINE_FIELDS)
     assert records(first[2])[-1]["actor_loss"] != records(second[2])[-1]["actor_loss"]  # the changed one did change
     assert not torch.equal(online[0][0]["obs"], online[0][1]["obs"])  # and the members are not copies
+    env = offline_data.eval_env_factory("hopper-medium-v2")()
+    for m, args in enumerate(grid):  # each member's env first reset with its own seed + 200
+        start = torch.as_tensor(env.reset(seed=args.seed + 200)[0], dtype=torch.float32)
+        torch.testing.assert_close(online[0][m]["obs"][0], start)
+    env.close()
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_balanced_sampling_reaches_the_runs_buffer_and_a_sweeps(tmp_path, hopper_file, monkeypatch, name):
+    """--balanced-sampling (FQL's flag): the buffer a run and a sweep train from draws half of each online batch from
+    the envs' transitions."""
+    monkeypatch.chdir(tmp_path)
+    module, built = SCRIPTS[name], []
+
+    class Recorded(module.OfflineBuffer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(module, "OfflineBuffer", Recorded)
+    args = module.parse_args(flags(hopper_file, "--total-steps", "5", "--online-steps", "5", "--balanced-sampling"))
+    module.train(args)
+    sweep.train(module, [args, dataclasses.replace(args, seed=1)], "balanced")
+    assert [b.balanced for b in built] == [True, True]

@@ -213,6 +213,25 @@ def test_evaluation_noise_is_its_own_and_leaves_trainings_generator_alone(hopper
     assert [r["return"] for r in first] == [r["return"] for r in second]
 
 
+@pytest.mark.parametrize("name", ["ofql", "dql", "fql"])
+def test_each_members_networks_start_as_a_lone_run_with_its_seed(name):
+    """Member m's slice of every stacked network is what the script's make_agent gives after seeding with its seed;
+    the generators are left as the first member's lone run leaves them."""
+    module = {"ofql": ofql, "dql": dql, "fql": fql}[name]
+    members = [module.Args(seed=3), module.Args(seed=8)]
+    stacked = sweep.Members(module, members).make_agent(11, 3, members[0], torch.device("cpu"))
+    after = torch.rand(4)
+    for m, args in enumerate(members):
+        torch.manual_seed(args.seed)
+        lone = module.make_agent(11, 3, args, torch.device("cpu"))
+        if m == 0:
+            torch.testing.assert_close(torch.rand(4), after, rtol=0, atol=0)
+        for field in dataclasses.fields(lone):
+            if isinstance(getattr(lone, field.name), torch.nn.Module):
+                for key, p in getattr(lone, field.name).named_parameters():
+                    torch.testing.assert_close(getattr(stacked, field.name).get_parameter(key)[m], p.detach())
+
+
 def test_the_batched_policy_gives_each_member_its_own_rows(hopper_file):
     """select_action for 2 members x 3 envs, member-major: member 0's output bias at +10 (u large: its actions clip
     to -1), member 1's at -10 (+1); rows 0-2 must be member 0's, rows 3-5 member 1's."""

@@ -159,3 +159,33 @@ def test_a_run_evaluates_in_workers_as_in_this_process(tmp_path, monkeypatch):
         summary = json.load(open(ofql.train(ofql.parse_args(flags + ["--exp-name", f"cores{cores}"]))))
         evaluations.append([{k: v for k, v in e.items() if k != "decision_rate"} for e in summary["evaluations"]])
     assert len(made) == 1 and evaluations[0] == evaluations[1]  # all but the timing
+
+
+class Countdown(gym.Env):
+    """Reward 1 each step; the episode ends after `length` steps (terminated), with info['success'] = length."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, length):
+        self.length = length
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        done = self.t >= self.length
+        return np.zeros(1, np.float32), 1.0, done, False, {"success": float(self.length)} if done else {}
+
+
+def test_an_episode_counts_only_its_own_steps_while_the_others_run_on():
+    """Episodes of 2 and 5 steps side by side: the first env's return stops at its end (its autoreset steps after it
+    count for nothing), and each success is its own episode's last step's."""
+    envs = gym.vector.SyncVectorEnv([lambda: Countdown(2), lambda: Countdown(5)])
+    returns, successes, _ = offline_data.run_episodes(lambda obs: torch.zeros(len(obs), 1), envs, [0, 1], "cpu")
+    envs.close()
+    np.testing.assert_array_equal(returns, [2.0, 5.0])
+    np.testing.assert_array_equal(successes, [2.0, 5.0])
