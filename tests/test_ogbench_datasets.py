@@ -118,6 +118,15 @@ def test_another_task_of_a_family_relabels_the_familys_data_for_itself(files):
     np.testing.assert_array_equal(1.0 - source.data["terminals"], theirs[task1]["masks"])
 
 
+def test_each_familys_default_task_is_the_one_ogbench_runs_for_the_id_without_a_task():
+    """OGBENCH_FAMILIES' numbers: the task ogbench's own env picks for `<family>-singletask-v0`."""
+    for family, task in offline_data.ogbench_datasets.OGBENCH_FAMILIES.items():
+        env = offline_data.ogbench_datasets.make_ogbench_env(f"{family}-singletask-v0")
+        env.reset(seed=0)
+        assert env.unwrapped._reward_task_id == task, family
+        env.close()
+
+
 def ogbench_scores_success(env_name: str, env) -> bool:
     """ogbench's own verdict on the env's current state: its single-task relabelling of that one state."""
     state = {"qpos": env.unwrapped.data.qpos[None].copy()}
