@@ -328,7 +328,7 @@ class Runs:
             check_flags(vars(args))
         self.script, self.members, self.sweep, self.size = script, members, sweep, len(members)
         self.args, self.failed, self.video, self.train_time = members[0], {}, None, 0.0
-        self.dirs, self.made, self.made_root = [], [], not os.path.exists("runs")
+        self.dirs, self.made = [], ([] if os.path.exists("runs") else ["runs"])  # what this run makes
         for args in members:
             if args.resume and not os.path.isfile(args.resume):
                 self.remove_made()
@@ -348,12 +348,9 @@ class Runs:
             self.made.append(self.dirs[-1])
 
     def remove_made(self) -> None:
-        for run_dir in self.made:
+        for run_dir in reversed(self.made):  # the run folders, then runs/ if this run made it
             with contextlib.suppress(OSError):
                 os.rmdir(run_dir)  # only ever removes an empty folder
-        if self.made and self.made_root:
-            with contextlib.suppress(OSError):
-                os.rmdir("runs")  # made by this run: removed if it is empty
 
     @contextlib.contextmanager
     def removed_on_failure(self):
