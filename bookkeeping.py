@@ -53,11 +53,8 @@ def check_flags(flags: dict) -> None:
             continue
         bound = next((b for b, names in FLAG_RANGES.items() if name in names.split()), "(-inf, inf)")
         low, high = (float(x) for x in bound[1:-1].split(","))
-        if not (
-            (type(value) is int or math.isfinite(value))
-            and (low < value or low == value and bound[0] == "[")
-            and value <= high
-        ):
+        finite = type(value) is int or math.isfinite(value)
+        if not (finite and (low < value or low == value and bound[0] == "[") and value <= high):
             raise UserError(f"--{name.replace('_', '-')} must be a number in {bound}, not {value}")
 
 
@@ -590,12 +587,13 @@ class Runs:
 # ---------------------------------------------------------------------------------------------------------------
 # The command line of a script
 # ---------------------------------------------------------------------------------------------------------------
-def main(script: str, run: Callable[[], str]) -> None:
-    """`python <script>`: run() (parse the flags and train; -> the summary.json path), SIGTERM handled as SIGINT,
-    any stop in one line on stderr: bad input or a refused write, exit code 2; SIGINT or SIGTERM, 130 or 143."""
+def main(script: str, run: Callable[[], str | list[str]]) -> None:
+    """`python <script>`: run() (parse the flags and train; -> the summary.json path, or a sweep's), SIGTERM handled as
+    SIGINT, any stop in one line on stderr: bad input or a refused write, exit code 2; SIGINT or SIGTERM, 130 or 143."""
     stop_on_sigterm()  # outside training steps too: one line, not a silent end
     try:
-        print(f"summary: {run()}")
+        summaries = run()
+        print("\n".join(f"summary: {path}" for path in ([summaries] if isinstance(summaries, str) else summaries)))
     except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM
         stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
         print(f"{os.path.basename(script)}: {stop}: {str(e) or 'no checkpoint was written'}", file=sys.stderr)

@@ -65,7 +65,7 @@ class Args:
 
     # Algorithm specific arguments (the defaults shown by --help are the presets of --env-id)
     total_steps: int = 2_000_000
-    """the number of gradient steps on the dataset, the offline phase (preset)"""
+    """the number of gradient steps on the dataset, the offline phase"""
     online_steps: int = 0
     """then this many env steps, one update after each (FQL's offline-to-online protocol)"""
     online_candidates: int = 1
@@ -75,38 +75,38 @@ class Args:
     batch_size: int = 256
     """the transitions drawn from the data for each gradient step (each member's, in a sweep)"""
     actor_lr: float = 3e-4
-    """the learning rate of the policy optimizer (preset)"""
+    """the learning rate of the policy optimizer"""
     critic_lr: float = 3e-4
     """the learning rate of the Q-network optimizer"""
     gamma: float = 0.99
-    """the discount factor gamma (preset)"""
+    """the discount factor gamma"""
     tau: float = 0.005
     """the Polyak rate of the target Q-networks, applied every step"""
     alpha: float = 10.0
-    """the weight of the distillation term in the actor loss (FQL's alpha; the Q term has weight 1) (preset)"""
+    """the weight of the distillation term in the actor loss (FQL's alpha; the Q term has weight 1)"""
     flow_steps: int = 10
     """the Euler steps of the BC flow that produce the distillation target"""
     q_agg: Literal["mean", "min"] = "mean"
-    """how the two target Q-heads are combined in the critic target (preset)"""
+    """how the two target Q-heads are combined in the critic target"""
     normalize_q: bool = True
-    """if toggled, the Q term is divided by the constant E|Q| (FQL's normalize_q_loss) (preset)"""
+    """if toggled, the Q term is divided by the constant E|Q| (FQL's normalize_q_loss)"""
     max_q_backup: bool = False
-    """if toggled, the critic target takes the max over `num_backup_actions` next actions per head (preset)"""
+    """if toggled, the critic target takes the max over `num_backup_actions` next actions per head"""
     num_backup_actions: int = 10
     """the number of next actions of the max-Q backup"""
     reward_mode: Literal["raw", "cql_antmaze", "iql_antmaze", "standardize"] = "raw"
-    """reward transform: raw, (r - 0.5) * 4 (CQL's AntMaze rule), r - 1 (IQL's), or (r - mean) / std (preset)"""
+    """reward transform: raw, (r - 0.5) * 4 (CQL's AntMaze rule), r - 1 (IQL's), or (r - mean) / std"""
     grad_norm: float = 0.0
-    """the max gradient norm of the actor and of the critic; 0 disables clipping (preset)"""
+    """the max gradient norm of the actor and of the critic; 0 disables clipping"""
 
     # Evaluation and logging
     eval_every: int = 50_000
-    """evaluate (and checkpoint) every this many gradient steps, and at the last step (preset)"""
+    """evaluate (and with --save-model checkpoint) every this many gradient steps, and at the last step"""
     eval_episodes: int = 10
-    """the number of evaluation episodes, run in parallel in a vector env (preset)"""
+    """the number of evaluation episodes, run in parallel in a vector env"""
     num_candidates: int = 1
     """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample,
-    which is evaluated too when there are more (eval/policy_score) (preset)"""
+    which is evaluated too when there are more (eval/policy_score)"""
     log_every: int = 1000
     """print and record the mean training metrics every this many steps"""
 
@@ -334,7 +334,7 @@ def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict
     number. Returns detached metrics. Nothing here reads a value back to the host."""
     batch = batch._replace(actions=batch.actions.clamp(-1 + 1e-5, 1 - 1e-5))  # FQL's loaders clip the data's actions
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
-    agent.critic.requires_grad_(False)  # the Q term's gradient reaches the actor only, not the critic's weights
+    agent.critic.requires_grad_(False)  # the actor's backward skips the critic's weights (no use for their grads)
     actor_loss, actor_metrics = actor_loss_fn(agent, batch, args)
     agent.critic.requires_grad_(True)
     metrics["actor_grad_norm"] = optimizer_step(agent.actor_optimizer, agent.actor, actor_loss, args.grad_norm)
@@ -392,7 +392,7 @@ def select_action(agent: Agent, obs: torch.Tensor, num_candidates: int) -> torch
     if num_candidates == 1:
         return actions[:, 0]
     q = torch.min(*agent.critic_target(obs_rep, actions.flatten(0, 1))).view(len(obs), num_candidates)
-    # softmax(q) drawn as argmax(q - log E), E ~ Exp(1): torch.multinomial's numbers without its host-side check
+    # softmax(q) drawn as argmax(q - log E), E ~ Exp(1): the distribution of torch.multinomial, no host sync
     idx = (q - torch.empty_like(q).exponential_().log()).argmax(dim=-1)
     return actions[torch.arange(len(obs), device=obs.device), idx]
 
@@ -421,7 +421,7 @@ def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[A
     episodes = envs.num_envs // len(members)
     results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
-        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(members[0].seed + 100)  # in a sweep, member m's noise is slice m of each draw
             returns, successes, decision_rate = offline_data.run_episodes(policy, envs, seeds, device)
         for m, (r, s) in enumerate(zip(returns.reshape(len(members), -1), successes.reshape(len(members), -1))):
@@ -434,12 +434,10 @@ def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[A
 # Training step on CUDA: the fast path, a CUDA graph replay per iteration (--no-cuda-graph: eager, as on the CPU)
 # ---------------------------------------------------------------------------------------------------------------
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
-    """Adam's capturable mode keeps step counts on the device, as capture needs (set after a resume: it resets it)."""
+    """Adam's capturable mode, which capturing a CUDA graph needs (set after a resume: loading a checkpoint restores
+    the saved run's mode). Fused Adam keeps its step counts on the parameters' device in either mode."""
     for group in optimizer.param_groups:
         group["capturable"] = capturable
-    for p, state in optimizer.state.items():
-        if "step" in state:
-            state["step"] = state["step"].to(p.device if capturable else "cpu")
 
 
 def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], Any]:
@@ -496,7 +494,8 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
 
     buffer = OfflineBuffer(source.data, device, args.online_steps, runs.size, args.balanced_sampling)
     agent = make_agent(source.obs_dim, source.act_dim, args, device)
-    num_envs = runs.size * args.eval_episodes  # the first env records an episode per evaluation (--capture-video)
+    num_envs = runs.size * args.eval_episodes  # in a sweep, member-major
+    # None where the data have no env; with --capture-video the first env records an episode per evaluation
     envs = offline_data.evaluation_envs(source.make_env, num_envs, runs.video_folder)
     online_envs = args.online_steps and offline_data.OnlineEnvs(source, [a.seed + 200 for a in runs.members], device)
     if source.limitation:

@@ -156,9 +156,7 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
         if len(sweep.resume) != len(members):
             raise UserError(f"--resume needs one checkpoint per member: {len(members)}, not {len(sweep.resume)}")
         members = [dataclasses.replace(m, resume=path) for m, path in zip(members, sweep.resume)]
-    for member in members:
-        bookkeeping.check_flags(vars(member))
-    return script, sweep, members
+    return script, sweep, members  # their flags are checked by bookkeeping.Runs, before anything is written
 
 
 def datasets_args(script, sweep: Args, rest: list[str]) -> list:
@@ -237,7 +235,7 @@ class Members:
     def __init__(self, script, member_args: list):
         self.script, self.member_args, self.size = script, member_args, len(member_args)
         replaced = {name: self.vectorized(getattr(script, name)) for name in script.SWEEP_REPLACES}
-        self.update_all = rebind(script.update, **{**replaced, "optimizer_step": self.optimizer_step})
+        self.update = rebind(script.update, **{**replaced, "optimizer_step": self.optimizer_step})  # for all members
         self.make_policy = rebind(script.make_policy, select_action=self.select_action)
 
     def make_agent(self, obs_dim: int, act_dim: int, args, device: torch.device):
@@ -277,10 +275,6 @@ class Members:
         batched, sample_one, members = copy.copy(buffer), buffer.sample, torch.arange(self.size, device=buffer.device)
         batched.sample = lambda size, **kw: vmap(lambda m: sample_one(size, m, **kw), randomness="different")(members)
         return batched
-
-    def update(self, agent, batch, args, step: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The script's update() for every member: metrics of shape (members,)."""
-        return self.update_all(agent, batch, args, step)
 
     def vectorized(self, loss_fn):
         """loss_fn(agent, batch, args) for every member: a batch per member, each with its own weight in args."""
@@ -351,11 +345,9 @@ def rebind(fn, **names):
 # ---------------------------------------------------------------------------------------------------------------
 # Training: the script's own train(), for all members
 # ---------------------------------------------------------------------------------------------------------------
-def train(script, member_args: list, sweep_name: str, resume: list[str] | None = None) -> list[str]:
-    """Train the members together (with `resume`, from their checkpoints) in the script's train(); returns their
+def train(script, member_args: list, sweep_name: str) -> list[str]:
+    """Train the members together (each from its --resume checkpoint, if any) in the script's train(); returns their
     summary.json paths."""
-    if resume:
-        member_args = [dataclasses.replace(a, resume=path) for a, path in zip(member_args, resume)]
     keys = [(a.env_id, a.dataset_path, a.reward_mode) for a in member_args]
     if len(set(keys)) > 1 and getattr(member_args[0], "online_steps", 0):
         raise UserError("--online-steps with --env-ids: fine-tune each dataset's members in a sweep of its own")
@@ -382,13 +374,10 @@ def sweep_name(script, sweep: Args, member_args: list) -> str:
     return name + (f"__shard{sweep.shard.replace('/', 'of')}" if sweep.shard != "0/1" else "")
 
 
+def main() -> list[str]:
+    script, sweep, member_args = parse_args(sys.argv[1:])
+    return train(script, member_args, sweep_name(script, sweep, member_args))
+
+
 if __name__ == "__main__":
-    bookkeeping.stop_on_sigterm()  # outside training steps too: one line, not a silent end
-    try:
-        script, sweep, member_args = parse_args(sys.argv[1:])
-        for path in train(script, member_args, sweep_name(script, sweep, member_args)):
-            print(f"summary: {path}")
-    except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT/SIGTERM
-        stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
-        print(f"sweep.py: {stop}: {str(e) or 'stopped'}", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)
+    bookkeeping.main(__file__, main)  # any stop in one line: exit code 2, or 130/143 (signals)

@@ -80,7 +80,7 @@ def test_a_domain_sweep_saves_and_resumes_bit_for_bit(tmp_path, files, monkeypat
     paths = [os.path.join(os.path.dirname(p), "checkpoint.pt") for p in part]
     older = torch.load(paths[0], weights_only=True)
     torch.save({**older, "online": {k: torch.zeros(0, 1) for k in bookkeeping.ONLINE_FIELDS}}, paths[0])
-    resumed = sweep.train(script, [dataclasses.replace(m, resume=p) for m, p in zip(members, paths)], "part", paths)
+    resumed = sweep.train(script, [dataclasses.replace(m, resume=p) for m, p in zip(members, paths)], "part")
     assert [records(p) for p in resumed] == whole and [r["step"] for r in whole[1]] == [10, 20]
 
 
@@ -161,7 +161,7 @@ def test_evaluation_scores_each_member_in_its_own_env_by_its_own_references(file
     source = offline_data.MemberSources([a, a._replace(make_env=ten_times, ref_min=0.0, ref_max=1000.0)])
     envs = offline_data.evaluation_envs(source.make_env, 4)
     still = lambda obs: torch.zeros(len(obs), a.act_dim)
-    results = ofql.evaluate([still], envs, source, [ofql.Args(seed=0)] * 2, "cpu")
+    results = ofql.evaluate([still], envs, source, [ofql.Args(seed=0)] * 2, torch.device("cpu"))
     assert results[1]["return"] == pytest.approx(10.0 * results[0]["return"])
     assert results[1]["score"] == pytest.approx(results[1]["return"] / 10.0)
     assert results[0]["score"] == pytest.approx(offline_data.normalized_score(A, results[0]["return"]))

@@ -226,6 +226,25 @@ def test_online_batches_come_from_the_data_and_the_envs_own_transitions(balanced
     assert not (buffer.sample(500).obs >= 1000).any()  # the offline phase: the dataset only
 
 
+def test_ofqls_flow_rows_and_average_velocity_rows_each_hold_data_and_online_transitions(monkeypatch):
+    """A balanced batch comes as dataset rows, then online rows; MeanFlow's r = t rows (a random half) must not be the
+    first half, or the average velocity (r < t) would be learnt from online transitions only."""
+    buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, balanced=True)
+    add_marked(buffer, 10)
+    seen, target = [], ofql.meanflow_target
+    monkeypatch.setattr(
+        ofql, "meanflow_target", lambda u_fn, a, eps, r, t: seen.append(r == t) or target(u_fn, a, eps, r, t)
+    )
+    torch.manual_seed(0)
+    for _ in range(20):
+        batch = buffer.sample(256, online=True)
+        ofql.behavior_cloning_loss(ofql.Actor(4, 2), batch.obs, batch.actions, ofql.Args())
+        online = (batch.obs[:, 0] >= 1000).unsqueeze(1)
+        flow = seen[-1]
+        assert (flow & ~online).sum() > 30 and (flow & online).sum() > 30 and flow.sum() == 128  # of 64 expected
+        assert (~flow & ~online).sum() > 30 and (~flow & online).sum() > 30
+
+
 def test_each_sweep_member_draws_from_its_own_envs_transitions():
     """A sweep's buffer (two members, an env each): member m's online batch holds the dataset's rows and env m's."""
     members = sweep.Members(ofql, [ofql.Args()] * 2)

@@ -185,7 +185,9 @@ def test_evaluation_steps_every_members_episodes_as_the_script_would(hopper_file
     envs = gym.vector.SyncVectorEnv([source.make_env] * 4)
     together = ofql.evaluate([policy], envs, source, members, torch.device("cpu"))
     for args, result in zip(members, together):
-        (alone,) = ofql.evaluate([policy], gym.vector.SyncVectorEnv([source.make_env] * 2), source, [args], "cpu")
+        (alone,) = ofql.evaluate(
+            [policy], gym.vector.SyncVectorEnv([source.make_env] * 2), source, [args], torch.device("cpu")
+        )
         assert {k: v for k, v in result.items() if k != "decision_rate"} == {
             k: v for k, v in alone.items() if k != "decision_rate"
         }
@@ -337,9 +339,7 @@ def test_a_stopped_sweep_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch)
     whole = [records(p) for p in sweep.train(ofql, grid, "whole")]
     first = sweep.train(ofql, [dataclasses.replace(a, total_steps=20) for a in grid], "part")
     checkpoints = [os.path.join(os.path.dirname(p), "checkpoint.pt") for p in first]
-    resumed = sweep.train(
-        ofql, [dataclasses.replace(a, resume=c) for a, c in zip(grid, checkpoints)], "part", checkpoints
-    )
+    resumed = sweep.train(ofql, [dataclasses.replace(a, resume=c) for a, c in zip(grid, checkpoints)], "part")
     assert [os.path.dirname(p) for p in resumed] == [os.path.dirname(p) for p in first]
     assert [records(p) for p in resumed] == whole
     assert [e["step"] for e in json.load(open(resumed[1]))["evaluations"]] == [20, 40]

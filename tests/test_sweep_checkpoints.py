@@ -98,7 +98,7 @@ def test_a_failed_members_checkpoint_is_saved_and_it_stays_failed_when_resumed(
     assert len(scores) == 2 and all(re.search(r"eval/score -?\d+\.\d -$", line) for line in scores), scores
     longer = [dataclasses.replace(m, total_steps=30, resume=p) for m, p in zip(members, paths)]
     with pytest.raises(UserError, match=f"1 of 2 members failed: .*__bad__.*: {reason}$"):
-        sweep.train(ofql, longer, "failing", paths)
+        sweep.train(ofql, longer, "failing")
     good, bad = (os.path.dirname(p) for p in paths)
     assert [r["step"] for r in records(good)] == [10, 20, 30] and records(bad) == []
     assert json.load(open(f"{bad}/summary.json"))["error"] == reason
@@ -116,10 +116,10 @@ def test_resume_errors_name_each_members_file(tmp_path, hopper_file, monkeypatch
     state = torch.load(paths[1], weights_only=True)
     torch.save({**state, "step": 5}, paths[1])
     with pytest.raises(UserError, match=re.escape(f"steps: {paths[0]} (step 10), {paths[1]} (step 5)")):
-        sweep.train(ofql, resumed, "named", paths)
+        sweep.train(ofql, resumed, "named")
     torch.save({k: v for k, v in state.items() if k != "critic"}, paths[1])
     with pytest.raises(UserError, match=re.escape(paths[1])):
-        sweep.train(ofql, resumed, "named", paths)
+        sweep.train(ofql, resumed, "named")
 
 
 def test_summary_json_is_written_whole_or_not_at_all(tmp_path, hopper_file, monkeypatch):

@@ -258,6 +258,24 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @cuda
+@pytest.mark.parametrize("first, then", [("--cuda-graph", "--no-cuda-graph"), ("--no-cuda-graph", "--cuda-graph")])
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
+def test_a_cuda_checkpoint_of_either_path_resumes_on_the_other(module, hopper_file, tmp_path, monkeypatch, first, then):
+    """Fused Adam keeps its step counts on the GPU in both modes: a resume that switches between the graph path
+    (capturable Adam) and the eager one (plain fused Adam) trains on, its numbers finite."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-every", "10"]
+    flags += ["--eval-episodes", "1", "--num-candidates", "1", "--batch-size", "16", "--log-every", "5", "--save-model"]
+    run_dir = os.path.dirname(module.train(module.parse_args(flags + ["--total-steps", "10", first])))
+    resumed = flags + ["--total-steps", "20", then, "--resume", f"{run_dir}/checkpoint.pt"]
+    module.train(module.parse_args(resumed))
+    with open(f"{run_dir}/metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records if "eval/score" in r][-2:] == [10, 20]
+    assert all(math.isfinite(v) for r in records for v in r.values() if isinstance(v, float))
+
+
+@cuda
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_cuda_graph_replays_compute_the_eager_iterations(module):
     """Same initial networks and seed: the fast path (3 eager warm-up iterations on a side stream, a capture, replays)
