@@ -265,9 +265,9 @@ def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False) -> dict[str, np
             raise DatasetError(f"{path}: '{key}' has shape {data[key].shape}, {env_id} needs {shape}")
     for key in ("rewards", "terminals", "timeouts"):
         if key in data:
+            if data[key].shape not in ((n,), (n, 1)):
+                raise DatasetError(f"{path}: '{key}' has shape {data[key].shape}; {n} observations need ({n},)")
             data[key] = data[key].reshape(-1)  # d4rl squeezes (N, 1) to (N,)
-            if len(data[key]) != n:
-                raise DatasetError(f"{path}: '{key}' has {len(data[key])} rows, 'observations' has {n}")
     if not all(np.isfinite(data[k]).all() for k in ("observations", "actions", "rewards")):
         raise DatasetError(f"{path} contains NaN or infinite values")
     for key in ("terminals", "timeouts"):

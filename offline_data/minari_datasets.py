@@ -44,13 +44,18 @@ MINARI_DOWNLOAD_PACKAGE = "huggingface_hub"  # what minari.download_dataset impo
 
 
 def open_minari(dataset_id: str):
-    """The local dataset under $MINARI_DATASETS_PATH (default ~/.minari/datasets), downloaded first if missing."""
+    """The local dataset under $MINARI_DATASETS_PATH (default ~/.minari/datasets), downloaded first if missing: the
+    dataset, its episodes and its folder."""
     try:
         import minari
         from minari.storage import get_dataset_path
     except ImportError:
         raise DatasetError(f"{dataset_id} is a Minari dataset: pip install minari gymnasium-robotics") from None
-    if not os.path.isdir(os.path.join(get_dataset_path(dataset_id), "data")):
+    try:
+        local = os.path.isdir(os.path.join(get_dataset_path(dataset_id), "data"))
+    except OSError as e:  # MINARI_DATASETS_PATH a file, or a folder that cannot be made
+        raise DatasetError(f"Minari's dataset folder cannot be used ({type(e).__name__}: {e})") from None
+    if not local:
         try:
             minari.download_dataset(dataset_id)
         except ImportError as e:  # minari downloads from Hugging Face with the package of its [hf] extra
@@ -64,8 +69,9 @@ def open_minari(dataset_id: str):
                 f"({type(e).__name__}: {e}); run `minari download {dataset_id}` where there is network "
                 "access, and point MINARI_DATASETS_PATH at the folder that holds it".replace("\n", " ")
             ) from None
-    try:
-        return minari.load_dataset(dataset_id), str(get_dataset_path(dataset_id))
+    try:  # its episodes are read here: a damaged file shows only when they are
+        dataset = minari.load_dataset(dataset_id)
+        return dataset, list(dataset.iterate_episodes()), str(get_dataset_path(dataset_id))
     except Exception as e:  # a damaged or half-downloaded copy
         why = " ".join(f"{type(e).__name__}: {e}".split())
         raise DatasetError(
@@ -78,12 +84,12 @@ def load_minari(dataset_id: str) -> "DataSource":
     """Every step of every episode (next observations from the episode's own T + 1 observations, so nothing is lost
     at timeouts; terminals = terminations), the dataset's evaluation env with observations flattened as the data,
     and its reference returns (None where the dataset stores none)."""
-    dataset, path = open_minari(dataset_id)
+    dataset, episodes, path = open_minari(dataset_id)
     obs_space, act_space = dataset.observation_space, dataset.action_space
     if not (isinstance(act_space, gym.spaces.Box) and (act_space.low == -1).all() and (act_space.high == 1).all()):
         raise DatasetError(f"{dataset_id}: the policies act in [-1, 1]; the dataset's action space is {act_space}")
     parts = {k: [] for k in ("observations", "actions", "next_observations", "rewards", "terminals")}
-    for episode in dataset.iterate_episodes():
+    for episode in episodes:
         obs, steps = flatten_observation(obs_space, episode.observations), len(episode.rewards)
         parts["observations"].append(obs[:-1])
         parts["next_observations"].append(obs[1:])

@@ -3,6 +3,7 @@ download, its cache ~/.ogbench/data, its loader and its single-task relabelling)
 the success rate, from the final step's info['success'] of each episode."""
 
 import functools
+import http.client
 import os
 import urllib.error
 import warnings
@@ -98,20 +99,29 @@ def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
     files = [where.get("dataset_path") or os.path.join(where["dataset_dir"], f"{name}.npz")]
     files.append(files[0].replace(".npz", "-val.npz"))
     try:
+        if "dataset_dir" in where:  # what the folder lacks, ogbench downloads: its own step, so a failure is named
+            ogbench.download_datasets([name], where["dataset_dir"])
         train, _ = ogbench.make_env_and_datasets(env_id, dataset_only=True, cur_env=env, **where)
-    except urllib.error.URLError as e:  # not in the cache, and no network
-        raise DatasetError(
-            f"{name} is not in {where['dataset_dir']} and could not be downloaded ({e}); download {name}.npz and "
-            f"{name}-val.npz (ogbench.download_datasets) where there is network access, and pass their folder "
-            "as --dataset-path (sweep.py --env-ids: --dataset-paths)"
-        ) from None
-    except FileNotFoundError as e:
-        beside = f" (ogbench reads it beside {os.path.basename(files[0])})" if e.filename == files[1] else ""
-        raise DatasetError(f"{e.filename} does not exist{beside}") from None
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as e:  # np.load and missing arrays
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        if isinstance(e, FileNotFoundError) and "dataset_path" in where:
+            beside = f" (ogbench reads it beside {os.path.basename(files[0])})" if e.filename == files[1] else ""
+            raise DatasetError(f"{e.filename} does not exist{beside}") from None
+        if not all(os.path.exists(f) for f in files):  # no network, a cut download, a folder it cannot write
+            for tmp in (f + ".tmp" for f in files if os.path.exists(f + ".tmp")):
+                os.remove(tmp)  # ogbench's partial download
+            raise DatasetError(
+                f"{name} is not in {where['dataset_dir']} and could not be downloaded ({type(e).__name__}: {e}); "
+                f"download {name}.npz and {name}-val.npz (ogbench.download_datasets) where there is network access, "
+                "and pass their folder as --dataset-path (sweep.py --env-ids: --dataset-paths)"
+            ) from None
+        raise DatasetError(f"{' or '.join(files)}: not a usable OGBench npz file ({type(e).__name__}: {e})") from None
+    except (zipfile.BadZipFile, ValueError, KeyError, IndexError, EOFError) as e:  # np.load, arrays missing or cut
         raise DatasetError(f"{' or '.join(files)}: not a usable OGBench npz file ({type(e).__name__}: {e})") from None
     finally:
         env.close()
+    lengths = {k: len(train[k]) for k in ("observations", "actions", "next_observations", "rewards", "masks")}
+    if len(set(lengths.values())) > 1:  # ogbench pairs rows with their successors within trajectories
+        raise DatasetError(f"{files[0]}: arrays of unequal lengths {lengths} (a trajectory must end with terminals 1)")
     obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
     for key, dim in (("observations", obs_dim), ("actions", act_dim)):
         if train[key].ndim != 2 or train[key].shape[1] != dim:

@@ -92,6 +92,8 @@ def reward_transform(rewards: np.ndarray, mode: str) -> Callable[[np.ndarray], n
         return lambda r: r - 1.0
     if mode == "standardize":  # DQL's "normalize" for Adroit, by the dataset's mean and std
         mean, std = rewards.mean(), rewards.std()
+        if not std > 0:
+            raise DatasetError(f"--reward-mode standardize: the dataset's rewards are all {mean} (std 0)")
         return lambda r: (r - mean) / std
     return lambda r: r
 

@@ -387,10 +387,19 @@ def test_missing_key_and_row_mismatch(tmp_path, hopper_file):
         del f["rewards"]
     with pytest.raises(offline_data.DatasetError, match="lacks the D4RL key"):
         offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
-    with h5py.File(hopper_file, "a") as f:
-        f["rewards"] = np.zeros(len(f["observations"]) + 1, np.float32)
-    with pytest.raises(offline_data.DatasetError, match="'rewards' has"):
-        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    n = len(h5py.File(hopper_file, "r")["observations"])
+    for shape in ((n + 1,), (1, n), (n, 2)):  # one number too many, as many as rows in another shape, two per row
+        with h5py.File(hopper_file, "a") as f:
+            f.pop("rewards", None)
+            f["rewards"] = np.zeros(shape, np.float32)
+        with pytest.raises(offline_data.DatasetError, match=rf"'rewards' has shape \({shape[0]},"):
+            offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+    with h5py.File(hopper_file, "a") as f:  # (N, 1), as some files store it: squeezed, as d4rl does
+        del f["rewards"]
+        f["rewards"] = np.arange(n, dtype=np.float32).reshape(n, 1)
+    assert offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")["rewards"].ndim == 1
+    with pytest.raises(offline_data.DatasetError, match="standardize: the dataset's rewards are all 0.0"):
+        offline_data.reward_transform(np.zeros(5, np.float32), "standardize")
 
 
 def test_nan_in_data_is_rejected(hopper_file):

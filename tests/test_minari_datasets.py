@@ -10,6 +10,7 @@ import warnings
 
 import gymnasium as gym
 import gymnasium_robotics
+import h5py
 import minari
 import numpy as np
 import pytest
@@ -345,6 +346,30 @@ def test_a_damaged_local_dataset_is_one_line(minari_root):
         load("D4RL/pen/human-v2")
     message = str(caught.value)
     assert "\n" not in message and str(folder) in message and "delete that folder" in message
+
+
+def test_damage_inside_a_datasets_episodes_is_one_line(minari_root, monkeypatch, tmp_path):
+    """minari opens a dataset's file lazily: an episode without its rewards, or a file cut short, shows only when the
+    episodes are read, which open_minari does inside its check. A MINARI_DATASETS_PATH that is a file: one line too."""
+    env = gym.make("Hopper-v5")
+    folder = minari_root / "mujoco" / "hopper" / "damaged-v0"
+    for damage in ("no rewards", "cut short"):
+        write_dataset("mujoco/hopper/damaged-v0", env, [rollout(env, seed, max_steps=5) for seed in (0, 1)])
+        main = folder / "data" / "main_data.hdf5"
+        if damage == "no rewards":
+            with h5py.File(main, "a") as f:
+                del f["episode_1/rewards"]
+        else:
+            main.write_bytes(main.read_bytes()[: main.stat().st_size // 2])
+        with pytest.raises(offline_data.DatasetError) as caught:
+            load("mujoco/hopper/damaged-v0")
+        message = str(caught.value)
+        assert "\n" not in message and str(folder) in message and "delete that folder" in message, damage
+        minari.delete_dataset("mujoco/hopper/damaged-v0")
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "a_file"))
+    with pytest.raises(offline_data.DatasetError, match="Minari's dataset folder cannot be used"):
+        load("mujoco/hopper/damaged-v0")
 
 
 def test_missing_download_client_is_named_exactly(monkeypatch, minari_root):

@@ -2,6 +2,7 @@
 (the keys and dtypes of ogbench's data_gen_scripts: float32 observations, actions, qpos and qvel, bool terminals,
 int64 button_states), recorded by stepping the real ogbench environments, where ogbench's loader finds them."""
 
+import http.client
 import json
 import os
 import subprocess
@@ -238,6 +239,14 @@ def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
     os.rename(tmp_path / "noqpos-val.npz", tmp_path / "other.npz")
     with pytest.raises(offline_data.DatasetError, match="noqpos-val.npz does not exist"):
         offline_data.load(CUBE, str(tmp_path / "noqpos.npz"))
+    open_end, cut = dict(np.load(files[CUBE])), dict(np.load(files[CUBE]))
+    open_end["terminals"][-1] = False  # ogbench then pairs the last row with none: a next_observations short
+    cut["actions"] = cut["actions"][:-5]
+    for name, arrays, message in (("open", open_end, "unequal lengths"), ("cut", cut, "not a usable OGBench npz")):
+        np.savez_compressed(tmp_path / f"{name}.npz", **arrays)
+        np.savez_compressed(tmp_path / f"{name}-val.npz", **arrays)
+        with pytest.raises(offline_data.DatasetError, match=message):
+            offline_data.load(CUBE, str(tmp_path / f"{name}.npz"))
 
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("no network")
@@ -249,6 +258,16 @@ def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
         match=r"cube-double-play-v0 is not in .*could not be downloaded.*\(sweep.py --env-ids: --dataset-paths\)",
     ):
         offline_data.load(CUBE)
+
+    def cut_download(*args, **kwargs):  # the connection drops after the first chunk
+        yield b"PK"
+        raise http.client.IncompleteRead(b"PK", 1000)
+
+    monkeypatch.setattr(urllib.request, "urlopen", cut_download)
+    (tmp_path / "cache").mkdir()
+    with pytest.raises(offline_data.DatasetError, match=r"could not be downloaded \(IncompleteRead"):
+        offline_data.load(CUBE, str(tmp_path / "cache"))
+    assert os.listdir(tmp_path / "cache") == []  # its partial file removed
 
 
 def test_bad_input_exits_2_with_one_line(files, tmp_path):
