@@ -258,11 +258,11 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @cuda
-@pytest.mark.parametrize("first, then", [("--cuda-graph", "--no-cuda-graph"), ("--no-cuda-graph", "--cuda-graph")])
-@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
-def test_a_cuda_checkpoint_of_either_path_resumes_on_the_other(module, hopper_file, tmp_path, monkeypatch, first, then):
-    """Fused Adam keeps its step counts on the GPU in both modes: a resume that switches between the graph path
-    (capturable Adam) and the eager one (plain fused Adam) trains on, its numbers finite."""
+def test_a_cuda_graph_checkpoint_resumes_on_the_eager_path(hopper_file, tmp_path, monkeypatch):
+    """Fused Adam keeps its step counts on the GPU in both modes: a graph-path checkpoint (capturable Adam) resumed
+    with --no-cuda-graph (plain fused Adam) trains on, its numbers finite (ofql.py: the three scripts share
+    set_capturable and make_agent's optimizers; moving the step counts to the CPU, as set_capturable did, fails)."""
+    module, first, then = ofql, "--cuda-graph", "--no-cuda-graph"
     monkeypatch.chdir(tmp_path)
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-every", "10"]
     flags += ["--eval-episodes", "1", "--num-candidates", "1", "--batch-size", "16", "--log-every", "5", "--save-model"]
