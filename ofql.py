@@ -303,7 +303,7 @@ def make_agent(obs_dim: int, act_dim: int, args: Args, device: torch.device) -> 
 
 
 def critic_loss_fn(agent: Agent, batch: "Batch", args: Args) -> tuple[torch.Tensor, dict]:
-    """Clipped double-Q TD loss (Eq. 17) with next actions from the EMA policy; max-Q backup if asked."""
+    """Clipped double-Q TD loss (Eq. 6 and 17) with next actions from the EMA policy; max-Q backup if asked."""
     k = args.num_backup_actions if args.max_q_backup else 1
     with torch.no_grad():
         next_obs = batch.next_obs.repeat_interleave(k, dim=0)
@@ -440,9 +440,10 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
 
 
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[Args], device) -> list[dict]:
-    """Per policy (the protocol's, then the policy's own sample if it differs: policy_*), one episode per env: per
-    member (a sweep's envs member-major, env i of a member seeded its seed + 100 + i), its source's episode_stats of
-    its episodes, and action batches per second. Noise seeded seed + 100: it never changes the training's numbers."""
+    """One episode per env for each policy (the protocol's; then the policy's own sample, logged as policy_*, where the
+    two differ). Returns per member (a sweep's envs are member-major; env i of a member is seeded its seed + 100 + i)
+    its source's episode_stats and decision_rate, action batches per second. The noise comes from a forked generator
+    seeded seed + 100, so evaluating never changes the training's numbers."""
     episodes = envs.num_envs // len(members)
     results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
