@@ -72,6 +72,8 @@ def open_minari(dataset_id: str):
     try:  # its episodes are read here: a damaged file shows only when they are
         dataset = minari.load_dataset(dataset_id)
         return dataset, list(dataset.iterate_episodes()), str(get_dataset_path(dataset_id))
+    except MemoryError:
+        raise
     except Exception as e:  # a damaged or half-downloaded copy
         why = " ".join(f"{type(e).__name__}: {e}".split())
         raise DatasetError(

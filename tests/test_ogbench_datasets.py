@@ -248,6 +248,10 @@ def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
         with pytest.raises(offline_data.DatasetError, match=message):
             offline_data.load(CUBE, str(tmp_path / f"{name}.npz"))
 
+    (tmp_path / "a_file").write_text("")  # a --dataset-path under a file: an OSError that is not a download's
+    with pytest.raises(offline_data.DatasetError, match="not a usable OGBench npz file.*NotADirectoryError"):
+        offline_data.load(CUBE, str(tmp_path / "a_file" / "x.npz"))
+
     def no_network(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
