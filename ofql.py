@@ -239,9 +239,9 @@ class Critic(nn.Module):
 # ALGO LOGIC: MeanFlow behaviour cloning (Eq. 13-15) and the one-step policy (Eq. 16)
 # ---------------------------------------------------------------------------------------------------------------
 def sample_t_r(batch_size: int, flow_ratio: float, mu: float, sigma: float, device: torch.device):
-    """(t, r) for Eq. 14: two logit-normal(mu, sigma) draws, t = max and r = min; floor(flow_ratio * B) rows at
-    random positions get r = t (plain flow matching rows): an exact count, as MeanFlow's code, and at random rows, as a
-    batch may come in parts (--balanced-sampling: dataset, then online transitions)."""
+    """(t, r) for Eq. 14: two logit-normal(mu, sigma) draws, t = max and r = min; r = t (plain flow matching) in
+    exactly floor(flow_ratio * B) rows at random positions, as in MeanFlow's code (a batch may come in parts:
+    --balanced-sampling's dataset rows, then online ones)."""
     tr = torch.sigmoid(mu + sigma * torch.randn(batch_size, 2, device=device))
     t, r = tr.max(dim=1, keepdim=True).values, tr.min(dim=1, keepdim=True).values
     flow_rows = torch.rand(batch_size, 1, device=device).argsort(dim=0) < int(flow_ratio * batch_size)

@@ -240,8 +240,8 @@ def test_ofqls_flow_rows_and_average_velocity_rows_each_hold_data_and_online_tra
         batch = buffer.sample(256, online=True)
         ofql.behavior_cloning_loss(ofql.Actor(4, 2), batch.obs, batch.actions, ofql.Args())
         online = (batch.obs[:, 0] >= 1000).unsqueeze(1)
-        flow = seen[-1]
-        assert (flow & ~online).sum() > 30 and (flow & online).sum() > 30 and flow.sum() == 128  # of 64 expected
+        flow = seen[-1]  # each of the four counts below: 64 expected
+        assert (flow & ~online).sum() > 30 and (flow & online).sum() > 30 and flow.sum() == 128
         assert (~flow & ~online).sum() > 30 and (~flow & online).sum() > 30
 
 
