@@ -330,16 +330,17 @@ SWEEP_REPLACES = ("critic_loss_fn", "actor_loss_fn", "optimizer_step")
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
     """One FQL iteration: both losses from the same parameters (FQL takes one Adam step on their sum, which is
-    two Adam steps on the disjoint parameters), then the target critic; `step` (a device tensor) is this iteration's
-    number. Returns detached metrics. Nothing here reads a value back to the host."""
+    two Adam steps on the disjoint parameters); the target critic moves toward those parameters, the critic before
+    its step, as FQL's `target_update` does. `step` (a device tensor): this iteration's number. Returns detached
+    metrics. Nothing here reads a value back to the host."""
     batch = batch._replace(actions=batch.actions.clamp(-1 + 1e-5, 1 - 1e-5))  # FQL's loaders clip the data's actions
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     agent.critic.requires_grad_(False)  # the actor's backward skips the critic's weights (no use for their grads)
     actor_loss, actor_metrics = actor_loss_fn(agent, batch, args)
     agent.critic.requires_grad_(True)
+    update_targets(agent, args, step)  # the losses' critic (FQL's; DQL's code moves toward the stepped one)
     metrics["actor_grad_norm"] = optimizer_step(agent.actor_optimizer, agent.actor, actor_loss, args.grad_norm)
     metrics["critic_grad_norm"] = optimizer_step(agent.critic_optimizer, agent.critic, critic_loss, args.grad_norm)
-    update_targets(agent, args, step)
     return {k: v.detach() for k, v in {**metrics, **actor_metrics}.items()}
 
 

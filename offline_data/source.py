@@ -91,7 +91,7 @@ def reward_transform(rewards: np.ndarray, mode: str) -> Callable[[np.ndarray], n
     if mode == "iql_antmaze":  # IQL's AntMaze rule, as in FQL: {0, 1} -> {-1, 0}
         return lambda r: r - 1.0
     if mode == "standardize":  # DQL's "normalize" for Adroit, by the dataset's mean and std
-        mean, std = rewards.mean(), rewards.std()
+        mean, std = rewards.mean(), rewards.std(ddof=1)  # torch.std in DQL's code: N - 1
         if not std > 0:
             raise DatasetError(f"--reward-mode standardize: the dataset's rewards are all {mean} (std 0)")
         return lambda r: (r - mean) / std

@@ -117,6 +117,19 @@ def test_actor_loss_is_fqls_sum_and_update_leaves_the_critic_to_its_own_loss(age
         torch.testing.assert_close(a, b)
 
 
+def test_the_target_critic_moves_toward_the_critic_of_the_losses_not_the_stepped_one(agent_and_batch):
+    """FQL's `target_update` reads the critic's parameters before the Adam step of the same update."""
+    agent, batch, args = agent_and_batch
+    move_targets_apart(agent)
+    agent.critic_optimizer.param_groups[0]["lr"] = 0.01  # a step the target's tau * 0.01 shows above rounding
+    critic = [p.clone() for p in agent.critic.parameters()]
+    target = [p.clone() for p in agent.critic_target.parameters()]
+    fql.update(agent, batch, args, step=torch.tensor(1))
+    assert not any(torch.equal(a, b) for a, b in zip(critic, agent.critic.parameters()))  # the critic took a step
+    for p_target, p_old, p in zip(agent.critic_target.parameters(), target, critic):
+        torch.testing.assert_close(p_target, p_old + args.tau * (p - p_old))
+
+
 @pytest.mark.parametrize("q_agg", ["mean", "min"])
 def test_critic_target_aggregates_the_heads_of_the_one_step_policy(agent_and_batch, q_agg):
     agent, batch, _ = agent_and_batch
