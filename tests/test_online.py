@@ -134,13 +134,13 @@ def test_online_rewards_get_the_datasets_rule_with_the_datasets_statistics(hoppe
     raw = offline_data.load("hopper-medium-v2", hopper_file).data["rewards"]
     source = offline_data.load("hopper-medium-v2", hopper_file, "standardize")
     new = np.array([0.5, 3.0])
-    np.testing.assert_allclose(source.reward_fn(new), (new - raw.mean()) / raw.std(), rtol=1e-6)
+    np.testing.assert_allclose(source.reward_fn(new), (new - raw.mean()) / raw.std(ddof=1), rtol=1e-6)
     np.testing.assert_allclose(source.reward_fn(raw), source.data["rewards"], rtol=1e-6)
     env = source.make_env()  # the online phase stores the env's reward by that rule: the same step, by hand
     env.reset(seed=0)
     env_reward = env.step(np.zeros(source.act_dim, dtype=np.float32))[1]
     (_, _, stored, _, _), _ = offline_data.OnlineEnvs(source, [0], "cpu").step(lambda obs: torch.zeros(1, 3))
-    np.testing.assert_allclose(stored, [(env_reward - raw.mean()) / raw.std()], rtol=1e-5)
+    np.testing.assert_allclose(stored, [(env_reward - raw.mean()) / raw.std(ddof=1)], rtol=1e-5)
     antmaze = write_antmaze_file(tmp_path / "Ant_maze_hardest-maze_noisy_multistart_True_multigoal_False_sparse.hdf5")
     for mode, expected in (("cql_antmaze", [-2.0, 2.0]), ("iql_antmaze", [-1.0, 0.0]), ("raw", [0.0, 1.0])):
         source = offline_data.load("antmaze-large-play-v2", antmaze, mode)

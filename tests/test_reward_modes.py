@@ -46,7 +46,7 @@ def test_each_reward_mode_is_applied_by_load(antmaze_file, mode):
     assert set(np.unique(raw["rewards"])) == {0.0, 1.0}
     expected = {
         **RULES,
-        "standardize": lambda r: (r - r.mean()) / r.std(),  # DQL's "normalize" for Adroit
+        "standardize": lambda r: (r - r.mean()) / r.std(ddof=1),  # DQL's "normalize" for Adroit
     }[mode](raw["rewards"])
     np.testing.assert_allclose(data["rewards"], expected, rtol=1e-6, atol=1e-6)
     if mode == "iql_antmaze":
@@ -54,7 +54,7 @@ def test_each_reward_mode_is_applied_by_load(antmaze_file, mode):
     if mode == "cql_antmaze":
         assert set(np.unique(data["rewards"])) == {-2.0, 2.0}
     if mode == "standardize":
-        assert abs(data["rewards"].mean()) < 1e-5 and abs(data["rewards"].std() - 1) < 1e-5
+        assert abs(data["rewards"].mean()) < 1e-5 and abs(data["rewards"].std(ddof=1) - 1) < 1e-5
     for key in ("observations", "actions", "next_observations", "terminals"):
         np.testing.assert_array_equal(data[key], raw[key])
 
