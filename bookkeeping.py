@@ -60,15 +60,16 @@ def check_flags(flags: dict) -> None:
 
 def check_resume(config: dict, saved: dict, step: int) -> None:
     """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
-    UserError names each flag (but RESUMABLE) that differs, a --total-steps (+ --online-steps) below `step`, and a
+    UserError names each flag (but RESUMABLE) that differs, a --total-steps below `step` in the offline phase, and a
     changed --total-steps once the online phase has begun."""
     keys = sorted((config.keys() | saved.keys()) - RESUMABLE)
     diff = [
         f"--{k.replace('_', '-')} {config.get(k)} (was {saved.get(k)})" for k in keys if config.get(k) != saved.get(k)
     ]
-    if config.get("total_steps", step) + config.get("online_steps", 0) < step:
+    offline = step <= saved.get("total_steps", step)  # the checkpoint is of the offline phase
+    if offline and config.get("total_steps", step) < step:
         diff.append(f"--total-steps {config['total_steps']} (below its step, {step})")
-    elif step > saved.get("total_steps", step) and config.get("total_steps") != saved["total_steps"]:
+    elif not offline and config.get("total_steps") != saved["total_steps"]:
         diff.append(f"--total-steps {config['total_steps']} (was {saved['total_steps']}; its online phase had begun)")
     if diff:
         raise UserError(f"its run had other flags: {', '.join(diff)}")

@@ -483,8 +483,11 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     """Train, evaluate and log one run (sweep.py: its members' Runs and, for several datasets, their MemberSources;
     args the first member's; SWEEP_TRAIN_REPLACES rebound)."""
     runs = runs or bookkeeping.Runs(__file__, [args])  # checks the flags, then makes the run folder
-    with runs.removed_on_failure():  # made before the data are loaded
+    num_envs = runs.size * args.eval_episodes  # in a sweep, member-major
+    with runs.removed_on_failure():  # made before the data are loaded and the envs made
         source = source or offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
+        envs = offline_data.evaluation_envs(source.make_env, num_envs, runs.video_folder)  # None: data without env
+        online_envs = args.online_steps and offline_data.OnlineEnvs(source, runs.size)  # one env per member
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -496,15 +499,13 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
 
     buffer = OfflineBuffer(source.data, device, args.online_steps, runs.size, args.balanced_sampling)
     agent = make_agent(source.obs_dim, source.act_dim, args, device)
-    num_envs = runs.size * args.eval_episodes  # in a sweep, member-major
-    # None where the data have no env; with --capture-video the first env records an episode per evaluation
-    envs = offline_data.evaluation_envs(source.make_env, num_envs, runs.video_folder)
-    online_envs = args.online_steps and offline_data.OnlineEnvs(source, [a.seed + 200 for a in runs.members], device)
     if source.limitation:
         print(f"NOTE: {args.env_id}: {source.limitation}")
     use_graph = args.cuda_graph and device.type == "cuda"
     training_step = "cuda_graph" if use_graph else "eager"
     start_step = runs.start(agent, buffer, device=str(device), training_step=training_step)
+    if online_envs:  # seed + 200 + the online steps done: a run resumed online does not replay its first episodes
+        online_envs.reset([a.seed + 200 + max(0, start_step - 1 - args.total_steps) for a in runs.members], device)
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
         set_capturable(optimizer, use_graph)  # after the resume, which restores the saved run's mode
     last_step = torch.tensor(start_step - 1, device=device)  # on the device: no iteration reads it back
@@ -557,8 +558,8 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
                 break
     if stopping and step < total:  # a stop in the last step: it finishes
         raise runs.interrupted(step, stop_signal[0])
-    if envs is not None:
-        envs.close()
+    for opened in filter(None, (envs, online_envs)):  # the evaluation's envs, the online phase's
+        opened.close()
     return runs.finish(source)
 
 

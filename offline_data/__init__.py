@@ -25,7 +25,7 @@ Public API (all importable from offline_data):
                                                                         (make_env: a factory, or one per member)
     vector_env(env_fns, workers=None)                                   envs in worker processes, or in this one
     run_episodes(policy, envs, seeds, device)                           one evaluation episode per env, in parallel
-    OnlineEnvs(source, seeds, device).step(policy)                      the online phase: one env step per member
+    OnlineEnvs(source, members).reset(seeds, device).step(policy)       the online phase: one env step per member
     preset_key(env_id), source_kind(env_id), is_minari_id, is_ogbench_id the id whose presets an id uses; its source
     DATASETS, MINARI_PRESET_KEYS, OGBENCH_IDS                            the ids each source knows
     UserError, DatasetError                                              reported by the scripts as one line, exit 2

@@ -34,15 +34,24 @@ def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int],
 
 class OnlineEnvs:
     """The online phase's envs, one per member, in one vector env whose ended episodes restart within the step
-    (gymnasium's same-step autoreset); env m first reset with seeds[m]. Its episodes run on across step() calls."""
+    (gymnasium's same-step autoreset); reset(seeds, device) starts env m's first episode with seeds[m]. Its episodes
+    run on across step() calls."""
 
-    def __init__(self, source: DataSource, seeds: list[int], device, workers: int | None = None):
+    def __init__(self, source: DataSource, members: int, workers: int | None = None):
         if source.make_env is None:
             raise UserError("--online-steps needs an environment to act in, and this dataset has none")
         same_step = gym.vector.AutoresetMode.SAME_STEP  # in worker processes where there are cores (vector_env)
-        self.envs = vector_env([source.make_env] * len(seeds), workers, autoreset_mode=same_step)
+        self.envs = vector_env([source.make_env] * members, workers, autoreset_mode=same_step)
+        self.source = source
+
+    def reset(self, seeds: list[int], device) -> "OnlineEnvs":
+        """Start a fresh episode in each env, env m's with seeds[m]; the policy's observations go to `device`."""
         self.obs, _ = self.envs.reset(seed=seeds)
-        self.source, self.device, self.returns = source, device, np.zeros(len(seeds))
+        self.device, self.returns = device, np.zeros(len(seeds))
+        return self
+
+    def close(self) -> None:
+        self.envs.close()
 
     def step(self, policy: Callable) -> tuple[tuple, list]:
         """One step of every env with the policy's actions. -> (the transitions, one row per env, as the critic needs

@@ -95,7 +95,7 @@ def test_a_time_limit_is_not_terminal_and_the_next_observation_is_the_episodes_o
     step. done is terminated only; the stored next observation of an episode's last step is that episode's, not the
     next one's first (which is the next step's observation); rewards by the source's rule, episode returns raw."""
     source = offline_data.DataSource({}, "", 2, 1, Countdown, "countdown", 0.0, 10.0, False, lambda r: (r - 1.0) / 2)
-    envs = offline_data.OnlineEnvs(source, [0, 1], torch.device("cpu"))
+    envs = offline_data.OnlineEnvs(source, 2).reset([0, 1], torch.device("cpu"))
     steps = [envs.step(lambda obs, a0=a0: torch.tensor([[a0], [1.0]])) for a0 in (0.0, 0.0, 0.0, 1.0, 0.0)]
     obs, actions, rewards, next_obs, dones = (np.stack([t[k] for t, _ in steps]) for k in range(5))
     episodes = [e for _, e in steps]
@@ -139,7 +139,7 @@ def test_online_rewards_get_the_datasets_rule_with_the_datasets_statistics(hoppe
     env = source.make_env()  # the online phase stores the env's reward by that rule: the same step, by hand
     env.reset(seed=0)
     env_reward = env.step(np.zeros(source.act_dim, dtype=np.float32))[1]
-    (_, _, stored, _, _), _ = offline_data.OnlineEnvs(source, [0], "cpu").step(lambda obs: torch.zeros(1, 3))
+    (_, _, stored, _, _), _ = offline_data.OnlineEnvs(source, 1).reset([0], "cpu").step(lambda obs: torch.zeros(1, 3))
     np.testing.assert_allclose(stored, [(env_reward - raw.mean()) / raw.std(ddof=1)], rtol=1e-5)
     antmaze = write_antmaze_file(tmp_path / "Ant_maze_hardest-maze_noisy_multistart_True_multigoal_False_sparse.hdf5")
     for mode, expected in (("cql_antmaze", [-2.0, 2.0]), ("iql_antmaze", [-1.0, 0.0]), ("raw", [0.0, 1.0])):
@@ -156,7 +156,7 @@ def test_ogbench_online_rewards_and_dones_are_the_relabelled_datas(tmp_path):
     source = offline_data.load(PUZZLE, os.path.dirname(record_ogbench(PUZZLE, tmp_path, start=solve_puzzle)))
     data = source.data
     assert set(data["rewards"][data["terminals"] == 1]) == {0.0} and max(data["rewards"][data["terminals"] == 0]) < 0
-    envs = offline_data.OnlineEnvs(source, [0], torch.device("cpu"))
+    envs = offline_data.OnlineEnvs(source, 1).reset([0], torch.device("cpu"))
     (_, _, reward, _, done), _ = envs.step(lambda obs: torch.zeros(1, source.act_dim))
     assert reward[0] < 0 and done[0] == 0.0
     solve_puzzle(envs.envs.envs[0])
@@ -287,8 +287,8 @@ def test_a_sigterm_online_saves_the_transitions_and_the_resumed_run_continues_wi
 ):
     """A SIGTERM at online step 13 (step 23): the checkpoint of that step holds the 13 transitions (a weights_only
     load); the resumed run starts at step 24 with them in its buffer (the same values and count), acts from a fresh
-    episode (its first transition starts at a reset's observation) and ends with its 30 transitions, the first 13
-    those saved."""
+    episode (its first transition starts at the observation of a reset with seed + 200 + 13) and ends with its 30
+    transitions, the first 13 those saved."""
     monkeypatch.chdir(tmp_path)
     step, init, made, resumed = offline_data.OnlineEnvs.step, offline_data.OnlineEnvs.__init__, [], []
 
@@ -305,8 +305,13 @@ def test_a_sigterm_online_saves_the_transitions_and_the_resumed_run_continues_wi
         resumed.append((first, self.buffer.added, int(self.buffer.count), rows))
         return first
 
-    start = bookkeeping.Runs.start
+    def resetting(self, seeds, device):
+        resets.append((seeds, reset(self, seeds, device).obs.copy()))
+        return self
+
+    start, reset, resets = bookkeeping.Runs.start, offline_data.OnlineEnvs.reset, []
     monkeypatch.setattr(offline_data.OnlineEnvs, "__init__", lambda self, *a: init(self, *a) or made.append([self, 0]))
+    monkeypatch.setattr(offline_data.OnlineEnvs, "reset", resetting)
     monkeypatch.setattr(offline_data.OnlineEnvs, "step", stepping)
     monkeypatch.setattr(bookkeeping.Runs, "start", starting)
     run = flags(hopper_file, "--total-steps", "10", "--online-steps", "30", "--eval-every", "20", "--save-model")
@@ -317,12 +322,6 @@ def test_a_sigterm_online_saves_the_transitions_and_the_resumed_run_continues_wi
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["step"] == 23 and [len(v) for v in saved["online"].values()] == [13] * 5
 
-    reset_obs = []
-    monkeypatch.setattr(
-        offline_data.OnlineEnvs,
-        "__init__",
-        lambda self, *a: init(self, *a) or made.append([self, 0]) or reset_obs.append(self.obs.copy()),
-    )
     ofql.train(ofql.parse_args(run + ["--resume", checkpoint]))
     first, added, count, rows = resumed[-1]
     assert (first, added, count) == (24, 13, 13)
@@ -330,7 +329,9 @@ def test_a_sigterm_online_saves_the_transitions_and_the_resumed_run_continues_wi
     final = torch.load(checkpoint, weights_only=True)
     assert final["step"] == 40 and [len(v) for v in final["online"].values()] == [30] * 5
     assert all(torch.equal(final["online"][f][:13], saved["online"][f]) for f in bookkeeping.ONLINE_FIELDS)
-    assert torch.equal(final["online"]["obs"][13], torch.as_tensor(reset_obs[0][0], dtype=torch.float32))
+    # the resumed episode: from a reset with seed + 200 + the 13 online steps done, not a replay of the first one
+    assert [seeds for seeds, _ in resets] == [[200], [213]] and not np.array_equal(resets[0][1], resets[1][1])
+    assert torch.equal(final["online"]["obs"][13], torch.as_tensor(resets[1][1][0], dtype=torch.float32))
     assert [r["step"] for r in records(checkpoint) if "critic_loss" in r] == [10, 20, 23, 30, 40]
 
 
@@ -338,6 +339,8 @@ def test_a_resume_refuses_another_total_steps_once_the_online_phase_has_begun():
     saved = {"total_steps": 10, "online_steps": 30}
     bookkeeping.check_resume({"total_steps": 10, "online_steps": 30}, saved, 23)
     bookkeeping.check_resume({"total_steps": 20, "online_steps": 30}, saved, 8)  # offline: as without online steps
+    with pytest.raises(offline_data.UserError, match=r"--total-steps 5 \(below its step, 8\)"):  # as without them too
+        bookkeeping.check_resume({"total_steps": 5, "online_steps": 30}, saved, 8)
     with pytest.raises(offline_data.UserError, match="online phase had begun"):
         bookkeeping.check_resume({"total_steps": 20, "online_steps": 30}, saved, 23)
     with pytest.raises(offline_data.UserError, match="--online-steps 5"):

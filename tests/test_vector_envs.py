@@ -83,7 +83,7 @@ def test_online_steps_in_workers_store_the_same_transitions(hopper_source):
     """OnlineEnvs (same-step autoreset: the episode's last observation from final_obs) of 4 members, in 2 workers
     and in this process: 60 steps of a policy that falls, the same transitions and ended episodes."""
     policy = lambda obs: torch.sin(3 * obs[:, :3])  # noqa: E731
-    runs = [offline_data.OnlineEnvs(hopper_source, [200, 201, 202, 203], "cpu", workers=w) for w in (1, 2)]
+    runs = [offline_data.OnlineEnvs(hopper_source, 4, workers=w).reset([200, 201, 202, 203], "cpu") for w in (1, 2)]
     ended = 0
     for _ in range(60):
         (t1, e1), (t2, e2) = (r.step(policy) for r in runs)
