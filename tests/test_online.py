@@ -281,6 +281,18 @@ def score(episode_return):
     return float(offline_data.normalized_score("hopper-medium-v2", episode_return))
 
 
+@pytest.mark.parametrize("flag", [["--online-steps", "5"], ["--capture-video"]])
+def test_a_flag_that_needs_an_env_on_data_without_one_stops_in_one_line_and_leaves_no_folder(
+    tmp_path, hopper_file, monkeypatch, flag
+):
+    monkeypatch.chdir(tmp_path)
+    load = offline_data.load
+    monkeypatch.setattr(offline_data, "load", lambda *a: load(*a)._replace(make_env=None))  # data without an env
+    with pytest.raises(offline_data.UserError, match=f"{flag[0]} needs an (evaluation )?environment"):
+        ofql.train(ofql.parse_args(flags(hopper_file, "--total-steps", "10", *flag)))
+    assert not os.path.exists("runs")
+
+
 # --- checkpoints, SIGTERM and resume --------------------------------------------------------------------------------
 def test_a_sigterm_online_saves_the_transitions_and_the_resumed_run_continues_with_them(
     tmp_path, hopper_file, monkeypatch
