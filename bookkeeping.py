@@ -47,7 +47,11 @@ RESUMABLE = set(
 
 
 def check_flags(flags: dict) -> None:
-    """Every number flag finite and within its FLAG_RANGES range (at start-up, before anything is read or written)."""
+    """Every number flag finite and within its FLAG_RANGES range, and --exp-name a name that the run folder's name
+    holds as one part (at start-up, before anything is read or written)."""
+    name = flags.get("exp_name", "-")
+    if not name or "/" in name or "__" in name:
+        raise UserError(f"--exp-name must be a name without '/' or '__' (the run name's separator), not {name!r}")
     for name, value in flags.items():
         if type(value) not in (int, float):  # bool, str, None: tyro has checked them
             continue
@@ -60,12 +64,14 @@ def check_flags(flags: dict) -> None:
 
 def check_resume(config: dict, saved: dict, step: int) -> None:
     """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
-    UserError names each flag (but RESUMABLE) that differs, a --total-steps below `step` in the offline phase, and a
-    changed --total-steps once the online phase has begun."""
-    keys = sorted((config.keys() | saved.keys()) - RESUMABLE)
+    UserError names each flag (but RESUMABLE) that differs, other data (their size), a --total-steps below `step` in
+    the offline phase, a changed --total-steps once the online phase has begun; or says the run had finished."""
+    keys = sorted((config.keys() | saved.keys()) - RESUMABLE - {"transitions"})
     diff = [
         f"--{k.replace('_', '-')} {config.get(k)} (was {saved.get(k)})" for k in keys if config.get(k) != saved.get(k)
     ]
+    if config.get("transitions") != saved.get("transitions"):  # the same path, other data
+        diff.append(f"a dataset of {config.get('transitions')} transitions (was {saved.get('transitions')})")
     offline = step <= saved.get("total_steps", step)  # the checkpoint is of the offline phase
     if offline and config.get("total_steps", step) < step:
         diff.append(f"--total-steps {config['total_steps']} (below its step, {step})")
@@ -73,6 +79,9 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
         diff.append(f"--total-steps {config['total_steps']} (was {saved['total_steps']}; its online phase had begun)")
     if diff:
         raise UserError(f"its run had other flags: {', '.join(diff)}")
+    if step == config.get("total_steps", 0) + config.get("online_steps", 0):
+        more = "" if config.get("online_steps") else "; a larger --total-steps trains it further"
+        raise UserError(f"its run had finished (step {step}){more}")
 
 
 def code_version(script: str) -> str | None:
@@ -168,9 +177,9 @@ def stop_signals(how_to_continue: Callable[[], str] = str):
 def continue_command(argv: list[str], checkpoints: list[str]) -> str:
     """The command line `argv` (sys.argv) with its --resume (and the paths after it) replaced by `checkpoints`."""
     kept, skipping = [], False
-    for arg in argv[1:]:
-        skipping = arg == "--resume" or (skipping and not arg.startswith("-"))
-        if not skipping and not arg.startswith("--resume="):
+    for arg in argv[1:]:  # --resume A B ..., or --resume=A B ...
+        skipping = arg == "--resume" or arg.startswith("--resume=") or (skipping and not arg.startswith("-"))
+        if not skipping:
             kept.append(arg)
     return shlex.join(["python", argv[0], *kept, "--resume", *checkpoints])
 
@@ -205,6 +214,8 @@ def load_checkpoint(path: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e):  # not a pickle: another kind of file
+            raise UserError("not a checkpoint (not a file torch.save wrote)") from None
         found = re.search(r"GLOBAL (\S+)|but got <class '([^']+)'>", str(e))
         what = next((g for g in found.groups() if g), "?") if found else str(e).splitlines()[0]
         raise UserError(f"it holds a Python object ({what}) that only an unsafe load could build; not loaded") from None
@@ -321,16 +332,20 @@ class Runs:
     stop_signals(), then log_episodes() at each online step, per logging window check_finite(), record_video() and
     log(), save() with --save-model; at the end finish() (or interrupted(), after a signal)."""
 
+    latest = None  # the Runs made last in this process: main() words a stop outside the loop with it
+
     def __init__(self, script: str, members: list, sweep: str | None = None):
         for args in members:
             check_flags(vars(args))
         self.script, self.members, self.sweep, self.size = script, members, sweep, len(members)
         self.args, self.failed, self.video, self.train_time = members[0], {}, None, 0.0
         self.dirs, self.made = [], ([] if os.path.exists("runs") else ["runs"])  # what this run makes
+        Runs.latest = self
         for args in members:
             if args.resume and not os.path.isfile(args.resume):
                 self.remove_made()
-                raise UserError(f"cannot resume from {args.resume}: no such file")
+                folder = "a folder; name its checkpoint.pt" if os.path.isdir(args.resume) else "no such file"
+                raise UserError(f"cannot resume from {args.resume}: {folder}")
             if args.resume:
                 self.dirs.append(os.path.dirname(args.resume) or ".")
                 continue
@@ -382,6 +397,9 @@ class Runs:
         fresh = (1, [[] for _ in self.members], 0.0)
         self.start_step, self.evals, self.elapsed = self.resume(agent) if self.args.resume else fresh
         start = self.start_step
+        self.wandb_runs = (  # first: a wandb that cannot start leaves a new run's folder empty (main removes it)
+            [self.start_wandb(run_dir, c) for run_dir, c in zip(self.dirs, self.configs)] if self.args.track else []
+        )
         for run_dir, c in zip(self.dirs, self.configs):
             with open(f"{run_dir}/config{f'_resumed_at_{start - 1}' if self.args.resume else ''}.json", "w") as f:
                 json.dump(c, f, indent=2)
@@ -390,9 +408,6 @@ class Runs:
                     json.dump({"sweep": self.sweep, "members": self.dirs, "command": sys.argv}, f, indent=2)
         if self.sweep:
             print(f"sweep {self.sweep}: {self.size} members of {os.path.basename(self.script)}")
-        self.wandb_runs = (
-            [self.start_wandb(run_dir, c) for run_dir, c in zip(self.dirs, self.configs)] if self.args.track else []
-        )
         self.logs = [open(os.path.join(d, "metrics.jsonl"), "a", buffering=1) for d in self.dirs]  # line-buffered
         self.session_start = time.time()
         return start
@@ -403,7 +418,11 @@ class Runs:
         name = os.path.basename(run_dir)
         where = dict(project=self.args.wandb_project_name, entity=self.args.wandb_entity, name=name, id=name)
         group = dict(group=self.sweep, reinit="create_new") if self.sweep else {}
-        return wandb.init(config=config, save_code=True, resume="allow", **where, **group)
+        try:
+            return wandb.init(config=config, save_code=True, resume="allow", **where, **group)
+        except Exception as e:  # no API key (an offline node), no network, ...: one line
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"--track: wandb could not start ({first}); `wandb login`, or WANDB_MODE=offline") from None
 
     def resume(self, agent) -> tuple[int, list, float]:
         """Load the members' checkpoints into `agent` (checked against their configs: check_resume) and their online
@@ -596,6 +615,10 @@ def main(script: str, run: Callable[[], str | list[str]]) -> None:
         summaries = run()
         print("\n".join(f"summary: {path}" for path in ([summaries] if isinstance(summaries, str) else summaries)))
     except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM
-        stop = "interrupted" if isinstance(e, KeyboardInterrupt) else "error"
-        print(f"{os.path.basename(script)}: {stop}: {str(e) or 'no checkpoint was written'}", file=sys.stderr)
+        stop, runs = "interrupted" if isinstance(e, KeyboardInterrupt) else "error", Runs.latest
+        if runs is not None:
+            runs.remove_made()  # the folders it made, those still empty
+        # outside the loop (loading, setting up, the summaries): the last checkpoint and the command that continues
+        message = str(e) or (runs.how_to_continue() if runs else "no checkpoint was written")
+        print(f"{os.path.basename(script)}: {stop}: {message}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)  # 130 / 143: as for SIGINT / SIGTERM

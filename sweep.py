@@ -137,6 +137,7 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
         assert 0 <= index < count
     except (ValueError, AssertionError):
         raise UserError(f"--shard must be I/K with 0 <= I < K, not {sweep.shard!r}") from None
+    sweep = dataclasses.replace(sweep, shard=f"{index}/{count}")  # as named in the sweep's name: 01/02 is 1/2
     bases = datasets_args(script, sweep, rest)  # one per dataset, with its presets
     if bases[0].capture_video:
         raise UserError("--capture-video records a lone run's policy; run the script with it (a sweep records none)")
@@ -146,6 +147,8 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
         raise UserError(f"--{weight} takes numbers, not {' '.join(values)}") from None
     if len(set(sweep.seeds)) < len(sweep.seeds) or len(set(weights or [])) < len(weights or []):
         raise UserError(f"--seeds and --{weight} must not repeat a value")
+    if not all(0 <= s <= 4294967295 for s in sweep.seeds):  # numpy's seeds
+        raise UserError(f"--seeds must be numbers in [0, 4294967295], not {' '.join(map(str, sweep.seeds))}")
     short = lambda w: repr(w).removesuffix(".0")  # round-trips: 0.1, 3, 1e-05, 0.1000001
     named = lambda b, w: b.exp_name if not weights or len(weights) == 1 else f"{b.exp_name}_{weight}{short(w)}"
     grid = [(b, s, w) for b in bases for s in sweep.seeds for w in weights or [getattr(b, weight)]]

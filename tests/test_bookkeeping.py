@@ -4,8 +4,11 @@ generators' states on CUDA (mocked: fewer devices at resume, the sweep's generat
 member's gradient clipped by its own norm."""
 
 import dataclasses
+import os
 import shutil
+import signal
 import subprocess
+import sys
 import types
 
 import pytest
@@ -161,3 +164,90 @@ def test_each_member_is_clipped_by_its_own_norm_with_a_scalar_parameter():
     assert norms.tolist() == pytest.approx([(9 + 3) ** 0.5, (9 + 48) ** 0.5])
     clipped = torch.cat([module.scale.grad[:, None], module.weight.grad], dim=1).norm(dim=1)
     assert clipped.tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
+
+
+def test_resume_refuses_a_finished_run_and_other_data_in_words_that_name_them():
+    saved = {**vars(ofql.Args(total_steps=10)), "transitions": 120}
+    with pytest.raises(UserError, match=r"^its run had finished \(step 10\); a larger --total-steps trains it further"):
+        bookkeeping.check_resume(saved, saved, step=10)
+    bookkeeping.check_resume({**saved, "total_steps": 20}, saved, step=10)  # a longer run: it goes on
+    online = {**saved, "online_steps": 30}
+    with pytest.raises(UserError, match=r"^its run had finished \(step 40\)$"):
+        bookkeeping.check_resume(online, online, step=40)
+    with pytest.raises(UserError, match=r"^its run had other flags: a dataset of 85 transitions \(was 120\)$"):
+        bookkeeping.check_resume({**saved, "transitions": 85}, saved, step=5)  # no flag --transitions to name
+
+
+def test_the_command_that_continues_replaces_either_spelling_of_resume():
+    for resume in (["--resume", "a.pt", "b.pt"], ["--resume=a.pt", "b.pt"]):
+        argv = ["sweep.py", "ofql.py", "--seeds", "0", "1", *resume, "--eta", "0.1"]
+        expected = "python sweep.py ofql.py --seeds 0 1 --eta 0.1 --resume X Y"
+        assert bookkeeping.continue_command(argv, ["X", "Y"]) == expected
+
+
+def test_exp_name_is_one_part_of_the_run_name():
+    bookkeeping.check_flags({"exp_name": "ofql_eta0.1"})
+    for name in ("a/b", "../up", "a__b", ""):
+        with pytest.raises(UserError, match="--exp-name must be a name without '/' or '__'"):
+            bookkeeping.check_flags({"exp_name": name})
+
+
+def test_resume_names_what_is_wrong_with_the_path(tmp_path, hopper_file, monkeypatch):
+    """A folder (not its checkpoint.pt) and a file that is not a checkpoint: each said in one line."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "4", "--resume"]
+    with pytest.raises(UserError, match="a folder; name its checkpoint.pt"):
+        ofql.train(ofql.parse_args([*flags, str(tmp_path)]))
+    with pytest.raises(UserError, match=r"cannot resume from .*: not a checkpoint \(not a file torch.save wrote\)$"):
+        ofql.train(ofql.parse_args([*flags, hopper_file]))
+
+
+def run_main(argv: list[str], monkeypatch) -> SystemExit:
+    """bookkeeping.main of ofql.py with `argv`, in this process (its SIGTERM handler restored after)."""
+    monkeypatch.setattr(sys, "argv", ["ofql.py", *argv])
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            bookkeeping.main("ofql.py", lambda: ofql.train(ofql.parse_args(argv)))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return stop.value
+
+
+def test_a_stop_outside_the_loop_names_the_last_checkpoint_and_leaves_no_empty_folder(
+    tmp_path, hopper_file, monkeypatch, capsys
+):
+    """Ctrl-C while the agent is made (after the run folder, before anything is written in it): a fresh run's folder
+    is removed; a resumed run's line names its checkpoint and the command that continues (not "no checkpoint")."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1", "--save-model"]
+    summary = ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "4"]))
+    checkpoint = os.path.join(os.path.dirname(summary), "checkpoint.pt")
+    make_agent = ofql.make_agent
+    monkeypatch.setattr(ofql, "make_agent", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert run_main([*flags, "--total-steps", "8"], monkeypatch).code == 130
+    assert "no checkpoint was written" in capsys.readouterr().err and os.listdir("runs") == [
+        os.path.basename(os.path.dirname(checkpoint))
+    ]  # the new run's empty folder removed, the first run's kept
+    assert run_main([*flags, "--total-steps", "8", "--resume", checkpoint], monkeypatch).code == 130
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"ofql.py: interrupted: last checkpoint {checkpoint}; continue with: python ofql.py ")
+    assert line.endswith(f"--total-steps 8 --resume {checkpoint}")
+    monkeypatch.setattr(ofql, "make_agent", make_agent)
+
+
+def test_track_without_a_usable_wandb_is_one_line_and_leaves_no_folder(tmp_path, hopper_file, monkeypatch, capsys):
+    import wandb
+
+    def no_key(**_):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(wandb, "init", no_key)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "4", "--track"]
+    assert run_main(flags, monkeypatch).code == 2
+    assert capsys.readouterr().err.strip() == (
+        "ofql.py: error: --track: wandb could not start (No API key configured. Use `wandb login` to log in.); "
+        "`wandb login`, or WANDB_MODE=offline"
+    )
+    assert not os.path.exists("runs")

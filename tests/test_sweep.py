@@ -269,6 +269,8 @@ def test_the_grid_and_its_shards(hopper_file):
     assert {m.grad_norm for m in members} == {4.0} and members[1].exp_name == "ofql_eta0.3"
     _, _, shard = sweep.parse_args(["ofql.py", *flags, "--eta", "0.1", "0.3", "--shard", "1/4"])
     assert [(m.seed, m.eta) for m in shard] == [(0, 0.3), (2, 0.3)]
+    _, spelled, same = sweep.parse_args(["ofql.py", *flags, "--eta", "0.1", "0.3", "--shard", "01/+4"])
+    assert spelled.shard == "1/4" and same == shard  # and so the sweep's name: __shard1of4
     _, _, preset = sweep.parse_args(["fql.py", *flags])
     assert [(m.seed, m.alpha) for m in preset] == [(0, 10.0), (1, 10.0), (2, 10.0)] and preset[0].exp_name == "fql"
     shards = [sweep.parse_args(["dql.py", *flags, "--eta", "1", "2", "--shard", f"{i}/3"])[2] for i in range(3)]
@@ -285,6 +287,7 @@ def test_the_grid_and_its_shards(hopper_file):
         (["ofql.py", "--seeds", "0", "--shard", "1/2"], "shard 1/2 of a grid of 1 members is empty"),
         (["ofql.py", "--eta", "0.1", "0.1"], "must not repeat"),
         (["ofql.py", "--eta", "-1"], "--eta must be a number in"),
+        (["ofql.py", "--seeds", "0", "-1"], "--seeds must be numbers in [0, 4294967295], not 0 -1"),
         (["train.py"], "no script 'train.py' (sweep.py trains ofql.py, dql.py, fql.py or a script of the same form)"),
         (["fql.py", "--capture-video"], "a sweep records none"),
         (["--seeds", "0", "ofql.py"], "the first argument is the script"),

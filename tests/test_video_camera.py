@@ -71,3 +71,17 @@ def test_an_ogbench_manipulation_env_renders_or_names_the_setting_it_needs(monke
             assert env.render().std() > 0
     finally:
         env.close()
+
+
+def test_an_env_that_cannot_render_is_refused_at_once_not_at_the_first_evaluation(monkeypatch):
+    """A MUJOCO_GL backend this machine lacks (mujoco.FatalError at the first frame): renderable renders a frame when
+    it is called, before training, and names the setting; the error is one line."""
+    env = offline_data.eval_env_factory("hopper-medium-v2")()
+
+    def no_gl(*_):
+        raise mujoco.FatalError("an OpenGL platform library has not been loaded into this process")
+
+    monkeypatch.setattr(type(env.unwrapped), "render", no_gl)
+    with pytest.raises(offline_data.UserError, match="cannot render a frame .an OpenGL platform.* set MUJOCO_GL"):
+        offline_data.renderable(env)
+    env.close()
