@@ -220,7 +220,8 @@ def stack_agents(agents: list):
 
 class Networks(nn.Module):
     """The networks of an Agent as one module, so that one functional_call swaps all their parameters: called as
-    Networks(fn, *inputs), it is fn(agent, *inputs) with the networks' current parameters."""
+    Networks(fn, *inputs), it is fn(agent, *inputs) with the networks' current parameters, `agent` the ModuleDict of
+    the networks (agent.actor, ...: what the losses read; one that torch.compile traces, unlike a SimpleNamespace)."""
 
     def __init__(self, agent):
         super().__init__()
@@ -228,7 +229,7 @@ class Networks(nn.Module):
         self.nets = nn.ModuleDict({n: getattr(agent, n) for n in fields if isinstance(getattr(agent, n), nn.Module)})
 
     def forward(self, fn, *inputs):
-        return fn(types.SimpleNamespace(**self.nets), *inputs)
+        return fn(self.nets, *inputs)
 
 
 class Members:

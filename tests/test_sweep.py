@@ -93,6 +93,21 @@ def test_a_compiled_sweep_trains_as_the_eager_one(tmp_path, hopper_file, monkeyp
                 assert c[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (e["step"], key)
 
 
+@pytest.mark.parametrize("script", [ofql, dql, fql], ids=["ofql", "dql", "fql"])
+def test_dynamo_traces_each_vmapped_loss_as_one_graph(script):
+    """What --compile compiles in a sweep: each member-vmapped loss traced whole (fullgraph=True raises at a graph
+    break; a break inside functional_call's context leaves the whole loss eager, as a SimpleNamespace agent did)."""
+    args = [dataclasses.replace(script.Args(), seed=s) for s in (0, 1)]
+    members = sweep.Members(script, args)
+    agent = members.make_agent(11, 3, args[0], torch.device("cpu"))
+    batch = script.Batch(*(torch.randn(2, 8, n) for n in (11, 3, 1, 11)), torch.zeros(2, 8, 1))
+    for name in set(script.SWEEP_REPLACES) - {"optimizer_step"}:
+        loss_fn = members.vectorized(getattr(script, name))
+        torch._dynamo.reset()
+        losses, _ = torch.compile(loss_fn, backend="eager", fullgraph=True)(agent, batch, args[0])
+        assert losses.shape == (2,) and torch.isfinite(losses).all()
+
+
 def test_the_sweep_runs_the_scripts_own_loss(tmp_path, hopper_file, monkeypatch):
     """A change to ofql.py's behaviour-cloning loss is a change to the sweep: nothing of the algorithm is copied."""
     monkeypatch.chdir(tmp_path)
