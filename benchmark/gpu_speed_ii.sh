@@ -6,10 +6,11 @@
 #   bash benchmark/gpu_speed_ii.sh                                   # results in benchmark/results/speed_ii/
 #   PARTS="compile tf32_domain" bash benchmark/gpu_speed_ii.sh       # only these parts (names below)
 #
-# 1. --compile on CUDA: OFQL alone and 16 members, the scripts' CUDA graph against torch.compile inside it (what
-#    --compile runs) and torch.compile(mode="reduce-overhead"); each compiled iteration's compile seconds.
-# 2. TF32 (--matmul-precision high) against float32 on the graph path, and a 45-member hopper domain sweep (3 datasets
-#    x 15 members), for the three scripts: member-updates/s.
+# 1. TF32 (--matmul-precision high) against float32 on the graph path, and a 45-member hopper domain sweep (3 datasets
+#    x 15 members), for the three scripts: member-updates/s (first: the cheaper part, and a target's).
+# 2. --compile on CUDA: OFQL alone and 16 members, the scripts' CUDA graph against torch.compile inside it (what
+#    --compile runs) and torch.compile(mode="reduce-overhead"); each compiled iteration's compile seconds, and
+#    inductor's counters (cudagraph_skips: a reduce-overhead iteration that inductor did not graph).
 # 3. What TF32 changes in the numbers: ofql.py, dql.py and fql.py on the GPU, float32 twice (the floor: two runs of
 #    the same flags) and TF32 against float32 (tools/compare_runs.py, the largest relative difference).
 # 4. The evaluation envs on that machine's cores: one process against 4 and 15 workers, 160 envs (a sweep's), and
@@ -17,14 +18,15 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-benchmark/results/speed_ii}
-NAMES="compile tf32_domain floor tf32_numbers eval_workers"
+NAMES="tf32_domain compile floor tf32_numbers eval_workers"
 for name in ${PARTS:-}; do
     [[ " $NAMES " == *" $name "* ]] || { echo "gpu_speed_ii.sh: unknown part '$name' in PARTS ($NAMES)"; exit 2; }
 done
 mkdir -p "$RESULTS"
 python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'gpu_speed_ii.sh: no CUDA device')" || exit 1
 python -c "import torch; print('device:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| CUDA',
-torch.version.cuda, '| commit', __import__('subprocess').getoutput('git rev-parse --short HEAD'))" \
+torch.version.cuda, '| commit', __import__('os').environ.get('COMMIT') or __import__('subprocess').getoutput(
+'git rev-parse --short HEAD 2>/dev/null || echo unknown'))" \
     | tee "$RESULTS/parts.txt"
 DATA=benchmark/results/gpu_check/work/hopper-random.hdf5  # gpu_check's recorded file, else one recorded here
 [ -f "$DATA" ] || {
@@ -43,12 +45,12 @@ part() {
     echo "$name rc=$rc seconds=$((SECONDS - start)) command: $*" | tee -a "$RESULTS/parts.txt"
     tail -n 30 "$RESULTS/$name.log"
 }
-part compile 240 python benchmark/sweep_speed.py --device cuda --algorithms ofql --members 16 \
-    --paths cuda_graph compile_graph compile_reduce_overhead --updates 50 --rounds 3 --warmup 3 \
-    --out-dir "$RESULTS/compile"
 part tf32_domain 120 python benchmark/sweep_speed.py --device cuda --env-id hopper-medium-v2 --members 45 \
     --datasets 3 --paths cuda_graph --matmul-precision highest high --updates 50 --rounds 3 --warmup 3 \
     --out-dir "$RESULTS/tf32_domain"
+part compile ${COMPILE_LIMIT_S:-300} python benchmark/sweep_speed.py --device cuda --algorithms ofql --members 16 \
+    --paths cuda_graph compile_graph compile_reduce_overhead --updates 50 --rounds 3 --warmup 3 \
+    --out-dir "$RESULTS/compile"
 FLAGS="--total-steps 1000 --eval-every 1000 --eval-episodes 2 --log-every 100"
 part floor 150 python tools/compare_runs.py --base . --cuda --sweeps --dataset-path "$DATA" --flags="$FLAGS" \
     --out-dir "$RESULTS/floor"

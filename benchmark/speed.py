@@ -118,6 +118,7 @@ def training_iteration(module, agent, buffer, script_args, device, path: str | N
     for optimizer in (agent.actor_optimizer, agent.critic_optimizer):
         module.set_capturable(optimizer, device.type == "cuda" and path != "eager")
     step = torch.tensor(0, device=device)
+    torch._dynamo.mark_static_address(step)  # reduce-overhead skips its cudagraphs where a non-static input mutates
 
     def iteration():
         step.add_(1)

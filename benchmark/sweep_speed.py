@@ -97,6 +97,7 @@ def sweep_iteration(module, args, n: int, domain, data: list[dict], device, path
     for optimizer in (stacked.actor_optimizer, stacked.critic_optimizer):
         module.set_capturable(optimizer, device.type == "cuda" and path != "eager")
     step = torch.tensor(0, device=device)
+    torch._dynamo.mark_static_address(step)  # reduce-overhead skips its cudagraphs where a non-static input mutates
 
     def iteration():
         step.add_(1)
@@ -218,18 +219,21 @@ def main(args: Args) -> dict:
                 attempt(key, iteration)
             speed.sync(device)
             compile_sec[key] = time.perf_counter() - start
+            print(f"{' '.join(map(str, key))}: compiled in {compile_sec[key]:.0f} s", flush=True)  # a cut call keeps it
     timing = dataclasses.replace(speed.Args(), warmup=args.warmup, updates=args.updates)
     for r in range(args.rounds):
         for key, iteration in setups.items():
             torch.set_float32_matmul_precision(precision[key[1]])  # a graph is captured in its first warm-up
             seconds = attempt(key, speed.time_updates, iteration, timing, device)
             timed.setdefault(key, []).extend([] if seconds is None else [seconds])
-        print(f"round {r + 1}/{args.rounds} done", flush=True)
+            rate = "failed" if seconds is None else f"{(1 if key[2] == 'plain' else key[2]) / seconds:.0f}"
+            print(f"round {r + 1}/{args.rounds} {' '.join(map(str, key))}: {rate} member-updates/s", flush=True)
     seconds = {key: statistics.median(v) for key, v in timed.items() if key[:2] not in failed}
     torch.set_float32_matmul_precision("highest")
     result = dict(device=speed.device_name(device), torch=torch.__version__, env_id=args.env_id, paths=paths)
     result.update(datasets=sizes, matmul_precision=precision)
     result.update(batch_size=args.batch_size, updates_per_block=args.updates, rounds=args.rounds, algorithms={})
+    result["inductor_counters"] = dict(torch._dynamo.utils.counters["inductor"])  # cudagraph_skips: a path not graphed
     for name in args.algorithms:
         result["algorithms"][name] = {
             path: {"failed": failed[(name, path)]}

@@ -230,6 +230,11 @@ def test_the_sweep_target_is_12000_member_updates_per_second(tmp_path, monkeypat
         assert result["target"]["met"] is met and result["target"]["bound"] == ">= 12000" and result["ok"]
         result = gpu_check.run_sweep_speed(gpu_check.Args(fail_on_targets=True), str(tmp_path), True, sweep)
         assert result["ok"] is met
+    # a graph path sweep_speed.py could not run ({"failed": ...}): the target unmeasured and not met, no KeyError
+    failed = {"algorithms": {"ofql": {"cuda_graph": {"failed": "RuntimeError: capture failed"}}}}
+    (tmp_path / "sweep_speed" / "cuda.json").write_text(json.dumps(failed))
+    result = gpu_check.run_sweep_speed(gpu_check.Args(), str(tmp_path), True, sweep)
+    assert result["target"]["value"] is None and result["target"]["met"] is False
 
 
 def test_identical_logs_pass():
