@@ -65,7 +65,7 @@ def check_flags(flags: dict) -> None:
 def check_resume(config: dict, saved: dict, step: int) -> None:
     """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
     UserError names each flag (but RESUMABLE) that differs, other data (their size), a --total-steps below `step` in
-    the offline phase, a changed --total-steps once the online phase has begun; or says the run had finished."""
+    the offline phase, and a changed --total-steps once the online phase has begun."""
     keys = sorted((config.keys() | saved.keys()) - RESUMABLE - {"transitions"})
     diff = [
         f"--{k.replace('_', '-')} {config.get(k)} (was {saved.get(k)})" for k in keys if config.get(k) != saved.get(k)
@@ -79,9 +79,6 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
         diff.append(f"--total-steps {config['total_steps']} (was {saved['total_steps']}; its online phase had begun)")
     if diff:
         raise UserError(f"its run had other flags: {', '.join(diff)}")
-    if step == config.get("total_steps", 0) + config.get("online_steps", 0):
-        more = "" if config.get("online_steps") else "; a larger --total-steps trains it further"
-        raise UserError(f"its run had finished (step {step}){more}")
 
 
 def code_version(script: str) -> str | None:
@@ -361,9 +358,10 @@ class Runs:
             self.made.append(self.dirs[-1])
 
     def remove_made(self) -> None:
-        for run_dir in reversed(self.made):  # the run folders, then runs/ if this run made it
-            with contextlib.suppress(OSError):
-                os.rmdir(run_dir)  # only ever removes an empty folder
+        for run_dir in reversed(self.made):  # the run folders (and their videos/, made with the envs), then runs/
+            for folder in (os.path.join(run_dir, "videos"), run_dir):
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # only ever removes an empty folder
 
     @contextlib.contextmanager
     def removed_on_failure(self):
@@ -434,6 +432,10 @@ class Runs:
             try:
                 states.append(load_checkpoint(file))
                 check_resume(config, states[-1]["config"], states[-1]["step"])
+                finished = states[-1]["step"] == config["total_steps"] + config.get("online_steps", 0)
+                if finished and os.path.exists(os.path.join(os.path.dirname(file), "summary.json")):  # else: written
+                    more = "" if config.get("online_steps") else "; a larger --total-steps trains it further"
+                    raise UserError(f"its run had finished at step {states[-1]['step']} (summary.json){more}")
             except Exception as e:
                 raise UserError(f"cannot resume from {file}: {e if isinstance(e, UserError) else repr(e)}") from None
         if len({s["step"] for s in states}) > 1:
@@ -611,6 +613,7 @@ def main(script: str, run: Callable[[], str | list[str]]) -> None:
     """`python <script>`: run() (parse the flags and train; -> the summary.json path, or a sweep's), SIGTERM handled as
     SIGINT, any stop in one line on stderr: bad input or a refused write, exit code 2; SIGINT or SIGTERM, 130 or 143."""
     stop_on_sigterm()  # outside training steps too: one line, not a silent end
+    Runs.latest = None
     try:
         summaries = run()
         print("\n".join(f"summary: {path}" for path in ([summaries] if isinstance(summaries, str) else summaries)))

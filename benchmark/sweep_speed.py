@@ -219,7 +219,8 @@ def main(args: Args) -> dict:
                 attempt(key, iteration)
             speed.sync(device)
             compile_sec[key] = time.perf_counter() - start
-            print(f"{' '.join(map(str, key))}: compiled in {compile_sec[key]:.0f} s", flush=True)  # a cut call keeps it
+            done = "failed" if key[:2] in failed else "compiled"
+            print(f"{' '.join(map(str, key))}: {done} in {compile_sec[key]:.0f} s", flush=True)  # a cut call keeps it
     timing = dataclasses.replace(speed.Args(), warmup=args.warmup, updates=args.updates)
     for r in range(args.rounds):
         for key, iteration in setups.items():

@@ -33,8 +33,8 @@ def renderable(env: gym.Env) -> gym.Env:
         )
     if renderer is not None and mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track") >= 0:
         renderer.camera_id = mujoco.mj_name2id(renderer.model, mujoco.mjtObj.mjOBJ_CAMERA, "track")
-    try:  # a frame now, not at the first evaluation, --eval-every steps later (each evaluation resets with its seed)
-        env.reset(seed=0)
+    env.reset(seed=0)  # a frame now, not at the first evaluation, --eval-every steps later (each resets with its seed)
+    try:
         env.render()
     except Exception as e:  # mujoco.FatalError: no OpenGL platform library for MUJOCO_GL's backend, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

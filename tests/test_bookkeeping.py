@@ -4,6 +4,7 @@ generators' states on CUDA (mocked: fewer devices at resume, the sweep's generat
 member's gradient clipped by its own norm."""
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -166,16 +167,25 @@ def test_each_member_is_clipped_by_its_own_norm_with_a_scalar_parameter():
     assert clipped.tolist() == pytest.approx([1.0, 1.0], rel=1e-5)
 
 
-def test_resume_refuses_a_finished_run_and_other_data_in_words_that_name_them():
+def test_resume_refuses_other_data_in_words_that_name_it():
     saved = {**vars(ofql.Args(total_steps=10)), "transitions": 120}
-    with pytest.raises(UserError, match=r"^its run had finished \(step 10\); a larger --total-steps trains it further"):
-        bookkeeping.check_resume(saved, saved, step=10)
-    bookkeeping.check_resume({**saved, "total_steps": 20}, saved, step=10)  # a longer run: it goes on
-    online = {**saved, "online_steps": 30}
-    with pytest.raises(UserError, match=r"^its run had finished \(step 40\)$"):
-        bookkeeping.check_resume(online, online, step=40)
     with pytest.raises(UserError, match=r"^its run had other flags: a dataset of 85 transitions \(was 120\)$"):
         bookkeeping.check_resume({**saved, "transitions": 85}, saved, step=5)  # no flag --transitions to name
+
+
+def test_a_finished_run_is_refused_but_one_stopped_before_its_summary_writes_it(tmp_path, hopper_file, monkeypatch):
+    """A finished run's checkpoint (its summary.json written): refused in one line, unless --total-steps grows; one
+    whose summaries a stop cut off (no summary.json): the resume trains nothing and writes them."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1", "--save-model"]
+    summary = ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "4"]))
+    checkpoint, written = os.path.join(os.path.dirname(summary), "checkpoint.pt"), open(summary).read()
+    again = [*flags, "--total-steps", "4", "--eval-every", "4", "--resume", checkpoint]
+    with pytest.raises(UserError, match=r"its run had finished at step 4 \(summary.json\); a larger --total-steps"):
+        ofql.train(ofql.parse_args(again))
+    os.remove(summary)  # as if a stop came while the summaries were written
+    assert ofql.train(ofql.parse_args(again)) == summary
+    assert json.load(open(summary))["evaluations"] == json.loads(written)["evaluations"]
 
 
 def test_the_command_that_continues_replaces_either_spelling_of_resume():
@@ -251,3 +261,17 @@ def test_track_without_a_usable_wandb_is_one_line_and_leaves_no_folder(tmp_path,
         "`wandb login`, or WANDB_MODE=offline"
     )
     assert not os.path.exists("runs")
+
+
+def test_only_the_failing_calls_new_empty_folders_are_removed(tmp_path, hopper_file, monkeypatch, capsys):
+    """A new run's folder goes with its empty videos/ (--capture-video makes it with the envs); a later main() whose
+    flags are refused before it makes a Runs leaves an earlier Runs' folder of this process alone."""
+    monkeypatch.chdir(tmp_path)
+    runs = bookkeeping.Runs("ofql.py", [ofql.Args()])
+    os.makedirs(os.path.join(runs.dirs[0], "videos"))
+    runs.remove_made()
+    assert not os.path.exists("runs")
+    earlier = bookkeeping.Runs("ofql.py", [ofql.Args()])
+    assert run_main(["--env-id", "hopper-medium-v2", "--batch-size", "-1"], monkeypatch).code == 2
+    assert "--batch-size must be a number in (0, inf), not -1" in capsys.readouterr().err
+    assert os.path.isdir(earlier.dirs[0])
