@@ -81,6 +81,21 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
         raise UserError(f"its run had other flags: {', '.join(diff)}")
 
 
+def check_resume_flags(args, run_dir: str) -> None:
+    """Before the data are loaded (a download, perhaps): `args` against the first config.json of the run in `run_dir`,
+    where there is one, by check_resume's rule for flags (those for the data and the steps wait for the checkpoint)."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return
+    config = {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}  # as saved
+    try:
+        check_resume(config, {k: v for k, v in saved.items() if k in config}, step=0)
+    except UserError as e:
+        raise UserError(f"cannot resume from {args.resume}: {e}") from None
+
+
 def code_version(script: str) -> str | None:
     """The git commit of the checkout holding `script` (12 hex digits), + "+changes" when a tracked file differs from
     it: which code made a run's numbers. None outside a git checkout or without git."""
@@ -345,6 +360,11 @@ class Runs:
                 raise UserError(f"cannot resume from {args.resume}: {folder}")
             if args.resume:
                 self.dirs.append(os.path.dirname(args.resume) or ".")
+                try:
+                    check_resume_flags(args, self.dirs[-1])
+                except UserError:
+                    self.remove_made()
+                    raise
                 continue
             try:
                 self.dirs.append(

@@ -19,6 +19,7 @@ import torch.nn as nn
 import bookkeeping
 import dql
 import fql
+import offline_data
 import ofql
 import sweep
 from offline_data import UserError
@@ -275,3 +276,20 @@ def test_only_the_failing_calls_new_empty_folders_are_removed(tmp_path, hopper_f
     assert run_main(["--env-id", "hopper-medium-v2", "--batch-size", "-1"], monkeypatch).code == 2
     assert "--batch-size must be a number in (0, inf), not -1" in capsys.readouterr().err
     assert os.path.isdir(earlier.dirs[0])
+
+
+def test_a_resume_with_other_flags_is_refused_before_the_data_are_loaded(tmp_path, hopper_file, monkeypatch):
+    """A resume that forgets --dataset-path would download the D4RL file before the checkpoint's check refused it: the
+    run's config.json is checked first (the same dataset given by a relative path passes)."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--eval-episodes", "1", "--save-model", "--total-steps", "4"]
+    summary = ofql.train(ofql.parse_args([*flags, "--dataset-path", hopper_file, "--eval-every", "4"]))
+    checkpoint, loads = os.path.join(os.path.dirname(summary), "checkpoint.pt"), []
+    monkeypatch.setattr(offline_data, "load", lambda *a: loads.append(a) or (_ for _ in ()).throw(LookupError("load")))
+    with pytest.raises(UserError, match=r"cannot resume from .*: its run had other flags: --dataset-path None \(was /"):
+        ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--resume", checkpoint]))
+    assert loads == []
+    with pytest.raises(LookupError, match="load"):  # past the check, at the load
+        relative = os.path.relpath(hopper_file)
+        ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--dataset-path", relative, "--resume", checkpoint]))
+    assert len(loads) == 1
