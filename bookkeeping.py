@@ -12,6 +12,7 @@ the optimizers' step counts are shared): member m's checkpoint is slice m of eac
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -119,6 +120,18 @@ def make_run_folder(name: str) -> str:
             continue
         except OSError as e:
             raise UserError(f"cannot make the run folder {run_dir} in {os.getcwd()} ({e.strerror or e})") from None
+
+
+def open_log(run_dir: str):
+    """run_dir's metrics.jsonl for appending, line-buffered, flock-ed while it is open: a second process that resumes
+    the same run (a cluster's requeued duplicate) is refused in one line instead of writing its records twice."""
+    f = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"another process is training the run in {run_dir} (its metrics.jsonl is locked)") from None
+    return f
 
 
 def trim_log(path: str, step: int) -> None:
@@ -413,6 +426,7 @@ class Runs:
         for c in self.configs:
             c["torch"], c["commit"] = str(torch.__version__), self.commit  # strs: weights_only loads them
         fresh = (1, [[] for _ in self.members], 0.0)
+        self.logs = []  # resume() opens them, before it trims them
         self.start_step, self.evals, self.elapsed = self.resume(agent) if self.args.resume else fresh
         start = self.start_step
         self.wandb_runs = (  # first: a wandb that cannot start leaves a new run's folder empty (main removes it)
@@ -426,7 +440,7 @@ class Runs:
                     json.dump({"sweep": self.sweep, "members": self.dirs, "command": sys.argv}, f, indent=2)
         if self.sweep:
             print(f"sweep {self.sweep}: {self.size} members of {os.path.basename(self.script)}")
-        self.logs = [open(os.path.join(d, "metrics.jsonl"), "a", buffering=1) for d in self.dirs]  # line-buffered
+        self.logs = self.logs or [open_log(d) for d in self.dirs]
         self.session_start = time.time()
         return start
 
@@ -479,6 +493,7 @@ class Runs:
                     raise UserError(f"cannot resume from {file}: {repr(e)}") from None
         self.failed = {m: s["failed"] for m, s in enumerate(states) if s.get("failed")}  # they stay failed
         set_rng_state(states[0]["rng"])
+        self.logs = [open_log(d) for d in self.dirs]  # locked: a second process resuming a run stops here
         for run_dir in self.dirs:
             trim_log(os.path.join(run_dir, "metrics.jsonl"), states[0]["step"])
         return states[0]["step"] + 1, [s["evals"] for s in states], states[0]["elapsed"]
@@ -499,6 +514,7 @@ class Runs:
                     )
         if not self.live():
             hint = "try a lower Q weight or learning rate, or a --grad-norm"
+            self.close_logs()
             raise UserError(f"{self.failed[0]}; stopping ({hint})" if self.size == 1 else self.failure())
 
     def failure(self) -> str:
@@ -595,17 +611,19 @@ class Runs:
         """SIGINT, SIGTERM: the loop stops after the step under way, which is saved; see stop_signals."""
         return stop_signals(self.how_to_continue)
 
+    def close_logs(self) -> None:
+        for f in self.logs:
+            f.close()  # and so unlocked
+
     def interrupted(self, step: int, signum: int) -> Interrupted:
         """What the loop raises after a signal at `step`: the runs' metrics logs closed, the line that continues."""
-        for f in self.logs:
-            f.close()
+        self.close_logs()
         return Interrupted(self.how_to_continue(stopped_at=step), signum)
 
     def finish(self, source) -> str:
         """Each member's summary.json (plus, in a sweep, its name and size and the member's error), the logs and wandb
         runs closed. -> the first member's summary.json; a UserError names the failed members, if any."""
-        for f in self.logs:
-            f.close()
+        self.close_logs()
         wall_clock = self.elapsed + time.time() - self.session_start  # the members trained together: one clock
         steps = self.args.total_steps + getattr(self.args, "online_steps", 0) - self.start_step + 1
         steps_per_sec = steps / self.train_time if self.train_time else None

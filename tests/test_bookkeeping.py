@@ -293,3 +293,35 @@ def test_a_resume_with_other_flags_is_refused_before_the_data_are_loaded(tmp_pat
         relative = os.path.relpath(hopper_file)
         ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--dataset-path", relative, "--resume", checkpoint]))
     assert len(loads) == 1
+
+
+def test_a_second_process_resuming_a_run_is_refused(tmp_path, hopper_file, monkeypatch):
+    """A requeued duplicate: while one process trains a run (its metrics.jsonl locked), another's --resume of it stops
+    in one line before it touches the log; once the first is done, the resume goes on."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1", "--save-model"]
+    summary = ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "4"]))
+    checkpoint, log = (os.path.join(os.path.dirname(summary), name) for name in ("checkpoint.pt", "metrics.jsonl"))
+    records = open(log).read()
+    holder = subprocess.Popen(  # another process holding the run, as a training one does
+        [
+            sys.executable,
+            "-c",
+            f"import bookkeeping, time; f = bookkeeping.open_log({os.path.abspath(os.path.dirname(log))!r}); "
+            "print('held', flush=True); time.sleep(60)",
+        ],
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(
+            UserError, match=r"another process is training the run in .* \(its metrics.jsonl is locked\)"
+        ):
+            ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--eval-every", "4", "--resume", checkpoint]))
+        assert open(log).read() == records
+    finally:
+        holder.kill()
+        holder.wait()
+    ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--eval-every", "4", "--resume", checkpoint]))
