@@ -61,7 +61,9 @@ class Args:
     adaptive_weight_power: float = 0.0
     """p of MeanFlow's adaptive loss weight 1 / sg(err + 1e-3)^p; 0 is plain MSE (Eq. 14), as for the other models"""
     n_eval: int = 4000
-    """held-out ground-truth points, and generated points per model, for the energy distance"""
+    """held-out ground-truth points, and generated points per model, for the two distances"""
+    mmd_width: float = 0.25
+    """the Gaussian kernel's width of the MMD (an eighth of a checkerboard square): a distance that sees local shape"""
     n_plot: int = 1000
     """points of each colour drawn per panel"""
     threads: int = 1
@@ -249,7 +251,8 @@ def sample_ddpm(eps_net: nn.Module, n: int, T: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------------
-# Sample quality: energy distance (Szekely & Rizzo).
+# Sample quality: energy distance (Szekely & Rizzo), which weighs the global layout, and an MMD with a narrow kernel,
+# which sees local shape (a uniform spread over the box scores well on the first, badly on the second).
 # ------------------------------------------------------------------------------------------------
 def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     """D^2 = 2 E|X - Y| - E|X - X'| - E|Y - Y'|, with unbiased U-statistics for the within-sample terms.
@@ -258,6 +261,25 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> float:
     n, m = len(x), len(y)
     xx, yy = torch.cdist(x, x).sum() / (n * (n - 1)), torch.cdist(y, y).sum() / (m * (m - 1))  # diagonals are 0
     return (2 * torch.cdist(x, y).mean() - xx - yy).item()
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor, width: float) -> float:
+    """MMD^2 with the Gaussian kernel exp(-|a - b|^2 / (2 width^2)), unbiased within-sample terms (~0 for two samples
+    of one distribution); a narrow width compares the densities at that scale."""
+    k = lambda a, b: torch.exp(-torch.cdist(a, b).square() / (2 * width**2))  # noqa: E731
+    n, m = len(x), len(y)
+    return ((k(x, x).sum() - n) / (n * (n - 1)) + (k(y, y).sum() - m) / (m * (m - 1)) - 2 * k(x, y).mean()).item()
+
+
+def references(data: torch.Tensor, n: int, seed: int) -> dict[str, torch.Tensor]:
+    """What a model that learnt no shape could give: the Gaussian of the training data's mean and covariance, and a
+    uniform spread over the box."""
+    g = torch.Generator().manual_seed(seed)
+    gaussian = data.mean(0) + torch.randn(n, 2, generator=g) @ torch.linalg.cholesky(torch.cov(data.T)).T
+    return {
+        "Gaussian fit": gaussian.clamp(-BOX, BOX),
+        "uniform on the box": (torch.rand(n, 2, generator=g) * 2 - 1) * BOX,
+    }
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,12 +342,12 @@ def columns(args: Args) -> list[tuple[str, int]]:
 
 def plot_grid(truth: dict, samples: dict, distances: dict, args: Args, path: str) -> None:
     cols = columns(args)
-    fig, axes = plt.subplots(len(truth), len(cols), figsize=(1.9 * len(cols), 1.9 * len(truth)), squeeze=False)
+    fig, axes = plt.subplots(len(truth), len(cols), figsize=(2.2 * len(cols), 2.2 * len(truth)), squeeze=False)
     for row, name in enumerate(truth):
         for col, (method, k) in enumerate(cols):
             ax = axes[row, col]
-            ax.scatter(*truth[name][: args.n_plot].T, s=2, c="tab:blue", linewidths=0, rasterized=True)
-            ax.scatter(*samples[name][method, k][: args.n_plot].T, s=2, c="tab:orange", linewidths=0, rasterized=True)
+            ax.scatter(*truth[name][: args.n_plot].T, s=2, c="0.8", linewidths=0, rasterized=True)  # light, below
+            ax.scatter(*samples[name][method, k][: args.n_plot].T, s=1.5, c="tab:red", linewidths=0, rasterized=True)
             ax.set(xlim=(-BOX, BOX), ylim=(-BOX, BOX), xticks=[], yticks=[], aspect="equal")
             d = distances[name, method, k]
             ax.text(0.03, 0.03, f"{d:.3f}", transform=ax.transAxes, fontsize=7, bbox=dict(fc="white", ec="none", pad=1))
@@ -333,48 +355,56 @@ def plot_grid(truth: dict, samples: dict, distances: dict, args: Args, path: str
                 ax.set_title(f"{method}, {k} step{'s' * (k > 1)}", fontsize=9)
             if col == 0:
                 ax.set_ylabel(name, fontsize=10)
-    fig.suptitle("blue: held-out ground truth, orange: samples; bottom left: energy distance", fontsize=10)
+    fig.suptitle("grey: held-out ground truth, red: samples; bottom left: energy distance", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write_tables(distances: dict, floor: dict, args: Args, out: str) -> str:
-    """CSV in long form (one row per dataset x method x steps) and a markdown table (methods x datasets)."""
+REFERENCES = ("Gaussian fit", "uniform on the box", "fresh ground-truth sample (noise floor)")  # rows, no steps
+
+
+def write_tables(metrics: dict[str, dict], args: Args, out: str) -> str:
+    """CSV in long form (one row per dataset x method x steps, a column per metric) and a markdown table per metric
+    (methods and the references x datasets); metrics: {metric name: {(dataset, method, steps): value}}."""
+    first = next(iter(metrics.values()))
+    names = list(dict.fromkeys(n for n, _, _ in first))
     with open(os.path.join(out, "toy_meanflow.csv"), "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["dataset", "method", "steps", "energy_distance"])
-        for (name, method, k), d in distances.items():
-            writer.writerow([name, method, k, f"{d:.5f}"])
-    names = list(floor)
-    lines = [
-        "| method | steps (NFE) | " + " | ".join(names) + " |",
-        "|---|---|" + "---:|" * len(names),
-    ]
-    best = [min(distances[n, m, k] for m, k in columns(args)) for n in names]
-    for method, k in columns(args):
-        cells = [f"{distances[n, method, k]:.4f}" for n in names]
-        cells = [f"**{c}**" if distances[n, method, k] == b else c for c, n, b in zip(cells, names, best)]
-        lines.append(f"| {method} | {k} | " + " | ".join(cells) + " |")
-    lines.append(
-        "| fresh ground-truth sample (noise floor) | - | " + " | ".join(f"{floor[n]:.4f}" for n in names) + " |"
-    )
-    table = "\n".join(lines) + "\n\n" + "\n".join(claim_check(distances, names, args))
+        writer.writerow(["dataset", "method", "steps", *(m.split(" ")[0].lower() for m in metrics)])
+        for key in first:
+            writer.writerow([*key, *(f"{values[key]:.5f}" for values in metrics.values())])
+    text = []
+    for metric, values in metrics.items():
+        lines = [
+            f"{metric}:",
+            "",
+            "| method | steps (NFE) | " + " | ".join(names) + " |",
+            "|---|---|" + "---:|" * len(names),
+        ]
+        rows = [*columns(args), *((r, 0) for r in REFERENCES)]
+        lines += [
+            f"| {m} | {k or '-'} | " + " | ".join(f"{values[n, m, k]:.4f}" for n in names) + " |" for m, k in rows
+        ]
+        text.append("\n".join(lines + ["", *claim_check(values, names, args)]))
+    table = "\n\n".join(text)
     with open(os.path.join(out, "toy_meanflow.md"), "w") as f:
-        f.write(f"Energy distance D^2 between {args.n_eval} generated and {args.n_eval} held-out points, ")
-        f.write("lower is better.\n\n")
+        f.write(f"Distances between {args.n_eval} generated and {args.n_eval} held-out points, lower is better.\n\n")
         f.write(table + "\n")
     return table
 
 
-def claim_check(distances: dict, names: list[str], args: Args) -> list[str]:
-    """One line per dataset: u-param with the fewest steps against v-param and DDPM with the fewest and most."""
+def claim_check(values: dict, names: list[str], args: Args) -> list[str]:
+    """One line per dataset: v-param and DDPM with the fewest and most steps, and the references, relative to u-param
+    with the fewest steps."""
     u, lo, hi = min(args.u_steps), min(args.steps), max(args.steps)
     lines = []
     for n in names:
-        others = [(m, k) for k in dict.fromkeys((lo, hi)) for m in ("v-param", "DDPM")]  # hi = lo: listed once
-        rel = [f"{m} {k}: {distances[n, m, k] / distances[n, 'u-param', u]:.1f}x" for m, k in others]
-        lines.append(f"- {n}, distance relative to u-param with {u} step{'s' * (u > 1)}: " + ", ".join(rel))
+        others = [(m, k) for k in dict.fromkeys((lo, hi)) for m in ("v-param", "DDPM")] + [
+            (r, 0) for r in REFERENCES[:2]
+        ]
+        rel = [f"{m}{f' {k}' if k else ''}: {values[n, m, k] / values[n, 'u-param', u]:.1f}x" for m, k in others]
+        lines.append(f"- {n}, relative to u-param with {u} step{'s' * (u > 1)}: " + ", ".join(rel))
     return lines
 
 
@@ -384,15 +414,19 @@ def main(args: Args) -> dict:
     torch.set_num_threads(args.threads)
     os.makedirs(args.output_dir, exist_ok=True)
     start = time.time()
-    truth, samples, distances, floor = {}, {}, {}, {}
+    truth, samples, distances, mmds = {}, {}, {}, {}
     for name in args.datasets:
         truth[name] = sample_dataset(name, args.n_eval, args.seed, split=1)
-        floor[name] = energy_distance(sample_dataset(name, args.n_eval, args.seed, split=2), truth[name])
         samples[name] = run_dataset(name, args)
-        for (method, k), x in samples[name].items():
+        training = sample_dataset(name, args.batches_per_epoch * args.batch_size, args.seed, split=0)
+        fresh = sample_dataset(name, args.n_eval, args.seed, split=2)
+        refs = {**references(training, args.n_eval, args.seed), REFERENCES[2]: fresh}
+        for (method, k), x in {**samples[name], **{(r, 0): x for r, x in refs.items()}}.items():
             distances[name, method, k] = energy_distance(x, truth[name])
+            mmds[name, method, k] = mmd(x, truth[name], args.mmd_width)
     plot_grid(truth, samples, distances, args, os.path.join(args.output_dir, "toy_meanflow.png"))
-    print(write_tables(distances, floor, args, args.output_dir))
+    metrics = {"Energy distance D^2": distances, f"MMD^2, Gaussian kernel of width {args.mmd_width}": mmds}
+    print(write_tables(metrics, args, args.output_dir))
     print(f"wrote {args.output_dir}/toy_meanflow.{{png,md,csv}} in {time.time() - start:.0f} s")
     return distances
 

@@ -2,6 +2,7 @@
 
 import csv
 
+import numpy as np
 import pytest
 import torch
 import tyro
@@ -54,10 +55,12 @@ def test_quick_run_writes_outputs_and_one_meanflow_step_beats_one_euler_step(tmp
     assert png.exists() and png.stat().st_size > 20_000
     with open(tmp_path / "toy_meanflow.csv") as f:
         rows = list(csv.DictReader(f))
-    expected = {(d, m, str(k)) for d in ("checkerboard", "moons") for m, k in tm.columns(args)}
-    assert {(r["dataset"], r["method"], r["steps"]) for r in rows} == expected and len(rows) == len(expected) == 12
+    rows_per_dataset = [*tm.columns(args), *((r, 0) for r in tm.REFERENCES)]
+    expected = {(d, m, str(k)) for d in ("checkerboard", "moons") for m, k in rows_per_dataset}
+    assert {(r["dataset"], r["method"], r["steps"]) for r in rows} == expected and len(rows) == len(expected) == 18
+    assert all(float(r["energy"]) < 0.01 and abs(float(r["mmd^2,"])) < 1e-3 for r in rows if "floor" in r["method"])
     table = (tmp_path / "toy_meanflow.md").read_text()
-    assert "Energy distance" in table and table.count("\n| ") == 1 + len(tm.columns(args)) + 1
+    assert "Energy distance" in table and "MMD^2" in table and table.count("\n| ") == 2 * (1 + len(rows_per_dataset))
 
     # The paper's claim on checkerboard, with a margin: one MeanFlow step is far closer to the data than one
     # Euler step of flow matching (which collapses towards the mean) or one DDPM step.
@@ -71,11 +74,24 @@ def test_the_claim_lines_name_each_step_count_once():
     (--steps 1) each baseline once."""
     distances = {("moons", "u-param", 1): 0.1, ("moons", "v-param", 1): 0.2, ("moons", "DDPM", 1): 0.4}
     distances |= {("moons", "v-param", 10): 0.05, ("moons", "DDPM", 10): 0.3}
+    distances |= {("moons", "Gaussian fit", 0): 0.15, ("moons", "uniform on the box", 0): 0.3}
     args = tm.Args(steps=[1, 10], u_steps=[1])
     line = tm.claim_check(distances, ["moons"], args)
     assert line == [
-        "- moons, distance relative to u-param with 1 step: "
-        + "v-param 1: 2.0x, DDPM 1: 4.0x, v-param 10: 0.5x, DDPM 10: 3.0x"
+        "- moons, relative to u-param with 1 step: v-param 1: 2.0x, DDPM 1: 4.0x, v-param 10: 0.5x, DDPM 10: 3.0x, "
+        "Gaussian fit: 1.5x, uniform on the box: 3.0x"
     ]
     line = tm.claim_check(distances, ["moons"], tm.Args(steps=[1], u_steps=[1]))[0]
-    assert line.endswith("with 1 step: v-param 1: 2.0x, DDPM 1: 4.0x")
+    assert line.endswith("with 1 step: v-param 1: 2.0x, DDPM 1: 4.0x, Gaussian fit: 1.5x, uniform on the box: 3.0x")
+
+
+def test_the_narrow_mmd_sees_the_checkerboards_squares():
+    """MMD^2 ~0 for two samples of the checkerboard; against a uniform spread over the box (half its mass in the empty
+    squares) well above that, though the energy distance of that uniform spread is small (a sign or a diagonal term
+    wrong fails)."""
+    rng = np.random.default_rng(0)
+    board, other = (tm.sample_dataset("checkerboard", 3000, 0, split) for split in (1, 2))
+    uniform = torch.as_tensor(rng.uniform(-tm.BOX, tm.BOX, (3000, 2)), dtype=torch.float32)
+    same, spread = tm.mmd(board, other, 0.25), tm.mmd(board, uniform, 0.25)
+    assert abs(same) < 2e-4 and spread > 20 * abs(same) + 2e-3, (same, spread)
+    assert tm.mmd(uniform, board, 0.25) == pytest.approx(spread, rel=1e-4)
