@@ -131,6 +131,8 @@ def open_log(run_dir: str):
     except BlockingIOError:
         f.close()
         raise UserError(f"another process is training the run in {run_dir} (its metrics.jsonl is locked)") from None
+    except OSError:  # a file system without flock (some cluster mounts): the run goes on unguarded, as before
+        pass
     return f
 
 

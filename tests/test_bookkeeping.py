@@ -4,6 +4,7 @@ generators' states on CUDA (mocked: fewer devices at resume, the sweep's generat
 member's gradient clipped by its own norm."""
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -325,3 +326,13 @@ def test_a_second_process_resuming_a_run_is_refused(tmp_path, hopper_file, monke
         holder.kill()
         holder.wait()
     ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--eval-every", "4", "--resume", checkpoint]))
+
+
+def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch):
+    def no_locks(*_):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(bookkeeping.fcntl, "flock", no_locks)
+    with bookkeeping.open_log(str(tmp_path)) as log:
+        log.write("{}\n")
+    assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"
