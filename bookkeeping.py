@@ -82,6 +82,11 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
         raise UserError(f"its run had other flags: {', '.join(diff)}")
 
 
+def recorded_flags(args) -> dict:
+    """The flags as config.json records them: --dataset-path absolute."""
+    return {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}
+
+
 def check_resume_flags(args, run_dir: str) -> None:
     """Before the data are loaded (a download, perhaps): `args` against the first config.json of the run in `run_dir`,
     where there is one, by check_resume's rule for flags (those for the data and the steps wait for the checkpoint)."""
@@ -90,7 +95,7 @@ def check_resume_flags(args, run_dir: str) -> None:
             saved = json.load(f)
     except (OSError, ValueError):
         return
-    config = {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}  # as saved
+    config = recorded_flags(args)
     try:
         check_resume(config, {k: v for k, v in saved.items() if k in config}, step=0)
     except UserError as e:
@@ -420,8 +425,7 @@ class Runs:
         self.buffer = buffer
         sizes = getattr(buffer, "member_sizes", None) or [getattr(buffer, "size", None)] * self.size  # a domain's: each
         self.configs = [
-            {**vars(a), "dataset_path": a.dataset_path and os.path.abspath(a.dataset_path), **config}
-            | ({"transitions": n} if buffer is not None else {})
+            {**recorded_flags(a), **config} | ({"transitions": n} if buffer is not None else {})
             for a, n in zip(self.members, sizes)
         ]
         self.commit = code_version(self.script)
