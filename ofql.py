@@ -240,7 +240,7 @@ class Critic(nn.Module):
 # ---------------------------------------------------------------------------------------------------------------
 def sample_t_r(batch_size: int, flow_ratio: float, mu: float, sigma: float, device: torch.device):
     """(t, r) for Eq. 14: two logit-normal(mu, sigma) draws, t = max and r = min; r = t (plain flow matching) in
-    exactly floor(flow_ratio * B) rows at random positions, as in MeanFlow's code (a batch may come in parts:
+    exactly floor(flow_ratio * B) rows at random positions, as in the author's code (a batch may come in parts:
     --balanced-sampling's dataset rows, then online ones)."""
     tr = torch.sigmoid(mu + sigma * torch.randn(batch_size, 2, device=device))
     t, r = tr.max(dim=1, keepdim=True).values, tr.min(dim=1, keepdim=True).values
@@ -273,7 +273,7 @@ def behavior_cloning_loss(actor: Actor, obs, actions, args: Args) -> tuple[torch
 
 
 def sample_actions(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
-    """One network call, differentiable (Eq. 16): a = clip(eps - u(eps, r=0, t=1; s), -1, 1)."""
+    """One network call, differentiable (Eq. 16): a = eps - u(eps, r=0, t=1; s), clipped to [-1, 1] as DQL's actions."""
     eps = torch.randn(len(obs), actor.act_dim, device=obs.device)
     return (eps - actor(eps, obs.new_zeros(1, 1), obs.new_ones(1, 1), obs)).clamp(-1.0, 1.0)
 
