@@ -74,6 +74,8 @@ def load(env_id: str, dataset_path: str | None = None, reward_mode: str = "raw")
         source = load_minari(env_id)
     elif is_ogbench_id(env_id):
         source = load_ogbench(env_id, dataset_path)
+    elif env_id not in DATASETS:
+        raise UserError(f"unknown dataset id {env_id!r}; D4RL ids: {', '.join(DATASETS)}, or a Minari or OGBench id")
     else:
         d = domain_of(env_id)
         data = load_d4rl(env_id, dataset_path, "raw")

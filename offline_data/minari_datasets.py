@@ -104,10 +104,10 @@ def load_minari(dataset_id: str) -> "DataSource":
     flat_space = gym.spaces.Box(-np.inf, np.inf, data["observations"].shape[1:], np.float32)
 
     def make_env() -> gym.Env:
+        fix_gymnasium_robotics_joints()  # in the process that builds the env: an env worker imports a fresh module
         env = remove_model_file(dataset.recover_environment(eval_env=True))  # a maze env writes one
         return gym.wrappers.TransformObservation(env, lambda o: flatten_observation(obs_space, o), flat_space)
 
-    fix_gymnasium_robotics_joints()
     env = make_env()  # built once now, so that a missing package or a mismatch shows before training
     obs_shape, spec = env.reset(seed=0)[0].shape, env.spec
     env.close()

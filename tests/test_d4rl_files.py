@@ -370,6 +370,12 @@ def test_the_parts_of_killed_downloads_are_removed(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == sorted(["hopper_medium-v2.hdf5", *parts[1:]])
 
 
+@pytest.mark.parametrize("env_id", ["hopper-random-v2", "ant"])
+def test_an_unknown_id_is_one_line(env_id, hopper_file):
+    with pytest.raises(offline_data.UserError, match=f"unknown dataset id '{env_id}'; D4RL ids: halfcheetah-medium-v2"):
+        offline_data.load(env_id, hopper_file)
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(offline_data.DatasetError, match="does not exist"):
         offline_data.d4rl_files.load_d4rl("hopper-medium-v2", str(tmp_path / "nope.hdf5"), "raw")

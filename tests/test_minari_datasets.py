@@ -292,7 +292,7 @@ def test_kitchen_nested_dict_observations():
         max_episode_steps=450,
     )
     episodes = [rollout(env, seed, max_steps=4) for seed in (0, 1)]
-    dataset = write_dataset("D4RL/kitchen/tiny-v2", env, episodes)  # like the real ones: no reference scores
+    dataset = write_dataset("D4RL/kitchen/tiny-v2", env, episodes)  # no reference scores
     data, info = load("D4RL/kitchen/tiny-v2")
     assert (info.obs_dim, info.act_dim, info.max_episode_steps) == (83, 9, 450)
     assert observation_layout(dataset.observation_space) == [
@@ -310,6 +310,9 @@ def test_kitchen_nested_dict_observations():
     check_env(info, dataset)
     assert info.ref_min_score is None and info.ref_max_score is None
     assert score(info, [1.0]) is None
+    envs = offline_data.evaluation_envs(info.make_env, 2, workers=2)  # a worker imports gymnasium-robotics unpatched
+    assert envs.reset(seed=0)[0].shape == (2, 83)
+    envs.close()
 
 
 def test_pen_box_observations():
