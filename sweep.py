@@ -105,12 +105,13 @@ def grid_values(argv: list[str], weight: str) -> tuple[list[str] | None, list[st
     if not found:
         return None, argv
     if len(found) > 1:
-        raise UserError(f"{flag} is given {len(found)} times: give its values once ({flag} 0.1 0.3)")
+        raise UserError(f"{flag} is given {len(found)} times: give all its values after one {flag}")
     i = found[0]
-    j = next((k for k in range(i + 1, len(argv)) if argv[k].startswith("-") and not argv[k][1:2].isdigit()), len(argv))
+    is_flag = lambda a: a.startswith("-") and not a[1:2].isdigit() and a[1:2] != "."  # -0.1, -.1: values
+    j = next((k for k in range(i + 1, len(argv)) if is_flag(argv[k])), len(argv))
     values = [v for v in argv[i].split("=", 1)[1:] if v] + argv[i + 1 : j]
     if not values:
-        raise UserError(f"{flag} needs at least one value (without it: the preset's)")
+        raise UserError(f"{flag} needs at least one value (or leave it out)")
     return values, argv[:i] + argv[j:]
 
 
@@ -123,6 +124,8 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
     script = load_script(argv[0])
     weight = script.SWEEP_WEIGHT
     values, rest = grid_values(argv[1:], weight)
+    for name in ("seeds", "env_ids", "dataset_paths", "resume"):  # tyro would keep the last of a repeated list
+        grid_values(rest, name)
     sweep, rest = tyro.cli(Args, args=rest, return_unknown_args=True, description=__doc__)
     if not sweep.seeds:
         raise UserError("--seeds needs at least one seed")
@@ -306,7 +309,7 @@ class Members:
         gradient norms (before clipping), as clip_grad_norm_ does for one."""
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
-        grads = [p.grad for p in module.parameters()]
+        grads = [p.grad for p in module.parameters() if p.grad is not None]  # clip_grad_norm_ skips the others
         norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]).norm(dim=0)
         limit = (max_norm or None) if self.max_norms is None else self.max_norms  # None: no clipping
         if limit is not None:

@@ -302,6 +302,7 @@ def test_the_grid_and_its_shards(hopper_file):
         (["ofql.py", "--seeds", "0", "--shard", "1/2"], "shard 1/2 of a grid of 1 members is empty"),
         (["ofql.py", "--eta", "0.1", "0.1"], "must not repeat"),
         (["ofql.py", "--eta", "-1"], "--eta must be a number in"),
+        (["ofql.py", "--eta", "-.1", "0.3"], "--eta must be a number in [0, inf), not -0.1"),  # not 'needs a value'
         (["ofql.py", "--seeds", "0", "-1"], "--seeds must be numbers in [0, 4294967295], not 0 -1"),
         (["train.py"], "no script 'train.py' (sweep.py trains ofql.py, dql.py, fql.py or a script of the same form)"),
         (["fql.py", "--capture-video"], "a sweep records none"),
@@ -327,7 +328,11 @@ def test_bad_grids_are_one_line_and_exit_code_2(tmp_path, flags, message):
         (["ofql.py", "--eta=0.1", "--eta", "0.3"], "--eta is given 2 times"),
         (["ofql.py", "--eta", "--seeds", "0"], "--eta needs at least one value"),  # not the preset's
         (["ofql.py", "--seeds", "0", "--eta="], "--eta needs at least one value"),
-        (["ofql.py", "--seeds"], "--seeds needs at least one seed"),
+        (["ofql.py", "--seeds"], "--seeds needs at least one value"),
+        (["ofql.py", "--seeds", "0", "1", "--seeds", "2"], "--seeds is given 2 times"),  # not [2] alone (tyro's)
+        (["ofql.py", "--resume", "a.pt", "--resume=b.pt"], "--resume is given 2 times"),
+        (["ofql.py", "--env-ids", "hopper-medium-v2", "--env_ids", "hopper-medium-replay-v2"], "--env-ids is given 2"),
+        (["ofql.py", "--dataset-paths", "a", "--dataset-paths", "b"], "--dataset-paths is given 2 times"),
     ],
 )
 def test_grid_flags_that_would_be_ignored_or_empty_are_refused(flags, message):
@@ -456,3 +461,16 @@ def test_sweep_trains_a_fourth_script_by_the_contract_it_states(tmp_path, hopper
     changed = [records(p) for p in sweep.train(script, grid[:3] + [dataclasses.replace(grid[3], beta=30.0)], "b")]
     assert changed[:3] == [records(p) for p in paths[:3]] and changed[3] != records(paths[3])
     assert records(paths[0]) != records(paths[2])  # seeds 0 and 1 differ
+
+
+def test_a_parameter_without_a_gradient_is_left_out_of_the_norm_as_clip_grad_norm_does():
+    """A script of the same form whose module holds a parameter no loss uses: the step clips the others per member."""
+    used, unused = torch.nn.Parameter(torch.ones(2, 3)), torch.nn.Parameter(torch.ones(2, 3))  # 2 members each
+    module = torch.nn.ParameterList([used, unused])
+    optimizer = torch.optim.SGD(module.parameters(), lr=1.0)
+    losses = (used * torch.tensor([[1.0], [3.0]])).sum(dim=1)  # member m's gradient: (1 or 3) * ones(3)
+    members = type("Stacked", (), {"max_norms": None})()
+    norms = sweep.Members.optimizer_step(members, optimizer, module, losses, 1.0)
+    torch.testing.assert_close(norms, torch.tensor([3**0.5, 3 * 3**0.5]))
+    torch.testing.assert_close(used.detach(), 1 - torch.full((2, 3), 3**-0.5), atol=1e-5, rtol=0)  # both clipped to 1
+    assert unused.grad is None and torch.equal(unused.detach(), torch.ones(2, 3))
