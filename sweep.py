@@ -23,9 +23,9 @@ one that back-propagates the members' summed losses (member i's parameters get t
 and clips each member's gradient by its own norm. Adam and the target networks' lerps are elementwise, so one
 optimizer over the stacked parameters is N independent ones. On CUDA the whole iteration is one replay of the
 script's cuda_graph. The script's evaluation steps all members' episodes together, one batched policy call per step.
-Members are independent: no number of one depends on another's hyper-parameters (tests/test_sweep.py). A member's
-noise is not that of a lone run with its seed (one generator serves the sweep, in the state a lone run of the first
-member has after making its networks), but a one-member sweep is that lone run, up to float rounding.
+Members are independent: no number of one depends on another's weight or dataset (tests/test_sweep.py). A member's
+noise is not that of a lone run with its seed (one generator serves the sweep, seeded from all members' seeds), but a
+one-member sweep is that lone run, up to float rounding.
 """
 
 import contextlib
@@ -96,22 +96,28 @@ def load_script(path: str) -> types.ModuleType:
     return module
 
 
+def flag_index(argv: list[str], name: str) -> int | None:
+    """Where the flag of `name` is in argv (tyro's spellings: --grad-norm, --grad_norm; --grad-norm=2), None if absent;
+    given twice (tyro would keep the last): one UserError line."""
+    flag = f"--{name.replace('_', '-')}"
+    found = [i for i, a in enumerate(argv) if a.split("=")[0] in (flag, f"--{name}")]
+    if len(found) > 1:
+        raise UserError(f"{flag} is given {len(found)} times: give all its values after one {flag}")
+    return found[0] if found else None
+
+
 def grid_values(argv: list[str], weight: str) -> tuple[list[str] | None, list[str]]:
     """The values of the flag of `weight` in argv (--eta 0.1 0.3 or --eta=0.1 0.3, up to the next flag; tyro's
     spellings: --grad-norm, --grad_norm; None if absent), and argv without them. Given twice or without a value: one
     UserError line."""
-    flag = f"--{weight.replace('_', '-')}"
-    found = [i for i, a in enumerate(argv) if a.split("=")[0] in (flag, f"--{weight}")]
-    if not found:
+    flag, i = f"--{weight.replace('_', '-')}", flag_index(argv, weight)
+    if i is None:
         return None, argv
-    if len(found) > 1:
-        raise UserError(f"{flag} is given {len(found)} times: give all its values after one {flag}")
-    i = found[0]
     is_flag = lambda a: a.startswith("-") and not a[1:2].isdigit() and a[1:2] != "."  # -0.1, -.1: values
     j = next((k for k in range(i + 1, len(argv)) if is_flag(argv[k])), len(argv))
     values = [v for v in argv[i].split("=", 1)[1:] if v] + argv[i + 1 : j]
     if not values:
-        raise UserError(f"{flag} needs at least one value (or leave it out)")
+        raise UserError(f"{flag} needs at least one value (without it: the preset's)")
     return values, argv[:i] + argv[j:]
 
 
@@ -124,8 +130,8 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
     script = load_script(argv[0])
     weight = script.SWEEP_WEIGHT
     values, rest = grid_values(argv[1:], weight)
-    for name in ("seeds", "env_ids", "dataset_paths", "resume"):  # tyro would keep the last of a repeated list
-        grid_values(rest, name)
+    for name in ("seeds", "env_ids", "dataset_paths", "resume"):  # the sweep's lists, given once
+        flag_index(rest, name)
     sweep, rest = tyro.cli(Args, args=rest, return_unknown_args=True, description=__doc__)
     if not sweep.seeds:
         raise UserError("--seeds needs at least one seed")
@@ -235,6 +241,10 @@ class Networks(nn.Module):
         return fn(self.nets, *inputs)
 
 
+def seed_generators(seed: int) -> None:
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)  # torch's: CUDA's too
+
+
 class Members:
     """N members of one script trained together: the stacked Agent, and the script's functions for all of them. Its
     make_agent, OfflineBuffer, update and make_policy replace the script's in its train() (SWEEP_TRAIN_REPLACES)."""
@@ -246,14 +256,15 @@ class Members:
         self.make_policy = rebind(script.make_policy, select_action=self.select_action)
 
     def make_agent(self, obs_dim: int, act_dim: int, args, device: torch.device):
-        """The stacked Agent of the members: each one's networks those of a lone run with its seed; the generators
-        left as the first member's run leaves them."""
-        agents, state = [], None
+        """The stacked Agent of the members: each one's networks those of a lone run with its seed. The generators,
+        which serve all members, left as the first member's run leaves them where it is the only one, else seeded
+        from every member's seed: a grid whose later seeds differ draws other noise at every place."""
+        agents = []
         for a in self.member_args:
-            random.seed(a.seed), np.random.seed(a.seed), torch.manual_seed(a.seed)  # torch's: CUDA's too
+            seed_generators(a.seed)
             agents.append(self.script.make_agent(obs_dim, act_dim, a, device))
-            state = state or bookkeeping.rng_state()  # Python's, numpy's, torch's and CUDA's
-        bookkeeping.set_rng_state(state)
+        if self.size > 1:
+            seed_generators(int(np.random.SeedSequence([a.seed for a in self.member_args]).generate_state(1)[0]))
         return self.stack(agents)
 
     def stack(self, agents: list):

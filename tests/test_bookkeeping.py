@@ -138,22 +138,25 @@ def test_cuda_generators_restore_on_fewer_visible_devices(monkeypatch):
     assert restored == [rng["cuda"][:1]]
 
 
-def test_the_sweeps_cuda_generator_is_left_as_the_first_members_seed_leaves_it(monkeypatch):
+def test_the_sweeps_cuda_generator_is_seeded_as_torchs(monkeypatch):
     """Members of seeds 3 then 5 (CUDA mocked: its generator's state is the last seed given): after making their
-    networks, CUDA's generator is where seed 3 left it, as torch's is (restoring torch's alone leaves seed 5's)."""
+    networks, CUDA's generator and torch's are seeded alike, from both seeds (seeding torch's CPU generator alone
+    leaves CUDA's at seed 5's); one member of seed 3 leaves both as its lone run does."""
     cuda = {}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda.update(state=torch.tensor([seed])))
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [cuda["state"].clone()])
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: cuda.update(state=states[0]))
-    members = sweep.Members(ofql, [ofql.Args(seed=3), ofql.Args(seed=5)])
-    members.make_agent(11, 3, ofql.Args(seed=3), torch.device("cpu"))
+    members = [ofql.Args(seed=3), ofql.Args(seed=5)]
+    sweep.Members(ofql, members).make_agent(11, 3, members[0], torch.device("cpu"))
+    assert cuda["state"].item() == torch.initial_seed() not in (3, 5)
+    sweep.Members(ofql, [ofql.Args(seed=3)]).make_agent(11, 3, ofql.Args(seed=3), torch.device("cpu"))
     assert cuda["state"].item() == 3
     swept = torch.get_rng_state()
     torch.manual_seed(3)
     ofql.make_agent(11, 3, ofql.Args(seed=3), torch.device("cpu"))
-    assert torch.equal(swept, torch.get_rng_state())  # torch's: the first member's lone run's
+    assert torch.equal(swept, torch.get_rng_state())  # torch's: the lone run's
 
 
 def test_each_member_is_clipped_by_its_own_norm_with_a_scalar_parameter():

@@ -233,16 +233,23 @@ def test_evaluation_noise_is_its_own_and_leaves_trainings_generator_alone(hopper
 @pytest.mark.parametrize("name", ["ofql", "dql", "fql"])
 def test_each_members_networks_start_as_a_lone_run_with_its_seed(name):
     """Member m's slice of every stacked network is what the script's make_agent gives after seeding with its seed;
-    the generators are left as the first member's lone run leaves them."""
-    module = {"ofql": ofql, "dql": dql, "fql": fql}[name]
+    the generators left as a lone run leaves them for one member, for more seeded from all their seeds: a grid whose
+    second seed differs draws other noise (seeded by the first member alone, it would draw the same)."""
+    module, cpu = {"ofql": ofql, "dql": dql, "fql": fql}[name], torch.device("cpu")
     members = [module.Args(seed=3), module.Args(seed=8)]
-    stacked = sweep.Members(module, members).make_agent(11, 3, members[0], torch.device("cpu"))
+    stacked = sweep.Members(module, members).make_agent(11, 3, members[0], cpu)
     after = torch.rand(4)
+    sweep.Members(module, [members[0], module.Args(seed=9)]).make_agent(11, 3, members[0], cpu)
+    assert not torch.equal(torch.rand(4), after)
+    sweep.Members(module, members).make_agent(11, 3, members[0], cpu)
+    torch.testing.assert_close(torch.rand(4), after, rtol=0, atol=0)
+    sweep.Members(module, members[:1]).make_agent(11, 3, members[0], cpu)
+    alone = torch.rand(4)
     for m, args in enumerate(members):
         torch.manual_seed(args.seed)
-        lone = module.make_agent(11, 3, args, torch.device("cpu"))
+        lone = module.make_agent(11, 3, args, cpu)
         if m == 0:
-            torch.testing.assert_close(torch.rand(4), after, rtol=0, atol=0)
+            torch.testing.assert_close(torch.rand(4), alone, rtol=0, atol=0)
         for field in dataclasses.fields(lone):
             if isinstance(getattr(lone, field.name), torch.nn.Module):
                 for key, p in getattr(lone, field.name).named_parameters():
@@ -328,7 +335,7 @@ def test_bad_grids_are_one_line_and_exit_code_2(tmp_path, flags, message):
         (["ofql.py", "--eta=0.1", "--eta", "0.3"], "--eta is given 2 times"),
         (["ofql.py", "--eta", "--seeds", "0"], "--eta needs at least one value"),  # not the preset's
         (["ofql.py", "--seeds", "0", "--eta="], "--eta needs at least one value"),
-        (["ofql.py", "--seeds"], "--seeds needs at least one value"),
+        (["ofql.py", "--seeds"], "--seeds needs at least one seed"),
         (["ofql.py", "--seeds", "0", "1", "--seeds", "2"], "--seeds is given 2 times"),  # not [2] alone (tyro's)
         (["ofql.py", "--resume", "a.pt", "--resume=b.pt"], "--resume is given 2 times"),
         (["ofql.py", "--env-ids", "hopper-medium-v2", "--env_ids", "hopper-medium-replay-v2"], "--env-ids is given 2"),
