@@ -160,7 +160,7 @@ def sample_t_r(
     batch_size: int, flow_ratio: float, mu: float, sigma: float, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, r) for Eq. 14: two logit-normal(mu, sigma) draws, t = max and r = min; r = t (plain flow matching) in
-    exactly floor(flow_ratio * B) rows at random positions, as in MeanFlow's code (a batch may come in parts:
+    exactly floor(flow_ratio * B) rows at random positions, as in the author's code (a batch may come in parts:
     --balanced-sampling's dataset rows, then online ones)."""
     tr = torch.sigmoid(mu + sigma * torch.randn(batch_size, 2, device=device))
     t, r = tr.max(dim=1, keepdim=True).values, tr.min(dim=1, keepdim=True).values

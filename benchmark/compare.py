@@ -1,6 +1,6 @@
 """Train several algorithms side by side on the same datasets and seeds; write a results table and learning curves.
 
-    python benchmark/compare.py                                   # the CPU learning check on ../shared/datasets
+    python benchmark/compare.py --data-dir DIR                    # the CPU learning check on local hopper files
     python benchmark/compare.py --data-dir '' --presets --eval-every 50000 --seeds 0 1 2 --jobs 4 \
         --datasets hopper-medium-v2 walker2d-medium-v2 --out-dir benchmark/results/d4rl   # D4RL files, GPU: Table 1
 
@@ -33,8 +33,9 @@ class Args:
     datasets: list[str] = field(default_factory=lambda: ["hopper-medium-v2", "hopper-medium-replay-v2"])
     """D4RL, Minari or OGBench ids; with --data-dir, a D4RL id trains on <data-dir>/<id without -v2>.hdf5 instead of
     the D4RL file (the others on their own files)"""
-    data_dir: str = os.path.join(ROOT, "..", "shared", "datasets")
-    """folder of local D4RL-layout files; '' uses the real D4RL files (downloaded and cached)"""
+    data_dir: str = ""
+    """folder of local D4RL-layout files (hopper-medium.hdf5, ...); '' (default): the real D4RL files, downloaded
+    and cached"""
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
     """which algorithms to run, from: bc, ofql, dql, fql (with --plot-only, any experiment name in --out-dir/runs,
     e.g. a sweep's ofql_eta0.1)"""

@@ -1,8 +1,8 @@
 """Offline-to-online fine-tuning on the CPU: the three scripts with their presets on hopper-medium-replay, offline
 updates then as many online steps (one update after each), evaluated over the combined steps; a table and curves.
 
-    python benchmark/online_check.py               # trains (two runs at a time, one CPU thread each), then reports
-    python benchmark/online_check.py --plot-only   # the report from the runs in --runs-dir, finished or not
+    python benchmark/online_check.py --dataset-path hopper-medium-replay.hdf5   # trains (two runs at a time), reports
+    python benchmark/online_check.py --dataset-path hopper-medium-replay.hdf5 --plot-only   # the report, from the runs
 
 An algorithm with several seeds trains them together (sweep.py); the defaults are what one 2-core session affords
 (OFQL seeds 0 and 1; DQL and FQL, 1.5 and 4 times slower per update on the CPU, seed 0). The report reads each run's
@@ -29,8 +29,8 @@ ENV_ID = "hopper-medium-replay-v2"
 
 @dataclass
 class Args:
-    dataset_path: str = os.path.join(ROOT, "..", "shared", "datasets", "hopper-medium-replay.hdf5")
-    """the hopper-medium-replay file in D4RL's layout"""
+    dataset_path: str
+    """a hopper-medium-replay file in D4RL's layout"""
     offline_steps: int = 20_000
     """gradient steps on the dataset (--total-steps)"""
     online_steps: int = 20_000

@@ -1,7 +1,7 @@
 """Ablation of OFQL's time embedding: which embedding of t and r learns fastest, measured with the unmodified
 training loop of ofql.py (only its `Actor` class is swapped), on a local D4RL-layout file.
 
-    python benchmark/time_embedding.py --dataset-path ../shared/datasets/hopper-medium.hdf5   # CPU, ~40 min
+    python benchmark/time_embedding.py --dataset-path hopper-medium.hdf5   # CPU, ~40 min
 
 Each run evaluates the one-step policy (1 candidate) during training; at the end, from its checkpoint, two offline
 measures of the one-step policy on 4096 dataset states with shared noise: its mean squared distance to the dataset's
@@ -72,8 +72,8 @@ def actor_class(variant: str) -> type:
 
 @dataclass
 class Args:
-    dataset_path: str = os.path.join(ROOT, "..", "shared", "datasets", "hopper-medium.hdf5")
-    """a D4RL-layout file"""
+    dataset_path: str
+    """a D4RL-layout file of --env-id"""
     env_id: str = "hopper-medium-v2"
     """the D4RL id the file matches (evaluation environment, normalized score, presets)"""
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))

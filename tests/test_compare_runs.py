@@ -40,7 +40,8 @@ def test_base_flags_go_to_the_base_runs_only_and_cuda_leaves_the_gpu_visible(tmp
     calls = []
     monkeypatch.setattr(compare_runs, "read_records", lambda out: [[{"step": 1, "critic_loss": float(len(calls))}]])
     monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: calls.append((cmd, env)) or DONE)
-    args = compare_runs.Args(base=ROOT, scripts=["ofql"], sweeps=[], out_dir=str(tmp_path), flags="--total-steps 5")
+    args = compare_runs.Args(ROOT, "hopper.hdf5", scripts=["ofql"], sweeps=[], flags="--total-steps 5")
+    args = dataclasses.replace(args, out_dir=str(tmp_path))
     assert compare_runs.main(dataclasses.replace(args, base_flags="--matmul-precision high", cuda=True)) == 1
     runs = [(cmd, env) for cmd, env in calls if cmd[0] == sys.executable]
     (base_cmd, base_env), (this_cmd, this_env) = runs
@@ -57,7 +58,8 @@ def test_runs_that_logged_nothing_are_not_called_identical(tmp_path, monkeypatch
     """No run folder, or a run without records, on both sides: a failure that says nothing was compared."""
     monkeypatch.setattr(compare_runs, "read_records", lambda out: records)
     monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: DONE)
-    args = compare_runs.Args(base=ROOT, scripts=["ofql"], sweeps=[], out_dir=str(tmp_path), flags="--total-steps 5")
+    args = compare_runs.Args(ROOT, "hopper.hdf5", scripts=["ofql"], sweeps=[], flags="--total-steps 5")
+    args = dataclasses.replace(args, out_dir=str(tmp_path))
     assert compare_runs.main(args) == 1
     assert "nothing compared" in capsys.readouterr().out
 
@@ -65,7 +67,8 @@ def test_runs_that_logged_nothing_are_not_called_identical(tmp_path, monkeypatch
 def test_nothing_to_compare_and_a_failing_run_are_one_line(tmp_path):
     """Empty --scripts and --sweeps: refused (not a silent exit 0); a base checkout whose script cannot run: one line
     with its exit code, its log's last line and the log's path (not a CalledProcessError traceback)."""
-    args = compare_runs.Args(base=str(tmp_path / "nowhere"), scripts=["ofql"], sweeps=[], out_dir=str(tmp_path))
+    nowhere = str(tmp_path / "nowhere")
+    args = compare_runs.Args(nowhere, "hopper.hdf5", scripts=["ofql"], sweeps=[], out_dir=str(tmp_path))
     with pytest.raises(SystemExit, match="nothing to compare"):
         compare_runs.main(dataclasses.replace(args, scripts=[]))
     with pytest.raises(

@@ -8,7 +8,8 @@ except the timing fields. Exit code 1 if anything differs.
 What a flag changes in the numbers, in one checkout: its base is the checkout itself with the flag added to its runs
 only; on a GPU (--cuda, the scripts' default path there) with the largest relative difference it finds:
 
-    python tools/compare_runs.py --base . --cuda --base-flags="--matmul-precision high"   # TF32 against float32
+    python tools/compare_runs.py --base . --cuda --dataset-path hopper-medium.hdf5 \
+        --base-flags="--matmul-precision high"   # TF32 against float32
 """
 
 import json
@@ -28,7 +29,7 @@ TIMING = ("steps_per_sec", "eval/decision_rate")
 class Args:
     base: str
     """the checkout to compare with (its scripts are run as they are)"""
-    dataset_path: str = os.path.join(ROOT, "..", "shared", "datasets", "hopper-medium.hdf5")
+    dataset_path: str
     """a local D4RL-layout file of --env-id"""
     env_id: str = "hopper-medium-v2"
     """the D4RL id of the file"""
