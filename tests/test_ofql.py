@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import dql
+import fql
 import offline_data
 import ofql
-from conftest import agent_and_random_batch, check_coin_flipped_q_term, move_targets_apart
+from conftest import ROOT, agent_and_random_batch, check_coin_flipped_q_term, move_targets_apart
 
 OBS, ACT, B = 11, 3, 64
 
@@ -252,6 +253,38 @@ def test_presets_become_defaults_and_flags_override_them():
     assert all(ofql.parse_args(["--env-id", e]).actor_lr == ofql.Args.critic_lr == 3e-4 for e in ofql.PRESETS)
     with pytest.raises(offline_data.UserError, match="supported: halfcheetah-medium-v2"):
         ofql.parse_args(["--env-id", "hopper-medium-v3"])
+
+
+def test_the_defaults_are_the_papers_and_dqls():
+    """Appendix B's (t, r) distribution, flow ratio and Eq. 14's plain loss; DQL's batch, discount, Polyak rate, EMA
+    rule, backup actions and evaluation candidates (the other two scripts share the common ones: a test keeps them)."""
+    got = {k: getattr(ofql.Args(), k) for k in ("time_mu", "time_sigma", "flow_ratio", "adaptive_weight_power")}
+    assert got == {"time_mu": -0.4, "time_sigma": 1.0, "flow_ratio": 0.5, "adaptive_weight_power": 0.0}
+    dqls = ("batch_size", "gamma", "tau", "ema_decay", "ema_every", "ema_start", "num_backup_actions", "num_candidates")
+    assert [getattr(ofql.Args(), k) for k in dqls] == [256, 0.99, 0.005, 0.995, 5, 1000, 10, 50]
+
+
+def test_the_presets_are_the_docs_table():
+    """Every row of docs/presets.md's OFQL table (eta, grad norm, steps, max-Q backup, rewards, evaluation episodes)
+    is what parse_args gives its datasets, and the table covers every D4RL dataset; OGBench's discounts are FQL's."""
+    lines = open(os.path.join(ROOT, "docs", "presets.md"), encoding="utf-8").read().splitlines()
+    start = lines.index("| `--env-id` | η | grad norm | steps | max-Q backup | rewards | eval episodes | evaluation |")
+    rewards = {"raw": "raw", "(r − 0.5)·4": "cql_antmaze", "standardised": "standardize"}
+    covered = []
+    for row in lines[start + 2 :]:
+        if not row.startswith("|"):
+            break
+        ids, eta, grad_norm, steps, max_q, reward, episodes, _ = (c.strip() for c in row.strip("|").split("|"))
+        for env_id in ids.split(", "):
+            a = ofql.parse_args(["--env-id", env_id])
+            want = (float(eta), float(grad_norm), int(steps[:-1]) * 1_000_000, max_q == "yes", rewards[reward])
+            assert (a.eta, a.grad_norm, a.total_steps, a.max_q_backup, a.reward_mode) == want, env_id
+            assert a.eval_episodes == int(episodes), env_id
+            covered.append(env_id)
+    assert sorted(covered) == sorted(offline_data.DATASETS)
+    for env_id in offline_data.OGBENCH_IDS.values():
+        assert ofql.parse_args(["--env-id", env_id]).gamma == fql.parse_args(["--env-id", env_id]).gamma, env_id
+        assert dql.parse_args(["--env-id", env_id]).gamma == fql.parse_args(["--env-id", env_id]).gamma, env_id
 
 
 @pytest.mark.parametrize("flow_ratio, batch_size", [(0.3, 101), (0.75, 64), (0.0, 10), (1.0, 10)])

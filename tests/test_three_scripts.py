@@ -136,9 +136,9 @@ def test_evaluation_resets_env_i_of_each_member_with_its_seed_plus_100_plus_i(mo
     each evaluated policy; member m's results are its own envs' episodes (a sweep's envs are member-major)."""
     calls = []
 
-    def run_episodes(policy, envs, seeds, device):
+    def run_episodes(policy, envs, seeds, device):  # returns 10 + policy + env index
         calls.append(list(seeds))
-        return np.arange(envs.num_envs, dtype=float) + 10 * len(calls), np.full(envs.num_envs, np.nan), 1.0
+        return np.arange(envs.num_envs, dtype=float) + 10 + policy, np.full(envs.num_envs, np.nan), 1.0
 
     class Source:
         def member(self, m):
@@ -147,9 +147,49 @@ def test_evaluation_resets_env_i_of_each_member_with_its_seed_plus_100_plus_i(mo
     monkeypatch.setattr(offline_data, "run_episodes", run_episodes)
     members = [module.Args(env_id="hopper-medium-v2", seed=3), module.Args(env_id="hopper-medium-v2", seed=8)]
     envs = type("Envs", (), {"num_envs": 4})()
-    first, second = module.evaluate([None, None], envs, Source(), members, torch.device("cpu"))
+    first, second = module.evaluate([0, 10], envs, Source(), members, torch.device("cpu"))  # protocol's, policy's own
     assert calls == [[103, 104, 108, 109]] * 2
     assert (first["return"], second["return"], second["policy_return"]) == (10.5, 12.5, 22.5)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_the_loop_numbers_its_updates_from_1_and_trains_online_on_the_envs_transitions(module, hopper_file, monkeypatch,
+                                                                                         tmp_path):  # fmt: skip
+    """update() gets steps 1, 2, ... (DQL's EMA schedule counts them: from 0 or 2 every EMA move shifts), with batches
+    of the data alone in the offline phase and of the data and the envs' transitions in the online one."""
+    monkeypatch.chdir(tmp_path)
+    calls, update, sample = [], module.update, module.OfflineBuffer.sample
+    monkeypatch.setattr(module, "update", lambda agent, batch, args, step: calls.append(int(step)) or update(
+        agent, batch, args, step))  # fmt: skip
+    monkeypatch.setattr(module.OfflineBuffer, "sample", lambda self, n, env=0, online=False: calls.append(online) or
+                        sample(self, n, env, online))  # fmt: skip
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--no-cuda", "--batch-size", "16"]
+    module.train(module.parse_args(flags + ["--total-steps", "3", "--online-steps", "2", "--eval-episodes", "1"]))
+    assert calls == [False, 1, False, 2, False, 3, True, 4, True, 5]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_update_steps_each_network_once_clipped_to_grad_norm_in_its_algorithms_order(module):
+    """Each network's gradient clipped to --grad-norm (3.7 here; 0 or another number for either network fails); DQL's
+    order in ofql.py and dql.py (the actor's loss sees the stepped critic: critic step first), FQL's in fql.py (both
+    losses from the same critic, then the actor's step and the critic's)."""
+    torch.manual_seed(0)
+    args = module.Args(grad_norm=3.7)
+    agent = module.make_agent(11, 3, args, torch.device("cpu"))
+    batch = module.Batch(torch.randn(32, 11), torch.rand(32, 3) * 2 - 1, torch.randn(32, 1), torch.randn(32, 11),
+                         torch.zeros(32, 1))  # fmt: skip
+    before = [p.detach().clone() for p in agent.critic.parameters()]
+    steps, seen, optimizer_step, actor_loss_fn = [], [], module.optimizer_step, module.actor_loss_fn
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "optimizer_step", lambda o, net, loss, max_norm: steps.append((net, max_norm)) or
+                      optimizer_step(o, net, loss, max_norm))  # fmt: skip
+        patch.setattr(module, "actor_loss_fn", lambda agent, *a: seen.extend(p.detach().clone() for p in
+                      agent.critic.parameters()) or actor_loss_fn(agent, *a))  # fmt: skip
+        module.update(agent, batch, args, torch.tensor(1))
+    after = list(agent.critic.parameters())
+    order = [(agent.actor, 3.7), (agent.critic, 3.7)] if module is fql else [(agent.critic, 3.7), (agent.actor, 3.7)]
+    assert steps == order and not any(torch.equal(a, b) for a, b in zip(before, after))
+    assert all(torch.equal(s, b if module is fql else a) for s, a, b in zip(seen, after, before))
 
 
 @pytest.mark.parametrize("module", [ofql, dql])
@@ -191,3 +231,60 @@ def test_each_script_stays_within_its_budget(name):
     assert not any(
         line.startswith(("def download(", "def qlearning_dataset(", "class D4RLAntMazeEnv")) for line in lines
     )
+
+
+def structure(net: torch.nn.Module) -> list:
+    """A network's layers in order: ("Linear", in, out), or the class name (a GELU's with its approximation)."""
+    describe = {torch.nn.Linear: lambda m: ("Linear", m.in_features, m.out_features),
+                torch.nn.GELU: lambda m: f"GELU({m.approximate})"}  # fmt: skip
+    return [describe.get(type(m), lambda m: type(m).__name__)(m) for m in net]
+
+
+def dqls_mlp(in_dim: int, out_dim: int) -> list:  # DQL's 3 x 256 Mish MLP
+    return [("Linear", in_dim, 256), "Mish", ("Linear", 256, 256), "Mish", ("Linear", 256, 256), "Mish",
+            ("Linear", 256, out_dim)]  # fmt: skip
+
+
+def fqls_mlp(in_dim: int, out_dim: int, layer_norm: bool = False) -> list:  # FQL's 4 x 512 GELU(tanh) MLP
+    hidden = [("Linear", d, 512) for d in (in_dim, 512, 512, 512)]
+    return [x for layer in hidden for x in (layer, "GELU(tanh)", *["LayerNorm"] * layer_norm)] + [
+        ("Linear", 512, out_dim)
+    ]
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_the_networks_are_the_papers(module):
+    """For 11 observation and 3 action dimensions: OFQL's u on [a_t (3), emb(t), emb(r) (64 each), s (11)] and DQL's
+    eps on [a_i, 16 features of its time MLP (16 -> 32 -> 16), s] are DQL's 3 x 256 Mish MLP; FQL's flow on [a_t, t, s],
+    its one-step policy on [z, s] and its critics (LayerNorm) FQL's 4 x 512 tanh-GELU MLPs; DQL's twin critics in
+    ofql.py and dql.py."""
+    agent = module.make_agent(11, 3, module.Args(), torch.device("cpu"))
+    expected = {
+        ofql: {"actor.net": dqls_mlp(3 + 64 + 64 + 11, 3)},
+        dql: {
+            "actor.net": dqls_mlp(3 + 16 + 11, 3),
+            "actor.t_emb": ["SinusoidalPosEmb", ("Linear", 16, 32), "Mish", ("Linear", 32, 16)],
+        },  # fmt: skip
+        fql: {"actor.flow": fqls_mlp(3 + 1 + 11, 3), "actor.onestep": fqls_mlp(3 + 11, 3)},
+    }[module]
+    critic = fqls_mlp(14, 1, layer_norm=True) if module is fql else dqls_mlp(14, 1)
+    for name, layers in {**expected, "critic.q1": critic, "critic.q2": critic}.items():
+        net = agent.actor.get_submodule(name[6:]) if name.startswith("actor.") else agent.critic.get_submodule(name[7:])
+        assert structure(net) == layers, name
+    if module is ofql:
+        assert agent.actor.time_emb(torch.zeros(1, 1)).shape == (1, 64)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_each_network_has_its_own_adam_at_its_own_learning_rate(module):
+    """Adam (betas 0.9, 0.999, eps 1e-8, no weight decay) over the actor's parameters at --actor-lr and over the
+    critic's at --critic-lr: on pen-human, DQL's actor 3e-5 and critic 3e-4 (swapping them fails)."""
+    args = module.parse_args(["--env-id", "pen-human-v1"])
+    agent = module.make_agent(11, 3, args, torch.device("cpu"))
+    for optimizer, net, lr in ((agent.actor_optimizer, agent.actor, args.actor_lr),
+                               (agent.critic_optimizer, agent.critic, args.critic_lr)):  # fmt: skip
+        group = optimizer.param_groups[0]
+        assert type(optimizer) is torch.optim.Adam and len(optimizer.param_groups) == 1
+        assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (lr, (0.9, 0.999), 1e-8, 0)
+        assert [id(p) for p in group["params"]] == [id(p) for p in net.parameters()]
+    assert module is not dql or (args.actor_lr, args.critic_lr) == (3e-5, 3e-4)
