@@ -441,11 +441,16 @@ class Runs:
         for run_dir, c in zip(self.dirs, self.configs):
             with open(f"{run_dir}/config{f'_resumed_at_{start - 1}' if self.args.resume else ''}.json", "w") as f:
                 json.dump(c, f, indent=2)
+            if self.args.resume and os.path.exists(f"{run_dir}/summary.json"):  # a finished run trained further
+                os.replace(f"{run_dir}/summary.json", f"{run_dir}/summary_at_{start - 1}.json")  # until its new end
             if self.sweep:
                 with open(f"{run_dir}/sweep.json", "w") as f:
                     json.dump({"sweep": self.sweep, "members": self.dirs, "command": sys.argv}, f, indent=2)
         if self.sweep:
             print(f"sweep {self.sweep}: {self.size} members of {os.path.basename(self.script)}")
+        else:  # what it trains on, so that another file of the same env is seen
+            c, data = self.configs[0], self.configs[0].get("dataset_path") or "its default files"
+            print(f"run {self.dirs[0]}: {c['env_id']}, {c.get('transitions', '?')} transitions of {data}")
         self.logs = self.logs or [open_log(d) for d in self.dirs]
         self.session_start = time.time()
         return start

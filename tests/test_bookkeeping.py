@@ -191,6 +191,12 @@ def test_a_finished_run_is_refused_but_one_stopped_before_its_summary_writes_it(
     os.remove(summary)  # as if a stop came while the summaries were written
     assert ofql.train(ofql.parse_args(again)) == summary
     assert json.load(open(summary))["evaluations"] == json.loads(written)["evaluations"]
+    further = [*flags, "--total-steps", "6", "--eval-every", "2", "--resume", checkpoint]  # a larger --total-steps
+    monkeypatch.setattr(ofql, "evaluate", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))  # stopped at step 6
+    with pytest.raises(KeyboardInterrupt):
+        ofql.train(ofql.parse_args(further))
+    at_4 = os.path.join(os.path.dirname(summary), "summary_at_4.json")
+    assert not os.path.exists(summary) and json.load(open(at_4))["evaluations"] == json.loads(written)["evaluations"]
 
 
 def test_the_command_that_continues_replaces_either_spelling_of_resume():
