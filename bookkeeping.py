@@ -82,6 +82,12 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
         raise UserError(f"its run had other flags: {', '.join(diff)}")
 
 
+def member_names(members: list) -> list[str]:
+    """What tells each member of a sweep from the others: its dataset, experiment name (the weight's) and seed."""
+    differ = [k for k in ("env_id", "exp_name", "seed") if len({getattr(a, k) for a in members}) > 1]
+    return [" ".join(f"seed {a.seed}" if k == "seed" else str(getattr(a, k)) for k in differ) for a in members]
+
+
 def recorded_flags(args) -> dict:
     """The flags as config.json records them: --dataset-path absolute."""
     return {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}
@@ -568,8 +574,9 @@ class Runs:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if evals is not None and self.size > 1:
             scored = [m not in self.failed and e["score"] is not None for m, e in enumerate(evals)]
-            scores = " ".join(f"{e['score']:.1f}" if ok else "-" for e, ok in zip(evals, scored))  # one per member
-            tqdm.write(f"step {step}: members' eval/score {scores}")
+            scores = ", ".join(f"{name} {e['score']:.1f}" if ok else f"{name} -" for name, e, ok in
+                               zip(member_names(self.members), evals, scored))  # fmt: skip
+            tqdm.write(f"step {step}: members' eval/score: {scores}")
         self.video = None
 
     def save(self, agent, step: int) -> None:

@@ -95,7 +95,8 @@ def test_a_failed_members_checkpoint_is_saved_and_it_stays_failed_when_resumed(
     saved = [bookkeeping.load_checkpoint(p) for p in paths]
     assert [(s["step"], s["failed"]) for s in saved] == [(20, None), (20, reason)]
     scores = [line for line in capsys.readouterr().out.splitlines() if "members' eval/score" in line]
-    assert len(scores) == 2 and all(re.search(r"eval/score -?\d+\.\d -$", line) for line in scores), scores
+    pattern = r"eval/score: ofql seed 0 -?\d+\.\d, bad seed 1 -$"  # each member named, by its experiment and seed
+    assert len(scores) == 2 and all(re.search(pattern, line) for line in scores), scores
     longer = [dataclasses.replace(m, total_steps=30, resume=p) for m, p in zip(members, paths)]
     with pytest.raises(UserError, match=f"1 of 2 members failed: .*__bad__.*: {reason}$"):
         sweep.train(ofql, longer, "failing")
