@@ -68,8 +68,11 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
     UserError names each flag (but RESUMABLE) that differs, other data (their size), a --total-steps below `step` in
     the offline phase, and a changed --total-steps once the online phase has begun."""
     keys = sorted((config.keys() | saved.keys()) - RESUMABLE - {"transitions"})
+    shown = lambda value: "unset" if value is None else value  # a flag left out: --dataset-path unset (was ...)
     diff = [
-        f"--{k.replace('_', '-')} {config.get(k)} (was {saved.get(k)})" for k in keys if config.get(k) != saved.get(k)
+        f"--{k.replace('_', '-')} {shown(config.get(k))} (was {shown(saved.get(k))})"
+        for k in keys
+        if config.get(k) != saved.get(k)
     ]
     if config.get("transitions") != saved.get("transitions"):  # the same path, other data
         diff.append(f"a dataset of {config.get('transitions')} transitions (was {saved.get('transitions')})")

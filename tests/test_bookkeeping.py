@@ -176,6 +176,8 @@ def test_resume_refuses_other_data_in_words_that_name_it():
     saved = {**vars(ofql.Args(total_steps=10)), "transitions": 120}
     with pytest.raises(UserError, match=r"^its run had other flags: a dataset of 85 transitions \(was 120\)$"):
         bookkeeping.check_resume({**saved, "transitions": 85}, saved, step=5)  # no flag --transitions to name
+    with pytest.raises(UserError, match=r"^its run had other flags: --dataset-path unset \(was /data/h.hdf5\)$"):
+        bookkeeping.check_resume(saved, {**saved, "dataset_path": "/data/h.hdf5"}, step=5)  # a flag left out
 
 
 def test_a_finished_run_is_refused_but_one_stopped_before_its_summary_writes_it(tmp_path, hopper_file, monkeypatch):
