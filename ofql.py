@@ -170,11 +170,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     env_id = peek.parse_known_args(argv)[0].env_id
     preset = offline_data.preset_key(env_id)
     if preset not in PRESETS:
-        minari = ", ".join(offline_data.MINARI_PRESET_KEYS)
-        raise UserError(
-            f"unknown --env-id {env_id!r}; supported: {', '.join(PRESETS)} (OGBench: also with -task1 ... -task5 "
-            f"before -v0), and the Minari datasets {minari}"
-        )
+        raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
     defaults = dataclasses.replace(Args(), env_id=env_id, **PRESETS[preset])
     ogbench = offline_data.is_ogbench_id(env_id)
     note = " (eta not published for OGBench: our rule, docs/presets.md; tune it with sweep.py)" if ogbench else ""

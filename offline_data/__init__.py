@@ -29,7 +29,10 @@ Public API (all importable from offline_data):
     preset_key(env_id), source_kind(env_id), is_minari_id, is_ogbench_id the id whose presets an id uses; its source
     DATASETS, MINARI_PRESET_KEYS, OGBENCH_IDS                            the ids each source knows
     UserError, DatasetError                                              reported by the scripts as one line, exit 2
+    unknown_id(env_id, supported)                                       the error for an id without presets
 """
+
+import difflib
 
 from offline_data.d4rl_envs import eval_env_factory
 from offline_data.d4rl_files import DATASETS, dataset_cache_path, domain_of, load_d4rl, normalized_score
@@ -59,8 +62,20 @@ __all__ = [
     "renderable",
     "run_episodes",
     "source_kind",
+    "unknown_id",
     "vector_env",
 ]
+
+
+def unknown_id(env_id: str, supported) -> UserError:
+    """The error for an --env-id without presets: the nearest of the `supported` ids (and Minari's) first."""
+    ids = [*supported, *MINARI_PRESET_KEYS]
+    near = difflib.get_close_matches(env_id.lower(), ids, n=3, cutoff=0.75)
+    return UserError(
+        f"unknown --env-id {env_id!r}; " + (f"did you mean {' or '.join(near)}? " if near else "") + f"supported: "
+        f"{', '.join(supported)} (OGBench: also with -task1 ... -task5 before -v0), and the Minari datasets "
+        f"{', '.join(MINARI_PRESET_KEYS)}"
+    )
 
 
 def load(env_id: str, dataset_path: str | None = None, reward_mode: str = "raw") -> DataSource:

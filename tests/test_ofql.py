@@ -253,6 +253,9 @@ def test_presets_become_defaults_and_flags_override_them():
     assert all(ofql.parse_args(["--env-id", e]).actor_lr == ofql.Args.critic_lr == 3e-4 for e in ofql.PRESETS)
     with pytest.raises(offline_data.UserError, match="supported: halfcheetah-medium-v2"):
         ofql.parse_args(["--env-id", "hopper-medium-v3"])
+    for script in (ofql, dql, fql):  # a typo: the nearest ids first
+        with pytest.raises(offline_data.UserError, match="'hoper-medium-v2'; did you mean hopper-medium-v2 or hopper-"):
+            script.parse_args(["--env-id", "hoper-medium-v2"])
 
 
 def test_the_defaults_are_the_papers_and_dqls():
