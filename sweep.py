@@ -258,7 +258,7 @@ class Members:
     def make_agent(self, obs_dim: int, act_dim: int, args, device: torch.device):
         """The stacked Agent of the members: each one's networks those of a lone run with its seed. The generators,
         which serve all members, left as the first member's run leaves them where it is the only one, else seeded
-        from every member's seed: a grid whose later seeds differ draws other noise at every place."""
+        from every member's seed: a grid whose later seeds differ draws other training noise at every place."""
         agents = []
         for a in self.member_args:
             seed_generators(a.seed)
@@ -320,7 +320,7 @@ class Members:
         gradient norms (before clipping), as clip_grad_norm_ does for one."""
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
-        grads = [p.grad for p in module.parameters() if p.grad is not None]  # clip_grad_norm_ skips the others
+        grads = [p.grad for p in module.parameters() if p.grad is not None] or [loss.new_zeros(len(loss))]  # skipped
         norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]).norm(dim=0)
         limit = (max_norm or None) if self.max_norms is None else self.max_norms  # None: no clipping
         if limit is not None:

@@ -76,6 +76,9 @@ def test_script_trains_evaluates_and_writes_a_valid_run(tmp_path, hopper_file, a
     assert summary_line.startswith(f"summary: runs/hopper-medium-v2__{algo.__name__}__3__")
     run_dir = tmp_path / os.path.dirname(summary_line.split(" ", 1)[1])
     summary = json.loads((run_dir / "summary.json").read_text())
+    transitions = json.loads((run_dir / "config.json").read_text())["transitions"]
+    banner = f"run {os.path.relpath(run_dir, tmp_path)}: hopper-medium-v2, {transitions} transitions of {hopper_file}"
+    assert banner in proc.stdout.splitlines()  # what it trains on, said at the start
     assert (
         summary["algorithm"] == algo.__name__
         and summary["steps"] == 40

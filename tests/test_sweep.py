@@ -379,11 +379,10 @@ def test_a_stopped_sweep_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch)
     assert [records(p) for p in resumed] == whole
     evaluations = lambda path: [{k: v for k, v in e.items() if k != "decision_rate"} for e in
                                 json.load(open(path))["evaluations"]]  # fmt: skip
-    assert [e["step"] for e in evaluations(resumed[1])] == [
-        20,
-        40,
-    ]  # each member's own, both sessions' (not member 0's)
-    assert [evaluations(p) for p in resumed] == [evaluations(p) for p in whole_paths]  # each member's own
+    assert [e["step"] for e in evaluations(resumed[1])] == [20, 40]  # both sessions'
+    assert [evaluations(p) for p in resumed] == [
+        evaluations(p) for p in whole_paths
+    ]  # each member's own, not member 0's
 
 
 def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(tmp_path, hopper_file):
