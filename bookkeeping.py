@@ -67,6 +67,10 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
     """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
     UserError names each flag (but RESUMABLE) that differs, other data (their size), a --total-steps below `step` in
     the offline phase, and a changed --total-steps once the online phase has begun."""
+    foreign = sorted(saved.keys() - config.keys() - RESUMABLE)
+    if foreign:  # e.g. dql.py given an ofql.py checkpoint
+        flags = ", ".join(f"--{k.replace('_', '-')}" for k in foreign)
+        raise UserError(f"its run had flags this script does not know ({flags}): a checkpoint of another script?")
     keys = sorted((config.keys() | saved.keys()) - RESUMABLE - {"transitions"})
     shown = lambda value: "unset" if value is None else value  # a flag left out: --dataset-path unset (was ...)
     diff = [

@@ -177,6 +177,8 @@ def test_resume_refuses_other_data_in_words_that_name_it():
     saved = {**vars(ofql.Args(total_steps=10)), "transitions": 120}
     with pytest.raises(UserError, match=r"^its run had other flags: a dataset of 85 transitions \(was 120\)$"):
         bookkeeping.check_resume({**saved, "transitions": 85}, saved, step=5)  # no flag --transitions to name
+    with pytest.raises(UserError, match=r"does not know \(.*--flow-ratio, .*\): a checkpoint of another script"):
+        bookkeeping.check_resume(vars(dql.Args()), vars(ofql.Args()), step=5)  # dql.py given an ofql.py checkpoint
     with pytest.raises(UserError, match=r"^its run had other flags: --dataset-path unset \(was /data/h.hdf5\)$"):
         bookkeeping.check_resume(saved, {**saved, "dataset_path": "/data/h.hdf5"}, step=5)  # a flag left out
 
@@ -299,7 +301,7 @@ def test_a_resume_with_other_flags_is_refused_before_the_data_are_loaded(tmp_pat
     summary = ofql.train(ofql.parse_args([*flags, "--dataset-path", hopper_file, "--eval-every", "4"]))
     checkpoint, loads = os.path.join(os.path.dirname(summary), "checkpoint.pt"), []
     monkeypatch.setattr(offline_data, "load", lambda *a: loads.append(a) or (_ for _ in ()).throw(LookupError("load")))
-    with pytest.raises(UserError, match=r"cannot resume from .*: its run had other flags: --dataset-path None \(was /"):
+    with pytest.raises(UserError, match=r"cannot resume from .*: its run had other flags: --dataset-path unset \(was"):
         ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--resume", checkpoint]))
     assert loads == []
     with pytest.raises(LookupError, match="load"):  # past the check, at the load
