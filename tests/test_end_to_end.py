@@ -190,7 +190,7 @@ def test_different_seeds_give_different_runs(tmp_path, hopper_file, monkeypatch,
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--env-id", "hopper-medium-v9"], "unknown --env-id 'hopper-medium-v9'; supported: halfcheetah-medium-v2,"),
+        (["--env-id", "hopper-medium-v9"], "unknown --env-id 'hopper-medium-v9'; did you mean hopper-medium-v2 or "),
         (
             ["--env-id", "hopper-medium-v2", "--dataset-path", "missing.hdf5"],
             "dataset file missing.hdf5 does not exist",
