@@ -1,6 +1,6 @@
 """Train several algorithms side by side on the same datasets and seeds; write a results table and learning curves.
 
-    python benchmark/compare.py --data-dir DIR                    # the CPU learning check on local hopper files
+    python benchmark/compare.py --data-dir DIR --out-dir benchmark/results/learning_check   # the CPU learning check
     python benchmark/compare.py --data-dir '' --presets --eval-every 50000 --seeds 0 1 2 --jobs 4 \
         --datasets hopper-medium-v2 walker2d-medium-v2 --out-dir benchmark/results/d4rl   # D4RL files, GPU: Table 1
 
@@ -57,8 +57,9 @@ class Args:
     """more flags for every run, e.g. --extra-flags='--batch-size 512'"""
     jobs: int = 2
     """runs in parallel (each with one CPU thread on the CPU)"""
-    out_dir: str = os.path.join(ROOT, "benchmark", "results", "learning_check")
-    """where the runs, the table (results.md, results.json) and the curves (curves.png) go"""
+    out_dir: str = os.path.join(ROOT, "runs", "compare")
+    """where the runs, the table (results.md, results.json) and the curves (curves.png) go (the CPU learning check's
+    recorded ones: benchmark/results/learning_check)"""
     sweep: bool = False
     """if toggled, each (dataset, algorithm)'s runs (all --seeds) train together in one sweep.py process"""
     plot_only: bool = False
