@@ -108,9 +108,8 @@ def check_resume_flags(args, run_dir: str) -> None:
             saved = json.load(f)
     except (OSError, ValueError):
         return
-    config = recorded_flags(args)
-    try:
-        check_resume(config, {k: v for k, v in saved.items() if k in config}, step=0)
+    try:  # the data's size waits for the checkpoint
+        check_resume(recorded_flags(args), {k: v for k, v in saved.items() if k != "transitions"}, step=0)
     except UserError as e:
         raise UserError(f"cannot resume from {args.resume}: {e}") from None
 

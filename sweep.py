@@ -320,7 +320,7 @@ class Members:
         gradient norms (before clipping), as clip_grad_norm_ does for one."""
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
-        grads = [p.grad for p in module.parameters() if p.grad is not None] or [loss.new_zeros(len(loss))]  # skipped
+        grads = [p.grad for p in module.parameters() if p.grad is not None] or [loss.new_zeros(len(loss))]  # none: 0
         norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]).norm(dim=0)
         limit = (max_norm or None) if self.max_norms is None else self.max_norms  # None: no clipping
         if limit is not None:

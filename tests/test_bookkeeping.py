@@ -308,6 +308,9 @@ def test_a_resume_with_other_flags_is_refused_before_the_data_are_loaded(tmp_pat
         relative = os.path.relpath(hopper_file)
         ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--dataset-path", relative, "--resume", checkpoint]))
     assert len(loads) == 1
+    with pytest.raises(UserError, match=r"does not know \(--adaptive-weight-power, .*\): a checkpoint of another"):
+        dql.train(dql.parse_args([*flags, "--dataset-path", hopper_file, "--resume", checkpoint]))  # ofql.py's
+    assert len(loads) == 1  # refused before the data too
 
 
 def test_a_second_process_resuming_a_run_is_refused(tmp_path, hopper_file, monkeypatch):
