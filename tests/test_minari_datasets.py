@@ -3,9 +3,11 @@ MINARI_DATASETS_PATH, from short random-action rollouts of the real environments
 """
 
 import copy
+import glob
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import gymnasium as gym
@@ -19,6 +21,7 @@ from minari.data_collector import EpisodeBuffer
 import offline_data
 import ofql
 from conftest import ROOT
+from offline_data.evaluation_envs import remove_model_file
 
 
 class Info:
@@ -107,9 +110,12 @@ def rollout(env: gym.Env, seed: int, max_steps: int) -> EpisodeBuffer:
 
 
 def write_dataset(dataset_id, env, episodes, eval_env=None, ref_min=None, ref_max=None):
+    """minari.create_dataset_from_buffers; the maze model file that minari's own instance of `eval_env` writes to
+    the temporary folder is deleted."""
+    maze_models = set(glob.glob(os.path.join(tempfile.gettempdir(), "ant_maze*.xml")))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return minari.create_dataset_from_buffers(
+        dataset = minari.create_dataset_from_buffers(
             dataset_id,
             episodes,
             env=env,
@@ -123,6 +129,9 @@ def write_dataset(dataset_id, env, episodes, eval_env=None, ref_min=None, ref_ma
             description="tiny test dataset",
             data_format="hdf5",
         )
+    for path in set(glob.glob(os.path.join(tempfile.gettempdir(), "ant_maze*.xml"))) - maze_models:
+        os.remove(path)
+    return dataset
 
 
 def check_transitions(data, dataset, obs_dim, act_dim):
@@ -159,7 +168,7 @@ def step_of(obs, t):
 
 def check_env(info, dataset, seed=3):
     """The flattened eval env: dimension, order (against the raw env reset with the same seed), action size."""
-    env, raw_env = info.make_env(), dataset.recover_environment(eval_env=True)
+    env, raw_env = info.make_env(), remove_model_file(dataset.recover_environment(eval_env=True))
     obs, _ = env.reset(seed=seed)
     raw, _ = raw_env.reset(seed=seed)
     assert obs.shape == (info.obs_dim,) and obs.dtype == np.float32
@@ -252,7 +261,7 @@ def test_mujoco_hopper():
 
 
 def test_antmaze_dict_observations_and_eval_env():
-    env = gym.make("AntMaze_Medium_Diverse_GR-v4", continuing_task=True, reset_target=False)
+    env = remove_model_file(gym.make("AntMaze_Medium_Diverse_GR-v4", continuing_task=True, reset_target=False))
     eval_spec = copy.deepcopy(env.spec)
     eval_spec.kwargs["maze_map"], eval_spec.max_episode_steps = MEDIUM_EVAL_MAP, 700
     episodes = [rollout(env, seed, max_steps=6) for seed in (0, 1)]
