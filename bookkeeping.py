@@ -309,7 +309,7 @@ def online_rows(buffer, env: int) -> dict:
     sweep.DomainBuffer)."""
     if getattr(buffer, "added", 0) == 0:
         return {}
-    return {k: getattr(buffer, k)[buffer.size + env :: buffer.envs][: buffer.added] for k in ONLINE_FIELDS}
+    return {k: getattr(buffer, k)[buffer.size + env :: buffer.num_envs][: buffer.added] for k in ONLINE_FIELDS}
 
 
 @contextlib.contextmanager

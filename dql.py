@@ -35,8 +35,8 @@ class Args:
     """a D4RL id, a Minari id (mujoco/hopper/medium-v0, ...) or an OGBench single-task id
     (cube-double-play-singletask-task2-v0, ...): the data, evaluation env and presets below"""
     dataset_path: str | None = None
-    """a local copy instead of the downloaded file: an hdf5 file in the D4RL layout;
-    for an OGBench id, the folder of ogbench's files or its train .npz (with its -val.npz beside it)"""
+    """a local copy instead of the downloaded file: an hdf5 file in the D4RL layout; for an OGBench id, the folder
+    of ogbench's files or its train .npz (with its -val.npz beside it)"""
     seed: int = 0
     """seed of the experiment"""
     torch_deterministic: bool = True
@@ -44,9 +44,9 @@ class Args:
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     cuda_graph: bool = True
-    """if toggled, on CUDA each training iteration is one replay of a CUDA graph (the fast path); else eager"""
+    """if toggled, on CUDA each training iteration and action choice is one replay of a CUDA graph; else eager"""
     compile: bool = False
-    """if toggled, torch.compile the training iteration (fused kernels; the first window includes compiling)"""
+    """if toggled, torch.compile the training iteration (fused kernels; the first window's time includes compiling)"""
     matmul_precision: Literal["highest", "high"] = "highest"
     """float32 matmuls: highest (float32) or high (TF32 on NVIDIA GPUs, JAX's default there; no effect on a CPU)"""
     track: bool = False
@@ -92,7 +92,7 @@ class Args:
     diffusion_steps: int = 5
     """T, the number of DDPM denoising steps (DQL uses 5 with its VP noise schedule)"""
     max_q_backup: bool = False
-    """if toggled, the critic target takes the max over `num_backup_actions` next actions per head"""
+    """if toggled, the critic target takes the max over --num-backup-actions next actions per head"""
     num_backup_actions: int = 10
     """the number of next actions of the max-Q backup"""
     reward_mode: Literal["raw", "cql_antmaze", "iql_antmaze", "standardize"] = "raw"
@@ -149,8 +149,8 @@ PRESETS = {
     "humanoidmaze-medium-navigate-singletask-v0": dict(eta=4.5, gamma=0.995, **_OGBENCH),
     "humanoidmaze-large-navigate-singletask-v0": dict(eta=4.5, gamma=0.995, **_OGBENCH),
     "antsoccer-arena-navigate-singletask-v0": dict(eta=4.5, gamma=0.995, **_OGBENCH),
-    "cube-single-play-singletask-v0": dict(eta=0.15, **_OGBENCH),
-    "cube-double-play-singletask-v0": dict(eta=1.0, **_OGBENCH),
+    "cube-single-play-singletask-v0": dict(eta=0.5, **_OGBENCH),
+    "cube-double-play-singletask-v0": dict(eta=0.5, **_OGBENCH),
     "scene-play-singletask-v0": dict(eta=2.0, **_OGBENCH),
     "puzzle-3x3-play-singletask-v0": dict(eta=1.0, **_OGBENCH),
     "puzzle-4x4-play-singletask-v0": dict(eta=2.0, **_OGBENCH),
@@ -361,8 +361,8 @@ SWEEP_REPLACES = ("critic_loss_fn", "actor_loss_fn", "optimizer_step")
 
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One DQL iteration: critic step, actor step, target networks (`step`: its number, on the device). Returns
-    detached metrics; nothing here reads a value back to the host."""
+    """One iteration (Algorithm 1): critic step, actor step, target networks (`step`: its number, on the device).
+    Returns detached metrics; nothing here reads a value back to the host."""
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     metrics["critic_grad_norm"] = optimizer_step(agent.critic_optimizer, agent.critic, critic_loss, args.grad_norm)
     agent.critic.requires_grad_(False)  # the actor's backward skips the critic's weights (no use for their grads)
@@ -381,31 +381,32 @@ Batch = collections.namedtuple("Batch", "obs actions rewards next_obs dones")  #
 
 class OfflineBuffer:
     """The dataset on the training device, batches drawn there uniformly with replacement, and room after it for
-    `online_steps` transitions of each of `envs` envs (a sweep's members; env e's j-th in row size + j * envs + e).
-    Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each (`balanced`)."""
+    `online_steps` transitions of each of `num_envs` envs (a sweep's members; env e's j-th: row size + j * num_envs
+    + e). Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each."""
 
-    def __init__(self, data: dict, device: torch.device, online_steps: int = 0, envs: int = 1, balanced: bool = False):
-        self.size, self.device, self.envs, self.balanced, self.added = len(data["rewards"]), device, envs, balanced, 0
+    def __init__(self, data: dict, device: torch.device, online_steps=0, num_envs=1, balanced=False):
+        self.size, self.device, self.num_envs, self.balanced = len(data["rewards"]), device, num_envs, balanced
+        self.added = 0  # online transitions stored, per env
         self.count = torch.zeros((), dtype=torch.long, device=device)  # = added, on the device (read by sample)
         for name, key in zip(Batch._fields, ("observations", "actions", "rewards", "next_observations", "terminals")):
             x = torch.as_tensor(data[key], dtype=torch.float32, device=device).reshape(self.size, -1)
-            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * envs, x.shape[1])]))  # obs, ..., dones
+            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * num_envs, x.shape[1])]))  # obs, ..., dones
 
     def sample(self, batch_size: int, env=0, online: bool = False) -> Batch:
-        # j: a row of the dataset, or (j >= size) env `env`'s (j - size)-th transition; r % n is uniform over n rows,
-        # whatever n: a domain sweep's members draw r together, each for its own dataset (sweep.DomainBuffer)
-        r = torch.randint(1 << 62, (batch_size,), device=self.device)
-        j = r % (self.size + self.count) if online else r % self.size
-        if online and self.balanced:
-            j = torch.cat([r[: batch_size // 2] % self.size, self.size + r[batch_size // 2 :] % self.count])
-        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.envs + env) if online else j
+        # draw % n is a uniform row of n, whatever n: a domain sweep's members share one draw, each taking it modulo
+        # its own dataset's size (sweep.DomainBuffer)
+        draw = torch.randint(1 << 62, (batch_size,), device=self.device)
+        j = draw % (self.size + self.count) if online else draw % self.size  # j >= size: env `env`'s (j - size)-th
+        if online and self.balanced:  # half dataset rows, half the env's transitions
+            j = torch.cat([draw[: batch_size // 2] % self.size, self.size + draw[batch_size // 2 :] % self.count])
+        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.num_envs + env) if online else j
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
 
     def add(self, *transition: np.ndarray) -> None:
         """Store a transition of each env (Batch's fields, one row per env) in the next rows; only they are copied."""
         for name, x in zip(Batch._fields, transition):
-            rows = getattr(self, name)[self.size + self.added * self.envs :][: self.envs]
-            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.envs, -1))
+            rows = getattr(self, name)[self.size + self.added * self.num_envs :][: self.num_envs]
+            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.num_envs, -1))
         self.added += 1
         self.count.fill_(self.added)  # in place: a captured training step reads it
 
@@ -516,7 +517,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     with runs.removed_on_failure():  # made before the data are loaded and the envs made
         source = source or offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
         envs = offline_data.evaluation_envs(source.make_env, num_envs, runs.video_folder)  # None: data without env
-        online_envs = args.online_steps and offline_data.OnlineEnvs(source, runs.size)  # one env per member
+        online_envs = offline_data.OnlineEnvs(source, runs.size) if args.online_steps else None  # one per member
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -551,7 +552,8 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     # with candidates the policy's own sample too: a low score with candidates only is a critic that cannot rank them
     candidates = [args.num_candidates, 1] if args.num_candidates > 1 else [1]
     policies = [make_policy(agent, k, num_envs, source.obs_dim, device, use_graph) for k in candidates]
-    act = args.online_steps and make_policy(agent, args.online_candidates, runs.size, source.obs_dim, device, use_graph)
+    if args.online_steps:  # the online phase's policy, acting in one env per member
+        act = make_policy(agent, args.online_candidates, runs.size, source.obs_dim, device, use_graph)
     print(f"training on {device}: " + ("CUDA graphs" if use_graph else "eager") + ", torch.compile" * args.compile)
 
     total = args.total_steps + args.online_steps  # the offline phase, then the online one

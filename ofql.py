@@ -1,5 +1,5 @@
-"""One-Step Flow Q-Learning (OFQL) (Nguyen & Yoo, arXiv 2508.13904): a one-step MeanFlow policy trained with
-DQL's actor-critic recipe. Equation numbers (Eq. N) refer to that paper. Docs and results: README.md.
+"""One-Step Flow Q-Learning (OFQL) (Nguyen & Yoo, arXiv 2508.13904, ICLR 2026): a one-step MeanFlow policy trained
+with DQL's actor-critic recipe. Equation numbers (Eq. N) are those of the ICLR version. Docs and results: README.md.
 """
 
 import argparse
@@ -34,8 +34,8 @@ class Args:
     """a D4RL id, a Minari id (mujoco/hopper/medium-v0, ...) or an OGBench single-task id
     (cube-double-play-singletask-task2-v0, ...): the data, evaluation env and presets below"""
     dataset_path: str | None = None
-    """a local copy instead of the downloaded file: an hdf5 file in the D4RL layout;
-    for an OGBench id, the folder of ogbench's files or its train .npz (with its -val.npz beside it)"""
+    """a local copy instead of the downloaded file: an hdf5 file in the D4RL layout; for an OGBench id, the folder
+    of ogbench's files or its train .npz (with its -val.npz beside it)"""
     seed: int = 0
     """seed of the experiment"""
     torch_deterministic: bool = True
@@ -43,9 +43,9 @@ class Args:
     cuda: bool = True
     """if toggled, cuda will be used when available"""
     cuda_graph: bool = True
-    """if toggled, on CUDA each training iteration is one replay of a CUDA graph (the fast path); else eager"""
+    """if toggled, on CUDA each training iteration and action choice is one replay of a CUDA graph; else eager"""
     compile: bool = False
-    """if toggled, torch.compile the training iteration (fused kernels; the first window includes compiling)"""
+    """if toggled, torch.compile the training iteration (fused kernels; the first window's time includes compiling)"""
     matmul_precision: Literal["highest", "high"] = "highest"
     """float32 matmuls: highest (float32) or high (TF32 on NVIDIA GPUs, JAX's default there; no effect on a CPU)"""
     track: bool = False
@@ -87,17 +87,19 @@ class Args:
     ema_start: int = 1000
     """the EMA policy starts moving after this many steps; before, it is the initial network (as in DQL's code)"""
     eta: float = 0.1
-    """the weight of the normalised Q term in the actor loss (Eq. 7)"""
+    """the weight of the normalised Q term in the actor loss (Eq. 7 with L_FBC); the presets' values are inferred,
+    the paper publishes only its grid (docs/presets.md)"""
     flow_ratio: float = 0.5
-    """the fraction of the batch with r = t in the MeanFlow loss (plain flow matching rows)"""
+    """lambda (Sec. 4): the fraction of the batch with r = t in the MeanFlow loss (plain flow matching rows)"""
     time_mu: float = -0.4
-    """the mean of the logit-normal distribution of t and r"""
+    """mu of the logit-normal draws of t and r: sigmoid(N(mu, sigma^2)), t the larger of two draws"""
     time_sigma: float = 1.0
-    """the std of the logit-normal distribution of t and r"""
+    """sigma of the logit-normal draws of t and r"""
     adaptive_weight_power: float = 0.0
-    """power p of MeanFlow's adaptive loss weight 1/(err + 1e-3)^p; 0 (default) is the plain squared error of Eq. 14"""
+    """power p of MeanFlow's adaptive weight 1/(e + 1e-3)^p of a row's squared error e (not in the OFQL paper); 0
+    (default) is Eq. 14's plain squared error"""
     max_q_backup: bool = False
-    """if toggled, the critic target takes the max over `num_backup_actions` next actions per head"""
+    """if toggled, the critic target takes the max over --num-backup-actions next actions per head"""
     num_backup_actions: int = 10
     """the number of next actions of the max-Q backup"""
     reward_mode: Literal["raw", "cql_antmaze", "iql_antmaze", "standardize"] = "raw"
@@ -119,9 +121,10 @@ class Args:
 
 SWEEP_WEIGHT = "eta"  # the flag whose grid of values sweep.py trains in one process (python sweep.py --help)
 
-# eta from the paper's grid {0.001, 0.01, 0.1, 0.3, 0.5}; Adam 3e-4 for both networks (Appendix B); grad_norm, reward
-# and evaluation rules from DQL's official table; total_steps from Appendix B (2000 epochs x 1000 steps for MuJoCo).
-# docs/presets.md names the source of every value. Flags not listed keep the Args defaults.
+# eta: not published (the paper gives only its grid {0.001, 0.01, 0.1, 0.3, 0.5}); inferred from the first author's
+# InsQL configs, snapped to that grid: tune it with sweep.py. Adam 3e-4 for both networks (Appendix B); grad_norm,
+# reward and evaluation rules from DQL's official table; total_steps from Appendix B (2000 epochs x 1000 steps for
+# MuJoCo). docs/presets.md names the source of every value. Flags not listed keep the Args defaults.
 _LONG = dict(total_steps=1_000_000, eval_episodes=100)
 _ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_LONG)
 _OGBENCH = dict(total_steps=1_000_000, eval_every=100_000, eval_episodes=50)
@@ -251,13 +254,13 @@ def meanflow_target(u_fn, a, eps, r, t):
     a_t = (1 - t) * a + t * eps  # Eq. 8
     v = eps - a  # conditional velocity
     u, dudt = torch.func.jvp(lambda a_t, t: u_fn(a_t, r, t), (a_t, t), (v, torch.ones_like(t)))
-    return u, (v - (t - r) * dudt).detach()  # Eq. 15, sg(.)
+    return u, (v - (t - r) * dudt).detach()  # Eq. 15; detached: Eq. 14's sg(.)
 
 
 def behavior_cloning_loss(actor: Actor, obs, actions, args: Args) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_FBC (Eq. 14): the squared error to the stop-gradient target, averaged over the action's dimensions (the
-    author's and DQL's MSE: Eq. 14's norm over |A|), weighted by MeanFlow's adaptive weight 1/(err + 1e-3)^p when
-    p = --adaptive-weight-power > 0 (p = 0: Eq. 14); returns (loss, plain mean squared error)."""
+    """L_FBC (Eq. 14): the squared error to the stop-gradient target, averaged over the action's dimensions (Eq. 14's
+    squared norm divided by |A|, the MSE of the author's and DQL's code), weighted by MeanFlow's adaptive weight
+    1/(e + 1e-3)^p when p = --adaptive-weight-power > 0 (p = 0: Eq. 14); returns (loss, plain mean squared error)."""
     t, r = sample_t_r(len(obs), args.flow_ratio, args.time_mu, args.time_sigma, obs.device)
     u, u_tgt = meanflow_target(lambda a_t, r, t: actor(a_t, r, t, obs), actions, torch.randn_like(actions), r, t)
     err = (u - u_tgt).pow(2).mean(dim=-1)
@@ -289,7 +292,8 @@ class Agent:
 
 def make_agent(obs_dim: int, act_dim: int, args: Args, device: torch.device) -> Agent:
     actor, critic = Actor(obs_dim, act_dim).to(device), Critic(obs_dim, act_dim).to(device)
-    actor_ema, critic_target = Actor(obs_dim, act_dim).to(device), Critic(obs_dim, act_dim).to(device)
+    actor_ema = Actor(obs_dim, act_dim).to(device)
+    critic_target = Critic(obs_dim, act_dim).to(device)
     for target, net in ((actor_ema, actor), (critic_target, critic)):
         target.load_state_dict(net.state_dict())
         target.requires_grad_(False)
@@ -352,7 +356,7 @@ SWEEP_REPLACES = ("critic_loss_fn", "actor_loss_fn", "optimizer_step")
 
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One iteration of Algorithm 1: critic step, actor step, target networks (`step`: its number, on the device).
+    """One iteration (Algorithm 1): critic step, actor step, target networks (`step`: its number, on the device).
     Returns detached metrics; nothing here reads a value back to the host."""
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     metrics["critic_grad_norm"] = optimizer_step(agent.critic_optimizer, agent.critic, critic_loss, args.grad_norm)
@@ -372,31 +376,32 @@ Batch = collections.namedtuple("Batch", "obs actions rewards next_obs dones")  #
 
 class OfflineBuffer:
     """The dataset on the training device, batches drawn there uniformly with replacement, and room after it for
-    `online_steps` transitions of each of `envs` envs (a sweep's members; env e's j-th in row size + j * envs + e).
-    Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each (`balanced`)."""
+    `online_steps` transitions of each of `num_envs` envs (a sweep's members; env e's j-th: row size + j * num_envs
+    + e). Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each."""
 
-    def __init__(self, data: dict, device: torch.device, online_steps: int = 0, envs: int = 1, balanced: bool = False):
-        self.size, self.device, self.envs, self.balanced, self.added = len(data["rewards"]), device, envs, balanced, 0
+    def __init__(self, data: dict, device: torch.device, online_steps=0, num_envs=1, balanced=False):
+        self.size, self.device, self.num_envs, self.balanced = len(data["rewards"]), device, num_envs, balanced
+        self.added = 0  # online transitions stored, per env
         self.count = torch.zeros((), dtype=torch.long, device=device)  # = added, on the device (read by sample)
         for name, key in zip(Batch._fields, ("observations", "actions", "rewards", "next_observations", "terminals")):
             x = torch.as_tensor(data[key], dtype=torch.float32, device=device).reshape(self.size, -1)
-            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * envs, x.shape[1])]))  # obs, ..., dones
+            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * num_envs, x.shape[1])]))  # obs, ..., dones
 
     def sample(self, batch_size: int, env=0, online: bool = False) -> Batch:
-        # j: a row of the dataset, or (j >= size) env `env`'s (j - size)-th transition; r % n is uniform over n rows,
-        # whatever n: a domain sweep's members draw r together, each for its own dataset (sweep.DomainBuffer)
-        r = torch.randint(1 << 62, (batch_size,), device=self.device)
-        j = r % (self.size + self.count) if online else r % self.size
-        if online and self.balanced:
-            j = torch.cat([r[: batch_size // 2] % self.size, self.size + r[batch_size // 2 :] % self.count])
-        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.envs + env) if online else j
+        # draw % n is a uniform row of n, whatever n: a domain sweep's members share one draw, each taking it modulo
+        # its own dataset's size (sweep.DomainBuffer)
+        draw = torch.randint(1 << 62, (batch_size,), device=self.device)
+        j = draw % (self.size + self.count) if online else draw % self.size  # j >= size: env `env`'s (j - size)-th
+        if online and self.balanced:  # half dataset rows, half the env's transitions
+            j = torch.cat([draw[: batch_size // 2] % self.size, self.size + draw[batch_size // 2 :] % self.count])
+        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.num_envs + env) if online else j
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
 
     def add(self, *transition: np.ndarray) -> None:
         """Store a transition of each env (Batch's fields, one row per env) in the next rows; only they are copied."""
         for name, x in zip(Batch._fields, transition):
-            rows = getattr(self, name)[self.size + self.added * self.envs :][: self.envs]
-            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.envs, -1))
+            rows = getattr(self, name)[self.size + self.added * self.num_envs :][: self.num_envs]
+            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.num_envs, -1))
         self.added += 1
         self.count.fill_(self.added)  # in place: a captured training step reads it
 
@@ -507,7 +512,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     with runs.removed_on_failure():  # made before the data are loaded and the envs made
         source = source or offline_data.load(args.env_id, args.dataset_path, args.reward_mode)
         envs = offline_data.evaluation_envs(source.make_env, num_envs, runs.video_folder)  # None: data without env
-        online_envs = args.online_steps and offline_data.OnlineEnvs(source, runs.size)  # one env per member
+        online_envs = offline_data.OnlineEnvs(source, runs.size) if args.online_steps else None  # one per member
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -542,7 +547,8 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     # with candidates the policy's own sample too: a low score with candidates only is a critic that cannot rank them
     candidates = [args.num_candidates, 1] if args.num_candidates > 1 else [1]
     policies = [make_policy(agent, k, num_envs, source.obs_dim, device, use_graph) for k in candidates]
-    act = args.online_steps and make_policy(agent, args.online_candidates, runs.size, source.obs_dim, device, use_graph)
+    if args.online_steps:  # the online phase's policy, acting in one env per member
+        act = make_policy(agent, args.online_candidates, runs.size, source.obs_dim, device, use_graph)
     print(f"training on {device}: " + ("CUDA graphs" if use_graph else "eager") + ", torch.compile" * args.compile)
 
     total = args.total_steps + args.online_steps  # the offline phase, then the online one

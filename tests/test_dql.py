@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import dql
+import fql
+import offline_data
 import ofql
 from conftest import agent_and_random_batch, check_coin_flipped_q_term, move_targets_apart
 
@@ -259,6 +261,23 @@ def test_every_preset_of_a_dataset_in_dqls_table_is_its_row(env_id):
     assert args.eval_episodes == (10 if env_id.startswith(("halfcheetah", "hopper", "walker2d")) else 100)
     o = ofql.parse_args(["--env-id", env_id])
     assert (o.max_q_backup, o.reward_mode, o.total_steps, o.grad_norm, o.actor_lr) == (*got[2:], 3e-4)
+
+
+# OGBench's sub-goals per task (its relabelled rewards run from -n to 0): docs/presets.md's rule for eta
+OGBENCH_SUBGOALS = {"antmaze": 1, "humanoidmaze": 1, "antsoccer": 1, "cube-single": 1, "cube-double": 2, "scene": 5}
+OGBENCH_SUBGOALS |= {"puzzle-3x3": 9, "puzzle-4x4": 16}
+
+
+@pytest.mark.parametrize("env_id", sorted(set(offline_data.OGBENCH_IDS.values())))
+def test_ogbench_eta_is_the_grid_value_nearest_fqls_q_weight(env_id):
+    """eta* = n / ((1 - gamma) alpha) for FQL's alpha and gamma and the task's n sub-goals, taken to the nearest value
+    on a log scale: of the OFQL paper's grid for ofql.py, of the etas in DQL's table for dql.py."""
+    f = fql.parse_args(["--env-id", env_id])
+    n = next(v for k, v in OGBENCH_SUBGOALS.items() if env_id.startswith(k))
+    target = n / ((1 - f.gamma) * f.alpha)
+    for script, grid in ((ofql, (0.001, 0.01, 0.1, 0.3, 0.5)), (dql, {row[1] for row in DQL_MAIN_PY.values()})):
+        nearest = min(grid, key=lambda eta: abs(np.log(eta / target)))
+        assert script.parse_args(["--env-id", env_id]).eta == nearest, script.__name__
 
 
 def test_max_q_backup_takes_the_max_over_several_next_actions_of_the_ema_policy(agent_and_batch):
