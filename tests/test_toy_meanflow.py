@@ -20,6 +20,31 @@ def test_energy_distance_is_zero_for_one_distribution_and_large_for_a_shift():
     assert shifted == pytest.approx(tm.energy_distance(y + torch.tensor([1.0, 0.0]), x), rel=1e-4)
 
 
+class TimeProbe(torch.nn.Module):
+    """A known field of (x, r, t), or (x, t), asymmetric in r and t, standing in for a trained network."""
+
+    def forward(self, x, *times):
+        t, r = times[-1], times[0] if len(times) == 2 else 0.0
+        return 0.3 * x * (1 + t) + 0.7 * r
+
+
+def test_the_samplers_are_eq_12_in_one_step_and_euler_on_a_grid():
+    """u-param: a = eps - u(eps, r=0, t=1) (Eq. 12), and k steps x <- x - (t - r) u(x, r, t) from t = 1 down the
+    grid; v-param: Euler x <- x - dt v(x, t)."""
+    probe, n = TimeProbe(), 5
+    torch.manual_seed(0)
+    eps = torch.randn(n, 2)
+    one, zero, half = torch.ones(n, 1), torch.zeros(n, 1), torch.full((n, 1), 0.5)
+    torch.manual_seed(0)
+    torch.testing.assert_close(tm.sample_u_param(probe, n, 1), eps - probe(eps, zero, one))
+    x = eps - 0.5 * probe(eps, half, one)
+    torch.manual_seed(0)
+    torch.testing.assert_close(tm.sample_u_param(probe, n, 2), x - 0.5 * probe(x, zero, half))
+    x = eps - 0.5 * probe(eps, one)
+    torch.manual_seed(0)
+    torch.testing.assert_close(tm.sample_v_param(probe, n, 2), x - 0.5 * probe(x, half))
+
+
 def test_datasets_are_seeded_and_inside_the_box():
     for name in tm.DATASETS:
         a, b = tm.sample_dataset(name, 500, seed=3, split=0), tm.sample_dataset(name, 500, seed=3, split=0)
@@ -58,7 +83,7 @@ def test_quick_run_writes_outputs_and_one_meanflow_step_beats_one_euler_step(tmp
     rows_per_dataset = [*tm.columns(args), *((r, 0) for r in tm.REFERENCES)]
     expected = {(d, m, str(k)) for d in ("checkerboard", "moons") for m, k in rows_per_dataset}
     assert {(r["dataset"], r["method"], r["steps"]) for r in rows} == expected and len(rows) == len(expected) == 18
-    assert all(float(r["energy"]) < 0.01 and abs(float(r["mmd^2,"])) < 1e-3 for r in rows if "floor" in r["method"])
+    assert all(float(r["energy"]) < 0.01 and abs(float(r["mmd2"])) < 1e-3 for r in rows if "floor" in r["method"])
     table = (tmp_path / "toy_meanflow.md").read_text()
     assert "Energy distance" in table and "MMD^2" in table and table.count("\n| ") == 2 * (1 + len(rows_per_dataset))
 
