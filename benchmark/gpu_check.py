@@ -39,6 +39,7 @@ steps on both flags, the metrics, the comparison, the online episodes, the speed
 through the eager-light runner, the budget, the summary) and prints one line.
 """
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -231,10 +232,20 @@ class Args:
     """offline gradient steps of each run in the CPU mode"""
     cpu_online_steps: int = 30
     """online steps of each run in the CPU mode (its barely trained policy's hopper falls within them)"""
+    deadline: int = 0
+    """if set, seconds from this process's start after which no step starts and a running subprocess is stopped (the
+    steps not run are listed as failures), so that what runs after this call gets its time; 0: no deadline"""
     timeout: int = 600
     """seconds after which a subprocess (a run, the tests, speed.py) is stopped and reported as failed; on CUDA at
     most 4 times its step's estimate (at least 120 s) each, so a parity step's two runs together up to 8 times: a hung
     run cannot take a lent GPU's whole time, though the limits add up to more than the 300 s budget"""
+
+
+DEADLINE = math.inf  # the time.time() of --deadline: finish() stops a subprocess there, main() starts no step after
+
+
+class DeadlineReached(Exception):
+    pass
 
 
 class CheckError(Exception):
@@ -260,6 +271,7 @@ def driver_version() -> str:
 
 def device_info(cuda: bool) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    info["commit"] = os.environ.get("COMMIT") or subprocess.getoutput(f"git -C {ROOT} rev-parse --short HEAD 2>&1")
     if cuda:
         props = torch.cuda.get_device_properties(0)
         info.update(
@@ -292,9 +304,9 @@ def read_text(path: str) -> str:
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> int | None:
-    """The exit code, or None when it ran past the timeout (then it is stopped)."""
+    """The exit code, or None when it ran past the timeout or --deadline (then it is stopped)."""
     try:
-        return proc.wait(timeout=timeout)
+        return proc.wait(timeout=max(0.0, min(timeout, DEADLINE - time.time())))
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
@@ -304,7 +316,8 @@ def finish(proc: subprocess.Popen, timeout: float) -> int | None:
 def error_line(log_path: str, rc: int | None, timeout: int) -> str:
     """One line for a failed subprocess: its own error line (the scripts' 'error: ...', an exception's last line)."""
     if rc is None:
-        return f"timed out after {timeout} s (see {log_path})"
+        cut = "stopped at --deadline" if time.time() >= DEADLINE - 1 else f"timed out after {timeout} s"
+        return f"{cut} (see {log_path})"
     lines = [line.strip() for line in read_text(log_path).splitlines() if line.strip()]
     errors = [line for line in lines if "error" in line.lower()]
     line = (errors or lines or ["no output"])[-1]
@@ -1169,6 +1182,7 @@ def failures(report: dict) -> list[str]:
         found.append(f"speed.py: {report['speed']['error']}")
     if report.get("sweep") and not report["sweep"]["ok"]:
         found.append(f"sweep: {report['sweep']['error']}")
+    found += [f"--deadline: not run: {step}" for step in report.get("not_run", [])]
     episodes = online_episodes(report)
     for mode in ("eager", "graph") if episodes else ():
         if not episodes[mode]:
@@ -1179,10 +1193,32 @@ def failures(report: dict) -> list[str]:
     return found
 
 
+def run_steps(args: Args, out: str, cuda: bool, report: dict, step) -> None:
+    """The check's steps in order, each through step(name, into, key, run) (timed, written, its line printed)."""
+    if args.tests:
+        step("tests", report, "tests", lambda timeout: run_tests(args, out, cuda, timeout))
+    step("data", report, "parity", lambda _: prepare_parity(args, out, cuda))
+    p = report["parity"]
+    data_path, pairs = p["data"]["path"], p["scripts"]
+    pair_args = (data_path, (p["steps"], p["log_every"], p["online_steps"]), os.path.dirname(data_path))
+    for script in args.scripts:
+        step(f"parity {script}", pairs, script, lambda t, s=script: train_pair(s, *pair_args, args, cuda, t))
+    if args.speed:
+        step("speed", report, "speed", lambda timeout: run_speed(args, out, cuda, timeout))
+    if args.sweep:
+        step("sweep parity", report, "sweep", lambda timeout: run_sweep_parity(args, out, cuda, timeout))
+        step("sweep speed", report, "sweep", lambda t: run_sweep_speed(args, out, cuda, report["sweep"], t))
+
+
 def main(args: Args) -> int:
+    global DEADLINE
     started, cuda = process_start(), torch.cuda.is_available()
+    DEADLINE = started + args.deadline if args.deadline else math.inf
     out = args.out_dir or os.path.join(ROOT, "benchmark", "results", "gpu_check", "" if cuda else "cpu_mode")
     os.makedirs(out, exist_ok=True)
+    for stale in ("speed/cuda.json", "speed/cuda.md", "sweep_speed/cuda.json", "sweep_speed/cuda.md"):
+        with contextlib.suppress(OSError):  # an earlier call's: a call cut before these steps must not return them
+            os.remove(os.path.join(out, stale))
     rows = budget(args)
     report = {"cuda": cuda, "device": device_info(cuda), "args": asdict(args), "ok": None}
     report["budget"] = {"budget_s": BUDGET_S, "rates": H200_RATES["device"], "rows": rows}
@@ -1209,24 +1245,18 @@ def main(args: Args) -> int:
 
     def step(name: str, into: dict, key: str, run) -> None:
         """into[key] = run(the step's subprocess timeout), timed as the budget's step `name`."""
+        if time.time() > DEADLINE - 10:  # too late to start a step
+            raise DeadlineReached
         t0 = time.time()
         into[key] = run(step_timeout(args, row[name], cuda))
         done(name, time.time() - t0, into[key].get("ok"))
 
     done("start", time.time() - started)
-    if args.tests:
-        step("tests", report, "tests", lambda timeout: run_tests(args, out, cuda, timeout))
-    step("data", report, "parity", lambda _: prepare_parity(args, out, cuda))
-    p = report["parity"]
-    data_path, pairs = p["data"]["path"], p["scripts"]
-    pair_args = (data_path, (p["steps"], p["log_every"], p["online_steps"]), os.path.dirname(data_path))
-    for script in args.scripts:
-        step(f"parity {script}", pairs, script, lambda t, s=script: train_pair(s, *pair_args, args, cuda, t))
-    if args.speed:
-        step("speed", report, "speed", lambda timeout: run_speed(args, out, cuda, timeout))
-    if args.sweep:
-        step("sweep parity", report, "sweep", lambda timeout: run_sweep_parity(args, out, cuda, timeout))
-        step("sweep speed", report, "sweep", lambda t: run_sweep_speed(args, out, cuda, report["sweep"], t))
+    try:
+        run_steps(args, out, cuda, report, step)
+    except DeadlineReached:
+        report["not_run"] = [r["step"] for r in rows if r["actual_s"] is None]
+        say(f"--deadline {args.deadline} s reached; not run: {', '.join(report['not_run'])}", flush=True)
     report["failures"] = failures(report)
     report["ok"], report["seconds"] = not report["failures"], time.time() - started
     text = write(report, out)

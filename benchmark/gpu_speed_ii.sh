@@ -40,6 +40,7 @@ part() {
     shift 2
     [[ -z ${PARTS:-} || " $PARTS " == *" $name "* ]] || return 0  # PARTS: a space-separated subset of the names
     echo "== $name: $*" | tee "$RESULTS/$name.log"
+    echo "$name started" >>"$RESULTS/parts.txt"  # a part cut by an outer timeout leaves this line and its log
     timeout "$limit" "$@" >>"$RESULTS/$name.log" 2>&1
     local rc=$?
     echo "$name rc=$rc seconds=$((SECONDS - start)) command: $*" | tee -a "$RESULTS/parts.txt"

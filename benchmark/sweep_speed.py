@@ -210,6 +210,7 @@ def main(args: Args) -> dict:
             print(f"{key[0]} {key[1]} failed: {failed[key[:2]]}", flush=True)
 
     compile_sec = {}  # the first call of a compiled iteration compiles it: its seconds, reported (caches off: cold)
+    timing = dataclasses.replace(speed.Args(), warmup=args.warmup, updates=args.updates)
     for key, iteration in setups.items():
         if key[1].startswith("compile"):
             torch.set_float32_matmul_precision(precision[key[1]])
@@ -221,7 +222,11 @@ def main(args: Args) -> dict:
             compile_sec[key] = time.perf_counter() - start
             done = "failed" if key[:2] in failed else "compiled"
             print(f"{' '.join(map(str, key))}: {done} in {compile_sec[key]:.0f} s", flush=True)  # a cut call keeps it
-    timing = dataclasses.replace(speed.Args(), warmup=args.warmup, updates=args.updates)
+            seconds = attempt(key, speed.time_updates, iteration, timing, device)  # a rate before the next compile
+            if seconds is not None:
+                inductor = dict(torch._dynamo.utils.counters["inductor"])  # cudagraph_skips: a path not graphed
+                rate = f"first block {(1 if key[2] == 'plain' else key[2]) / seconds:.0f} member-updates/s"
+                print(f"{' '.join(map(str, key))}: {rate}; inductor: {inductor}", flush=True)
     for r in range(args.rounds):
         for key, iteration in setups.items():
             torch.set_float32_matmul_precision(precision[key[1]])  # a graph is captured in its first warm-up

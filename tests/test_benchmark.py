@@ -303,7 +303,8 @@ def test_sweep_speed_times_each_path_at_its_matmul_precision_and_reports_compili
     )  # fmt: skip
     result = sweep_speed.main(args)
     assert result["paths"] == ["eager", "eager+tf32", "compile_graph", "compile_graph+tf32"]
-    assert seen == ["highest", "highest", "high", "high"] * 2  # (one run, N = 2) per path, in turn
+    # a first block after each compile (compile_graph, then +tf32), then the round: (one run, N = 2) per path in turn
+    assert seen == ["highest", "highest", "high", "high"] * 3
     assert torch.get_float32_matmul_precision() == "highest"
     by_path = result["algorithms"]["ofql"]
     assert by_path["eager"]["compile_sec"] == {} and set(by_path["compile_graph+tf32"]["compile_sec"]) == {"plain", "2"}

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -215,6 +216,26 @@ def test_a_stopped_call_keeps_the_steps_it_did(tmp_path, monkeypatch):
     summary = (tmp_path / "summary.md").read_text()
     assert "**INCOMPLETE** after" in summary and "3 of 4 steps done" in summary
     assert "| ofql.py: eager vs CUDA graph | pass |" in summary
+
+
+def test_no_step_starts_after_the_deadline_and_a_running_subprocess_stops_there(tmp_path, monkeypatch):
+    """--deadline: the steps not started by then are failures named in the results (here speed, after a parity step
+    that ends 2.5 s before it); finish() stops a subprocess at the deadline whatever its own timeout."""
+    monkeypatch.setattr(gpu_check, "process_start", time.time)
+    monkeypatch.setattr(
+        gpu_check, "record_hopper", lambda path, n, seed: {"path": path, "transitions": n, "episodes": 1}
+    )
+    pair = {"ok": True, "problems": [], "comparison": compare(log((100, 1.0)), log((100, 1.0)))}
+    pair |= {"eager": {"steps_per_sec": 60.0}, "graph": {"steps_per_sec": 500.0}}
+    monkeypatch.setattr(gpu_check, "train_pair", lambda *a, **k: time.sleep(2.5) or pair)
+    monkeypatch.setattr(gpu_check, "run_speed", lambda *a, **k: pytest.fail("speed.py started after the deadline"))
+    args = gpu_check.Args(out_dir=str(tmp_path), tests=False, scripts=["ofql"], sweep=False, deadline=12)
+    assert gpu_check.main(args) == 1
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["not_run"] == ["speed"] and report["failures"] == ["--deadline: not run: speed"]
+    monkeypatch.setattr(gpu_check, "DEADLINE", time.time() + 0.5)
+    t0 = time.time()
+    assert gpu_check.finish(subprocess.Popen(["sleep", "30"]), timeout=60) is None and time.time() - t0 < 10
 
 
 def test_the_sweep_target_is_12000_member_updates_per_second(tmp_path, monkeypatch):
