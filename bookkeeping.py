@@ -154,12 +154,21 @@ def open_log(run_dir: str):
 
 
 def trim_log(path: str, step: int) -> None:
-    """Keep the records of a metrics.jsonl up to `step`, and drop a partial last line (a kill, a full disk)."""
-    if os.path.exists(path):
-        with open(path) as f:
-            kept = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]
-        with open(path, "w") as f:
-            f.writelines(kept)
+    """Cut a metrics.jsonl (whose steps never decrease) after its records up to `step`, and a partial last line (a
+    kill, a full disk), in place: a kill meanwhile leaves the file whole or cut, never empty. A line that is not a
+    record is one UserError line."""
+    if not os.path.exists(path):
+        return
+    end = 0
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                if not line.endswith(b"\n") or json.loads(line)["step"] > step:
+                    break
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path}, line {number}, is not a record of a step: delete it to resume") from None
+            end += len(line)
+    os.truncate(path, end)
 
 
 @contextlib.contextmanager
@@ -257,6 +266,13 @@ def load_checkpoint(path: str) -> dict:
     values, which could run code as it is built, is refused before it is built."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError:
+        raise UserError("the file is empty") from None
+    except (KeyError, RuntimeError) as e:  # not a zip of torch.save's (a text file: KeyError), or a cut one
+        cut = "zip archive" in str(e)
+        raise UserError(
+            "a truncated checkpoint (a cut write?)" if cut else "not a checkpoint (not a file torch.save wrote)"
+        ) from None
     except pickle.UnpicklingError as e:
         if "Unsupported operand" in str(e):  # not a pickle: another kind of file
             raise UserError("not a checkpoint (not a file torch.save wrote)") from None
@@ -391,7 +407,8 @@ class Runs:
                 folder = "a folder; name its checkpoint.pt" if os.path.isdir(args.resume) else "no such file"
                 raise UserError(f"cannot resume from {args.resume}: {folder}")
             if args.resume:
-                self.dirs.append(os.path.dirname(args.resume) or ".")
+                checkpoint = os.path.realpath(args.resume) if os.path.islink(args.resume) else args.resume
+                self.dirs.append(os.path.dirname(checkpoint) or ".")  # a link's: the run folder it points into
                 try:
                     check_resume_flags(args, self.dirs[-1])
                 except UserError:
@@ -484,13 +501,14 @@ class Runs:
         transitions into self.buffer, restore the random states (the same in every member's) and drop their metrics
         logs' records after its step. -> (next step, the evaluations of each, seconds spent); any failure (a missing,
         empty, truncated or unsafe file, another run's, members of different steps) is one UserError line."""
-        states, files = [], [args.resume for args in self.members]
+        states, files, summarized = [], [args.resume for args in self.members], []
         for file, config in zip(files, self.configs):
             try:
                 states.append(load_checkpoint(file))
                 check_resume(config, states[-1]["config"], states[-1]["step"])
                 finished = states[-1]["step"] == config["total_steps"] + config.get("online_steps", 0)
-                if finished and os.path.exists(os.path.join(os.path.dirname(file), "summary.json")):  # else: written
+                summarized.append(finished and os.path.exists(os.path.join(os.path.dirname(file), "summary.json")))
+                if all(summarized) and len(summarized) == len(files):  # some without a summary.json: written again
                     more = "" if config.get("online_steps") else "; a larger --total-steps trains it further"
                     raise UserError(f"its run had finished at step {states[-1]['step']} (summary.json){more}")
             except Exception as e:
@@ -606,7 +624,13 @@ class Runs:
                         "online": {k: v.to("cpu", copy=True) for k, v in online.items()},  # copies: not the buffer
                         "failed": self.failed.get(m),
                     }
-                    torch.save({**member_state(agent, m if self.sweep else None), **extra}, path + ".tmp")
+                    try:
+                        torch.save({**member_state(agent, m if self.sweep else None), **extra}, path + ".tmp")
+                    except (RuntimeError, OSError) as e:  # a full disk, a quota: torch.save raises RuntimeError
+                        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                        raise UserError(
+                            f"cannot write {path} ({first}; a full disk?); {self.how_to_continue()}"
+                        ) from None
                 for path in paths:
                     os.replace(path + ".tmp", path)
             finally:
@@ -622,6 +646,8 @@ class Runs:
             next((p for p in (os.path.join(d, "checkpoint.pt"), a.resume) if p and os.path.isfile(p)), None)
             for d, a in zip(self.dirs, self.members)
         ]
+        if len(getattr(self, "summaries", ())) == self.size:  # a stop after finish() wrote them: nothing to continue
+            return f"the runs had finished (summaries: {' '.join(self.summaries)}); nothing to continue"
         stop = "" if stopped_at is None else f"stopped at step {stopped_at}; "
         unsaved = "" if self.args.save_model else " (--save-model is off: add it to keep a checkpoint next time)"
         if None in last:
@@ -651,18 +677,20 @@ class Runs:
         wall_clock = self.elapsed + time.time() - self.session_start  # the members trained together: one clock
         steps = self.args.total_steps + getattr(self.args, "online_steps", 0) - self.start_step + 1
         steps_per_sec = steps / self.train_time if self.train_time else None
-        self.summaries = []
-        for m, (args, run_dir) in enumerate(zip(self.members, self.dirs)):
-            summary = summarize(self.script, args, source.member(m), self.evals[m], wall_clock, steps_per_sec)
-            summary = {"commit": self.commit, **summary}  # this session's code (config.json's: the run's first)
-            if self.sweep:
-                summary.update(sweep=self.sweep, sweep_members=self.size, error=self.failed.get(m))
-            with replaced_when_written(os.path.join(run_dir, "summary.json")) as tmp, open(tmp, "w") as f:
-                json.dump(summary, f, indent=2)
-            if self.wandb_runs:
-                self.wandb_runs[m].summary.update({k: v for k, v in summary.items() if k != "evaluations"})
-                self.wandb_runs[m].finish()
-            self.summaries.append(os.path.join(run_dir, "summary.json"))
+        summaries, self.summaries = [], []
+        with signals_held():  # every member's summary.json, then a stop (how_to_continue: the runs had finished)
+            for m, (args, run_dir) in enumerate(zip(self.members, self.dirs)):
+                summary = summarize(self.script, args, source.member(m), self.evals[m], wall_clock, steps_per_sec)
+                summary = {"commit": self.commit, **summary}  # this session's code (config.json's: the run's first)
+                if self.sweep:
+                    summary.update(sweep=self.sweep, sweep_members=self.size, error=self.failed.get(m))
+                with replaced_when_written(os.path.join(run_dir, "summary.json")) as tmp, open(tmp, "w") as f:
+                    json.dump(summary, f, indent=2)
+                summaries.append(summary)
+            self.summaries = [os.path.join(run_dir, "summary.json") for run_dir in self.dirs]
+        for run, summary in zip(self.wandb_runs or [], summaries):  # seconds each
+            run.summary.update({k: v for k, v in summary.items() if k != "evaluations"})
+            run.finish()
         if self.failed:
             raise UserError(self.failure())
         return self.summaries[0]
@@ -678,6 +706,8 @@ def main(script: str, run: Callable[[], str | list[str]]) -> None:
     Runs.latest = None
     try:
         summaries = run()
+        for s in (signal.SIGINT, signal.SIGTERM):  # done: a stop now would only interrupt the interpreter's exit
+            signal.signal(s, signal.SIG_IGN)
         print("\n".join(f"summary: {path}" for path in ([summaries] if isinstance(summaries, str) else summaries)))
     except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM
         stop, runs = "interrupted" if isinstance(e, KeyboardInterrupt) else "error", Runs.latest

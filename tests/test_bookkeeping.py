@@ -228,6 +228,41 @@ def test_resume_names_what_is_wrong_with_the_path(tmp_path, hopper_file, monkeyp
         ofql.train(ofql.parse_args([*flags, hopper_file]))
 
 
+def test_an_empty_a_text_or_a_truncated_checkpoint_is_named_as_such(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("hello world\n")
+    torch.save({"step": torch.zeros(1000)}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
+    for name, says in [("empty", "the file is empty"), ("text", "not a checkpoint"), ("cut", "a truncated checkpoint")]:
+        with pytest.raises(UserError, match=f"^{says}"):
+            bookkeeping.load_checkpoint(str(tmp_path / f"{name}.pt"))
+
+
+def test_the_log_is_cut_in_place_after_the_checkpoints_step_and_a_stray_line_is_named(tmp_path):
+    """trim_log keeps the records up to the step and drops a partial last line, truncating the file (the inode that an
+    open, locked log holds stays); a line that is not a record is one line naming the file and its number."""
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in (1, 2, 2, 3, 4)) + '{"step": 5, "x')
+    inode = log.stat().st_ino
+    bookkeeping.trim_log(str(log), 4)  # the partial line goes
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 2, 3, 4]
+    bookkeeping.trim_log(str(log), 2)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 2]
+    assert log.stat().st_ino == inode
+    log.write_text(log.read_text() + "garbage\n")
+    with pytest.raises(UserError, match=r"metrics.jsonl, line 4, is not a record of a step: delete it to resume$"):
+        bookkeeping.trim_log(str(log), 3)
+
+
+def test_a_resume_through_a_link_continues_in_the_run_folder_it_points_into(tmp_path, hopper_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1", "--save-model"]
+    summary = ofql.train(ofql.parse_args([*flags, "--total-steps", "2", "--eval-every", "2"]))
+    os.symlink(os.path.join(os.path.dirname(summary), "checkpoint.pt"), "latest.pt")
+    again = ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "2", "--resume", "latest.pt"]))
+    assert os.path.samefile(again, summary) and not os.path.exists("metrics.jsonl")
+
+
 def run_main(argv: list[str], monkeypatch) -> SystemExit:
     """bookkeeping.main of ofql.py with `argv`, in this process (its SIGTERM handler restored after)."""
     monkeypatch.setattr(sys, "argv", ["ofql.py", *argv])

@@ -42,7 +42,8 @@ def records(run_dir: str) -> list[dict]:
 
 def test_a_failed_write_leaves_every_members_old_checkpoint(tmp_path, hopper_file, monkeypatch):
     """Step 20's save fails at member 1's file: member 0's checkpoint is still of step 10, as member 1's (written one
-    after the other, member 0's would be of step 20: a pair that --resume refuses), and no .tmp file is left."""
+    after the other, member 0's would be of step 20: a pair that --resume refuses), and no .tmp file is left; the
+    error is one line naming the file and the command that continues from the old ones."""
     monkeypatch.chdir(tmp_path)
     members = two_members(hopper_file, "--total-steps", "20", "--eval-every", "10", "--save-model")
     save, calls = torch.save, []
@@ -54,8 +55,9 @@ def test_a_failed_write_leaves_every_members_old_checkpoint(tmp_path, hopper_fil
         save(obj, path)
 
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(UserError, match=r"cannot write .*__bad__.*checkpoint.pt \(No space left on device; a") as e:
         sweep.train(ofql, members, "full")
+    assert "last checkpoint " + " ".join(checkpoints()) + "; continue with: python" in str(e.value)
     assert [bookkeeping.load_checkpoint(p)["step"] for p in checkpoints()] == [10, 10]
     assert glob.glob("runs/*/*.tmp") == []
 
@@ -139,6 +141,28 @@ def test_summary_json_is_written_whole_or_not_at_all(tmp_path, hopper_file, monk
     with pytest.raises(OSError, match="No space left"):
         sweep.train(ofql, [member], "cut")
     assert glob.glob("runs/*/summary.json*") == []
+
+
+def test_a_stop_while_the_summaries_are_written_waits_for_all_of_them(tmp_path, hopper_file, monkeypatch):
+    """A stop during the first summary.json: every member's is written, then the stop says the runs had finished
+    (no continue command); their resume is refused, unless a member lacks its summary.json (a kill): then it writes
+    them again and trains nothing."""
+    monkeypatch.chdir(tmp_path)
+    summarize = bookkeeping.summarize
+    monkeypatch.setattr(bookkeeping, "summarize", lambda *a: signal.raise_signal(signal.SIGINT) or summarize(*a))
+    members = two_members(hopper_file, "--total-steps", "2", "--eval-every", "2", "--log-every", "1", "--save-model")
+    with pytest.raises(KeyboardInterrupt):
+        sweep.train(ofql, members, "stopped")
+    monkeypatch.setattr(bookkeeping, "summarize", summarize)
+    summaries = [os.path.join(os.path.dirname(p), "summary.json") for p in checkpoints()]
+    assert all(map(os.path.exists, summaries))
+    assert bookkeeping.Runs.latest.how_to_continue().startswith("the runs had finished (summaries: ")
+    resumed = [dataclasses.replace(m, resume=p) for m, p in zip(members, checkpoints())]
+    with pytest.raises(UserError, match=r"its run had finished at step 2 \(summary.json\)"):
+        sweep.train(ofql, resumed, "stopped")
+    os.remove(summaries[1])
+    assert sweep.train(ofql, resumed, "stopped") == summaries and os.path.exists(summaries[1])
+    assert [r["step"] for r in records(os.path.dirname(summaries[1]))] == [1, 2]
 
 
 def test_a_resumed_sweep_keeps_its_name(tmp_path, hopper_file, monkeypatch):
