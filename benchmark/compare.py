@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import h5py
 import numpy as np
@@ -46,8 +47,8 @@ class Args:
     """training seeds"""
     total_steps: int = 20_000
     """gradient steps per run"""
-    eval_every: int = 2_000
-    """evaluation interval (steps)"""
+    eval_every: int | None = None
+    """evaluation interval (steps); default: 2000, or with --presets each script's preset (OGBench's 100,000)"""
     eval_episodes: int = 10
     """evaluation episodes per evaluation"""
     num_candidates: int = 1
@@ -70,9 +71,15 @@ class Args:
 
 
 def dataset_file(args: Args, env_id: str):
-    """The local file of a D4RL id under --data-dir; None: the script's own data (and for Minari and OGBench ids)."""
+    """The local file of a D4RL id under --data-dir, absolute (the runs start in --out-dir); None: the script's own
+    data (and for Minari and OGBench ids)."""
     local = args.data_dir and offline_data.source_kind(env_id) == "d4rl"
-    return os.path.join(args.data_dir, env_id.rsplit("-", 1)[0] + ".hdf5") if local else None
+    return os.path.abspath(os.path.join(args.data_dir, env_id.rsplit("-", 1)[0] + ".hdf5")) if local else None
+
+
+def eval_every(args: Args) -> int | None:
+    """--eval-every, else 2000 without --presets; None: each script's preset."""
+    return args.eval_every if args.eval_every is not None or args.presets else 2_000
 
 
 def dataset_mean_score(env_id: str, path: str) -> float:
@@ -95,6 +102,10 @@ def run_name(env_id: str, algorithm: str, seed: int) -> str:
     return f"{env_id.replace('/', '-')}__{algorithm}__{seed}"  # as the scripts name a Minari id's run
 
 
+def log_file(args: Args, env_id: str, algorithm: str, seed: int | None) -> str:
+    return os.path.join(args.out_dir, run_name(env_id, algorithm, "sweep" if seed is None else seed) + ".log")
+
+
 def launch(args: Args, env_id: str, algorithm: str, seed: int | None) -> subprocess.Popen:
     """One run of the script, or with seed None the sweep of all --seeds."""
     script, flags = ALGORITHMS[algorithm]
@@ -107,8 +118,7 @@ def launch(args: Args, env_id: str, algorithm: str, seed: int | None) -> subproc
         *seeds,
         "--exp-name",
         algorithm,
-        "--eval-every",
-        str(args.eval_every),
+        *([] if eval_every(args) is None else ["--eval-every", str(eval_every(args))]),
         *flags,
         *args.extra_flags.split(),
     ]
@@ -123,25 +133,37 @@ def launch(args: Args, env_id: str, algorithm: str, seed: int | None) -> subproc
         ]
     if dataset_file(args, env_id):
         cmd += ["--dataset-path", dataset_file(args, env_id)]
-    log = open(os.path.join(args.out_dir, run_name(env_id, algorithm, "sweep" if seed is None else seed) + ".log"), "w")
+    log = open(log_file(args, env_id, algorithm, seed), "w")
     print(" ".join(cmd[1:]), flush=True)
     return subprocess.Popen(
         cmd, cwd=args.out_dir, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"}
     )
 
 
+def stop_others(failed: subprocess.Popen, log: str, others) -> NoReturn:
+    """Stop the other runs (SIGTERM: they end at a step's end) and wait for them; exit naming the failed run's log."""
+    for proc in others:
+        proc.terminate()
+    for proc in others:
+        proc.wait()
+    with open(log) as f:
+        last = (f.read().strip().splitlines() or [""])[-1]
+    raise SystemExit(f"a run failed (exit {failed.returncode}): {last} (its log: {log}); the other runs were stopped")
+
+
 def train_all(args: Args) -> None:
     seeds = [None] if args.sweep else args.seeds
     queue = [(d, a, s) for d in args.datasets for a in args.algorithms for s in seeds]
-    running, start = [], time.time()
+    running, start = {}, time.time()  # process: its log
     while queue or running:
         while queue and len(running) < args.jobs:
-            running.append(launch(args, *queue.pop(0)))
+            job = queue.pop(0)
+            running[launch(args, *job)] = log_file(args, *job)
         time.sleep(5)
         for proc in [p for p in running if p.poll() is not None]:
-            running.remove(proc)
+            log = running.pop(proc)
             if proc.returncode != 0:
-                raise SystemExit(f"a run failed (exit {proc.returncode}): see the .log files in {args.out_dir}")
+                stop_others(proc, log, running)
     print(f"all runs done in {(time.time() - start) / 60:.1f} min")
 
 
@@ -154,8 +176,8 @@ def mean_std(values) -> str:
 
 def latest_summaries(args: Args) -> dict:
     """(env_id, algorithm, seed) -> summary.json of the newest matching run in --out-dir/runs."""
-    found = {}
-    for name in sorted(os.listdir(os.path.join(args.out_dir, "runs"))):
+    found, runs_dir = {}, os.path.join(args.out_dir, "runs")
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
         _, algorithm, seed, _ = name.split("__")
         path = os.path.join(args.out_dir, "runs", name, "summary.json")
         if os.path.exists(path):
@@ -222,7 +244,12 @@ def write_report(args: Args) -> None:
         if data_score is not None:
             ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")
         ax.set(title=env_id, xlabel="gradient steps", ylabel="normalized score")
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # an empty panel: no legend (nor matplotlib's warning)
+            ax.legend()
+    if not results:
+        raise SystemExit(
+            f"nothing to report: no finished runs of --datasets, --algorithms, --seeds in {args.out_dir}/runs"
+        )
     fig.tight_layout()
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=110)
     protocol = (
@@ -230,8 +257,10 @@ def write_report(args: Args) -> None:
         if args.presets
         else f"{args.total_steps} steps, {args.eval_episodes} evaluation episodes, {args.num_candidates} candidate(s)"
     )
+    every = eval_every(args)
+    every = "each script's preset evaluation interval" if every is None else f"evaluation every {every} steps"
     header = (
-        f"{protocol}, evaluation every {args.eval_every} steps, seeds {args.seeds}; score = mean ± std "
+        f"{protocol}, {every}, seeds {args.seeds}; score = mean ± std "
         "over seeds (numpy's std, ddof 0; one seed: its value) of the normalized score (mean over episodes) at the "
         "last / the best evaluation; reported (OGBench ids): the figure OGBench and FQL report, 100 x the mean success "
         "rate over the last three evaluations (reported_success), mean ± std over seeds; commit: the git commit of the "
@@ -247,9 +276,17 @@ def write_report(args: Args) -> None:
     print(header + "\n".join(rows))
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args)
+def main(args: Args) -> None:
+    unknown = [a for a in args.algorithms if a not in ALGORITHMS]
+    if unknown and not args.plot_only:
+        raise SystemExit(
+            f"--algorithms {' '.join(unknown)}: not one of {', '.join(ALGORITHMS)} (other names: --plot-only)"
+        )
     os.makedirs(args.out_dir, exist_ok=True)
     if not args.plot_only:
         train_all(args)
     write_report(args)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__))

@@ -102,8 +102,11 @@ def test_launch_passes_the_protocol_or_leaves_the_presets(tmp_path, monkeypatch,
     )
     assert ("--total-steps" in cmd) == (not presets) and ("--num-candidates" in cmd) == (not presets)
     assert "--dataset-path" not in cmd  # --data-dir '': the real D4RL file
+    assert cmd[cmd.index("--eval-every") + 1] == "2000" if not presets else "--eval-every" not in cmd  # the preset's
     compare.launch(args, "hopper-medium-v2", "bc", 0)
     assert launched[1][1].endswith("ofql.py") and launched[1][launched[1].index("--eta") + 1] == "0"
+    compare.launch(dataclasses.replace(args, eval_every=500), "hopper-medium-v2", "bc", 0)
+    assert launched[2][launched[2].index("--eval-every") + 1] == "500"  # given: passed, with the presets too
 
 
 def test_launch_gives_local_files_to_d4rl_ids_only(tmp_path, monkeypatch):
@@ -115,6 +118,49 @@ def test_launch_gives_local_files_to_d4rl_ids_only(tmp_path, monkeypatch):
         compare.launch(args, env_id, "ofql", 0)
     paths = [cmd[cmd.index("--dataset-path") + 1] if "--dataset-path" in cmd else None for cmd in launched]
     assert paths == [str(tmp_path / "hopper-medium.hdf5"), None]
+
+
+def test_a_relative_data_dir_reaches_the_runs_absolute(tmp_path, monkeypatch):
+    """The runs start in --out-dir: --data-dir data must reach them as <here>/data/..., not data/..."""
+    launched = []
+    monkeypatch.setattr(compare.subprocess, "Popen", lambda cmd, **kw: launched.append(cmd))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    compare.launch(compare.Args(data_dir="data", out_dir="out"), "hopper-medium-v2", "ofql", 0)
+    assert launched[0][launched[0].index("--dataset-path") + 1] == str(tmp_path / "data" / "hopper-medium.hdf5")
+
+
+def test_a_failed_run_stops_the_others_and_is_named_with_its_logs_last_line(tmp_path, monkeypatch):
+    """Seed 1 fails at once: seed 0, still training, is stopped and waited for (not left training, orphaned), seed 2
+    never starts, and the message names seed 1's log and its last line."""
+    procs = []
+
+    class FakeRun:
+        def __init__(self, cmd, stdout=None, **kw):
+            self.seed, self.returncode, self.calls = cmd[cmd.index("--seed") + 1], None, []
+            if self.seed == "1":
+                stdout.write("training...\nofql.py: error: out of memory\n")
+                stdout.flush()
+                self.returncode = 2
+            procs.append(self)
+
+        def poll(self):
+            return self.returncode
+
+        def terminate(self):
+            self.calls.append("terminate")
+
+        def wait(self):
+            self.calls.append("wait")
+            self.returncode = -15
+
+    monkeypatch.setattr(compare.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(compare.time, "sleep", lambda s: None)
+    args = compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql"], seeds=[0, 1, 2], out_dir=str(tmp_path))
+    log = tmp_path / "hopper-medium-v2__ofql__1.log"
+    with pytest.raises(SystemExit, match=rf"exit 2\): ofql.py: error: out of memory \(its log: {log}\); the other"):
+        compare.train_all(args)
+    assert [(p.seed, p.calls) for p in procs] == [("0", ["terminate", "wait"]), ("1", [])]
 
 
 def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
