@@ -3,10 +3,11 @@ training loop of ofql.py (only its `Actor` class is swapped), on a local D4RL-la
 
     python benchmark/time_embedding.py --dataset-path hopper-medium.hdf5   # CPU, ~40 min
 
-Each run evaluates the one-step policy (1 candidate) during training; at the end, from its checkpoint, two offline
-measures of the one-step policy on 4096 dataset states with shared noise: its mean squared distance to the dataset's
-actions, and to a fine ODE integration (100 Euler steps of the instantaneous velocity u(a_t, t, t)) of the same
-network, the gap that Eq. 13's identity should close. Writes results.md and results.json to --out-dir.
+Each run evaluates the one-step policy (1 candidate, as --flags' default says) during training; at the end, from its
+checkpoint, two offline measures of the one-step policy on 4096 dataset states with shared noise: its mean squared
+distance to the dataset's actions, and to a fine ODE integration (100 Euler steps of the instantaneous velocity
+u(a_t, t, t)) of the same network, the gap that Eq. 13's identity should close. Writes results.md and results.json to
+--out-dir.
 """
 
 import json
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -111,38 +113,38 @@ def run_one(args: Args) -> None:
     ofql.train(ofql.parse_args(argv))
 
 
+def launch(args: Args, job: str, log: str) -> subprocess.Popen:
+    """The run 'variant:seed' in a process of its own, in --out-dir, writing to `log`."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--run-one", job]
+    cmd += ["--dataset-path", os.path.abspath(args.dataset_path), "--env-id", args.env_id, f"--flags={args.flags}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=args.out_dir, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
+
+
+def stop_others(failed: subprocess.Popen, log: str, others) -> NoReturn:
+    """Stop the other runs (SIGTERM: they end at a step's end) and wait for them; exit naming the failed run's log."""
+    for proc in others:
+        proc.terminate()
+    for proc in others:
+        proc.wait()
+    with open(log) as f:
+        last = (f.read().strip().splitlines() or [""])[-1]
+    raise SystemExit(f"a run failed (exit {failed.returncode}): {last} (its log: {log}); the other runs were stopped")
+
+
 def train_all(args: Args) -> None:
     queue = [f"{v}:{s}" for s in args.seeds for v in args.variants]
-    running = []
+    running = {}  # process: its log
     while queue or running:
         while queue and len(running) < args.jobs:
             job = queue.pop(0)
-            log = open(os.path.join(args.out_dir, job.replace(":", "__") + ".log"), "w")
-            cmd = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--run-one",
-                job,
-                "--dataset-path",
-                args.dataset_path,
-                "--env-id",
-                args.env_id,
-                f"--flags={args.flags}",
-            ]
-            running.append(
-                subprocess.Popen(
-                    cmd,
-                    cwd=args.out_dir,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, "OMP_NUM_THREADS": "1"},
-                )
-            )
+            log = os.path.join(args.out_dir, job.replace(":", "__") + ".log")
+            running[launch(args, job, log)] = log
         time.sleep(5)
         for proc in [p for p in running if p.poll() is not None]:
-            running.remove(proc)
+            log = running.pop(proc)
             if proc.returncode != 0:
-                raise SystemExit(f"a run failed (exit {proc.returncode}): see the .log files in {args.out_dir}")
+                stop_others(proc, log, running)
 
 
 @torch.no_grad()
@@ -164,11 +166,22 @@ def offline_measures(actor: ofql.Actor, obs: torch.Tensor, actions: torch.Tensor
     }
 
 
+def evaluated(runs: list[dict]) -> str:
+    """What the runs' evaluations scored, from their summary.json: the policy and the episodes."""
+    episodes = "/".join(str(n) for n in sorted({r["eval_episodes"] for r in runs}))
+    candidates = sorted({r["num_candidates"] for r in runs})
+    if candidates == [1]:
+        return f"the one-step policy ({episodes} episodes)"
+    return f"one of {'/'.join(map(str, candidates))} candidate actions picked by softmax(Q) ({episodes} episodes)"
+
+
 def report(args: Args) -> None:
+    runs_dir = os.path.join(args.out_dir, "runs")
+    if not os.path.isdir(runs_dir):
+        raise SystemExit(f"no runs to report: {runs_dir} does not exist")
     data = offline_data.load(args.env_id, args.dataset_path).data
     idx = np.random.default_rng(0).choice(len(data["observations"]), 4096, replace=False)
     obs, actions = torch.as_tensor(data["observations"][idx]), torch.as_tensor(data["actions"][idx])
-    runs_dir = os.path.join(args.out_dir, "runs")
     results = []
     for variant in args.variants:
         rows, newest = [], {}  # a seed run again: its newest finished run (by its summary.json's time) only
@@ -188,15 +201,22 @@ def report(args: Args) -> None:
                     "steps": [e["step"] for e in summary["evaluations"]],
                     "scores": [e["score"] for e in summary["evaluations"]],
                     "steps_per_sec": summary["train_steps_per_sec"],
+                    **{k: summary[k] for k in ("eval_episodes", "num_candidates")},
+                    "commit": str(summary.get("commit", "unrecorded")),  # the code that trained it (git)
                     **offline_measures(actor, obs, actions),
                 }
             )
         if rows:
             results.append({"variant": variant, "runs": rows})
+    if not results:
+        raise SystemExit(f"no finished runs of --variants {' '.join(args.variants)} in {runs_dir}")
+    runs = [run for r in results for run in r["runs"]]
+    commits = sorted({run["commit"] for run in runs})
     lines = [
         f"`ofql.py {args.flags}` on {os.path.basename(args.dataset_path)} ({args.env_id}), seeds {args.seeds}; "
-        "scores: normalized score of the one-step policy (10 episodes), mean over seeds at each evaluation; "
-        "offline: mean squared action distance on 4096 dataset states at the last step (mean over seeds).",
+        f"scores: normalized score of {evaluated(runs)}, mean over seeds at each evaluation; "
+        "offline: mean squared action distance of the one-step policy on 4096 dataset states at the last step "
+        f"(mean over seeds); commit: {', '.join(commits)}.",
         "",
         "| embedding | scores at each evaluation | mean | one-step to data | ODE to data | one-step to ODE | steps/s |",
         "|---|---|---|---|---|---|---|",
@@ -215,14 +235,13 @@ def report(args: Args) -> None:
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(
-            {"flags": args.flags, "dataset": os.path.basename(args.dataset_path), "results": results}, f, indent=1
-        )
+        saved = {"flags": args.flags, "dataset": os.path.basename(args.dataset_path), "commits": commits}
+        json.dump({**saved, "results": results}, f, indent=1)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = tyro.cli(Args, description=__doc__)
     if args.run_one:
         run_one(args)
     else:

@@ -130,6 +130,19 @@ def test_a_relative_data_dir_reaches_the_runs_absolute(tmp_path, monkeypatch):
     assert launched[0][launched[0].index("--dataset-path") + 1] == str(tmp_path / "data" / "hopper-medium.hdf5")
 
 
+def test_time_embedding_gives_its_runs_the_dataset_path_absolute(tmp_path, monkeypatch):
+    """Its runs start in --out-dir: a relative --dataset-path must reach them absolute."""
+    import time_embedding
+
+    launched = []
+    monkeypatch.setattr(time_embedding.subprocess, "Popen", lambda cmd, **kw: launched.append((cmd, kw["cwd"])))
+    monkeypatch.chdir(tmp_path)
+    args = time_embedding.Args(dataset_path="data/hopper.hdf5", out_dir="out")
+    time_embedding.launch(args, "raw16:0", str(tmp_path / "raw16__0.log"))
+    ((cmd, cwd),) = launched
+    assert cwd == "out" and cmd[cmd.index("--dataset-path") + 1] == str(tmp_path / "data" / "hopper.hdf5")
+
+
 def test_a_failed_run_stops_the_others_and_is_named_with_its_logs_last_line(tmp_path, monkeypatch):
     """Seed 1 fails at once: seed 0, still training, is stopped and waited for (not left training, orphaned), seed 2
     never starts, and the message names seed 1's log and its last line."""
@@ -591,7 +604,8 @@ def test_eval_speed_times_one_process_against_workers_and_prices_table1(tmp_path
 
 def test_time_embedding_reports_a_seed_run_twice_once(tmp_path):
     """Two finished runs of raw16 seed 0 in the runs folder (the second newer): the report's row for seed 0 is the
-    newer one's alone, not both (a mean over the two would count the seed twice)."""
+    newer one's alone, not both (a mean over the two would count the seed twice); the table says what the runs
+    evaluated (here 3 candidates on 2 episodes, not --flags' defaults) and their commit."""
     import time_embedding
 
     record_d4rl_file(tmp_path / "hopper.hdf5", episodes=250, max_steps=60)  # the report samples 4096 transitions
@@ -600,7 +614,8 @@ def test_time_embedding_reports_a_seed_run_twice_once(tmp_path):
         run_dir = tmp_path / "runs" / f"hopper-medium-v2__raw16__0__{100 + i}"
         run_dir.mkdir(parents=True)
         torch.save({"actor": actor.state_dict()}, run_dir / "checkpoint.pt")
-        summary = {"evaluations": [{"step": 10, "score": score}], "train_steps_per_sec": 1.0}
+        summary = {"evaluations": [{"step": 10, "score": score}], "train_steps_per_sec": 1.0, "commit": "abc"}
+        summary.update(eval_episodes=2, num_candidates=3)
         (run_dir / "summary.json").write_text(json.dumps(summary))
         os.utime(run_dir / "summary.json", (1000 + i, 1000 + i))
     args = time_embedding.Args(
@@ -609,3 +624,5 @@ def test_time_embedding_reports_a_seed_run_twice_once(tmp_path):
     time_embedding.report(args)
     runs = json.load(open(tmp_path / "results.json"))["results"][0]["runs"]
     assert [(r["seed"], r["scores"]) for r in runs] == [(0, [50.0])]
+    table = (tmp_path / "results.md").read_text()
+    assert "score of one of 3 candidate actions picked by softmax(Q) (2 episodes)" in table and "commit: abc." in table
