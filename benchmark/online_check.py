@@ -6,7 +6,8 @@ updates then as many online steps (one update after each), evaluated over the co
 
 An algorithm with several seeds trains them together (sweep.py); the defaults are what one 2-core session affords
 (OFQL seeds 0 and 1; DQL and FQL, 1.5 and 4 times slower per update on the CPU, seed 0). The report reads each run's
-metrics.jsonl, so a run still under way is reported up to its last evaluation (and said to be).
+metrics.jsonl, so a run still under way is reported up to its last evaluation (and said to be), and the protocol
+(steps, evaluations) from the runs' config.json.
 """
 
 import json
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import numpy as np
 import tyro
@@ -25,6 +27,7 @@ from compare import dataset_mean_score, mean_std  # noqa: E402
 
 SCRIPTS = {"ofql": "ofql.py", "dql": "dql.py", "fql": "fql.py"}
 ENV_ID = "hopper-medium-replay-v2"
+PROTOCOL = ("total_steps", "online_steps", "eval_every", "eval_episodes")  # the runs' own, from their config.json
 
 
 @dataclass
@@ -32,7 +35,8 @@ class Args:
     dataset_path: str
     """a hopper-medium-replay file in D4RL's layout"""
     offline_steps: int = 20_000
-    """gradient steps on the dataset (--total-steps)"""
+    """gradient steps on the dataset (--total-steps; the report reads the runs' own from their config.json, as the
+    three below)"""
     online_steps: int = 20_000
     """then environment steps, one update after each (--online-steps)"""
     eval_every: int = 2_000
@@ -40,7 +44,7 @@ class Args:
     eval_episodes: int = 10
     """episodes per evaluation"""
     ofql_seeds: list[int] = field(default_factory=lambda: [0, 1])
-    """OFQL's seeds (several: one sweep)"""
+    """OFQL's seeds (several: one sweep; none: no OFQL run)"""
     dql_seeds: list[int] = field(default_factory=lambda: [0])
     """DQL's seeds (1.5 times slower per update than OFQL on the CPU)"""
     fql_seeds: list[int] = field(default_factory=lambda: [0])
@@ -48,48 +52,65 @@ class Args:
     exp_name: str = "online_check"
     """the runs' experiment name, by which the report finds them"""
     runs_dir: str = os.path.join(ROOT, "benchmark", "results", "online_check", "runs")
-    """where the runs' folders are (the scripts' runs/, here run from its parent)"""
+    """where the runs' folders are; to train, a folder named runs (the scripts write runs/ where they start: its
+    parent)"""
     out_dir: str = os.path.join(ROOT, "benchmark", "results", "online_check")
     """where results.md, results.json and curves.png go"""
     plot_only: bool = False
     """skip training; report the runs in --runs-dir"""
 
 
-def commands(args: Args) -> list[list[str]]:
-    """One command per process: an algorithm's seeds in one sweep, or its one seed's run."""
+def commands(args: Args) -> dict[str, list[str]]:
+    """algorithm -> the command of its process: its seeds in one sweep, or its one seed's run (no seeds: none)."""
     flags = ["--env-id", ENV_ID, "--dataset-path", os.path.abspath(args.dataset_path), "--exp-name", args.exp_name]
     flags += ["--total-steps", str(args.offline_steps), "--online-steps", str(args.online_steps)]
     flags += ["--eval-every", str(args.eval_every), "--eval-episodes", str(args.eval_episodes)]
     seeds = {"ofql": args.ofql_seeds, "dql": args.dql_seeds, "fql": args.fql_seeds}
-    runs = [
-        [os.path.join(ROOT, "sweep.py"), SCRIPTS[a], "--seeds", *map(str, s)]
+    runs = {
+        a: [os.path.join(ROOT, "sweep.py"), SCRIPTS[a], "--seeds", *map(str, s)]
         if len(s) > 1
         else [os.path.join(ROOT, SCRIPTS[a]), "--seed", str(s[0])]
         for a, s in seeds.items()
-    ]
-    return [[sys.executable, *cmd, *flags] for cmd in runs]
+        if s
+    }
+    return {a: [sys.executable, *cmd, *flags] for a, cmd in runs.items()}
+
+
+def stop_others(failed: subprocess.Popen, log: str, others) -> NoReturn:
+    """Stop the other runs (SIGTERM: they end at a step's end) and wait for them; exit naming the failed run's log."""
+    for proc in others:
+        proc.terminate()
+    for proc in others:
+        proc.wait()
+    with open(log) as f:
+        last = (f.read().strip().splitlines() or [""])[-1]
+    raise SystemExit(f"a run failed (exit {failed.returncode}): {last} (its log: {log}); the other runs were stopped")
 
 
 def train(args: Args) -> None:
     workdir = os.path.dirname(os.path.abspath(args.runs_dir))
     os.makedirs(workdir, exist_ok=True)
-    queue, running = commands(args), []
+    queue, running = list(commands(args).items()), {}  # process: its log
     while queue or running:
         while queue and len(running) < 2:
-            cmd = queue.pop(0)
+            algorithm, cmd = queue.pop(0)
             print(" ".join(cmd[1:]), flush=True)
+            log = os.path.join(workdir, f"{args.exp_name}_{algorithm}.log")
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
-            running.append(subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.DEVNULL))
+            out = open(log, "w")
+            running[subprocess.Popen(cmd, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT)] = log
         time.sleep(10)
         for proc in [p for p in running if p.poll() is not None]:
-            running.remove(proc)
+            log = running.pop(proc)
             if proc.returncode != 0:
-                raise SystemExit(f"a run failed (exit {proc.returncode}): {' '.join(proc.args)}")
+                stop_others(proc, log, running)
 
 
 def read_runs(args: Args) -> dict:
     """algorithm -> [{seed, evals: [(step, own-sample score, score with candidates or None)], episodes: [(env step,
-    score)], finished}] of the runs named --exp-name (the newest folder per seed)."""
+    score)], finished, protocol, commit}] of the runs named --exp-name (the newest folder per seed)."""
+    if not os.path.isdir(args.runs_dir):
+        raise SystemExit(f"no runs to report: --runs-dir {args.runs_dir} does not exist")
     runs = {}
     for name in sorted(os.listdir(args.runs_dir)):
         folder = os.path.join(args.runs_dir, name)
@@ -109,8 +130,20 @@ def read_runs(args: Args) -> dict:
         algorithm = "fql" if "alpha" in config else "dql" if "diffusion_steps" in config else "ofql"  # its own flags
         run = dict(seed=config["seed"], evals=evals, episodes=episodes, candidates=config["num_candidates"])
         run["finished"] = os.path.exists(os.path.join(folder, "summary.json"))
+        run["protocol"] = tuple(config[k] for k in PROTOCOL)
+        run["commit"] = str(config.get("commit", "unrecorded"))  # the code that trained it (git)
         runs.setdefault(algorithm, {})[config["seed"]] = run  # sorted by name: the newest folder of a seed last
     return {a: [r[s] for s in sorted(r)] for a, r in runs.items()}
+
+
+def protocol(args: Args, runs: dict) -> dict:
+    """The runs' total_steps, online_steps, eval_every and eval_episodes: the same for all of them, or a refusal."""
+    found = {r["protocol"] for seeds in runs.values() for r in seeds}
+    if not found:
+        raise SystemExit(f"no runs of {ENV_ID} named --exp-name {args.exp_name} in {args.runs_dir}")
+    if len(found) > 1:
+        raise SystemExit(f"the runs differ in {', '.join(PROTOCOL)}: {sorted(found)}; report them apart (--exp-name)")
+    return dict(zip(PROTOCOL, found.pop()))
 
 
 def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dict:
@@ -153,12 +186,15 @@ def report(args: Args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs, offline_end = read_runs(args), args.offline_steps
+    runs = read_runs(args)
+    p = protocol(args, runs)
+    offline_end = p["total_steps"]
     data_mean = dataset_mean_score(ENV_ID, args.dataset_path)
     fig, (ax_eval, ax_episodes) = plt.subplots(1, 2, figsize=(13, 4.5))
     rows, results, candidate_rows = [], [], []
     for i, (algorithm, seeds) in enumerate(sorted(runs.items(), key=lambda kv: list(SCRIPTS).index(kv[0]))):
         result = algorithm_result(algorithm, seeds, offline_end)
+        result["commits"] = sorted({r["commit"] for r in seeds})
         steps, own = result["steps"], np.array(result["own_sample_scores"])
         results.append(result)
         change = [b - a for a, b in zip(result["offline_end"], result["online_end"])]
@@ -201,11 +237,12 @@ def report(args: Args) -> None:
     fig.tight_layout()
     os.makedirs(args.out_dir, exist_ok=True)
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=120)
+    commits = sorted({c for r in results for c in r["commits"]})
     header = (
-        f"{ENV_ID} ({os.path.basename(args.dataset_path)}): {args.offline_steps} offline updates, then "
-        f"{args.online_steps} online env steps with one update each; evaluations every {args.eval_every} updates on "
-        f"{args.eval_episodes} episodes, scored with the policy's own sample; mean ± std over seeds "
-        "(numpy's std, ddof 0; one seed: its value).\n\n"
+        f"{ENV_ID} ({os.path.basename(args.dataset_path)}): {p['total_steps']} offline updates, then "
+        f"{p['online_steps']} online env steps with one update each; evaluations every {p['eval_every']} updates on "
+        f"{p['eval_episodes']} episodes, scored with the policy's own sample; mean ± std over seeds "
+        f"(numpy's std, ddof 0; one seed: its value); commit: {', '.join(commits)}.\n\n"
         "| algorithm | seeds | offline end | offline, last 5 evals | online end | online, last 5 evals | change at the "
         "end | online episodes: first 10 → last 10 | last step |\n|---|---|---|---|---|---|---|---|---|\n"
     )
@@ -223,8 +260,19 @@ def report(args: Args) -> None:
     print(header + "\n".join(rows))
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args, description=__doc__)
+def main(args: Args) -> None:
+    if not os.path.isfile(args.dataset_path):
+        raise SystemExit(f"--dataset-path {args.dataset_path} does not exist")
+    if not args.plot_only and os.path.basename(os.path.normpath(args.runs_dir)) != "runs":
+        raise SystemExit(
+            f"--runs-dir {args.runs_dir}: to train, a folder named runs (the scripts make runs/ in its parent)"
+        )
+    if not args.plot_only and not commands(args):
+        raise SystemExit("nothing to train: --ofql-seeds, --dql-seeds and --fql-seeds are all empty")
     if not args.plot_only:
         train(args)
     report(args)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__))

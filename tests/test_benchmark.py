@@ -143,37 +143,43 @@ def test_time_embedding_gives_its_runs_the_dataset_path_absolute(tmp_path, monke
     assert cwd == "out" and cmd[cmd.index("--dataset-path") + 1] == str(tmp_path / "data" / "hopper.hdf5")
 
 
+class FakeRun:
+    """A stand-in for subprocess.Popen: a run that fails at once (exit 2, an error as its log's last line) when its
+    command has `FakeRun.failing`, else one that trains until terminated."""
+
+    failing, started = "", []
+
+    def __init__(self, cmd, stdout=None, **kw):
+        self.cmd, self.returncode, self.calls = " ".join(cmd), None, []
+        if FakeRun.failing in self.cmd:
+            stdout.write("training...\nerror: out of memory\n")
+            stdout.flush()
+            self.returncode = 2
+        FakeRun.started.append(self)
+
+    def poll(self):
+        return self.returncode
+
+    def terminate(self):
+        self.calls.append("terminate")
+
+    def wait(self):
+        self.calls.append("wait")
+        self.returncode = -15
+
+
 def test_a_failed_run_stops_the_others_and_is_named_with_its_logs_last_line(tmp_path, monkeypatch):
     """Seed 1 fails at once: seed 0, still training, is stopped and waited for (not left training, orphaned), seed 2
     never starts, and the message names seed 1's log and its last line."""
-    procs = []
-
-    class FakeRun:
-        def __init__(self, cmd, stdout=None, **kw):
-            self.seed, self.returncode, self.calls = cmd[cmd.index("--seed") + 1], None, []
-            if self.seed == "1":
-                stdout.write("training...\nofql.py: error: out of memory\n")
-                stdout.flush()
-                self.returncode = 2
-            procs.append(self)
-
-        def poll(self):
-            return self.returncode
-
-        def terminate(self):
-            self.calls.append("terminate")
-
-        def wait(self):
-            self.calls.append("wait")
-            self.returncode = -15
-
+    monkeypatch.setattr(FakeRun, "started", [])
+    monkeypatch.setattr(FakeRun, "failing", "--seed 1")
     monkeypatch.setattr(compare.subprocess, "Popen", FakeRun)
     monkeypatch.setattr(compare.time, "sleep", lambda s: None)
     args = compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql"], seeds=[0, 1, 2], out_dir=str(tmp_path))
     log = tmp_path / "hopper-medium-v2__ofql__1.log"
-    with pytest.raises(SystemExit, match=rf"exit 2\): ofql.py: error: out of memory \(its log: {log}\); the other"):
+    with pytest.raises(SystemExit, match=rf"exit 2\): error: out of memory \(its log: {log}\); the other runs"):
         compare.train_all(args)
-    assert [(p.seed, p.calls) for p in procs] == [("0", ["terminate", "wait"]), ("1", [])]
+    assert [(" --seed 0 " in p.cmd, p.calls) for p in FakeRun.started] == [(True, ["terminate", "wait"]), (False, [])]
 
 
 def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
@@ -477,7 +483,11 @@ def fake_online_run(runs_dir, name, config, evals, episodes, finished=True, cand
     run_dir = os.path.join(runs_dir, name)
     os.makedirs(run_dir)
     with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump({"exp_name": "online_check", "env_id": "hopper-medium-replay-v2", "num_candidates": 1, **config}, f)
+        protocol = dict(total_steps=50, online_steps=50, eval_every=10, eval_episodes=10, commit="abc")
+        json.dump(
+            {"exp_name": "online_check", "env_id": "hopper-medium-replay-v2", "num_candidates": 1} | protocol | config,
+            f,
+        )
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         for step, score in evals:  # with candidates: eval/score theirs, eval/policy_score the own sample's
             own = {} if candidates is None else {"eval/score": candidates * score, "eval/policy_score": score}
@@ -492,7 +502,8 @@ def fake_online_run(runs_dir, name, config, evals, episodes, finished=True, cand
 def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
     """OFQL (two seeds, finished) and FQL (under way, at 80 of 100 steps): the scores at the offline phase's end
     (step 50) and the online one's, their change, the means of each phase's last five evaluations, the online
-    episodes' first and last ten; FQL marked under way at its last step, with no online end of five evaluations."""
+    episodes' first and last ten; FQL marked under way at its last step, with no online end of five evaluations. The
+    phases' lengths are the runs' own (config.json), not the command line's (--plot-only's defaults: 20,000 each)."""
     import online_check
 
     path = str(tmp_path / "hopper.hdf5")
@@ -504,8 +515,8 @@ def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
         fake_online_run(runs, f"a{seed}", {"seed": seed, "eta": 0.1}, [(t, t / 10 + shift) for t in steps], episodes)
     fake_online_run(runs, "b0", {"seed": 0, "alpha": 10.0}, [(t, 1.0) for t in steps[:8]], [], finished=False)
     fake_online_run(runs, "c0", {"seed": 0, "diffusion_steps": 5}, [(t, t / 10) for t in steps], [], candidates=3)
-    args = online_check.Args(dataset_path=path, offline_steps=50, online_steps=50, runs_dir=runs, out_dir=str(tmp_path))
-    online_check.report(args)
+    args = online_check.Args(dataset_path=path, runs_dir=runs, out_dir=str(tmp_path), plot_only=True)
+    online_check.main(args)
     results = {r["algorithm"]: r for r in json.load(open(tmp_path / "results.json"))}
     ofql, fql = results["ofql"], results["fql"]
     assert ofql["offline_end"] == [5.0, 7.0] and ofql["online_end"] == [10.0, 12.0] and ofql["finished"]
@@ -529,6 +540,35 @@ def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
         and "80 (under way)" in table
         and os.path.exists(tmp_path / "curves.png")
     )
+    assert "50 offline updates, then 50 online env steps" in table and "commit: abc." in table
+    fake_online_run(runs, "c1", {"seed": 1, "diffusion_steps": 5, "eval_episodes": 5}, [(10, 1.0)], [])
+    with pytest.raises(SystemExit, match=r"the runs differ in total_steps, .*\(50, 50, 10, 5\), \(50, 50, 10, 10\)"):
+        online_check.report(args)
+
+
+def test_online_check_trains_into_the_runs_dir_it_reads_and_stops_all_when_one_fails(tmp_path, monkeypatch):
+    """Its scripts make runs/ in the folder they start in: --runs-dir not named runs is refused before any run starts
+    (the report would read a folder no run writes to); DQL failing stops OFQL's sweep, FQL never starts, and the
+    message names DQL's log."""
+    import online_check
+
+    path = str(tmp_path / "hopper.hdf5")
+    open(path, "w").close()
+    monkeypatch.setattr(FakeRun, "started", [])
+    monkeypatch.setattr(FakeRun, "failing", "dql.py")
+    monkeypatch.setattr(online_check.subprocess, "Popen", FakeRun)
+    monkeypatch.setattr(online_check.time, "sleep", lambda s: None)
+    args = online_check.Args(dataset_path=path, runs_dir=str(tmp_path / "online"), out_dir=str(tmp_path))
+    with pytest.raises(SystemExit, match="to train, a folder named runs"):
+        online_check.main(args)
+    assert FakeRun.started == []
+    log = tmp_path / "online_check_dql.log"
+    with pytest.raises(SystemExit, match=rf"exit 2\): error: out of memory \(its log: {log}\)"):
+        online_check.main(dataclasses.replace(args, runs_dir=str(tmp_path / "runs")))
+    assert [(p.cmd.split()[1:3], p.calls) for p in FakeRun.started] == [
+        ([os.path.join(ROOT, "sweep.py"), "ofql.py"], ["terminate", "wait"]),
+        ([os.path.join(ROOT, "dql.py"), "--seed"], []),
+    ]
 
 
 def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_rates(tmp_path):
