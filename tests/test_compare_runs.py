@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -40,6 +41,7 @@ def test_base_flags_go_to_the_base_runs_only_and_cuda_leaves_the_gpu_visible(tmp
     calls = []
     monkeypatch.setattr(compare_runs, "read_records", lambda out: [[{"step": 1, "critic_loss": float(len(calls))}]])
     monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, env=None, **kw: calls.append((cmd, env)) or DONE)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     args = compare_runs.Args(ROOT, "hopper.hdf5", scripts=["ofql"], sweeps=[], flags="--total-steps 5")
     args = dataclasses.replace(args, out_dir=str(tmp_path))
     assert compare_runs.main(dataclasses.replace(args, base_flags="--matmul-precision high", cuda=True)) == 1
@@ -64,13 +66,17 @@ def test_runs_that_logged_nothing_are_not_called_identical(tmp_path, monkeypatch
     assert "nothing compared" in capsys.readouterr().out
 
 
-def test_nothing_to_compare_and_a_failing_run_are_one_line(tmp_path):
-    """Empty --scripts and --sweeps: refused (not a silent exit 0); a base checkout whose script cannot run: one line
-    with its exit code, its log's last line and the log's path (not a CalledProcessError traceback)."""
+def test_nothing_to_compare_and_a_failing_run_are_one_line(tmp_path, monkeypatch):
+    """Empty --scripts and --sweeps: refused (not a silent exit 0); --cuda where torch finds no GPU: refused (not runs
+    on the CPU called identical); a base checkout whose script cannot run: one line with its exit code, its log's last
+    line and the log's path (not a CalledProcessError traceback)."""
     nowhere = str(tmp_path / "nowhere")
     args = compare_runs.Args(nowhere, "hopper.hdf5", scripts=["ofql"], sweeps=[], out_dir=str(tmp_path))
     with pytest.raises(SystemExit, match="nothing to compare"):
         compare_runs.main(dataclasses.replace(args, scripts=[]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="--cuda: torch finds no CUDA device here"):
+        compare_runs.main(dataclasses.replace(args, cuda=True))
     with pytest.raises(
         SystemExit, match=r"ofql in .*nowhere exited 2: .*can't open file.*\(the whole log: .*log.txt\)"
     ):

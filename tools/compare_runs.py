@@ -18,11 +18,13 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from typing import Literal
 
 import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING = ("steps_per_sec", "eval/decision_rate")
+Script = Literal["ofql", "dql", "fql"]
 
 
 @dataclass
@@ -33,9 +35,9 @@ class Args:
     """a local D4RL-layout file of --env-id"""
     env_id: str = "hopper-medium-v2"
     """the D4RL id of the file"""
-    scripts: list[str] = field(default_factory=lambda: ["ofql", "dql", "fql"])
+    scripts: list[Script] = field(default_factory=lambda: ["ofql", "dql", "fql"])
     """the scripts to run in both checkouts"""
-    sweeps: list[str] = field(default_factory=lambda: ["ofql", "dql", "fql"])
+    sweeps: list[Script] = field(default_factory=lambda: ["ofql", "dql", "fql"])
     """the scripts to run as a 2 x 2 sweep too (SWEEP_GRIDS) in both checkouts"""
     flags: str = "--total-steps 1010 --eval-every 1010 --eval-episodes 2 --log-every 101 --batch-size 64"
     """the flags of every run (after --env-id and --dataset-path)"""
@@ -118,6 +120,11 @@ def largest_difference(base: list[dict], this: list[dict]) -> tuple[float, str]:
 def main(args: Args) -> int:
     if not args.scripts and not args.sweeps:
         raise SystemExit("nothing to compare: --scripts and --sweeps are both empty")
+    if args.cuda:
+        import torch  # here only: the runs are subprocesses
+
+        if not torch.cuda.is_available():
+            raise SystemExit("--cuda: torch finds no CUDA device here (the runs would train on the CPU)")
     failed = False
     for script in args.scripts + [f"sweep:{name}" for name in args.sweeps]:
         base_out, this_out = (os.path.join(args.out_dir, label, script) for label in ("base", "this"))
@@ -144,4 +151,4 @@ def main(args: Args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(tyro.cli(Args)))
+    sys.exit(main(tyro.cli(Args, description=__doc__)))
