@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import offline_data
-from conftest import ROOT
+from conftest import ROOT, record_d4rl_file
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import replay_check as rc  # noqa: E402
@@ -362,6 +362,32 @@ def test_replay_check_command(tmp_path, capsys):
     with pytest.raises(SystemExit, match="replay checks exist for antmaze-umaze-v2, .*antmaze-medium-play-v2") as e:
         rc.main(rc.Args(env_id="hopper-medium-v2", dataset_path=path))
     assert all(i in str(e.value) for i in ("pen-cloned-v1", "door-cloned-v1", "hammer-cloned-v1", "relocate-cloned-v1"))
+
+
+def test_replay_check_bad_input_is_one_line(tmp_path, monkeypatch):
+    """A missing file, a file of another dataset (no key the check reads, other shapes), --num-transitions 0 and a
+    failed download: one UserError that says what is wrong (not an h5py, KeyError, broadcast or index traceback), and
+    the download's names this tool's flag only (not sweep.py's)."""
+    pen, hopper = write_pen_file(str(tmp_path / "pen.hdf5")), str(tmp_path / "hopper.hdf5")
+    record_d4rl_file(hopper, episodes=1, max_steps=5)
+    cases = [
+        ("pen-human-v1", str(tmp_path / "nothing.hdf5"), 10, "--dataset-path .*nothing.hdf5 does not exist"),
+        ("antmaze-umaze-v2", hopper, 10, "hopper.hdf5 lacks infos/goal: not a D4RL file of antmaze-umaze-v2"),
+        ("kitchen-mixed-v0", hopper, 10, r"has observations \(11,\) and actions \(3,\) per row, kitchen-mixed-v0 obs"),
+        ("door-cloned-v1", pen, 10, "pen.hdf5 lacks infos/door_body_pos: not a D4RL file of door-cloned-v1"),
+        ("pen-human-v1", pen, 0, "--num-transitions must be at least 1"),
+    ]
+    for env_id, path, n, message in cases:
+        with pytest.raises(offline_data.UserError, match=message):
+            rc.main(rc.Args(env_id=env_id, dataset_path=path, num_transitions=n))
+
+    def no_network(*args, **kwargs):
+        raise offline_data.d4rl_files.urllib.error.URLError("no network")
+
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(offline_data.d4rl_files.urllib.request, "urlopen", no_network)
+    with pytest.raises(offline_data.UserError, match=r"could not download .*pass --dataset-path FILE$"):
+        rc.main(rc.Args(env_id="pen-human-v1"))
 
 
 def test_closing_the_kitchen_env_closes_its_robot_and_renderer():

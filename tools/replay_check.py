@@ -272,6 +272,39 @@ pen_replay_check = adroit_replay_check
 CHECKS = {"antmaze": antmaze_replay_check, "kitchen": kitchen_replay_check} | dict.fromkeys(
     ADROIT_STATE_KEYS, adroit_replay_check
 )
+# the keys each check reads from the file (besides optional ones: timeouts, kitchen's infos/qpos and infos/qvel)
+REPLAY_KEYS = {"antmaze": ("infos/qpos", "infos/qvel", "infos/goal"), "kitchen": ()} | {
+    task: tuple(f"infos/{k}" for k in keys) for task, keys in ADROIT_STATE_KEYS.items()
+}
+
+
+def check_file(env_id: str, path: str) -> None:
+    """A UserError naming what the file lacks for env_id's replay: a key its check reads, or the id's shapes."""
+    if not os.path.isfile(path):
+        raise offline_data.UserError(f"--dataset-path {path} does not exist")
+    domain, task = offline_data.d4rl_files.domain_of(env_id), env_id.split("-")[0]
+    keys = ("observations", "actions", "rewards", "terminals", *REPLAY_KEYS[task])
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [k for k in keys if k not in f]
+            shapes = {k: f[k].shape[1:] for k in ("observations", "actions") if k in f}
+    except OSError as e:
+        raise offline_data.UserError(f"cannot read {path} as hdf5 ({e})") from None
+    if missing:
+        raise offline_data.UserError(f"{path} lacks {', '.join(missing)}: not a D4RL file of {env_id}")
+    want = {"observations": (domain.obs_dim,), "actions": (domain.act_dim,)}
+    if shapes != want:
+        got, wanted = (" and ".join(f"{k} {v}" for k, v in d.items()) for d in (shapes, want))
+        raise offline_data.UserError(f"{path} has {got} per row, {env_id} {wanted}: not a D4RL file of {env_id}")
+
+
+def download(env_id: str, path: str) -> None:
+    """The D4RL file of env_id to the cache; a failure is a UserError that names this tool's flag."""
+    rel_path, size, sha256 = offline_data.DATASETS[env_id]
+    try:
+        offline_data.d4rl_files.download(offline_data.d4rl_files.D4RL_URL + rel_path, path, size, sha256)
+    except offline_data.UserError as e:
+        raise offline_data.UserError(str(e).replace(" (sweep.py --env-ids: --dataset-paths)", "")) from None
 
 
 def main(args: Args) -> dict:
@@ -280,10 +313,12 @@ def main(args: Args) -> dict:
         raise SystemExit(
             f"replay checks exist for {', '.join(i for i in offline_data.DATASETS if i.split('-')[0] in CHECKS)}"
         )
+    if args.num_transitions < 1:
+        raise offline_data.UserError("--num-transitions must be at least 1")
     path = args.dataset_path or offline_data.d4rl_files.dataset_cache_path(args.env_id)
     if args.dataset_path is None and not os.path.exists(path):
-        rel_path, size, sha256 = offline_data.DATASETS[args.env_id]
-        offline_data.d4rl_files.download(offline_data.d4rl_files.D4RL_URL + rel_path, path, size, sha256)
+        download(args.env_id, path)
+    check_file(args.env_id, path)
     offline_data.d4rl_envs.fix_gymnasium_robotics_joints()
     result = {"env_id": args.env_id, "dataset": path, **CHECKS[domain](args.env_id, path, args.num_transitions)}
     print(json.dumps(result, indent=1))
@@ -292,6 +327,6 @@ def main(args: Args) -> dict:
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args))
+        main(tyro.cli(Args, description=__doc__))
     except offline_data.UserError as e:
         raise SystemExit(f"replay_check.py: error: {e}") from None
