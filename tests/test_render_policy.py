@@ -1,12 +1,15 @@
 """tools/render_policy.py: a checkpoint's policy rendered off-screen as a strip of frames, by the script whose
 networks the checkpoint holds."""
 
+import dataclasses
 import os
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import dql
@@ -15,6 +18,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import render_policy  # noqa: E402
+from render_policy import UserError  # noqa: E402
 
 FLAGS = ["--env-id", "hopper-medium-v2", "--total-steps", "5", "--eval-every", "5", "--eval-episodes", "1"]
 
@@ -93,3 +97,25 @@ def test_a_minari_checkpoint_renders_in_its_datasets_env_scored_by_its_reference
     total = float(rest.split(",")[0])
     assert rest.startswith(f"{total:.1f}, normalized score {100 * (total + 20) / 50:.1f}: ")
     assert Image.open(args.out).size == (3 * 48, 48) and steps == "4"
+
+
+def test_bad_input_is_refused_before_rendering_and_names_the_file(tmp_path, monkeypatch):
+    """A file that is not a checkpoint, or holds no run's config: one line that names it. --num-candidates below 1
+    (0 was the run's own, -3 a RuntimeError) and an --out or --gif that PIL cannot write (a ValueError after the whole
+    episode): refused before any rendering."""
+    text, tensors = tmp_path / "notes.txt", tmp_path / "tensors.pt"
+    text.write_text("not a checkpoint")
+    torch.save({"actor": torch.zeros(1)}, tensors)
+    for path, message in ((text, "not a checkpoint "), (tensors, r"not a checkpoint of .* \(no config in it\)")):
+        with pytest.raises(UserError, match=f"^{re.escape(str(path))}: {message}"):
+            render_policy.main(render_policy.Args(str(path), out=str(tmp_path / "strip.png")))
+    monkeypatch.setattr(render_policy, "render_episode", lambda args: pytest.fail("rendered"))
+    args = render_policy.Args(str(tensors), out=str(tmp_path / "strip.png"))
+    for changes, message in [
+        (dict(num_candidates=0), "--num-candidates must be at least 1"),
+        (dict(num_candidates=-3), "--num-candidates must be at least 1"),
+        (dict(out="x.foo"), "--out x.foo: not a file type PIL can write"),
+        (dict(gif="y.txt"), "--gif y.txt: not a file type PIL can write animated"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            render_policy.main(dataclasses.replace(args, **changes))

@@ -37,7 +37,7 @@ class Args:
     seed: int | None = None
     """the episode's seed (default: the run's first evaluation episode, its --seed + 100)"""
     num_candidates: int | None = None
-    """candidate actions per state, one picked by softmax(Q) (default: the run's --num-candidates)"""
+    """candidate actions per state (at least 1), one picked by softmax(Q) (default: the run's --num-candidates)"""
     gif: str | None = None
     """if given, the whole episode is also written there as a GIF (every 4th frame)"""
     max_steps: int | None = None
@@ -60,9 +60,20 @@ def load_agent(state: dict, obs_dim: int, act_dim: int):
     raise UserError("its networks are none of ofql.py's, dql.py's or fql.py's")
 
 
+def read_checkpoint(path: str) -> dict:
+    """The checkpoint's contents; one that cannot be read, or holds no run's config, is a UserError naming it."""
+    try:
+        state = bookkeeping.load_checkpoint(path)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise UserError(f"{path}: not a checkpoint of ofql.py, dql.py or fql.py (no config in it)")
+    return state
+
+
 def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     """The frames (reset, then every step), the return and the normalized score of one episode (None if cut)."""
-    state = bookkeeping.load_checkpoint(args.checkpoint)
+    state = read_checkpoint(args.checkpoint)
     config = state["config"]
     env_id = config["env_id"]  # a Minari id's env comes with its data; a D4RL or OGBench id's from the id
     minari, ogbench = offline_data.is_minari_id(env_id), offline_data.is_ogbench_id(env_id)
@@ -76,10 +87,13 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     if make is None:
         raise UserError(f"no evaluation env for {env_id} here (AntMaze, Kitchen and Adroit need gymnasium-robotics)")
     env = offline_data.renderable(make())
-    module, agent = load_agent(state, env.observation_space.shape[0], env.action_space.shape[0])
+    try:
+        module, agent = load_agent(state, env.observation_space.shape[0], env.action_space.shape[0])
+    except UserError as e:
+        raise UserError(f"{args.checkpoint}: {e}") from None
     seed = config["seed"] + 100 if args.seed is None else args.seed
     torch.manual_seed(seed)
-    k = args.num_candidates or config["num_candidates"]
+    k = config["num_candidates"] if args.num_candidates is None else args.num_candidates
     shrink = lambda frame: np.asarray(Image.fromarray(frame).resize((args.size, args.size), Image.LANCZOS))
     obs, _ = env.reset(seed=seed)
     frames, total, done = [shrink(env.render())], 0.0, False
@@ -101,9 +115,21 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     return frames, total, None if score is None else float(score)
 
 
+def check_image_path(flag: str, path: str | None, animated: bool) -> None:
+    """A UserError unless PIL writes the file type of `path`'s extension (as an animation, if `animated`)."""
+    kind = Image.registered_extensions().get(os.path.splitext(path or "")[1].lower())
+    if path is not None and kind not in (Image.SAVE_ALL if animated else Image.SAVE):
+        example = "an animated .gif" if animated else "a .png"
+        raise UserError(f"{flag} {path}: not a file type PIL can write{' animated' * animated} (give {example} file)")
+
+
 def main(args: Args) -> None:
     if min(args.frames, args.size, 1 if args.max_steps is None else args.max_steps) < 1:
         raise UserError("--frames, --size and --max-steps must be at least 1")
+    if args.num_candidates is not None and args.num_candidates < 1:
+        raise UserError("--num-candidates must be at least 1 (default: the run's own)")
+    check_image_path("--out", args.out, animated=False)
+    check_image_path("--gif", args.gif, animated=True)
     frames, total, score = render_episode(args)
     picked = [frames[i] for i in np.linspace(0, len(frames) - 1, args.frames).round().astype(int)]
     Image.fromarray(np.concatenate(picked, axis=1)).save(args.out)
@@ -116,7 +142,7 @@ def main(args: Args) -> None:
 
 if __name__ == "__main__":
     try:
-        main(tyro.cli(Args))
+        main(tyro.cli(Args, description=__doc__))
     except (UserError, OSError) as e:
         print(f"render_policy.py: error: {e}", file=sys.stderr)
         sys.exit(2)
