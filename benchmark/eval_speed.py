@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from online_speed import machine  # noqa: E402
 from sweep_speed import TABLE1_DATASETS, TABLE1_RUNS_PER_DATASET  # noqa: E402
 
+import bookkeeping  # noqa: E402  (the commit)
 import offline_data  # noqa: E402
 from speed import MODULES  # noqa: E402
 
@@ -152,7 +153,8 @@ def main(args: Args) -> dict:
             fastest = sum(n * per_env_ms[family(d)] / 3.6e6 / best[family(d)] for d, n in steps.items())
             table1[name] = dict(env_steps=sum(steps.values()), hours_one_process=hours, hours_fastest=fastest)
     saved = {**vars(args), "out_dir": os.path.relpath(args.out_dir, ROOT)}
-    result = dict(machine=machine(), args=saved, rows=rows, table1_evaluation=table1)
+    result = dict(machine=machine(), commit=bookkeeping.code_version(__file__), args=saved, rows=rows)
+    result["table1_evaluation"] = table1
     write(result, args.out_dir)
     return result
 
@@ -163,7 +165,8 @@ def markdown(result: dict) -> list[str]:
     lines = [
         f"Evaluation envs on {m['processor']} ({m['cores_allowed']} cores allowed), python {m['python']}, mujoco "
         f"{m['mujoco']}, gymnasium {m['gymnasium']}: {a['num_envs']} envs, {a['steps']} timed vector steps of random "
-        f"actions per round, {a['rounds']} rounds (medians); `python benchmark/eval_speed.py` with these arguments.",
+        f"actions per round, {a['rounds']} rounds (medians); `python benchmark/eval_speed.py` with these arguments "
+        f"at commit {result.get('commit')}.",
         "",
         "| env | "
         + " | ".join(f"ms per vector step, {w} worker(s)" for w in workers)
@@ -206,4 +209,4 @@ def write(result: dict, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, description=__doc__))

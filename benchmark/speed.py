@@ -33,6 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import bookkeeping  # noqa: E402  (the commit)
 import dql  # noqa: E402
 import fql  # noqa: E402
 import offline_data  # noqa: E402
@@ -45,10 +46,10 @@ MODULES = {"ofql": ofql, "dql": dql, "fql": fql}
 @dataclass
 class Args:
     env_id: str = "halfcheetah-medium-v2"
-    """the dataset whose presets and shapes (17-dim observations, 6-dim actions for halfcheetah) are used"""
-    algorithms: list[str] = field(default_factory=lambda: ["ofql", "dql", "fql"])
+    """the D4RL dataset whose presets and shapes (17-dim observations, 6-dim actions for halfcheetah) are used"""
+    algorithms: list[Literal["ofql", "dql", "fql"]] = field(default_factory=lambda: ["ofql", "dql", "fql"])
     """which scripts to measure"""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """cpu, cuda, or auto (cuda when available)"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
@@ -290,7 +291,20 @@ def device_name(device: torch.device) -> str:
     return f"{cpu} CPU, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores"
 
 
+def check(args: Args) -> None:
+    """One line for what the measurement cannot take."""
+    if args.env_id not in offline_data.DATASETS:
+        raise SystemExit(
+            f"--env-id {args.env_id}: not a D4RL id (the shapes are D4RL's): {', '.join(offline_data.DATASETS)}"
+        )
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch finds no CUDA device here")
+    if min(args.rounds, args.updates, args.decisions, args.decision_batch) < 1:
+        raise SystemExit("--rounds, --updates, --decisions and --decision-batch must be at least 1")
+
+
 def main(args: Args) -> dict:
+    check(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(
@@ -338,6 +352,7 @@ def main(args: Args) -> dict:
     result = {
         "device": device_name(device),
         "torch": torch.__version__,
+        "commit": bookkeeping.code_version(__file__),  # the code measured (git)
         "env_id": args.env_id,
         "batch_size": args.batch_size,
         "decision_batch": args.decision_batch,
@@ -389,8 +404,8 @@ def write(result: dict, args: Args) -> None:
     stem = "cuda" if "CPU" not in result["device"] else "cpu"
     paths = result["paths"]
     lines = [
-        f"Device: {result['device']}; torch {result['torch']}; {result['env_id']} shapes, "
-        f"batch {result['batch_size']}, "
+        f"Device: {result['device']}; torch {result['torch']}; commit {result.get('commit')}; "
+        f"{result['env_id']} shapes, batch {result['batch_size']}, "
         f"decision batches of {result['decision_batch']} states; median over {result['rounds']} rounds of "
         f"{result['updates_per_round']} updates.",
         "",
@@ -460,4 +475,4 @@ def write(result: dict, args: Args) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, description=__doc__))

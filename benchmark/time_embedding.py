@@ -240,12 +240,14 @@ def report(args: Args) -> None:
     print("\n".join(lines))
 
 
-if __name__ == "__main__":
-    args = tyro.cli(Args, description=__doc__)
+def main(args: Args) -> None:
     if args.run_one:
-        run_one(args)
-    else:
-        os.makedirs(args.out_dir, exist_ok=True)
-        if not args.report_only:
-            train_all(args)
-        report(args)
+        return run_one(args)
+    os.makedirs(args.out_dir, exist_ok=True)
+    if not args.report_only:
+        train_all(args)
+    report(args)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args, description=__doc__))

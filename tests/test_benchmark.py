@@ -2,6 +2,7 @@
 the rows it keeps), a tiny speed.py run, and time_embedding.py's offline measures."""
 
 import dataclasses
+import importlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import tyro
 
 from conftest import ROOT, record_d4rl_file
 
@@ -215,6 +217,37 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
     assert a["ofql"]["ops"]["iteration"] == sum(v for k, v in a["ofql"]["ops"].items() if k != "iteration")
     assert a["dql"]["ops"]["critic loss"] > 2 * a["ofql"]["ops"]["critic loss"]  # 5 denoising calls against 1
     assert "| ofql |" in open(tmp_path / "cpu.md").read() and json.load(open(tmp_path / "cpu.json")) == result
+    assert result["commit"] == speed.bookkeeping.code_version(speed.__file__)  # the code measured
+
+
+@pytest.mark.parametrize(
+    "tool, argv, message",
+    [
+        ("compare", ["--plot-only", "--out-dir", "{tmp}/empty"], "nothing to report: no finished runs"),
+        ("compare", ["--algorithms", "foo", "--out-dir", "{tmp}"], "--algorithms foo: not one of bc, ofql, dql, fql"),
+        ("online_check", ["--dataset-path", "{tmp}/nothing.hdf5", "--plot-only"], "--dataset-path .* does not exist"),
+        ("online_check", ["--dataset-path", "{file}", "--plot-only", "--runs-dir", "{tmp}/no"], "no runs to report"),
+        (
+            "online_check",
+            ["--dataset-path", "{file}", "--ofql-seeds", "--dql-seeds", "--fql-seeds"],
+            "nothing to train",
+        ),
+        ("speed", ["--env-id", "halfchetah-medium-v2"], "--env-id halfchetah-medium-v2: not a D4RL id"),
+        ("speed", ["--device", "cuda"], "--device cuda: torch finds no CUDA device here"),
+        ("speed", ["--rounds", "0"], "--rounds, --updates, --decisions and --decision-batch must be at least 1"),
+        ("speed", ["--algorithms", "foo"], None),  # tyro's refusal of a name it does not know
+        ("time_embedding", ["--dataset-path", "{file}", "--report-only", "--out-dir", "{tmp}"], "no runs to report"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, monkeypatch, tool, argv, message):
+    """Each was a traceback (FileNotFoundError, KeyError, IndexError, AssertionError, StatisticsError)."""
+    module = importlib.import_module(tool)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "data.hdf5").touch()
+    argv = [a.format(tmp=tmp_path, file=tmp_path / "data.hdf5") for a in argv]
+    with pytest.raises(SystemExit, match=message) as e:
+        module.main(tyro.cli(module.Args, args=argv))
+    assert message or e.value.code == 2
 
 
 def test_time_embedding_offline_measures_on_a_flow_known_exactly():
@@ -622,6 +655,7 @@ def test_eval_speed_times_one_process_against_workers_and_prices_table1(tmp_path
     ids = ["hopper-medium-v2", "nosuch-medium-v2"]
     args = eval_speed.Args(env_ids=ids, num_envs=4, steps=3, rounds=1, out_dir=str(tmp_path))
     result = eval_speed.main(args)
+    assert result["commit"] == eval_speed.bookkeeping.code_version(eval_speed.__file__)  # the code measured
     row, missing = result["rows"]
     assert missing.keys() == {"env_id", "error"} and "no evaluation env" in missing["error"]
     assert set(row["ms_per_vector_step"]) == {"1", "2"} and row["ratio"]["1"] == 1.0
