@@ -321,7 +321,7 @@ ONLINE_FIELDS = ("obs", "actions", "rewards", "next_obs", "dones")  # a script b
 
 def online_rows(buffer, env: int) -> dict:
     """Views of the transitions env `env` (a sweep's member `env`) has added to a script's OfflineBuffer in the online
-    phase (its rows size + j * envs + env, j < added), by field; {} before any (or for a buffer without online rows:
+    phase (its rows size + j * num_envs + env, j < added), by field; {} before any (or for a buffer without online rows:
     sweep.DomainBuffer)."""
     if getattr(buffer, "added", 0) == 0:
         return {}
@@ -502,12 +502,12 @@ class Runs:
         logs' records after its step. -> (next step, the evaluations of each, seconds spent); any failure (a missing,
         empty, truncated or unsafe file, another run's, members of different steps) is one UserError line."""
         states, files, summarized = [], [args.resume for args in self.members], []
-        for file, config in zip(files, self.configs):
+        for file, config, run_dir in zip(files, self.configs, self.dirs):
             try:
                 states.append(load_checkpoint(file))
                 check_resume(config, states[-1]["config"], states[-1]["step"])
                 finished = states[-1]["step"] == config["total_steps"] + config.get("online_steps", 0)
-                summarized.append(finished and os.path.exists(os.path.join(os.path.dirname(file), "summary.json")))
+                summarized.append(finished and os.path.exists(os.path.join(run_dir, "summary.json")))
                 if all(summarized) and len(summarized) == len(files):  # some without a summary.json: written again
                     more = "" if config.get("online_steps") else "; a larger --total-steps trains it further"
                     raise UserError(f"its run had finished at step {states[-1]['step']} (summary.json){more}")

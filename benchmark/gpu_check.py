@@ -271,7 +271,11 @@ def driver_version() -> str:
 
 def device_info(cuda: bool) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
-    info["commit"] = os.environ.get("COMMIT") or subprocess.getoutput(f"git -C {ROOT} rev-parse --short HEAD 2>&1")
+    try:  # COMMIT: a copy of the checkout without .git cannot tell
+        git = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    except OSError:  # no git
+        git = None
+    info["commit"] = os.environ.get("COMMIT") or (git.stdout.strip() if git and git.returncode == 0 else None)
     if cuda:
         props = torch.cuda.get_device_properties(0)
         info.update(

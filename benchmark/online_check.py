@@ -16,14 +16,13 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 import numpy as np
 import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmark"))
-from compare import dataset_mean_score, mean_std  # noqa: E402
+from compare import dataset_mean_score, mean_std, stop_others  # noqa: E402
 
 SCRIPTS = {"ofql": "ofql.py", "dql": "dql.py", "fql": "fql.py"}
 ENV_ID = "hopper-medium-replay-v2"
@@ -76,17 +75,6 @@ def commands(args: Args) -> dict[str, list[str]]:
     return {a: [sys.executable, *cmd, *flags] for a, cmd in runs.items()}
 
 
-def stop_others(failed: subprocess.Popen, log: str, others) -> NoReturn:
-    """Stop the other runs (SIGTERM: they end at a step's end) and wait for them; exit naming the failed run's log."""
-    for proc in others:
-        proc.terminate()
-    for proc in others:
-        proc.wait()
-    with open(log) as f:
-        last = (f.read().strip().splitlines() or [""])[-1]
-    raise SystemExit(f"a run failed (exit {failed.returncode}): {last} (its log: {log}); the other runs were stopped")
-
-
 def train(args: Args) -> None:
     workdir = os.path.dirname(os.path.abspath(args.runs_dir))
     os.makedirs(workdir, exist_ok=True)
@@ -131,7 +119,7 @@ def read_runs(args: Args) -> dict:
         run = dict(seed=config["seed"], evals=evals, episodes=episodes, candidates=config["num_candidates"])
         run["finished"] = os.path.exists(os.path.join(folder, "summary.json"))
         run["protocol"] = tuple(config[k] for k in PROTOCOL)
-        run["commit"] = str(config.get("commit", "unrecorded"))  # the code that trained it (git)
+        run["commit"] = str(config.get("commit") or "unrecorded")  # the code that trained it (git)
         runs.setdefault(algorithm, {})[config["seed"]] = run  # sorted by name: the newest folder of a seed last
     return {a: [r[s] for s in sorted(r)] for a, r in runs.items()}
 

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import NoReturn
 
 import numpy as np
 import torch
@@ -28,6 +27,7 @@ sys.path.insert(0, ROOT)
 import bookkeeping  # noqa: E402
 import offline_data  # noqa: E402
 import ofql  # noqa: E402
+from compare import stop_others  # noqa: E402
 
 # name: (features, scale of t inside the sinusoid, with DQL's time MLP Linear(d, 2d)-Mish-Linear(2d, d))
 VARIANTS = {
@@ -121,17 +121,6 @@ def launch(args: Args, job: str, log: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=args.out_dir, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
 
 
-def stop_others(failed: subprocess.Popen, log: str, others) -> NoReturn:
-    """Stop the other runs (SIGTERM: they end at a step's end) and wait for them; exit naming the failed run's log."""
-    for proc in others:
-        proc.terminate()
-    for proc in others:
-        proc.wait()
-    with open(log) as f:
-        last = (f.read().strip().splitlines() or [""])[-1]
-    raise SystemExit(f"a run failed (exit {failed.returncode}): {last} (its log: {log}); the other runs were stopped")
-
-
 def train_all(args: Args) -> None:
     queue = [f"{v}:{s}" for s in args.seeds for v in args.variants]
     running = {}  # process: its log
@@ -202,7 +191,7 @@ def report(args: Args) -> None:
                     "scores": [e["score"] for e in summary["evaluations"]],
                     "steps_per_sec": summary["train_steps_per_sec"],
                     **{k: summary[k] for k in ("eval_episodes", "num_candidates")},
-                    "commit": str(summary.get("commit", "unrecorded")),  # the code that trained it (git)
+                    "commit": str(summary.get("commit") or "unrecorded"),  # the code that trained it (git)
                     **offline_measures(actor, obs, actions),
                 }
             )

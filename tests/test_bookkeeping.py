@@ -239,8 +239,9 @@ def test_an_empty_a_text_or_a_truncated_checkpoint_is_named_as_such(tmp_path):
 
 
 def test_the_log_is_cut_in_place_after_the_checkpoints_step_and_a_stray_line_is_named(tmp_path):
-    """trim_log keeps the records up to the step and drops a partial last line, truncating the file (the inode that an
-    open, locked log holds stays); a line that is not a record is one line naming the file and its number."""
+    """trim_log keeps the records up to the step and drops a partial last line, in the file itself (an open, locked
+    log keeps writing to it: a rewrite renamed into place fails); a line that is not a record is one line naming the
+    file and its number."""
     log = tmp_path / "metrics.jsonl"
     log.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in (1, 2, 2, 3, 4)) + '{"step": 5, "x')
     inode = log.stat().st_ino
@@ -261,17 +262,20 @@ def test_a_resume_through_a_link_continues_in_the_run_folder_it_points_into(tmp_
     os.symlink(os.path.join(os.path.dirname(summary), "checkpoint.pt"), "latest.pt")
     again = ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "2", "--resume", "latest.pt"]))
     assert os.path.samefile(again, summary) and not os.path.exists("metrics.jsonl")
+    with pytest.raises(UserError, match=r"its run had finished at step 4 \(summary.json\)"):  # its folder's summary
+        ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "2", "--resume", "latest.pt"]))
 
 
 def run_main(argv: list[str], monkeypatch) -> SystemExit:
-    """bookkeeping.main of ofql.py with `argv`, in this process (its SIGTERM handler restored after)."""
+    """bookkeeping.main of ofql.py with `argv`, in this process (its SIGINT and SIGTERM handlers restored after)."""
     monkeypatch.setattr(sys, "argv", ["ofql.py", *argv])
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(SystemExit) as stop:
             bookkeeping.main("ofql.py", lambda: ofql.train(ofql.parse_args(argv)))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return stop.value
 
 

@@ -2,6 +2,7 @@
 GPU machine: the eager/graph comparison, pytest's counts, the runs' error lines, the speed targets."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -219,9 +220,11 @@ def test_a_stopped_call_keeps_the_steps_it_did(tmp_path, monkeypatch):
 
 
 def test_no_step_starts_after_the_deadline_and_a_running_subprocess_stops_there(tmp_path, monkeypatch):
-    """--deadline: the steps not started by then are failures named in the results (here speed, after a parity step
-    that ends 2.5 s before it); finish() stops a subprocess at the deadline whatever its own timeout."""
+    """--deadline: the steps not started by then are failures named in the results (here speed: no step starts in the
+    last 10 s, and the parity step ends 9.5 s before the deadline); finish() stops a subprocess at the deadline whatever
+    its own timeout."""
     monkeypatch.setattr(gpu_check, "process_start", time.time)
+    monkeypatch.setattr(gpu_check, "DEADLINE", math.inf)  # main() sets it: restored to no deadline after the test
     monkeypatch.setattr(
         gpu_check, "record_hopper", lambda path, n, seed: {"path": path, "transitions": n, "episodes": 1}
     )

@@ -182,7 +182,7 @@ def add_marked(buffer, steps):
 
 def test_the_buffer_is_preallocated_and_grows_in_place():
     """Room for the dataset and online_steps transitions of each env from the start; adding writes the next rows of
-    the same tensors (no new tensor, no copy of the whole buffer), env e's j-th at row size + j * envs + e."""
+    the same tensors (no new tensor, no copy of the whole buffer), env e's j-th at row size + j * num_envs + e."""
     buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, num_envs=2)
     tensors = [getattr(buffer, k) for k in bookkeeping.ONLINE_FIELDS]
     pointers = [t.data_ptr() for t in tensors]
