@@ -232,6 +232,8 @@ def report(args: Args) -> None:
 def main(args: Args) -> None:
     if args.run_one:
         return run_one(args)
+    if set(args.variants) - set(VARIANTS):
+        raise SystemExit(f"--variants {' '.join(args.variants)}: each one of {', '.join(VARIANTS)}")
     os.makedirs(args.out_dir, exist_ok=True)
     if not args.report_only:
         train_all(args)

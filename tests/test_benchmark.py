@@ -237,6 +237,8 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
         ("speed", ["--rounds", "0"], "--rounds, --updates, --decisions and --decision-batch must be at least 1"),
         ("speed", ["--algorithms", "foo"], None),  # tyro's refusal of a name it does not know
         ("time_embedding", ["--dataset-path", "{file}", "--report-only", "--out-dir", "{tmp}"], "no runs to report"),
+        ("compare", ["--plot-only", "--data-dir", "{tmp}/no", "--out-dir", "{tmp}"], r"--data-dir .*/no: no .*\.hdf5"),
+        ("time_embedding", ["--dataset-path", "{file}", "--variants", "raw64", "foo"], "--variants raw64 foo: each"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, monkeypatch, tool, argv, message):
