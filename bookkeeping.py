@@ -715,5 +715,7 @@ def main(script: str, run: Callable[[], str | list[str]]) -> None:
             runs.remove_made()  # the folders it made, those still empty
         # outside the loop (loading, setting up, the summaries): the last checkpoint and the command that continues
         message = str(e) or (runs.how_to_continue() if runs else "no checkpoint was written")
+        if isinstance(e, OSError) and runs is not None and getattr(runs, "logs", None):  # a write refused in training
+            message += f"; {runs.how_to_continue()}"
         print(f"{os.path.basename(script)}: {stop}: {message}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)  # 130 / 143: as for SIGINT / SIGTERM

@@ -5,6 +5,7 @@ member's gradient clipped by its own norm."""
 
 import dataclasses
 import errno
+import glob
 import json
 import os
 import shutil
@@ -299,6 +300,26 @@ def test_a_stop_outside_the_loop_names_the_last_checkpoint_and_leaves_no_empty_f
     assert line.startswith(f"ofql.py: interrupted: last checkpoint {checkpoint}; continue with: python ofql.py ")
     assert line.endswith(f"--total-steps 8 --resume {checkpoint}")
     monkeypatch.setattr(ofql, "make_agent", make_agent)
+
+
+def test_a_write_refused_in_training_names_the_last_checkpoint(tmp_path, hopper_file, monkeypatch, capsys):
+    """A full disk while a training run writes its log: one line, the error and the command that continues."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1", "--save-model"]
+    log, calls = bookkeeping.Runs.log, []
+
+    def full_disk(self, step, *args):
+        calls.append(step)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return log(self, step, *args)
+
+    monkeypatch.setattr(bookkeeping.Runs, "log", full_disk)
+    assert run_main([*flags, "--total-steps", "4", "--eval-every", "2", "--log-every", "2"], monkeypatch).code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1].split("\r")[-1]  # after the progress bar's
+    checkpoint = glob.glob("runs/*/checkpoint.pt")[0]
+    assert line.startswith(f"ofql.py: error: [Errno 28] No space left on device; last checkpoint {checkpoint}; ")
+    assert line.endswith(f"--resume {checkpoint}")
 
 
 def test_track_without_a_usable_wandb_is_one_line_and_leaves_no_folder(tmp_path, hopper_file, monkeypatch, capsys):
