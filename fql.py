@@ -413,10 +413,10 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
 
 
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[Args], device) -> list[dict]:
-    """One episode per env for each policy (the protocol's; then the policy's own sample, logged as policy_*, where the
-    two differ). Returns per member (a sweep's envs are member-major; env i of a member is seeded its seed + 100 + i)
-    its source's episode_stats and decision_rate, action batches per second. The noise comes from a forked generator
-    seeded seed + 100, so evaluating never changes the training's numbers."""
+    """One episode per env for each policy: the protocol's, then (where it differs) the policy's own sample, logged as
+    policy_*. Returns each member's episode_stats and decision_rate (action batches per second); a sweep's envs are
+    member-major, env i of a member seeded its seed + 100 + i. The policies' noise comes from a forked generator seeded
+    seed + 100: evaluating never changes the training's numbers."""
     episodes = envs.num_envs // len(members)
     results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
