@@ -114,8 +114,9 @@ class Args:
 
 SWEEP_WEIGHT = "eta"  # the flag whose grid of values sweep.py trains in one process (python sweep.py --help)
 
-# DQL's official per-dataset table (main.py): eta, lr, max-Q backup, reward handling, grad_norm, epochs x 1000
-# steps, 10 evaluation episodes for -v2 locomotion and 100 otherwise. Its AntMaze rows are for the -v0 files.
+# DQL's official per-dataset table (main.py): eta, lr, max-Q backup, reward handling, grad_norm, epochs x 1000 steps,
+# 10 evaluation episodes for -v2 locomotion and 100 otherwise. Its AntMaze rows are for the -v0 files; door, hammer
+# and relocate, not in it, take pen-cloned's row (our rule).
 _LONG = dict(total_steps=1_000_000, eval_episodes=100)
 _ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_LONG)
 _OGBENCH = dict(total_steps=1_000_000, eval_every=100_000, eval_episodes=50)
@@ -213,7 +214,7 @@ class Actor(nn.Module):
             self.register_buffer(name, value.float(), persistent=False)
 
     def forward(self, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
-        """eps_theta(a_t, t; s) of B rows: t of shape (B, 1), or (1, 1) for the same step in every row (sampling)."""
+        """eps_theta(a_t, t; s) of B rows: t the step index i (0..T-1), of shape (B, 1), or (1, 1) in every row."""
         return self.net(torch.cat([a_t, self.t_emb(t).expand(len(a_t), -1), obs], dim=-1))
 
 
@@ -257,8 +258,8 @@ def ddpm_schedule(betas: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 def behavior_cloning_loss(actor: Actor, obs, actions) -> torch.Tensor:
-    """L_DBC (Eq. 4), DDPM's simple loss: i ~ U{0..T-1}, a_i = sqrt(abar_i) a + sqrt(1 - abar_i) eps; regress
-    eps_theta(a_i, i; s) onto eps."""
+    """L_DBC (Eq. 4 averaged over the action's dimensions, as DQL's code), DDPM's simple loss: i ~ U{0..T-1} (DQL's
+    0-based step: Eq. 4's k = i + 1), a_i = sqrt(abar_i) a + sqrt(1 - abar_i) eps, eps_theta(a_i, i; s) fit to eps."""
     i = torch.randint(actor.diffusion_steps, (len(obs), 1), device=obs.device)
     eps = torch.randn_like(actions)
     a_i = actor.sqrt_alphas_cumprod[i] * actions + actor.sqrt_one_minus_alphas_cumprod[i] * eps
@@ -266,8 +267,8 @@ def behavior_cloning_loss(actor: Actor, obs, actions) -> torch.Tensor:
 
 
 def denoise_step(actor: Actor, a_i: torch.Tensor, i: int, obs: torch.Tensor) -> torch.Tensor:
-    """One ancestral step a_i -> a_{i-1} (Eq. 5, with DQL's code: the prediction of a_0 clipped to the action
-    range, then the posterior mean and the posterior noise, none at i = 0)."""
+    """One ancestral step from level i to i - 1, the action at i = 0 (Eq. 5 with k = i + 1, as DQL's code: the predicted
+    action clipped to the action range, then the posterior mean and the posterior noise, none at i = 0)."""
     eps_hat = actor(a_i, torch.full((1, 1), float(i), device=obs.device), obs)
     a_0 = (actor.sqrt_recip_alphas_cumprod[i] * a_i - actor.sqrt_recipm1_alphas_cumprod[i] * eps_hat).clamp(-1.0, 1.0)
     mean = actor.posterior_mean_coef1[i] * a_0 + actor.posterior_mean_coef2[i] * a_i
@@ -275,7 +276,7 @@ def denoise_step(actor: Actor, a_i: torch.Tensor, i: int, obs: torch.Tensor) -> 
 
 
 def sample_actions(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
-    """T network calls from a_T ~ N(0, I), differentiable end to end (the Q term back-propagates through them all)."""
+    """T network calls from noise (level T - 1), differentiable end to end (the Q term back-propagates through all)."""
     a = torch.randn(len(obs), actor.act_dim, device=obs.device)
     for i in reversed(range(actor.diffusion_steps)):
         a = denoise_step(actor, a, i, obs)

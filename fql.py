@@ -1,7 +1,7 @@
 """Flow Q-Learning (FQL) (Park, Li & Levine, ICML 2025): a flow-matching BC policy integrated in 10 Euler steps,
 distilled into a one-step policy mu(s, z) that is trained with the Q term. A baseline of OFQL (arXiv 2508.13904);
-this file is ofql.py with FQL's policy, networks and update rule (`diff fql.py ofql.py`). Equation numbers (Eq. N)
-refer to the OFQL paper. Docs and results: README.md.
+this file is ofql.py with FQL's policy, networks and update rule (`diff fql.py ofql.py`). Its `alpha` is FQL's
+distillation weight, not the Q weight alpha of the OFQL paper's Eq. 7. Docs and results: README.md.
 """
 
 import argparse
@@ -83,13 +83,15 @@ class Args:
     tau: float = 0.005
     """the Polyak rate of the target Q-networks, applied every step"""
     alpha: float = 10.0
-    """the weight of the distillation term in the actor loss (FQL's alpha; the Q term has weight 1)"""
+    """the weight of the distillation term in the actor loss (FQL's alpha; the Q term has weight 1); the MuJoCo and
+    Kitchen presets' values are our rule, FQL never ran those (docs/presets.md)"""
     flow_steps: int = 10
     """the Euler steps of the BC flow that produce the distillation target"""
     q_agg: Literal["mean", "min"] = "mean"
-    """how the two target Q-heads are combined in the critic target"""
+    """how the two target Q-heads are combined in the critic target: mean (FQL's default) or min (clipped double Q)"""
     normalize_q: bool = True
-    """if toggled, the Q term is divided by the constant E|Q| (FQL's normalize_q_loss)"""
+    """if toggled, the Q term is divided by the constant E|Q| (FQL's normalize_q_loss, off in FQL's runs; on in the
+    MuJoCo and Kitchen presets, as the OFQL authors ran FQL there)"""
     max_q_backup: bool = False
     """if toggled, the critic target takes the max over --num-backup-actions next actions per head"""
     num_backup_actions: int = 10
@@ -116,7 +118,8 @@ SWEEP_WEIGHT = "alpha"  # the flag whose grid of values sweep.py trains in one p
 # AntMaze and Adroit: FQL's published flags (alpha, q_agg, 500k steps, IQL's AntMaze reward, raw Q term). MuJoCo and
 # Kitchen, which FQL never ran: as the OFQL authors ran FQL there (Appendix N), the normalised Q term and alpha from
 # the grid {0.03, 0.1, 0.3, 1, 3, 10}; our rule: the grid value nearest (log scale) to 1 / eta of ofql.py's preset,
-# which is 10 for every one (eta <= 0.1), with OFQL's step budget. docs/presets.md has the sources.
+# which is 10 for every one (eta <= 0.1), with OFQL's step budget. D4RL is evaluated by DQL's protocol (FQL's: 50
+# episodes every 100k steps), so that the three scripts are scored alike. docs/presets.md has the sources.
 _FQL = dict(normalize_q=False, total_steps=500_000, eval_episodes=100)
 _OGBENCH = dict(normalize_q=False, total_steps=1_000_000, eval_every=100_000, eval_episodes=50)  # main.py's
 PRESETS = {
@@ -218,8 +221,8 @@ class Critic(nn.Module):
 # ALGO LOGIC: flow-matching behaviour cloning, the Euler flow, and the one-step policy, as in FQL's code
 # ---------------------------------------------------------------------------------------------------------------
 def behavior_cloning_loss(actor: Actor, obs, actions) -> torch.Tensor:
-    """Flow matching with FQL's convention (noise z at t = 0, data at t = 1): t ~ U[0, 1],
-    a_t = (1 - t) z + t a, regress v_theta(a_t, t; s) onto the velocity a - z."""
+    """Flow matching with FQL's convention (noise z at t = 0, data at t = 1): t ~ U[0, 1], a_t = (1 - t) z + t a,
+    v_theta(a_t, t; s) regressed on the velocity a - z (a mean over the action's dimensions, as FQL's code)."""
     t = torch.rand(len(obs), 1, device=obs.device)
     z = torch.randn_like(actions)
     return F.mse_loss(actor.velocity((1 - t) * z + t * actions, t, obs), actions - z)
@@ -314,7 +317,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 
 @torch.no_grad()
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
-    """Polyak-average the target critic every step (FQL has no target policy)."""
+    """Polyak-average the target critic every step (FQL has no target policy; `step`: the siblings' signature)."""
     torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
 
 
@@ -325,10 +328,10 @@ SWEEP_REPLACES = ("critic_loss_fn", "actor_loss_fn", "optimizer_step")
 
 
 def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One FQL iteration: both losses from the same parameters (FQL takes one Adam step on their sum, which is
-    two Adam steps on the disjoint parameters); the target critic moves toward those parameters, the critic before
-    its step, as FQL's `target_update` does. `step` (a device tensor): this iteration's number. Returns detached
-    metrics. Nothing here reads a value back to the host."""
+    """One FQL iteration: both losses from the same parameters (FQL takes one Adam step on their sum, which is two
+    Adam steps on the disjoint parameters given one learning rate and no clipping, as in every preset); the target
+    critic moves toward those parameters, the critic before its step, as FQL's `target_update` does. `step` (a device
+    tensor): this iteration's number. Returns detached metrics. Nothing here reads a value back to the host."""
     batch = batch._replace(actions=batch.actions.clamp(-1 + 1e-5, 1 - 1e-5))  # FQL's loaders clip the data's actions
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     agent.critic.requires_grad_(False)  # the actor's backward skips the critic's weights (no use for their grads)
