@@ -153,6 +153,15 @@ def open_log(run_dir: str):
     return f
 
 
+def run_folder(checkpoint: str) -> str:
+    """The run folder of a --resume checkpoint: its own folder, or, for a link outside a run folder (no config.json
+    beside it: a `latest.pt`), the folder it points into."""
+    folder = os.path.dirname(checkpoint) or "."
+    if os.path.islink(checkpoint) and not os.path.exists(os.path.join(folder, "config.json")):
+        return os.path.dirname(os.path.realpath(checkpoint))
+    return folder
+
+
 def trim_log(path: str, step: int) -> None:
     """Cut a metrics.jsonl (whose steps never decrease) after its records up to `step`, and a partial last line (a
     kill, a full disk), in place: a kill meanwhile leaves the file whole or cut, never empty. A line that is not a
@@ -407,8 +416,7 @@ class Runs:
                 folder = "a folder; name its checkpoint.pt" if os.path.isdir(args.resume) else "no such file"
                 raise UserError(f"cannot resume from {args.resume}: {folder}")
             if args.resume:
-                checkpoint = os.path.realpath(args.resume) if os.path.islink(args.resume) else args.resume
-                self.dirs.append(os.path.dirname(checkpoint) or ".")  # a link's: the run folder it points into
+                self.dirs.append(run_folder(args.resume))
                 try:
                     check_resume_flags(args, self.dirs[-1])
                 except UserError:
@@ -647,7 +655,8 @@ class Runs:
             for d, a in zip(self.dirs, self.members)
         ]
         if len(getattr(self, "summaries", ())) == self.size:  # a stop after finish() wrote them: nothing to continue
-            return f"the runs had finished (summaries: {' '.join(self.summaries)}); nothing to continue"
+            failed = f"; {self.failure()}" if self.failed else ""
+            return f"the runs had finished (summaries: {' '.join(self.summaries)}){failed}; nothing to continue"
         stop = "" if stopped_at is None else f"stopped at step {stopped_at}; "
         unsaved = "" if self.args.save_model else " (--save-model is off: add it to keep a checkpoint next time)"
         if None in last:
@@ -687,9 +696,10 @@ class Runs:
                 with replaced_when_written(os.path.join(run_dir, "summary.json")) as tmp, open(tmp, "w") as f:
                     json.dump(summary, f, indent=2)
                 summaries.append(summary)
+            for run, summary in zip(self.wandb_runs or [], summaries):  # each wandb run's summary too
+                run.summary.update({k: v for k, v in summary.items() if k != "evaluations"})
             self.summaries = [os.path.join(run_dir, "summary.json") for run_dir in self.dirs]
-        for run, summary in zip(self.wandb_runs or [], summaries):  # seconds each
-            run.summary.update({k: v for k, v in summary.items() if k != "evaluations"})
+        for run in self.wandb_runs or []:  # seconds each
             run.finish()
         if self.failed:
             raise UserError(self.failure())

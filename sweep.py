@@ -384,7 +384,7 @@ def sweep_name(script, sweep: Args, member_args: list) -> str:
     --shard; with --resume, the resumed sweep's (its first member's sweep.json), so a continuation keeps it."""
     if sweep.resume:
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            with open(os.path.join(os.path.dirname(os.path.realpath(sweep.resume[0])), "sweep.json")) as f:
+            with open(os.path.join(bookkeeping.run_folder(sweep.resume[0]), "sweep.json")) as f:
                 return str(json.load(f)["sweep"])
     ids = sorted({a.env_id.replace("/", "-") for a in member_args})
     domain = ids[0] if len(ids) == 1 else os.path.commonprefix(ids).rstrip("-_") or f"{len(ids)}_datasets"

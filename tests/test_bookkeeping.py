@@ -265,6 +265,12 @@ def test_a_resume_through_a_link_continues_in_the_run_folder_it_points_into(tmp_
     assert os.path.samefile(again, summary) and not os.path.exists("metrics.jsonl")
     with pytest.raises(UserError, match=r"its run had finished at step 4 \(summary.json\)"):  # its folder's summary
         ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "2", "--resume", "latest.pt"]))
+    run_dir, scratch = os.path.dirname(summary), tmp_path / "scratch"  # the file moved away, a link left in its place
+    scratch.mkdir()
+    os.replace(os.path.join(run_dir, "checkpoint.pt"), scratch / "big.pt")
+    os.symlink(scratch / "big.pt", os.path.join(run_dir, "checkpoint.pt"))
+    resume = [*flags, "--total-steps", "6", "--eval-every", "2", "--resume", os.path.join(run_dir, "checkpoint.pt")]
+    assert os.path.samefile(ofql.train(ofql.parse_args(resume)), summary) and os.listdir(scratch) == ["big.pt"]
 
 
 def run_main(argv: list[str], monkeypatch) -> SystemExit:
