@@ -174,7 +174,7 @@ def trim_log(path: str, step: int) -> None:
             try:
                 if not line.endswith(b"\n") or json.loads(line)["step"] > step:
                     break
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise UserError(f"{path}, line {number}, is not a record of a step: delete it to resume") from None
             end += len(line)
     os.truncate(path, end)
@@ -278,9 +278,9 @@ def load_checkpoint(path: str) -> dict:
     except EOFError:
         raise UserError("the file is empty") from None
     except (KeyError, RuntimeError) as e:  # not a zip of torch.save's (a text file: KeyError), or a cut one
-        cut = "zip archive" in str(e)
+        cut = "zip archive" in str(e) or "archive is corrupted" in str(e)
         raise UserError(
-            "a truncated checkpoint (a cut write?)" if cut else "not a checkpoint (not a file torch.save wrote)"
+            "a truncated or damaged checkpoint" if cut else "not a checkpoint (not a file torch.save wrote)"
         ) from None
     except pickle.UnpicklingError as e:
         if "Unsupported operand" in str(e):  # not a pickle: another kind of file

@@ -233,8 +233,11 @@ def test_an_empty_a_text_or_a_truncated_checkpoint_is_named_as_such(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     (tmp_path / "text.pt").write_text("hello world\n")
     torch.save({"step": torch.zeros(1000)}, tmp_path / "whole.pt")
-    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:2000])
-    for name, says in [("empty", "the file is empty"), ("text", "not a checkpoint"), ("cut", "a truncated checkpoint")]:
+    whole = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(whole[:2000])
+    (tmp_path / "damaged.pt").write_bytes(whole[:-300] + bytes(200) + whole[-100:])  # a zeroed block in its index
+    lines = {"empty": "the file is empty", "text": "not a checkpoint", "cut": "a truncated", "damaged": "a truncated"}
+    for name, says in lines.items():
         with pytest.raises(UserError, match=f"^{says}"):
             bookkeeping.load_checkpoint(str(tmp_path / f"{name}.pt"))
 
