@@ -282,7 +282,7 @@ def main(args: Args) -> None:
         raise SystemExit(
             f"--algorithms {' '.join(unknown)}: not one of {', '.join(ALGORITHMS)} (other names: --plot-only)"
         )
-    missing = [p for p in map(lambda d: dataset_file(args, d), args.datasets) if p and not os.path.exists(p)]
+    missing = [p for d in args.datasets if (p := dataset_file(args, d)) and not os.path.exists(p)]
     if missing:
         raise SystemExit(f"--data-dir {args.data_dir}: no {', '.join(missing)}")
     os.makedirs(args.out_dir, exist_ok=True)

@@ -172,5 +172,9 @@ def test_a_resumed_sweep_keeps_its_name(tmp_path, hopper_file, monkeypatch):
     name = "hopper-medium-v2__ofql_sweep__1700000000__shard0of2"
     sweep.train(ofql, members, name)
     assert sweep.sweep_name(ofql, sweep.Args(shard="0/2", resume=checkpoints()), members) == name
+    links = [f"latest{m}.pt" for m in range(2)]  # links outside the run folders: their targets' sweep.json
+    for link, path in zip(links, checkpoints()):
+        os.symlink(os.path.abspath(path), link)
+    assert sweep.sweep_name(ofql, sweep.Args(shard="0/2", resume=links), members) == name
     fresh = sweep.sweep_name(ofql, sweep.Args(shard="1/2"), members)
     assert re.fullmatch(r"hopper-medium-v2__ofql_sweep__\d+__shard1of2", fresh) and fresh != name
