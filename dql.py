@@ -163,10 +163,10 @@ def parse_args(argv: list[str] | None = None) -> Args:
     peek = argparse.ArgumentParser(add_help=False)
     peek.add_argument("--env-id", "--env_id", default=Args.env_id)
     env_id = peek.parse_known_args(argv)[0].env_id
-    preset = offline_data.preset_key(env_id)
-    if preset not in PRESETS:
+    preset = offline_data.preset_key(env_id)  # an id of gymnasium's registry (your own data): presets if you add them
+    if preset is None:
         raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
-    defaults = dataclasses.replace(Args(), env_id=env_id, **PRESETS[preset])
+    defaults = dataclasses.replace(Args(), env_id=env_id, **PRESETS.get(preset, {}))
     ogbench = offline_data.is_ogbench_id(env_id)
     note = " (eta not published for OGBench: our rule, docs/presets.md; tune it with sweep.py)" if ogbench else ""
     description = f"{__doc__}Defaults below: the presets of {env_id}{note}."

@@ -6,6 +6,7 @@ CORL's scripts import `d4rl`: datasets with their evaluation environments and sc
     d4rl_envs.py         D4RL's evaluation envs: gymnasium's MuJoCo envs, AntMaze, Kitchen and Adroit rebuilt
     minari_datasets.py   Minari datasets with their own evaluation envs and reference returns
     ogbench_datasets.py  OGBench's single-task datasets and envs, from the ogbench package, scored by success
+    own_data.py          your own data in D4RL's layout for an env of gymnasium's registry, scored by raw returns
     evaluation_envs.py   a run's evaluation envs in one vector env, the first recorded with --capture-video
     vector_envs.py       many envs in worker processes (a SyncVectorEnv of a slice each) where there are the cores
     episodes.py          running envs with a policy: the evaluation's episodes, the online phase's steps
@@ -14,6 +15,7 @@ The run bookkeeping (run folders, checkpoints, resume, signals, summaries) is no
 
 Public API (all importable from offline_data):
     load(env_id, dataset_path=None, reward_mode="raw") -> DataSource   transitions, shapes, eval env and references
+    check_values(data, path, reward_mode)                                the transitions' values, as load checks them
     DataSource.score(returns, successes)                                the score of each evaluation episode
     DataSource.episode_stats(returns, successes, prefix)                 their means and stds, as metrics
     DataSource.limitation                                                what a run on it cannot report ('' if nothing)
@@ -27,6 +29,7 @@ Public API (all importable from offline_data):
     run_episodes(policy, envs, seeds, device)                           one evaluation episode per env, in parallel
     OnlineEnvs(source, members).reset(seeds, device).step(policy)       the online phase: one env step per member
     preset_key(env_id), source_kind(env_id), is_minari_id, is_ogbench_id the id whose presets an id uses; its source
+    is_gymnasium_id, make_gymnasium_env(env_id)                          your own data's env: an id of gym's registry
     DATASETS, MINARI_PRESET_KEYS, OGBENCH_IDS                            the ids each source knows
     UserError, DatasetError                                              reported by the scripts as one line, exit 2
     unknown_id(env_id, supported)                                       the error for an id without presets
@@ -34,16 +37,20 @@ Public API (all importable from offline_data):
 
 import difflib
 
+import numpy as np
+
 from offline_data.d4rl_envs import eval_env_factory
 from offline_data.d4rl_files import DATASETS, dataset_cache_path, domain_of, load_d4rl, normalized_score
 from offline_data.episodes import OnlineEnvs, run_episodes
 from offline_data.evaluation_envs import evaluation_envs, renderable
 from offline_data.minari_datasets import MINARI_PRESET_KEYS, load_minari
 from offline_data.ogbench_datasets import OGBENCH_IDS, is_ogbench_id, load_ogbench
+from offline_data.own_data import is_gymnasium_id, load_own_data, make_gymnasium_env
 from offline_data.source import DatasetError, DataSource, MemberSources, UserError, reward_transform
 from offline_data.vector_envs import vector_env
 
 __all__ = [
+    "check_values",
     "DATASETS",
     "MINARI_PRESET_KEYS",
     "OGBENCH_IDS",
@@ -54,9 +61,11 @@ __all__ = [
     "UserError",
     "eval_env_factory",
     "evaluation_envs",
+    "is_gymnasium_id",
     "is_minari_id",
     "is_ogbench_id",
     "load",
+    "make_gymnasium_env",
     "normalized_score",
     "preset_key",
     "renderable",
@@ -69,12 +78,17 @@ __all__ = [
 
 def unknown_id(env_id: str, supported) -> UserError:
     """The error for an --env-id without presets: the nearest of the `supported` ids (and Minari's) first."""
+    if env_id in supported:  # a preset a user added for an id of no source
+        return UserError(
+            f"{env_id!r} has presets but no data: the ids of D4RL, Minari, OGBench, or of gymnasium's "
+            "registry with --dataset-path (your own data, docs/environments.md)"
+        )
     ids = [*supported, *MINARI_PRESET_KEYS]
     near = difflib.get_close_matches(env_id.lower(), ids, n=3, cutoff=0.75)
     return UserError(
         f"unknown --env-id {env_id!r}; " + (f"did you mean {' or '.join(near)}? " if near else "") + f"supported: "
-        f"{', '.join(supported)} (OGBench: also with -task1 ... -task5 before -v0), and the Minari datasets "
-        f"{', '.join(MINARI_PRESET_KEYS)}"
+        f"{', '.join(supported)} (OGBench: also with -task1 ... -task5 before -v0), the Minari datasets "
+        f"{', '.join(MINARI_PRESET_KEYS)}, and with --dataset-path the ids of gymnasium's registry (your own data)"
     )
 
 
@@ -89,8 +103,12 @@ def load(env_id: str, dataset_path: str | None = None, reward_mode: str = "raw")
         source = load_minari(env_id)
     elif is_ogbench_id(env_id):
         source = load_ogbench(env_id, dataset_path)
+    elif is_gymnasium_id(env_id):
+        source = load_own_data(env_id, dataset_path)
     elif env_id not in DATASETS:
-        raise UserError(f"unknown dataset id {env_id!r}; D4RL ids: {', '.join(DATASETS)}, or a Minari or OGBench id")
+        raise UserError(
+            f"unknown dataset id {env_id!r}; D4RL ids: {', '.join(DATASETS)}, or a Minari, OGBench or Gymnasium id"
+        )
     else:
         d = domain_of(env_id)
         data = load_d4rl(env_id, dataset_path, "raw")
@@ -98,17 +116,34 @@ def load(env_id: str, dataset_path: str | None = None, reward_mode: str = "raw")
         source = DataSource(data, path, d.obs_dim, d.act_dim, env, d.eval_env, d.ref_min, d.ref_max)
     reward_fn = reward_transform(source.data["rewards"], reward_mode)  # with the dataset's statistics, for online too
     source.data["rewards"] = reward_fn(source.data["rewards"])
+    check_values(source.data, source.path, reward_mode)
     return source._replace(reward_fn=reward_fn)
+
+
+def check_values(data: dict, path: str, reward_mode: str) -> None:
+    """Every source's transitions as training reads them (float32, rewards transformed): finite, actions in about
+    [-1, 1] (small overshoots, which real recordings have, pass), or one DatasetError line."""
+    keys = ("observations", "actions", "next_observations", "rewards")
+    if bad := [k for k in keys if not np.isfinite(data[k]).all()]:
+        raise DatasetError(
+            f"{path}: {', '.join(bad)} not finite in float32 (rewards after --reward-mode {reward_mode})"
+        )
+    if np.abs(data["actions"]).max(initial=0.0) > 1.5:
+        raise DatasetError(
+            f"{path}: actions outside [-1, 1] (max |a| = {np.abs(data['actions']).max():.4g}); "
+            "the policies act in [-1, 1]: rescale the actions to it"
+        )
 
 
 def preset_key(env_id: str) -> str | None:
     """The id whose presets `env_id` uses: a D4RL id itself, for a Minari id the D4RL id of the same task family, for
-    an OGBench id its family's default task id; None for an id this package does not know."""
+    an OGBench id its family's default task id, an id of gymnasium's registry (your own data) itself; None for an id
+    this package does not know."""
     if is_minari_id(env_id):
         return MINARI_PRESET_KEYS.get(env_id)
     if is_ogbench_id(env_id):
         return OGBENCH_IDS.get(env_id)
-    return env_id if env_id in DATASETS else None
+    return env_id if env_id in DATASETS or is_gymnasium_id(env_id) else None
 
 
 def is_minari_id(env_id: str) -> bool:
@@ -116,4 +151,5 @@ def is_minari_id(env_id: str) -> bool:
 
 
 def source_kind(env_id: str) -> str:
-    return "minari" if is_minari_id(env_id) else "ogbench" if is_ogbench_id(env_id) else "d4rl"
+    kind = "minari" if is_minari_id(env_id) else "ogbench" if is_ogbench_id(env_id) else "d4rl"
+    return "gymnasium" if kind == "d4rl" and is_gymnasium_id(env_id) else kind

@@ -224,10 +224,11 @@ def remove_stale_downloads(path: str) -> None:
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False) -> dict[str, np.ndarray]:
-    """The arrays of a D4RL-layout hdf5 file, checked against the environment's sizes; a file that cannot be used is
-    one DatasetError that says why (`cached`: a file of the download cache, which may be deleted and downloaded again;
-    a --dataset-path file may be the user's only copy)."""
+def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False, dims: tuple[int, int] | None = None) -> dict:
+    """The arrays of a D4RL-layout hdf5 file, checked against the environment's sizes (`dims`: observation and action
+    sizes, for an env D4RL does not know); a file that cannot be used is one DatasetError that says why (`cached`: a
+    file of the download cache, which may be deleted and downloaded again; a --dataset-path file may be the user's
+    only copy)."""
     if os.path.isdir(path):
         raise DatasetError(f"{path} is a directory; --dataset-path takes an hdf5 file in the D4RL layout")
     if not os.path.exists(path):
@@ -237,7 +238,7 @@ def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False) -> dict[str, np
             signature = f.read(8)
     except OSError as e:
         raise DatasetError(f"cannot read {path} ({e.strerror or e})") from None
-    keys, data = ("observations", "actions", "rewards", "terminals", "timeouts"), {}
+    keys, data = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations"), {}
     try:
         with h5py.File(path, "r") as f:
             for key in keys:
@@ -259,8 +260,9 @@ def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False) -> dict[str, np
     for key, x in data.items():
         if x.dtype != bool and not np.issubdtype(x.dtype, np.number) or np.iscomplexobj(x):
             raise DatasetError(f"{path}: '{key}' holds {x.dtype} values, not numbers")
-    d, n = domain_of(env_id), len(data["observations"]) if data["observations"].ndim else 0
-    for key, shape in {"observations": (n, d.obs_dim), "actions": (n, d.act_dim)}.items():
+    obs_dim, act_dim = dims or (domain_of(env_id).obs_dim, domain_of(env_id).act_dim)
+    n = len(data["observations"]) if data["observations"].ndim else 0
+    for key, shape in {"observations": (n, obs_dim), "actions": (n, act_dim)}.items():
         if data[key].shape != shape:
             raise DatasetError(f"{path}: '{key}' has shape {data[key].shape}, {env_id} needs {shape}")
     for key in ("rewards", "terminals", "timeouts"):
@@ -273,13 +275,25 @@ def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False) -> dict[str, np
     for key in ("terminals", "timeouts"):
         if key in data and not np.isin(data[key], (0, 1)).all():
             raise DatasetError(f"{path}: '{key}' must hold 0/1 flags (it has {np.unique(data[key])[:5]}...)")
-    # the policies act in [-1, 1]; small overshoots (real recordings have some) load as they are, another scale not
-    if np.abs(data["actions"]).max(initial=0.0) > 1.5:
+    check_episode_order(path, data)
+    return data  # the actions' scale is checked with every source's (offline_data.check_values)
+
+
+def check_episode_order(path: str, data: dict[str, np.ndarray]) -> None:
+    """The next observation is the following row (qlearning_dataset): where the file has its own next_observations
+    (MuJoCo's do), most rows that continue an episode must agree with it, or the rows are not in episode order
+    (shuffled, say); the file's own are then dropped, as d4rl drops them."""
+    obs, next_obs = data["observations"], data.pop("next_observations", None)
+    if next_obs is None or next_obs.shape != obs.shape or len(obs) < 2:
+        return
+    ends = data["terminals"].astype(bool) | (data["timeouts"].astype(bool) if "timeouts" in data else False)
+    going_on = ~ends[:-1]
+    same = np.isclose(next_obs[:-1][going_on], obs[1:][going_on], rtol=1e-5, atol=1e-6).all(axis=1)
+    if going_on.any() and same.mean() < 0.5:
         raise DatasetError(
-            f"{path}: actions outside [-1, 1] (max |a| = {np.abs(data['actions']).max():.4g}); "
-            "the policies act in [-1, 1]: rescale the actions to it"
+            f"{path}: its rows are not in episode order: 'next_observations' is the following row's observation in "
+            f"{same.mean():.0%} of the rows that go on (the scripts take the following row, as qlearning_dataset does)"
         )
-    return data
 
 
 def timeouts_by_step_count(terminals: np.ndarray, max_episode_steps: int) -> np.ndarray:

@@ -262,7 +262,7 @@ def test_malformed_arrays_are_one_line_errors(hopper_file, key, value, message):
         value = value[:rows] if len(value) >= rows else np.resize(value, (rows,) + value.shape[1:])
     rewrite(hopper_file, key, value)
     with pytest.raises(offline_data.DatasetError, match=message):
-        offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
+        offline_data.load("hopper-medium-v2", hopper_file)
 
 
 def test_actions_slightly_outside_the_bounds_load_as_they_are(hopper_file):
@@ -271,6 +271,17 @@ def test_actions_slightly_outside_the_bounds_load_as_they_are(hopper_file):
     rewrite(hopper_file, "actions", np.full((rows, 3), 1.05, np.float32))
     data = offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
     assert np.allclose(data["actions"], 1.05)
+
+
+def test_rows_out_of_episode_order_are_refused(hopper_file):
+    """Shuffled rows (every key alike): the following row is no longer the next observation, which the file's own
+    next_observations show; the recorded order loads (a test of its own above)."""
+    with h5py.File(hopper_file, "a") as f:
+        order = np.random.default_rng(0).permutation(len(f["rewards"]))
+        for key in ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations"):
+            f[key][...] = f[key][()][order]
+    with pytest.raises(offline_data.DatasetError, match=r"its rows are not in episode order: .* in \d%"):
+        offline_data.load("hopper-medium-v2", hopper_file)
 
 
 def test_a_group_where_an_array_should_be(hopper_file):

@@ -82,6 +82,8 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
         make = source.make_env
     elif ogbench:
         make = functools.partial(make_ogbench_env, env_id)
+    elif offline_data.is_gymnasium_id(env_id):  # your own data's env
+        make = functools.partial(offline_data.make_gymnasium_env, env_id)
     else:
         make = offline_data.eval_env_factory(env_id)
     if make is None:
@@ -108,8 +110,8 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     score = (
         source.normalized_score(np.array(total))
         if minari
-        else None  # an OGBench task is scored by its success, not its return
-        if ogbench
+        else None  # an OGBench task is scored by its success, your own data's env has no reference returns
+        if ogbench or offline_data.source_kind(env_id) == "gymnasium"
         else offline_data.normalized_score(env_id, total)
     )
     return frames, total, None if score is None else float(score)

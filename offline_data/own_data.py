@@ -1,0 +1,42 @@
+"""Your own data: an hdf5 file in D4RL's layout (--dataset-path) for an env of gymnasium's registry (--env-id
+InvertedPendulum-v5, ...), read and checked as a D4RL file is, evaluated in that env, scored by raw returns (no
+reference returns). The data's actions are the env's rescaled to [-1, 1], where the policies act."""
+
+import functools
+
+import gymnasium as gym
+import numpy as np
+
+from offline_data.d4rl_files import qlearning_dataset, read_d4rl_hdf5
+from offline_data.source import DatasetError, DataSource, UserError
+
+
+def is_gymnasium_id(env_id: str) -> bool:
+    return env_id in gym.registry
+
+
+def make_gymnasium_env(env_id: str) -> gym.Env:
+    """gym.make(env_id), its actions rescaled to [-1, 1] where its bounds are others."""
+    env = gym.make(env_id)
+    if (env.action_space.low == -1).all() and (env.action_space.high == 1).all():
+        return env
+    return gym.wrappers.RescaleAction(env, np.float32(-1), np.float32(1))
+
+
+def load_own_data(env_id: str, dataset_path: str | None) -> DataSource:
+    """The transitions of `dataset_path` (d4rl's qlearning_dataset rule) for the Gymnasium env `env_id`."""
+    if dataset_path is None:
+        raise UserError(f"{env_id} is a Gymnasium env: give your data for it with --dataset-path (D4RL's layout)")
+    env = gym.make(env_id)
+    obs_space, act_space, max_steps = env.observation_space, env.action_space, env.spec.max_episode_steps or 1000
+    env.close()
+    flat = [isinstance(s, gym.spaces.Box) and len(s.shape) == 1 for s in (obs_space, act_space)]
+    if not all(flat) or not np.isfinite([act_space.low, act_space.high]).all():
+        raise UserError(
+            f"{env_id}: the scripts need flat Box observations and bounded Box actions, not {obs_space} and {act_space}"
+        )
+    dims = (obs_space.shape[0], act_space.shape[0])
+    data = qlearning_dataset(read_d4rl_hdf5(dataset_path, env_id, dims=dims), max_steps)
+    if len(data["rewards"]) == 0:
+        raise DatasetError(f"{dataset_path} has no usable transitions")
+    return DataSource(data, dataset_path, *dims, functools.partial(make_gymnasium_env, env_id), env_id, None, None)
