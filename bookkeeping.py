@@ -96,8 +96,10 @@ def member_names(members: list) -> list[str]:
 
 
 def recorded_flags(args) -> dict:
-    """The flags as config.json records them: --dataset-path absolute."""
-    return {**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)}
+    """The flags as config.json records them (a tuple as a list): --dataset-path absolute."""
+    return json.loads(
+        json.dumps({**vars(args), "dataset_path": args.dataset_path and os.path.abspath(args.dataset_path)})
+    )
 
 
 def check_resume_flags(args, run_dir: str) -> None:
@@ -290,6 +292,15 @@ def load_checkpoint(path: str) -> dict:
         raise UserError(f"it holds a Python object ({what}) that only an unsafe load could build; not loaded") from None
 
 
+def check_agent(agent) -> None:
+    """A script's Agent holds networks and optimizers only: what checkpoints save and sweeps stack (a learned tensor,
+    say a temperature, lives in an nn.Module as a parameter)."""
+    kinds = (torch.nn.Module, torch.optim.Optimizer)
+    odd = [f.name for f in dataclasses.fields(agent) if not isinstance(getattr(agent, f.name), kinds)]
+    if odd:
+        raise UserError(f"the Agent's {', '.join(odd)}: an Agent holds nn.Modules and optimizers only (docs/sweep.md)")
+
+
 def member_state(agent, member: int | None) -> dict:
     """The state dict of each network and optimizer of `agent` (a script's Agent); with `member`, that member's in a
     sweep's stacked Agent: slice `member` of every parameter and optimizer moment, the shared step counts as they are.
@@ -459,6 +470,7 @@ class Runs:
         """Resume the members (with --resume) into `agent` and `buffer` (the script's OfflineBuffer: the transitions
         collected online), write their config.json (with `config` added: the device, ..., and the dataset's size),
         start their wandb runs and open their metrics logs. -> the first step to train."""
+        check_agent(agent)
         self.buffer = buffer
         sizes = getattr(buffer, "member_sizes", None) or [getattr(buffer, "size", None)] * self.size  # a domain's: each
         self.configs = [
@@ -555,14 +567,15 @@ class Runs:
         with one stops logging and saving (the others go on); when none is left, one UserError line."""
         for m in self.live():
             if any(s >= 0 for s in first_bad[m]):
-                bad_step, index = min((s, i) for i, s in enumerate(first_bad[m]) if s >= 0)
-                self.failed[m] = f"non-finite {names[index]} at step {bad_step}"
+                bad_step = min(s for s in first_bad[m] if s >= 0)  # every metric that went then
+                self.failed[m] = f"non-finite {', '.join(n for n, s in zip(names, first_bad[m]) if s == bad_step)} at "
+                self.failed[m] += f"step {bad_step}"
                 if self.size > 1:
                     tqdm.write(
                         f"{self.dirs[m]}: {self.failed[m]}; this member stops, the others go on", file=sys.stderr
                     )
         if not self.live():
-            hint = "try a lower Q weight or learning rate, or a --grad-norm"
+            hint = "check the data; try a lower learning rate, a --grad-norm, or less weight on Q against cloning"
             self.close_logs()
             raise UserError(f"{self.failed[0]}; stopping ({hint})" if self.size == 1 else self.failure())
 

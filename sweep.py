@@ -209,8 +209,9 @@ def datasets_args(script, sweep: Args, rest: list[str]) -> list:
 def stack_agents(agents: list):
     """One Agent of the script whose networks (its nn.Module fields) hold every member's parameters stacked on a first
     dimension, and whose optimizers (its Optimizer fields) are the script's (same class and options) over the stacked
-    parameters of the network each was made for."""
+    parameters of the networks it was made for, group by group with each group's options."""
     first, stacked = agents[0], {}
+    bookkeeping.check_agent(first)
     names = [f.name for f in dataclasses.fields(first)]
     for name in (n for n in names if isinstance(getattr(first, n), nn.Module)):
         module = copy.deepcopy(getattr(first, name))
@@ -219,11 +220,15 @@ def stack_agents(agents: list):
             values = torch.stack([getattr(agent, name).get_parameter(key).detach() for agent in agents])
             setattr(owner, leaf, nn.Parameter(values, requires_grad=p.requires_grad))
         stacked[name] = module
+    stacked_of = {  # the first member's parameters' stacked counterparts
+        id(p): s for n, net in stacked.items() for p, s in zip(getattr(first, n).parameters(), net.parameters())
+    }
     for name in (n for n in names if isinstance(getattr(first, n), torch.optim.Optimizer)):
         optimizer = getattr(first, name)
-        params = [id(p) for group in optimizer.param_groups for p in group["params"]]
-        network = next(n for n in stacked if [id(p) for p in getattr(first, n).parameters()] == params)
-        stacked[name] = type(optimizer)(stacked[network].parameters(), **optimizer.defaults)
+        groups = [{**g, "params": [stacked_of.get(id(p)) for p in g["params"]]} for g in optimizer.param_groups]
+        if any(p is None for g in groups for p in g["params"]):
+            raise UserError(f"the Agent's {name} steps parameters of none of its networks: sweep.py cannot stack it")
+        stacked[name] = type(optimizer)(groups, **optimizer.defaults)
     return type(first)(**stacked)
 
 
@@ -354,9 +359,20 @@ class DomainBuffer:
         return self.Batch(*(getattr(self, name)[idx] for name in self.Batch._fields))
 
 
+def global_names(code: types.CodeType) -> set[str]:
+    """The global names a function's code reads, those of the functions it defines included."""
+    return set(code.co_names).union(*(global_names(c) for c in code.co_consts if isinstance(c, types.CodeType)))
+
+
 def rebind(fn, **names):
     """The script's function fn, its code unchanged, with some of the names it calls bound to other functions (here:
-    their all-members versions). The script's module itself is left as it is."""
+    their all-members versions). The script's module itself is left as it is. fn (or a function it defines) must
+    call each of them by name: one called through a helper of the script would run unbatched."""
+    if missing := [name for name in names if name not in global_names(fn.__code__)]:
+        raise UserError(
+            f"sweep.py runs {', '.join(missing)} for all members by rebinding them in the script's {fn.__name__}(), "
+            f"which does not call them itself: call them from {fn.__name__}() (docs/sweep.md)"
+        )
     return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__, fn.__closure__)
 
 

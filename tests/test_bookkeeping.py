@@ -382,6 +382,32 @@ def test_a_resume_with_other_flags_is_refused_before_the_data_are_loaded(tmp_pat
     assert len(loads) == 1  # refused before the data too
 
 
+def test_a_tuple_flag_reads_back_from_config_json_as_it_was_given(tmp_path):
+    """A flag a user adds as a tuple (hidden sizes, say) is a list in config.json: the resume check sees no change."""
+    args = types.SimpleNamespace(dataset_path=None, resume="checkpoint.pt", total_steps=10, hidden_dims=(256, 256))
+    (tmp_path / "config.json").write_text(json.dumps(bookkeeping.recorded_flags(args)))
+    bookkeeping.check_resume_flags(args, str(tmp_path))
+    with pytest.raises(UserError, match=r"--hidden-dims \[256, 64\] \(was \[256, 256\]\)"):
+        bookkeeping.check_resume_flags(types.SimpleNamespace(**{**vars(args), "hidden_dims": (256, 64)}), str(tmp_path))
+
+
+def test_an_agent_field_that_is_no_network_or_optimizer_stops_the_run_before_training(
+    tmp_path, hopper_file, monkeypatch
+):
+    """Checkpoints and sweeps hold an Agent's networks and optimizers: a tensor field is refused at the start, in one
+    line naming it, not at the first checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    Tempered = dataclasses.make_dataclass("Tempered", [("temperature", torch.Tensor)], bases=(ofql.Agent,))
+    make = ofql.make_agent
+    monkeypatch.setattr(ofql, "make_agent", lambda *a: Tempered(**vars(make(*a)), temperature=torch.ones(())))
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "4", "--save-model"]
+    with pytest.raises(UserError, match=r"^the Agent's temperature: an Agent holds nn.Modules and optimizers only"):
+        ofql.train(ofql.parse_args(flags))
+    agent = Tempered(**vars(make(11, 3, ofql.Args(), torch.device("cpu"))), temperature=torch.ones(()))
+    with pytest.raises(UserError, match=r"^the Agent's temperature"):  # a sweep's, as it stacks the members
+        sweep.stack_agents([agent, agent])
+
+
 def test_a_second_process_resuming_a_run_is_refused(tmp_path, hopper_file, monkeypatch):
     """A requeued duplicate: while one process trains a run (its metrics.jsonl locked), another's --resume of it stops
     in one line before it touches the log; once the first is done, the resume goes on."""

@@ -280,11 +280,12 @@ def test_a_member_that_diverges_stops_alone(tmp_path, hopper_file, monkeypatch, 
     base = script_args(ofql, hopper_file, "--total-steps", "20", "--eval-every", "20")
     grid = [dataclasses.replace(base, eta=0.1), dataclasses.replace(base, eta=float("nan"), exp_name="bad")]
     monkeypatch.setattr(bookkeeping, "check_flags", lambda flags: None)  # the flags' check would refuse the NaN
-    with pytest.raises(offline_data.UserError, match="1 of 2 members failed.*non-finite actor_grad_norm at step 1"):
+    failed = "non-finite actor_grad_norm, actor_loss at step 1"  # every metric that went at its first bad step
+    with pytest.raises(offline_data.UserError, match=f"1 of 2 members failed.*{failed}"):
         sweep.train(ofql, grid, "nan")
     good, bad = (next(d for d in os.listdir("runs") if f"__{n}__" in d) for n in ("ofql", "bad"))
     assert json.load(open(f"runs/{good}/summary.json"))["final_score"] is not None
-    assert json.load(open(f"runs/{bad}/summary.json"))["error"] == "non-finite actor_grad_norm at step 1"
+    assert json.load(open(f"runs/{bad}/summary.json"))["error"] == failed
     assert records(f"runs/{bad}/summary.json") == []
 
 
@@ -491,3 +492,35 @@ def test_a_parameter_without_a_gradient_is_left_out_of_the_norm_as_clip_grad_nor
     torch.testing.assert_close(norms, torch.tensor([3**0.5, 3 * 3**0.5]))
     torch.testing.assert_close(used.detach(), 1 - torch.full((2, 3), 3**-0.5), atol=1e-5, rtol=0)  # both clipped to 1
     assert unused.grad is None and torch.equal(unused.detach(), torch.ones(2, 3))
+
+
+def test_stacked_optimizers_keep_each_groups_options():
+    """An actor optimizer of two groups (the output layer frozen at lr 0, listed first): the stacked optimizer has the
+    same groups, with their options, over the stacked parameters; one over no network's parameters is refused."""
+    agents = [ofql.make_agent(11, 3, ofql.Args(seed=seed), torch.device("cpu")) for seed in (0, 1)]
+    for agent in agents:
+        head, body = list(agent.actor.net[-1].parameters()), list(agent.actor.net[:-1].parameters())
+        agent.actor_optimizer = torch.optim.Adam([{"params": head, "lr": 0.0}, {"params": body}], lr=3e-4)
+    stacked = sweep.stack_agents(agents)
+    groups = stacked.actor_optimizer.param_groups
+    assert [g["lr"] for g in groups] == [0.0, 3e-4]
+    assert [p.shape for p in groups[0]["params"]] == [(2, 3, 256), (2, 3)]
+    assert groups[1]["params"][0] is stacked.actor.net[0].weight and len(groups[1]["params"]) == 6
+    agents[0].critic_optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))])
+    with pytest.raises(offline_data.UserError, match="the Agent's critic_optimizer steps parameters of none of its"):
+        sweep.stack_agents(agents)
+
+
+def test_a_name_the_sweep_rebinds_must_be_called_by_the_function_itself():
+    """sweep.py batches the losses by rebinding the names update() calls: a loss called through a helper of the script
+    would run unbatched, so it is refused in one line; a call from a function defined inside is found."""
+
+    def helper_calls_it(agent):
+        return critic_step(agent)  # noqa: F821 (a helper of the script, which calls critic_loss_fn)
+
+    def calls_it_inside(agent):
+        return (lambda: critic_loss_fn(agent))()  # noqa: F821 (the rebound name)
+
+    with pytest.raises(offline_data.UserError, match=r"runs critic_loss_fn for all members by rebinding them in the"):
+        sweep.rebind(helper_calls_it, critic_loss_fn=print)
+    assert sweep.rebind(calls_it_inside, critic_loss_fn=lambda agent: agent + 1)(1) == 2
