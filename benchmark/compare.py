@@ -41,8 +41,8 @@ class Args:
     """which algorithms to run, from: bc, ofql, dql, fql (with --plot-only, any experiment name in --out-dir/runs,
     e.g. a sweep's ofql_eta0.1)"""
     presets: bool = False
-    """use each script's per-dataset steps, evaluation episodes and candidates (the paper's protocol) instead of
-    --total-steps, --eval-episodes and --num-candidates"""
+    """use each script's per-dataset steps, evaluation episodes and candidates (its presets: DQL's episode counts, 10
+    or 100; the paper reports 150) instead of --total-steps, --eval-episodes and --num-candidates"""
     seeds: list[int] = field(default_factory=lambda: [0])
     """training seeds"""
     total_steps: int = 20_000
@@ -174,16 +174,92 @@ def mean_std(values) -> str:
     return f"{np.mean(values):.1f}" + (f" ± {np.std(values):.1f}" if len(values) > 1 else "")
 
 
+def in_order(values) -> object:
+    """The distinct values in their order: one alone as itself, several as "a then b" (changed at a --resume)."""
+    distinct = list(dict.fromkeys(values))
+    return distinct[0] if len(distinct) == 1 else " then ".join(map(str, distinct)) or None
+
+
+def sessions(run_dir: str) -> list[dict]:
+    """A run's config.json and each config_resumed_at_<step>.json after it: every session that trained it, in order."""
+    resumed = [n for n in os.listdir(run_dir) if n.startswith("config_resumed_at_") and n.endswith(".json")]
+    resumed.sort(key=lambda n: int(n.removeprefix("config_resumed_at_").removesuffix(".json")))
+    names = [n for n in ["config.json", *resumed] if os.path.exists(os.path.join(run_dir, n))]
+    return [json.load(open(os.path.join(run_dir, n))) for n in names]
+
+
+def with_sessions(run_dir: str, summary: dict) -> dict:
+    """summary.json with its "commit" the code of every session (a resumed run's may differ: "a then b") and its
+    "protocol": steps, evaluation episodes, candidates, evaluation interval and the steps evaluated."""
+    parts = [*sessions(run_dir), summary]
+    commits = [str(p["commit"]) for p in parts if "commit" in p]
+    protocol = {"steps": summary.get("steps"), "online_steps": summary.get("online_steps", 0)}
+    protocol |= {k: in_order(p[k] for p in parts if k in p) for k in ("eval_episodes", "num_candidates", "eval_every")}
+    protocol["evaluation_steps"] = [e["step"] for e in summary["evaluations"]]
+    return {**summary, "commit": in_order(commits) if commits else "unrecorded", "protocol": protocol}
+
+
 def latest_summaries(args: Args) -> dict:
-    """(env_id, algorithm, seed) -> summary.json of the newest matching run in --out-dir/runs."""
+    """(env_id, algorithm, seed) -> summary.json of the newest matching run in --out-dir/runs (with_sessions'); a
+    failed sweep member's has its "error" set."""
     found, runs_dir = {}, os.path.join(args.out_dir, "runs")
     for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
         _, algorithm, seed, _ = name.split("__")
         path = os.path.join(args.out_dir, "runs", name, "summary.json")
         if os.path.exists(path):
-            summary = json.load(open(path))
+            summary = with_sessions(os.path.dirname(path), json.load(open(path)))
             found[(summary["env_id"], algorithm, int(seed))] = summary  # the folder's name has '-' for a Minari '/'
     return found
+
+
+def protocol_text(protocol: dict | None) -> str:
+    """What a row's runs were: steps, evaluation episodes, candidates, interval ('?': a summary without it)."""
+    if protocol is None:
+        return "protocol unrecorded (a row of an older results.json)"
+    p = {k: "?" if v is None else v for k, v in protocol.items()}
+    online = f" and {p['online_steps']} online steps" if p["online_steps"] else ""
+    return (
+        f"{p['steps']} steps{online}, {p['eval_episodes']} evaluation episodes, {p['num_candidates']} candidate(s), "
+        f"evaluation every {p['eval_every']} steps"
+    )
+
+
+def row_protocol(env_id: str, algorithm: str, runs: list[dict]) -> dict:
+    """The protocol of a row's runs: the same for all of them, or a refusal naming each seed's."""
+    if any(r["protocol"] != runs[0]["protocol"] for r in runs):
+        each = "; ".join(
+            f"seed {r['seed']}: {protocol_text(r['protocol'])}, {len(r['evaluations'])} evaluations" for r in runs
+        )
+        raise SystemExit(f"{env_id} {algorithm}: its runs differ in protocol ({each}); report them apart (--seeds)")
+    return runs[0]["protocol"]
+
+
+def row_result(env_id: str, algorithm: str, runs: list[dict], data_score: float | None) -> dict:
+    """results.json's row of a (dataset, algorithm)'s finished runs."""
+    result = {
+        "env_id": env_id,
+        "algorithm": algorithm,
+        "seeds": [r["seed"] for r in runs],
+        "protocol": row_protocol(env_id, algorithm, runs),
+        "steps": [e["step"] for e in runs[0]["evaluations"]],
+        "scores": [[e["score"] for e in r["evaluations"]] for r in runs],
+        "dataset_mean_score": data_score,
+        "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs])),
+        "reported_scores": None,  # 100 x reported_success of each run, OGBench ids only
+        "commits": sorted({str(r["commit"]) for r in runs}),  # their code (git)
+    }
+    if offline_data.source_kind(env_id) == "ogbench":
+        reported = [run_reported_success(r) for r in runs]
+        result["reported_scores"] = None if None in reported else [100.0 * x for x in reported]
+    return result
+
+
+def left_out(args: Args, env_id: str, algorithm: str, summaries: dict) -> str | None:
+    """The line naming the --seeds a row leaves out: failed (a sweep member's error) and missing (no finished run)."""
+    found = {s: summaries[(env_id, algorithm, s)] for s in args.seeds if (env_id, algorithm, s) in summaries}
+    failed = [f"seed {s} failed ({r['error']})" for s, r in found.items() if r.get("error") is not None]
+    missing = [f"seed {s} has no finished run" for s in args.seeds if s not in found]
+    return f"{env_id} {algorithm}: {'; '.join(failed + missing)}" if found and failed + missing else None
 
 
 def write_report(args: Args) -> None:
@@ -197,7 +273,7 @@ def write_report(args: Args) -> None:
     previous = {}
     if args.keep_rows and os.path.exists(previous_path):
         previous = {(r["env_id"], r["algorithm"]): r for r in json.load(open(previous_path))}
-    rows, results = [], []
+    rows, results, notes = [], [], []  # notes: the lines under the table
     names = [*ALGORITHMS, *(a for a in args.algorithms if a not in ALGORITHMS)]
     colors = {a: f"C{i % 10}" for i, a in enumerate(names)}  # an algorithm's colour is the same in every panel
     fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
@@ -207,21 +283,10 @@ def write_report(args: Args) -> None:
         shown_algorithms += [a for a in args.algorithms if a not in ALGORITHMS]  # other names, e.g. ofql_eta0.1
         for algorithm in shown_algorithms:
             runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
+            runs = [r for r in runs if r.get("error") is None]  # a failed sweep member: named under the table
+            notes += [line] if (line := left_out(args, env_id, algorithm, summaries)) else []
             if runs:
-                result = {
-                    "env_id": env_id,
-                    "algorithm": algorithm,
-                    "seeds": [r["seed"] for r in runs],
-                    "steps": [e["step"] for e in runs[0]["evaluations"]],
-                    "scores": [[e["score"] for e in r["evaluations"]] for r in runs],
-                    "dataset_mean_score": data_score,
-                    "train_steps_per_sec": float(np.mean([r["train_steps_per_sec"] for r in runs])),
-                    "reported_scores": None,  # 100 x reported_success of each run, OGBench ids only
-                    "commits": sorted({str(r.get("commit", "unrecorded")) for r in runs}),  # their code (git)
-                }
-                if offline_data.source_kind(env_id) == "ogbench":
-                    reported = [run_reported_success(r) for r in runs]
-                    result["reported_scores"] = None if None in reported else [100.0 * x for x in reported]
+                result = row_result(env_id, algorithm, runs, data_score)
             elif (env_id, algorithm) in previous:
                 result = previous[(env_id, algorithm)]
             else:
@@ -249,31 +314,30 @@ def write_report(args: Args) -> None:
     if not results:
         raise SystemExit(
             f"nothing to report: no finished runs of --datasets, --algorithms, --seeds in {args.out_dir}/runs"
+            + "".join(f"; {line}" for line in notes)
         )
     fig.tight_layout()
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=110)
-    protocol = (
-        "each script's preset steps, evaluation episodes and candidates"
-        if args.presets
-        else f"{args.total_steps} steps, {args.eval_episodes} evaluation episodes, {args.num_candidates} candidate(s)"
-    )
-    every = eval_every(args)
-    every = "each script's preset evaluation interval" if every is None else f"evaluation every {every} steps"
+    protocols = {protocol_text(r.get("protocol")) for r in results}  # absent from the rows of an older results.json
+    protocol = next(iter(protocols)) if len(protocols) == 1 else "the rows' runs differ in protocol (under the table)"
+    if len(protocols) > 1:
+        notes = [f"{r['env_id']} {r['algorithm']}: {protocol_text(r.get('protocol'))}" for r in results] + notes
     header = (
-        f"{protocol}, {every}, seeds {args.seeds}; score = mean ± std "
+        f"{protocol}, seeds {args.seeds}; score = mean ± std "
         "over seeds (numpy's std, ddof 0; one seed: its value) of the normalized score (mean over episodes) at the "
         "last / the best evaluation; reported (OGBench ids): the figure OGBench and FQL report, 100 x the mean success "
         "rate over the last three evaluations (reported_success), mean ± std over seeds; commit: the git commit of the "
-        "code that trained the runs (+changes: with uncommitted changes; None: not a git checkout; unrecorded: a run "
-        "from before runs recorded it).\n\n"
+        "code that trained the runs (+changes: with uncommitted changes; a then b: a run resumed with other code; "
+        "None: not a git checkout; unrecorded: a run from before runs recorded it).\n\n"
         "| dataset | dataset mean | algorithm | seeds | last | best | curve (every evaluation) | reported | commit |\n"
         "|---|---|---|---|---|---|---|---|---|\n"
     )
+    table = header + "\n".join(rows) + "".join(f"\n\n{line}" for line in notes)
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
-        f.write(header + "\n".join(rows) + "\n")
+        f.write(table + "\n")
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    print(header + "\n".join(rows))
+    print(table)
 
 
 def main(args: Args) -> None:

@@ -1,5 +1,5 @@
-"""The benchmark scripts: compare.py (the commands it launches, the table it builds from the runs' summary.json files,
-the rows it keeps), a tiny speed.py run, and time_embedding.py's offline measures."""
+"""The benchmark scripts: compare.py (the commands it launches, the table it builds from the runs' summary.json and
+config files, the rows it keeps), a tiny speed.py run, and time_embedding.py's offline measures."""
 
 import dataclasses
 import importlib
@@ -19,23 +19,28 @@ sys.path.insert(0, os.path.join(ROOT, "benchmark"))
 import compare  # noqa: E402
 
 
-def fake_run(out_dir, env_id, algorithm, seed, scores, commit="0123456789ab"):
+def fake_run(out_dir, env_id, algorithm, seed, scores, commit="0123456789ab", config=None, **summary):
+    """A finished run's folder: summary.json (`summary` adds to or replaces its keys) and config.json (the same
+    commit and evaluation flags, `config` added)."""
     run_dir = os.path.join(out_dir, "runs", f"{env_id.replace('/', '-')}__{algorithm}__{seed}__123")  # as the scripts
     os.makedirs(run_dir)
     evaluations = [{"step": 100 * (i + 1), "score": s} for i, s in enumerate(scores)]
+    summary = {
+        "env_id": env_id,
+        "seed": seed,
+        "steps": 300,
+        "evaluations": evaluations,
+        "train_steps_per_sec": 10.0,
+        "eval_episodes": 10,
+        "num_candidates": 1,
+        "commit": commit,
+    } | summary
+    flags = {"eval_every": 100, **{k: summary[k] for k in ("eval_episodes", "num_candidates", "commit")}}
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump(flags | (config or {}), f)
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(
-            {
-                "env_id": env_id,
-                "seed": seed,
-                "evaluations": evaluations,
-                "train_steps_per_sec": 10.0,
-                "eval_episodes": 10,
-                "num_candidates": 1,
-                "commit": commit,
-            },
-            f,
-        )
+        json.dump(summary, f)
+    return run_dir
 
 
 def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
@@ -90,6 +95,80 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     compare.write_report(dataclasses.replace(args, algorithms=["ofql_eta0.3", "ofql"], keep_rows=False))
     table = open(os.path.join(out, "results.md")).read()
     assert table.index("| ofql | 1 | 3.0") < table.index("| ofql_eta0.3 | 1 | 7.0 | 9.0 |")
+
+
+def test_report_leaves_out_failed_sweep_members_and_names_them(tmp_path):
+    """A sweep member that went non-finite writes a summary.json with its error and the evaluations before it (here
+    one, or none): not a seed of the row, and named under the table with the seed that has no finished run; a row
+    whose members all failed is no row, and the nothing-to-report exit names them."""
+    out = str(tmp_path)
+    fake_run(out, "hopper-medium-v2", "ofql", 0, [10.0, 20.0, 30.0])
+    fake_run(out, "hopper-medium-v2", "ofql", 1, [50.0], error="non-finite actor_grad_norm at step 150")
+    fake_run(out, "hopper-medium-v2", "ofql", 2, [], error="non-finite critic_loss at step 1")
+    args = compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql"], seeds=[0, 1, 2, 3], out_dir=out)
+    compare.write_report(args)
+    table = open(os.path.join(out, "results.md")).read()
+    assert "| ofql | 1 | 30.0 | 30.0 | 10 / 20 / 30 |" in table
+    assert (
+        "hopper-medium-v2 ofql: seed 1 failed (non-finite actor_grad_norm at step 150); seed 2 failed (non-finite "
+        "critic_loss at step 1); seed 3 has no finished run"
+    ) in table
+    assert json.load(open(os.path.join(out, "results.json")))[0]["seeds"] == [0]
+    with pytest.raises(SystemExit, match=r"nothing to report: .*; hopper-medium-v2 ofql: seed 1 failed \(non-finite"):
+        compare.write_report(dataclasses.replace(args, seeds=[1, 2], keep_rows=False))
+
+
+def test_report_states_the_runs_protocol_and_refuses_a_row_of_several(tmp_path):
+    """The header says what the runs were (their summary.json and config.json), not --plot-only's defaults (20000
+    steps, 10 episodes, 1 candidate, every 2000); rows of other protocols each get theirs; a row whose seeds differ
+    in it (here the number of evaluations) is refused in one line."""
+    out = str(tmp_path)
+    presets = dict(steps=2_000_000, eval_episodes=100, num_candidates=50, config={"eval_every": 50_000})
+    for seed in (0, 1):
+        fake_run(out, "hopper-medium-v2", "ofql", seed, [1.0, 2.0], **presets)
+    args = compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql", "dql"], seeds=[0, 1], out_dir=out)
+    compare.write_report(args)
+    protocol = "2000000 steps, 100 evaluation episodes, 50 candidate(s), evaluation every 50000 steps, seeds [0, 1];"
+    assert open(os.path.join(out, "results.md")).read().startswith(protocol)
+    row = json.load(open(os.path.join(out, "results.json")))[0]
+    assert row["protocol"] == {
+        "steps": 2_000_000,
+        "online_steps": 0,
+        "eval_episodes": 100,
+        "num_candidates": 50,
+        "eval_every": 50_000,
+        "evaluation_steps": [100, 200],
+    }
+    fake_run(out, "hopper-medium-v2", "dql", 0, [3.0, 4.0, 5.0])  # another protocol: each row says its own
+    compare.write_report(args)
+    table = open(os.path.join(out, "results.md")).read()
+    assert table.startswith("the rows' runs differ in protocol (under the table), seeds [0, 1];")
+    assert "\n\nhopper-medium-v2 ofql: 2000000 steps, 100 evaluation episodes" in table
+    assert "\n\nhopper-medium-v2 dql: 300 steps, 10 evaluation episodes, 1 candidate(s), evaluation every 100" in table
+    assert "dql: seed 1 has no finished run" in table
+    fake_run(out, "hopper-medium-v2", "dql", 1, [3.0, 4.0])
+    with pytest.raises(SystemExit, match=r"^hopper-medium-v2 dql: its runs differ in protocol \(seed 0: .*, 3 eval"):
+        compare.write_report(args)
+
+
+def test_report_names_every_commit_that_trained_a_resumed_run(tmp_path):
+    """A run resumed twice with other code: config.json, config_resumed_at_<step>.json (in the order of their steps,
+    not of their names) and summary.json give its commits in order; a flag a --resume changed is shown the same way."""
+    out = str(tmp_path)
+    run_dir = fake_run(out, "hopper-medium-v2", "ofql", 0, [1.0, 2.0, 3.0], commit="cccccc", eval_episodes=100)
+    with open(os.path.join(run_dir, "config.json"), "w") as f:
+        json.dump({"commit": "aaaaaa+changes", "eval_every": 100, "eval_episodes": 10, "num_candidates": 1}, f)
+    for step, commit in ((1000, "cccccc"), (200, "bbbbbb")):
+        with open(os.path.join(run_dir, f"config_resumed_at_{step}.json"), "w") as f:
+            json.dump({"commit": commit, "eval_every": 100, "eval_episodes": 100, "num_candidates": 1}, f)
+    fake_run(out, "hopper-medium-v2", "ofql", 1, [1.0, 2.0, 3.0], commit="cccccc", eval_episodes=100)
+    args = compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql"], seeds=[0], out_dir=out)
+    compare.write_report(args)
+    table = open(os.path.join(out, "results.md")).read()
+    assert "| 1 / 2 / 3 | - | aaaaaa+changes then bbbbbb then cccccc |" in table
+    assert table.startswith("300 steps, 10 then 100 evaluation episodes,")
+    with pytest.raises(SystemExit, match="its runs differ in protocol"):  # a run evaluated on 100 episodes throughout
+        compare.write_report(dataclasses.replace(args, seeds=[0, 1]))
 
 
 @pytest.mark.parametrize("presets", [False, True])
