@@ -2,6 +2,7 @@
 one of the three scripts with a random batch."""
 
 import os
+import signal
 import sys
 import warnings
 
@@ -13,7 +14,9 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ["WANDB_MODE"] = "disabled"  # no test reaches wandb's servers, whatever the shell sets
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as tests send it, also where pytest started with it
+# ignored (`nohup`, `cmd &` in a script)
 torch.set_num_threads(1)  # tiny networks: one thread is fastest and avoids oversubscribing CI's 2 cores
 
 

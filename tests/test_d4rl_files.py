@@ -476,7 +476,8 @@ def test_buffer_samples_aligned_transitions(hopper_file):
         assert batch.dones[row].item() == float(data["terminals"][i])
 
 
-def test_tables_cover_every_dataset_and_match_the_environments():
+def test_tables_cover_every_dataset_and_match_the_environments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes its MUJOCO_LOG.TXT (a deprecation warning) where it runs
     assert ofql.PRESETS.keys() == offline_data.DATASETS.keys() | set(offline_data.OGBENCH_IDS.values())
     for env_id in offline_data.DATASETS:
         domain = offline_data.d4rl_files.domain_of(env_id)

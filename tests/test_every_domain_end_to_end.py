@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import warnings
 
 import gymnasium as gym
@@ -171,6 +172,7 @@ def test_d4rl_layout_file_trains_and_evaluates(tmp_path, env_id):
 def test_minari_dataset_trains_and_evaluates(tmp_path, monkeypatch, env_id):
     dataset_id, gym_id, kwargs = DOMAINS[env_id]
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the recording AntMaze's maze files, left by its env
     record_minari_dataset(dataset_id, gym_id, kwargs)
     summary = run("ofql.py", tmp_path, "--env-id", dataset_id)
     e = summary["evaluations"][0]

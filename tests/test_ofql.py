@@ -176,23 +176,27 @@ def test_actor_loss_combines_bc_and_normalised_q(agent_and_batch):
     )
 
 
-def test_update_moves_targets_by_polyak_and_ema_rules(agent_and_batch):
-    agent, batch, args = agent_and_batch
+@pytest.mark.parametrize("script", [ofql, dql])
+def test_update_moves_targets_by_polyak_and_ema_rules(script):
+    """The targets moved away from the networks first: started equal, one step's Polyak move (about 1e-6) would be
+    below the comparison's tolerance, and an update that never moved them would pass."""
+    agent, batch, args = agent_and_random_batch(script, OBS, ACT, B)
     args = dataclasses.replace(args, ema_start=10, ema_every=5)
+    move_targets_apart(agent)
     before = [p.clone() for p in agent.critic_target.parameters()]
     initial = [p.clone() for p in agent.actor_ema.parameters()]
-    metrics = ofql.update(agent, batch, args, step=torch.tensor(5))  # before ema_start: the initial network
+    metrics = script.update(agent, batch, args, step=torch.tensor(5))  # before ema_start: the initial network
     assert all(torch.isfinite(v) for v in metrics.values()) and not any(v.requires_grad for v in metrics.values())
     for p_target, p_old, p in zip(agent.critic_target.parameters(), before, agent.critic.parameters()):
         torch.testing.assert_close(p_target, p_old + args.tau * (p - p_old))
     assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters()))
     # DQL's schedule, its step counter starting at 0: the EMA moves at steps 11, 16, ... (counter 10, 15, ...)
     for step in (10, 12):  # the 10th step (counter 9) and one off the schedule: untouched
-        ofql.update(agent, batch, args, step=torch.tensor(step))
+        script.update(agent, batch, args, step=torch.tensor(step))
         assert all(torch.equal(a, b) for a, b in zip(initial, agent.actor_ema.parameters()))
-    ofql.update(agent, batch, args, step=torch.tensor(11))
+    script.update(agent, batch, args, step=torch.tensor(11))
     for p_ema, p_old, p in zip(agent.actor_ema.parameters(), initial, agent.actor.parameters()):
-        torch.testing.assert_close(p_ema, 0.995 * p_old + 0.005 * p)
+        torch.testing.assert_close(p_ema, args.ema_decay * p_old + (1 - args.ema_decay) * p)
 
 
 def test_optimizer_step_clips_the_gradient_to_max_norm_and_zero_leaves_it_alone():

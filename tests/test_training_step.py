@@ -363,11 +363,15 @@ def test_the_compiled_iteration_trains_as_the_eager_one(hopper_file, tmp_path, m
     monkeypatch.setattr(torch._functorch.config, "cse", False)
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--no-cuda", "--total-steps", "50"]
     flags += ["--batch-size", "32", "--log-every", "10", "--eval-every", "50", "--eval-episodes", "1"]
-    runs = {}
+    runs, compiled_fns, compile = {}, [], torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_fns.append(fn) or compile(fn, **kw))
     for compiled in (False, True):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
         summary = module.train(module.parse_args(flags + (["--compile"] if compiled else [])))
         with open(os.path.join(os.path.dirname(summary), "metrics.jsonl")) as f:
             runs[compiled] = [{k: v for k, v in json.loads(line).items() if "per_sec" not in k} for line in f]
+    assert len(compiled_fns) == 2 and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
     assert [r["step"] for r in runs[True]] == [10, 20, 30, 40, 50]
     assert "training on cpu: eager, torch.compile\n" in capsys.readouterr().out  # the run says how it trains
     for eager, compiled in zip(runs[False], runs[True], strict=True):
