@@ -567,9 +567,9 @@ class Runs:
         with one stops logging and saving (the others go on); when none is left, one UserError line."""
         for m in self.live():
             if any(s >= 0 for s in first_bad[m]):
-                bad_step = min(s for s in first_bad[m] if s >= 0)  # every metric that went then
-                self.failed[m] = f"non-finite {', '.join(n for n, s in zip(names, first_bad[m]) if s == bad_step)} at "
-                self.failed[m] += f"step {bad_step}"
+                bad_step = min(s for s in first_bad[m] if s >= 0)
+                went = ", ".join(n for n, s in zip(names, first_bad[m]) if s == bad_step)  # every one that went then
+                self.failed[m] = f"non-finite {went} at step {bad_step}"
                 if self.size > 1:
                     tqdm.write(
                         f"{self.dirs[m]}: {self.failed[m]}; this member stops, the others go on", file=sys.stderr
@@ -617,11 +617,12 @@ class Runs:
                 self.wandb_runs[m].log(record, step=step)
             if self.size == 1:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        if evals is not None and self.size > 1:
-            scored = [m not in self.failed and e["score"] is not None for m, e in enumerate(evals)]
-            scores = ", ".join(f"{name} {e['score']:.1f}" if ok else f"{name} -" for name, e, ok in
-                               zip(member_names(self.members), evals, scored))  # fmt: skip
-            tqdm.write(f"step {step}: members' eval/score: {scores}")
+        if evals is not None and self.size > 1:  # the score, or without reference returns the return
+            key = "score" if any(e["score"] is not None for e in evals) else "return"
+            shown = [m not in self.failed and e[key] is not None for m, e in enumerate(evals)]
+            values = ", ".join(f"{name} {e[key]:.1f}" if ok else f"{name} -" for name, e, ok in
+                               zip(member_names(self.members), evals, shown))  # fmt: skip
+            tqdm.write(f"step {step}: members' eval/{key}: {values}")
         self.video = None
 
     def save(self, agent, step: int) -> None:

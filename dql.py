@@ -32,11 +32,11 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     env_id: str = "halfcheetah-medium-v2"
-    """a D4RL id, a Minari id (mujoco/hopper/medium-v0, ...) or an OGBench single-task id
-    (cube-double-play-singletask-task2-v0, ...): the data, evaluation env and presets below"""
+    """a D4RL, Minari (mujoco/hopper/medium-v0, ...) or OGBench single-task id (cube-double-play-singletask-task2-v0,
+    ...), or with --dataset-path an id of gymnasium's registry (your own data): the data, eval env and presets below"""
     dataset_path: str | None = None
-    """a local copy instead of the downloaded file: an hdf5 file in the D4RL layout; for an OGBench id, the folder
-    of ogbench's files or its train .npz (with its -val.npz beside it)"""
+    """a local copy instead of the downloaded file, or your own data: an hdf5 file in the D4RL layout; for an OGBench
+    id, the folder of ogbench's files or its train .npz (with its -val.npz beside it)"""
     seed: int = 0
     """seed of the experiment"""
     torch_deterministic: bool = True
@@ -169,7 +169,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     defaults = dataclasses.replace(Args(), env_id=env_id, **PRESETS.get(preset, {}))
     ogbench = offline_data.is_ogbench_id(env_id)
     note = " (eta not published for OGBench: our rule, docs/presets.md; tune it with sweep.py)" if ogbench else ""
-    description = f"{__doc__}Defaults below: the presets of {env_id}{note}."
+    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any{note}."
     return tyro.cli(Args, args=argv, default=defaults, description=description)
 
 

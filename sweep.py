@@ -227,7 +227,7 @@ def stack_agents(agents: list):
         optimizer = getattr(first, name)
         groups = [{**g, "params": [stacked_of.get(id(p)) for p in g["params"]]} for g in optimizer.param_groups]
         if any(p is None for g in groups for p in g["params"]):
-            raise UserError(f"the Agent's {name} steps parameters of none of its networks: sweep.py cannot stack it")
+            raise UserError(f"the Agent's {name} steps a parameter of none of its networks: sweep.py cannot stack it")
         stacked[name] = type(optimizer)(groups, **optimizer.defaults)
     return type(first)(**stacked)
 
@@ -370,8 +370,8 @@ def rebind(fn, **names):
     call each of them by name: one called through a helper of the script would run unbatched."""
     if missing := [name for name in names if name not in global_names(fn.__code__)]:
         raise UserError(
-            f"sweep.py runs {', '.join(missing)} for all members by rebinding them in the script's {fn.__name__}(), "
-            f"which does not call them itself: call them from {fn.__name__}() (docs/sweep.md)"
+            f"sweep.py runs {', '.join(missing)} for all members by rebinding the name where the script's "
+            f"{fn.__name__}() calls it, and {fn.__name__}() does not call it itself (docs/sweep.md)"
         )
     return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__, fn.__closure__)
 

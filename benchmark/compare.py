@@ -8,6 +8,7 @@ Each run is the unmodified script (`ofql.py`, ...) as a subprocess, writing its 
 --out-dir; the table and the PNG are rebuilt from those files, so --plot-only redraws them without training.
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -175,9 +176,10 @@ def mean_std(values) -> str:
 
 
 def in_order(values) -> object:
-    """The distinct values in their order: one alone as itself, several as "a then b" (changed at a --resume)."""
-    distinct = list(dict.fromkeys(values))
-    return distinct[0] if len(distinct) == 1 else " then ".join(map(str, distinct)) or None
+    """The values in their order, a repeat of the one before left out: one alone as itself, several as "a then b"
+    (changed at a --resume; "a then b then a": changed back)."""
+    changes = [value for value, _ in itertools.groupby(values)]
+    return changes[0] if len(changes) == 1 else " then ".join(map(str, changes)) or None
 
 
 def sessions(run_dir: str) -> list[dict]:
@@ -236,6 +238,10 @@ def row_protocol(env_id: str, algorithm: str, runs: list[dict]) -> dict:
 
 def row_result(env_id: str, algorithm: str, runs: list[dict], data_score: float | None) -> dict:
     """results.json's row of a (dataset, algorithm)'s finished runs."""
+    if any(e["score"] is None for r in runs for e in r["evaluations"]):  # your own data's: raw returns
+        raise SystemExit(
+            f"{env_id} {algorithm}: its runs have no score (no reference returns); compare.py makes tables of scores"
+        )
     result = {
         "env_id": env_id,
         "algorithm": algorithm,

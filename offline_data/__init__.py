@@ -50,7 +50,6 @@ from offline_data.source import DatasetError, DataSource, MemberSources, UserErr
 from offline_data.vector_envs import vector_env
 
 __all__ = [
-    "check_values",
     "DATASETS",
     "MINARI_PRESET_KEYS",
     "OGBENCH_IDS",
@@ -59,6 +58,7 @@ __all__ = [
     "DatasetError",
     "MemberSources",
     "UserError",
+    "check_values",
     "eval_env_factory",
     "evaluation_envs",
     "is_gymnasium_id",
@@ -128,10 +128,9 @@ def check_values(data: dict, path: str, reward_mode: str) -> None:
         raise DatasetError(
             f"{path}: {', '.join(bad)} not finite in float32 (rewards after --reward-mode {reward_mode})"
         )
-    if np.abs(data["actions"]).max(initial=0.0) > 1.5:
+    if (largest := np.abs(data["actions"]).max(initial=0.0)) > 1.5:
         raise DatasetError(
-            f"{path}: actions outside [-1, 1] (max |a| = {np.abs(data['actions']).max():.4g}); "
-            "the policies act in [-1, 1]: rescale the actions to it"
+            f"{path}: actions outside [-1, 1] (max |a| = {largest:.4g}); the policies act in [-1, 1]: rescale them"
         )
 
 
@@ -147,7 +146,7 @@ def preset_key(env_id: str) -> str | None:
 
 
 def is_minari_id(env_id: str) -> bool:
-    return "/" in env_id  # 'mujoco/hopper/medium-v0'; D4RL and OGBench ids have no '/'
+    return "/" in env_id and not is_gymnasium_id(env_id)  # 'mujoco/hopper/medium-v0'; D4RL and OGBench ids have none
 
 
 def source_kind(env_id: str) -> str:

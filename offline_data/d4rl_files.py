@@ -224,7 +224,9 @@ def remove_stale_downloads(path: str) -> None:
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False, dims: tuple[int, int] | None = None) -> dict:
+def read_d4rl_hdf5(
+    path: str, env_id: str, cached: bool = False, dims: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
     """The arrays of a D4RL-layout hdf5 file, checked against the environment's sizes (`dims`: observation and action
     sizes, for an env D4RL does not know); a file that cannot be used is one DatasetError that says why (`cached`: a
     file of the download cache, which may be deleted and downloaded again; a --dataset-path file may be the user's
@@ -238,7 +240,7 @@ def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False, dims: tuple[int
             signature = f.read(8)
     except OSError as e:
         raise DatasetError(f"cannot read {path} ({e.strerror or e})") from None
-    keys, data = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations"), {}
+    keys, data = ("observations", "actions", "rewards", "terminals", "timeouts"), {}
     try:
         with h5py.File(path, "r") as f:
             for key in keys:
@@ -246,6 +248,9 @@ def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False, dims: tuple[int
                     raise DatasetError(f"{path}: '{key}' is a {type(f[key]).__name__}, not an array")
                 if key in f:
                     data[key] = np.asarray(f[key][()])
+            stored = f.get("next_observations")  # unused but for check_episode_order, as d4rl leaves it unused
+            if isinstance(stored, h5py.Dataset) and np.issubdtype(stored.dtype, np.floating):
+                data["next_observations"] = np.asarray(stored[()])
     except DatasetError:
         raise
     except Exception as e:  # h5py raises OSError, KeyError, RuntimeError, ValueError, TypeError on damaged files
@@ -281,8 +286,8 @@ def read_d4rl_hdf5(path: str, env_id: str, cached: bool = False, dims: tuple[int
 
 def check_episode_order(path: str, data: dict[str, np.ndarray]) -> None:
     """The next observation is the following row (qlearning_dataset): where the file has its own next_observations
-    (MuJoCo's do), most rows that continue an episode must agree with it, or the rows are not in episode order
-    (shuffled, say); the file's own are then dropped, as d4rl drops them."""
+    (MuJoCo's do), most rows that go on to another in their episode (neither terminal nor timeout) must agree with
+    it, or the rows are out of episode order (shuffled, say); the file's own are then dropped, as d4rl leaves them."""
     obs, next_obs = data["observations"], data.pop("next_observations", None)
     if next_obs is None or next_obs.shape != obs.shape or len(obs) < 2:
         return
@@ -291,18 +296,18 @@ def check_episode_order(path: str, data: dict[str, np.ndarray]) -> None:
     same = np.isclose(next_obs[:-1][going_on], obs[1:][going_on], rtol=1e-5, atol=1e-6).all(axis=1)
     if going_on.any() and same.mean() < 0.5:
         raise DatasetError(
-            f"{path}: its rows are not in episode order: 'next_observations' is the following row's observation in "
-            f"{same.mean():.0%} of the rows that go on (the scripts take the following row, as qlearning_dataset does)"
+            f"{path}: its 'next_observations' differ from the following row's observation in {1 - same.mean():.0%} of "
+            "the rows that go on: rows out of episode order, or altered? (the next observation is the following row's)"
         )
 
 
-def timeouts_by_step_count(terminals: np.ndarray, max_episode_steps: int) -> np.ndarray:
+def timeouts_by_step_count(terminals: np.ndarray, max_episode_steps: int, restart: int = 1) -> np.ndarray:
     """d4rl's fallback for files without `timeouts`: an episode ends after max_episode_steps steps (counted
-    exactly as d4rl counts them, including its restart at 1 after a terminal)."""
+    exactly as d4rl counts them, including its restart at 1 after a terminal; `restart` 0 counts them right)."""
     timeouts, step = np.zeros(len(terminals), bool), 0
     for i, terminal in enumerate(terminals):
         timeouts[i] = step == max_episode_steps - 1
-        step = 0 if timeouts[i] else (1 if terminal else step + 1)
+        step = 0 if timeouts[i] else (restart if terminal else step + 1)
     return timeouts
 
 

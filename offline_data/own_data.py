@@ -7,7 +7,7 @@ import functools
 import gymnasium as gym
 import numpy as np
 
-from offline_data.d4rl_files import qlearning_dataset, read_d4rl_hdf5
+from offline_data.d4rl_files import qlearning_dataset, read_d4rl_hdf5, timeouts_by_step_count
 from offline_data.source import DatasetError, DataSource, UserError
 
 
@@ -15,9 +15,10 @@ def is_gymnasium_id(env_id: str) -> bool:
     return env_id in gym.registry
 
 
-def make_gymnasium_env(env_id: str) -> gym.Env:
-    """gym.make(env_id), its actions rescaled to [-1, 1] where its bounds are others."""
-    env = gym.make(env_id)
+def make_gymnasium_env(env: str | gym.envs.registration.EnvSpec) -> gym.Env:
+    """gym.make(env), its actions rescaled to [-1, 1] where its bounds are others. A spec (its entry point) makes the
+    env in a worker process too, where a registration made by the user's own package may not have run."""
+    env = gym.make(env)
     if (env.action_space.low == -1).all() and (env.action_space.high == 1).all():
         return env
     return gym.wrappers.RescaleAction(env, np.float32(-1), np.float32(1))
@@ -27,8 +28,11 @@ def load_own_data(env_id: str, dataset_path: str | None) -> DataSource:
     """The transitions of `dataset_path` (d4rl's qlearning_dataset rule) for the Gymnasium env `env_id`."""
     if dataset_path is None:
         raise UserError(f"{env_id} is a Gymnasium env: give your data for it with --dataset-path (D4RL's layout)")
-    env = gym.make(env_id)
-    obs_space, act_space, max_steps = env.observation_space, env.action_space, env.spec.max_episode_steps or 1000
+    try:
+        env = gym.make(env_id)
+    except (gym.error.Error, ImportError) as e:  # a missing dependency (Box2D, ...)
+        raise UserError(f"{env_id}: gym.make failed ({type(e).__name__}: {e})".replace("\n", " ")) from None
+    obs_space, act_space, max_steps = env.observation_space, env.action_space, env.spec.max_episode_steps
     env.close()
     flat = [isinstance(s, gym.spaces.Box) and len(s.shape) == 1 for s in (obs_space, act_space)]
     if not all(flat) or not np.isfinite([act_space.low, act_space.high]).all():
@@ -36,7 +40,13 @@ def load_own_data(env_id: str, dataset_path: str | None) -> DataSource:
             f"{env_id}: the scripts need flat Box observations and bounded Box actions, not {obs_space} and {act_space}"
         )
     dims = (obs_space.shape[0], act_space.shape[0])
-    data = qlearning_dataset(read_d4rl_hdf5(dataset_path, env_id, dims=dims), max_steps)
+    data = read_d4rl_hdf5(dataset_path, env_id, dims=dims)
+    if "timeouts" not in data and max_steps is None:
+        raise DatasetError(f"{dataset_path} has no 'timeouts' and {env_id} no time limit: mark the cut episodes' ends")
+    if "timeouts" not in data:  # the time limit's ends, counted from 0 after a terminal too (not d4rl's quirk)
+        data["timeouts"] = timeouts_by_step_count(data["terminals"], max_steps, restart=0)
+    data = qlearning_dataset(data)
     if len(data["rewards"]) == 0:
         raise DatasetError(f"{dataset_path} has no usable transitions")
-    return DataSource(data, dataset_path, *dims, functools.partial(make_gymnasium_env, env_id), env_id, None, None)
+    make_env = functools.partial(make_gymnasium_env, gym.spec(env_id))
+    return DataSource(data, dataset_path, *dims, make_env, env_id, None, None)

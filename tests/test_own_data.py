@@ -4,14 +4,18 @@ checks every source's transitions pass (offline_data.check_values)."""
 import dataclasses
 import json
 import os
+import pickle
+import re
 import sys
 
+import gymnasium as gym
 import h5py
 import numpy as np
 import pytest
 
 import offline_data
 import ofql
+import sweep
 from conftest import ROOT, record_d4rl_file
 
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -44,6 +48,15 @@ def test_a_gymnasium_env_with_your_own_file_trains_evaluates_and_says_what_it_is
     assert ofql.parse_args(flags).eta == 0.5
 
 
+def test_a_sweep_of_your_own_data_shows_each_members_return(tmp_path, pendulum_file, monkeypatch, capsys):
+    """No score to show: the console's line of the members' evaluations gives their returns."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "InvertedPendulum-v5", "--dataset-path", pendulum_file, "--total-steps", "4"]
+    args = ofql.parse_args([*flags, "--eval-every", "4", "--eval-episodes", "1", "--num-candidates", "1"])
+    sweep.train(ofql, [dataclasses.replace(args, seed=seed) for seed in (0, 1)], "own")
+    assert re.search(r"step 4: members' eval/return: seed 0 \d+\.\d, seed 1 \d+\.\d$", capsys.readouterr().out, re.M)
+
+
 def test_the_envs_actions_are_rescaled_to_those_of_the_policies():
     env = offline_data.make_gymnasium_env("InvertedPendulum-v5")  # its own bounds: [-3, 3]
     assert (env.action_space.low, env.action_space.high) == (-1, 1)
@@ -72,6 +85,42 @@ def test_an_id_of_no_source_names_the_gymnasium_route(monkeypatch):
         ofql.parse_args(["--env-id", "my-robot-v0"])
 
 
+def test_an_env_of_your_own_package_is_made_from_its_spec_and_episodes_are_cut_by_its_limit(tmp_path, monkeypatch):
+    """An env registered by your own package (no time limit, bounds [-2, 2]): a file without timeouts is refused;
+    with the limit, episodes end every max_episode_steps counted from 0 after a fall too (d4rl counts from 1 there);
+    the evaluation env is made from its spec, so a worker process without the registration makes it too."""
+    spec = gym.envs.registration.EnvSpec("MyPendulum-v0", "gymnasium.envs.classic_control.pendulum:PendulumEnv")
+    monkeypatch.setitem(gym.registry, spec.id, spec)
+    path, n = str(tmp_path / "mine.hdf5"), 12
+    terminals = np.zeros(n, bool)
+    terminals[2] = True  # a fall at row 2: the next episode starts at row 3
+    with h5py.File(path, "w") as f:
+        f["observations"], f["actions"] = np.arange(3 * n, dtype=np.float32).reshape(n, 3), np.zeros((n, 1), np.float32)
+        f["rewards"], f["terminals"] = np.zeros(n, np.float32), terminals
+    with pytest.raises(offline_data.DatasetError, match="has no 'timeouts' and MyPendulum-v0 no time limit"):
+        offline_data.load(spec.id, path)
+    monkeypatch.setitem(gym.registry, spec.id, dataclasses.replace(spec, max_episode_steps=4))
+    source = offline_data.load(spec.id, path)
+    assert source.data["observations"][:, 0].tolist() == [0, 3, 6, 9, 12, 15, 21, 24, 27]  # rows 6, 10 end theirs
+    monkeypatch.delitem(gym.registry, spec.id)
+    env = pickle.loads(pickle.dumps(source.make_env))()  # as a worker process gets it
+    assert env.spec.id == spec.id and env.action(np.float32([1.0])) == 2.0
+
+
+def test_a_namespaced_gymnasium_id_is_not_taken_for_a_minari_one():
+    assert [offline_data.source_kind(i) for i in ("phys2d/Pendulum-v0", "mujoco/hopper/medium-v0")] == [
+        "gymnasium",
+        "minari",
+    ]
+
+
+def test_an_env_that_gym_cannot_make_is_one_line(pendulum_file, monkeypatch):
+    spec = gym.envs.registration.EnvSpec("Missing-v0", "a_package_not_installed:Env")
+    monkeypatch.setitem(gym.registry, spec.id, spec)
+    with pytest.raises(offline_data.UserError, match=r"^Missing-v0: gym.make failed \(ModuleNotFoundError: No module"):
+        offline_data.load(spec.id, pendulum_file)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy says where the values overflow
 @pytest.mark.parametrize(
     "key, value, mode, message",
@@ -87,6 +136,11 @@ def test_values_training_cannot_use_are_refused_for_every_source(hopper_file, ke
         column[5:] = value
         del f[key]
         f[key] = column
+        if key == "observations":  # the file's next observations alike: its rows stay in order
+            following = f["next_observations"][()].astype(np.float64)
+            following[4:] = value
+            del f["next_observations"]
+            f["next_observations"] = following
     with pytest.raises(offline_data.DatasetError, match=message):
         offline_data.load("hopper-medium-v2", hopper_file, mode)
     data = {k: np.zeros((2, 3), np.float32) for k in ("observations", "actions", "next_observations", "rewards")}

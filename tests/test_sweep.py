@@ -507,7 +507,7 @@ def test_stacked_optimizers_keep_each_groups_options():
     assert [p.shape for p in groups[0]["params"]] == [(2, 3, 256), (2, 3)]
     assert groups[1]["params"][0] is stacked.actor.net[0].weight and len(groups[1]["params"]) == 6
     agents[0].critic_optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))])
-    with pytest.raises(offline_data.UserError, match="the Agent's critic_optimizer steps parameters of none of its"):
+    with pytest.raises(offline_data.UserError, match="the Agent's critic_optimizer steps a parameter of none of its"):
         sweep.stack_agents(agents)
 
 
@@ -521,6 +521,8 @@ def test_a_name_the_sweep_rebinds_must_be_called_by_the_function_itself():
     def calls_it_inside(agent):
         return (lambda: critic_loss_fn(agent))()  # noqa: F821 (the rebound name)
 
-    with pytest.raises(offline_data.UserError, match=r"runs critic_loss_fn for all members by rebinding them in the"):
+    with pytest.raises(
+        offline_data.UserError, match=r"runs critic_loss_fn for all members by rebinding the name where"
+    ):
         sweep.rebind(helper_calls_it, critic_loss_fn=print)
     assert sweep.rebind(calls_it_inside, critic_loss_fn=lambda agent: agent + 1)(1) == 2

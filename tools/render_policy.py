@@ -77,17 +77,21 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
     config = state["config"]
     env_id = config["env_id"]  # a Minari id's env comes with its data; a D4RL or OGBench id's from the id
     minari, ogbench = offline_data.is_minari_id(env_id), offline_data.is_ogbench_id(env_id)
+    gymnasium = offline_data.source_kind(env_id) == "gymnasium"  # your own data's env
     source = offline_data.load(env_id) if minari else None
     if minari:
         make = source.make_env
     elif ogbench:
         make = functools.partial(make_ogbench_env, env_id)
-    elif offline_data.is_gymnasium_id(env_id):  # your own data's env
+    elif gymnasium:
         make = functools.partial(offline_data.make_gymnasium_env, env_id)
     else:
         make = offline_data.eval_env_factory(env_id)
     if make is None:
-        raise UserError(f"no evaluation env for {env_id} here (AntMaze, Kitchen and Adroit need gymnasium-robotics)")
+        raise UserError(
+            f"no evaluation env for {env_id} here (AntMaze, Kitchen and Adroit need gymnasium-robotics; an env of your "
+            "own package, its registration, which render_policy.py does not import)"
+        )
     env = offline_data.renderable(make())
     try:
         module, agent = load_agent(state, env.observation_space.shape[0], env.action_space.shape[0])
@@ -111,7 +115,7 @@ def render_episode(args: Args) -> tuple[list[np.ndarray], float, float | None]:
         source.normalized_score(np.array(total))
         if minari
         else None  # an OGBench task is scored by its success, your own data's env has no reference returns
-        if ogbench or offline_data.source_kind(env_id) == "gymnasium"
+        if ogbench or gymnasium
         else offline_data.normalized_score(env_id, total)
     )
     return frames, total, None if score is None else float(score)
