@@ -781,3 +781,9 @@ def test_time_embedding_reports_a_seed_run_twice_once(tmp_path):
     assert [(r["seed"], r["scores"]) for r in runs] == [(0, [50.0])]
     table = (tmp_path / "results.md").read_text()
     assert "score of one of 3 candidate actions picked by softmax(Q) (2 episodes)" in table and "commit: abc." in table
+
+
+def test_a_runs_sessions_are_named_in_order_with_a_change_back_kept():
+    """A run resumed on other code, then back on the first: "a then b then a" (a set of commits would hide the last)."""
+    assert compare.in_order(["a", "a", "b", "a"]) == "a then b then a"
+    assert compare.in_order([10, 10]) == 10 and compare.in_order([]) is None
