@@ -496,7 +496,7 @@ class Runs:
                 with open(f"{run_dir}/sweep.json", "w") as f:
                     json.dump({"sweep": self.sweep, "members": self.dirs, "command": sys.argv}, f, indent=2)
         if self.sweep:
-            print(f"sweep {self.sweep}: {self.size} members of {os.path.basename(self.script)}")
+            print(f"sweep {self.sweep}: {self.size} member{'s' * (self.size > 1)} of {os.path.basename(self.script)}")
         else:  # what it trains on, so that another file of the same env is seen
             c, data = self.configs[0], self.configs[0].get("dataset_path") or "its default files"
             print(f"run {self.dirs[0]}: {c['env_id']}, {c.get('transitions', '?')} transitions of {data}")

@@ -280,13 +280,14 @@ def write_report(args: Args) -> None:
     if args.keep_rows and os.path.exists(previous_path):
         previous = {(r["env_id"], r["algorithm"]): r for r in json.load(open(previous_path))}
     rows, results, notes = [], [], []  # notes: the lines under the table
-    names = [*ALGORITHMS, *(a for a in args.algorithms if a not in ALGORITHMS)]
+    names = list(dict.fromkeys([*ALGORITHMS, *args.algorithms, *(a for _, a in previous)]))  # kept rows' too
     colors = {a: f"C{i % 10}" for i, a in enumerate(names)}  # an algorithm's colour is the same in every panel
     fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
     for ax, env_id in zip(axes[0], args.datasets):
         data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if dataset_file(args, env_id) else None
         shown_algorithms = [a for a in ALGORITHMS if a in args.algorithms or (env_id, a) in previous]
         shown_algorithms += [a for a in args.algorithms if a not in ALGORITHMS]  # other names, e.g. ofql_eta0.1
+        shown_algorithms += [a for e, a in previous if e == env_id and a not in shown_algorithms]  # kept rows
         for algorithm in shown_algorithms:
             runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
             runs = [r for r in runs if r.get("error") is None]  # a failed sweep member: named under the table
@@ -314,13 +315,15 @@ def write_report(args: Args) -> None:
             )
         if data_score is not None:
             ax.axhline(data_score, color="gray", linestyle="--", label="dataset mean")
-        ax.set(title=env_id, xlabel="gradient steps", ylabel="normalized score")
+        ax.set(title=env_id, xlabel="gradient steps", ylabel="normalized score (seed mean; band: min to max)")
         if ax.get_legend_handles_labels()[0]:  # an empty panel: no legend (nor matplotlib's warning)
             ax.legend()
     if not results:
+        found = sorted({f"{env_id} {algorithm} seed {seed}" for env_id, algorithm, seed in summaries})
         raise SystemExit(
             f"nothing to report: no finished runs of --datasets, --algorithms, --seeds in {args.out_dir}/runs"
             + "".join(f"; {line}" for line in notes)
+            + (f" (it holds {', '.join(found)})" if found else "")
         )
     fig.tight_layout()
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=110)

@@ -95,6 +95,10 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     compare.write_report(dataclasses.replace(args, algorithms=["ofql_eta0.3", "ofql"], keep_rows=False))
     table = open(os.path.join(out, "results.md")).read()
     assert table.index("| ofql | 1 | 3.0") < table.index("| ofql_eta0.3 | 1 | 7.0 | 9.0 |")
+    compare.write_report(dataclasses.replace(args, algorithms=["ofql"]))  # a sweep member's row is kept as any other
+    assert "| ofql_eta0.3 | 1 | 7.0 | 9.0 |" in open(os.path.join(out, "results.md")).read()
+    with pytest.raises(SystemExit, match=r"\(it holds hopper-medium-v2 fql seed 0, hopper-medium-v2 ofql seed 0, hop"):
+        compare.write_report(dataclasses.replace(args, algorithms=["bc"], keep_rows=False))  # what it could report
 
 
 def test_report_leaves_out_failed_sweep_members_and_names_them(tmp_path):
