@@ -56,7 +56,7 @@ class Args:
     wandb_entity: str | None = None
     """the entity (team) of wandb's project"""
     save_model: bool = False
-    """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation"""
+    """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation and on SIGINT/SIGTERM"""
     resume: str | None = None
     """path of a checkpoint.pt to continue from (run it with the same flags as the original run)"""
     capture_video: bool = False
@@ -102,7 +102,7 @@ class Args:
 
     # Evaluation and logging
     eval_every: int = 50_000
-    """evaluate (and with --save-model checkpoint) every this many gradient steps, and at the last step"""
+    """evaluate (and with --save-model checkpoint) every this many gradient steps, and at the last step of each phase"""
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env"""
     num_candidates: int = 50
@@ -575,7 +575,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
             if step % args.log_every != 0 and not eval_step and not stopping:
                 continue
 
-            means = (metric_sum / window_steps).view(runs.size, -1).tolist()  # the only host sync of a logging window
+            means = (metric_sum / window_steps).view(runs.size, -1).tolist()  # offline, the one host sync a window
             window_time = time.perf_counter() - window_start
             runs.check_finite(list(metrics), first_bad.view(runs.size, -1).tolist())  # those with a NaN stop
             results = None

@@ -55,7 +55,7 @@ class Args:
     wandb_entity: str | None = None
     """the entity (team) of wandb's project"""
     save_model: bool = False
-    """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation"""
+    """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation and on SIGINT/SIGTERM"""
     resume: str | None = None
     """path of a checkpoint.pt to continue from (run it with the same flags as the original run)"""
     capture_video: bool = False
@@ -109,7 +109,7 @@ class Args:
 
     # Evaluation and logging
     eval_every: int = 50_000
-    """evaluate (and with --save-model checkpoint) every this many gradient steps, and at the last step"""
+    """evaluate (and with --save-model checkpoint) every this many gradient steps, and at the last step of each phase"""
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env"""
     num_candidates: int = 50
@@ -121,10 +121,11 @@ class Args:
 
 SWEEP_WEIGHT = "eta"  # the flag whose grid of values sweep.py trains in one process (python sweep.py --help)
 
-# eta: not published (the paper gives only its grid {0.001, 0.01, 0.1, 0.3, 0.5}); inferred from the first author's
-# InsQL configs, snapped to that grid: tune it with sweep.py. Adam 3e-4 for both networks (Appendix B); grad_norm,
-# reward and evaluation rules from DQL's official table; total_steps from Appendix B (2000 epochs x 1000 steps for
-# MuJoCo). docs/presets.md names the source of every value. Flags not listed keep the Args defaults.
+# eta: not published (the paper gives only its grid {0.001, 0.01, 0.1, 0.3, 0.5}); inferred, snapped to that grid,
+# from the first author's InsQL configs where one exists, else by a rule: tune it with sweep.py. Adam 3e-4 for both
+# networks (Appendix B); grad_norm, reward and evaluation rules from DQL's official table; total_steps from Appendix B
+# (2000 epochs x 1000 steps for MuJoCo). docs/presets.md names the source of every value. Flags not listed keep the
+# Args defaults.
 _LONG = dict(total_steps=1_000_000, eval_episodes=100)
 _ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_LONG)
 _OGBENCH = dict(total_steps=1_000_000, eval_every=100_000, eval_episodes=50)
@@ -175,9 +176,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     if preset is None:
         raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
     defaults = dataclasses.replace(Args(), env_id=env_id, **PRESETS.get(preset, {}))
-    ogbench = offline_data.is_ogbench_id(env_id)
-    note = " (eta not published for OGBench: our rule, docs/presets.md; tune it with sweep.py)" if ogbench else ""
-    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any{note}."
+    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any."
     return tyro.cli(Args, args=argv, default=defaults, description=description)
 
 
@@ -569,7 +568,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
             if step % args.log_every != 0 and not eval_step and not stopping:
                 continue
 
-            means = (metric_sum / window_steps).view(runs.size, -1).tolist()  # the only host sync of a logging window
+            means = (metric_sum / window_steps).view(runs.size, -1).tolist()  # offline, the one host sync a window
             window_time = time.perf_counter() - window_start
             runs.check_finite(list(metrics), first_bad.view(runs.size, -1).tolist())  # those with a NaN stop
             results = None
