@@ -562,9 +562,10 @@ class Runs:
     def live(self) -> list[int]:
         return [m for m in range(self.size) if m not in self.failed]
 
-    def check_finite(self, names: list[str], first_bad: list[list[int]]) -> None:
+    def check_finite(self, names: list[str], first_bad: list[list[int]], source) -> None:
         """first_bad[m][i]: the first step at which member m's metric names[i] was not finite (-1: never). A member
-        with one stops logging and saving (the others go on); when none is left, one UserError line."""
+        with one stops logging and saving (the others go on); when none is left, the summaries (each with its error,
+        as a sweep's failed member has), then one UserError line."""
         for m in self.live():
             if any(s >= 0 for s in first_bad[m]):
                 bad_step = min(s for s in first_bad[m] if s >= 0)
@@ -576,8 +577,7 @@ class Runs:
                     )
         if not self.live():
             hint = "check the data; try a lower learning rate, a --grad-norm, or less weight on Q against cloning"
-            self.close_logs()
-            raise UserError(f"{self.failed[0]}; stopping ({hint})" if self.size == 1 else self.failure())
+            self.finish(source, stopped=f"{self.failed[0]}; stopping ({hint})" if self.size == 1 else self.failure())
 
     def failure(self) -> str:
         return f"{len(self.failed)} of {self.size} members failed: " + "; ".join(
@@ -693,20 +693,22 @@ class Runs:
         self.close_logs()
         return Interrupted(self.how_to_continue(stopped_at=step), signum)
 
-    def finish(self, source) -> str:
-        """Each member's summary.json (plus, in a sweep, its name and size and the member's error), the logs and wandb
-        runs closed. -> the first member's summary.json; a UserError names the failed members, if any."""
+    def finish(self, source, stopped: str | None = None) -> str:
+        """Each member's summary.json (its error, if it failed; in a sweep, the sweep's name and size), the logs and
+        wandb runs closed. -> the first member's summary.json; a UserError names the failed members, if any (stopped:
+        the line of a stop before the end, every member failed)."""
         self.close_logs()
         wall_clock = self.elapsed + time.time() - self.session_start  # the members trained together: one clock
         steps = self.args.total_steps + getattr(self.args, "online_steps", 0) - self.start_step + 1
-        steps_per_sec = steps / self.train_time if self.train_time else None
+        steps_per_sec = steps / self.train_time if self.train_time and not stopped else None
         summaries, self.summaries = [], []
         with signals_held():  # every member's summary.json, then a stop (how_to_continue: the runs had finished)
             for m, (args, run_dir) in enumerate(zip(self.members, self.dirs)):
                 summary = summarize(self.script, args, source.member(m), self.evals[m], wall_clock, steps_per_sec)
-                summary = {"commit": self.commit, **summary}  # this session's code (config.json's: the run's first)
+                # the commit: this session's code (config.json's: the run's first); the error: why the member stopped
+                summary = {"commit": self.commit, "error": self.failed.get(m), **summary}
                 if self.sweep:
-                    summary.update(sweep=self.sweep, sweep_members=self.size, error=self.failed.get(m))
+                    summary.update(sweep=self.sweep, sweep_members=self.size)
                 with replaced_when_written(os.path.join(run_dir, "summary.json")) as tmp, open(tmp, "w") as f:
                     json.dump(summary, f, indent=2)
                 summaries.append(summary)
@@ -715,8 +717,8 @@ class Runs:
             self.summaries = [os.path.join(run_dir, "summary.json") for run_dir in self.dirs]
         for run in self.wandb_runs or []:  # seconds each
             run.finish()
-        if self.failed:
-            raise UserError(self.failure())
+        if stopped or self.failed:
+            raise UserError(stopped or self.failure())
         return self.summaries[0]
 
 

@@ -577,7 +577,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
 
             means = (metric_sum / window_steps).view(runs.size, -1).tolist()  # offline, the one host sync a window
             window_time = time.perf_counter() - window_start
-            runs.check_finite(list(metrics), first_bad.view(runs.size, -1).tolist())  # those with a NaN stop
+            runs.check_finite(list(metrics), first_bad.view(runs.size, -1).tolist(), source)  # those with a NaN stop
             results = None
             if envs is not None and eval_step:
                 runs.record_video(envs, step)  # --capture-video: the evaluation's first episode

@@ -203,7 +203,7 @@ def with_sessions(run_dir: str, summary: dict) -> dict:
 
 def latest_summaries(args: Args) -> dict:
     """(env_id, algorithm, seed) -> summary.json of the newest matching run in --out-dir/runs (with_sessions'); a
-    failed sweep member's has its "error" set."""
+    run that stopped on a non-finite value (a lone run or a sweep member) has its "error" set."""
     found, runs_dir = {}, os.path.join(args.out_dir, "runs")
     for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
         _, algorithm, seed, _ = name.split("__")
@@ -290,7 +290,7 @@ def write_report(args: Args) -> None:
         shown_algorithms += [a for e, a in previous if e == env_id and a not in shown_algorithms]  # kept rows
         for algorithm in shown_algorithms:
             runs = [summaries[k] for k in [(env_id, algorithm, s) for s in args.seeds] if k in summaries]
-            runs = [r for r in runs if r.get("error") is None]  # a failed sweep member: named under the table
+            runs = [r for r in runs if r.get("error") is None]  # a run that went non-finite: named under the table
             notes += [line] if (line := left_out(args, env_id, algorithm, summaries)) else []
             if runs:
                 result = row_result(env_id, algorithm, runs, data_score)

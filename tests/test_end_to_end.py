@@ -214,6 +214,11 @@ def test_non_finite_loss_stops_with_step_and_name(tmp_path, hopper_file, monkeyp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(algo.UserError, match=r"non-finite critic_loss(, \w+)* at step 1; stopping \(check the data"):
         algo.train(algo.parse_args(small_run_flags(hopper_file, 10) + ["--log-every", "5"]))
+    # the run's folder says why it stopped, as a failed sweep member's does: compare.py names it, --resume refuses it
+    (summary_path,) = glob.glob(str(tmp_path / "runs" / "*" / "summary.json"))
+    summary = json.load(open(summary_path))
+    assert summary["error"].startswith("non-finite critic_loss") and summary["error"].endswith(" at step 1")
+    assert summary["evaluations"] == [] and summary["train_steps_per_sec"] is None
 
 
 def test_resume_from_a_missing_checkpoint(tmp_path, hopper_file, monkeypatch, algo):

@@ -289,6 +289,17 @@ def test_a_member_that_diverges_stops_alone(tmp_path, hopper_file, monkeypatch, 
     assert records(f"runs/{bad}/summary.json") == []
 
 
+def test_a_sweep_whose_members_all_diverge_leaves_each_ones_reason(tmp_path, hopper_file, monkeypatch):
+    """No member left: the sweep stops there, and each member's summary.json names its error (compare.py reads it)."""
+    monkeypatch.chdir(tmp_path)
+    base = script_args(ofql, hopper_file, "--total-steps", "20", "--eval-every", "20", "--eta", "nan")
+    monkeypatch.setattr(bookkeeping, "check_flags", lambda flags: None)  # the flags' check would refuse the NaN
+    with pytest.raises(offline_data.UserError, match="2 of 2 members failed"):
+        sweep.train(ofql, [base, dataclasses.replace(base, seed=1)], "nan")
+    errors = [json.load(open(f"runs/{d}/summary.json"))["error"] for d in sorted(os.listdir("runs"))]
+    assert errors == ["non-finite actor_grad_norm, actor_loss at step 1"] * 2
+
+
 def test_the_grid_and_its_shards(hopper_file):
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--seeds", "0", "1", "2"]
     script, _, members = sweep.parse_args(["ofql.py", *flags, "--eta", "0.1", "0.3", "--grad-norm", "4"])
