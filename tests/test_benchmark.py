@@ -122,6 +122,21 @@ def test_report_leaves_out_failed_sweep_members_and_names_them(tmp_path):
         compare.write_report(dataclasses.replace(args, seeds=[1, 2], keep_rows=False))
 
 
+def test_an_algorithm_without_runs_is_no_row_and_runs_without_a_score_are_refused(tmp_path):
+    """--algorithms names one with no run at all: no row, no note of missing seeds (only a row's seeds are named);
+    your own data's runs (raw returns, no score): one line, not a table of Nones."""
+    out = str(tmp_path)
+    fake_run(out, "hopper-medium-v2", "ofql", 0, [1.0, 2.0])
+    args = compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql", "dql"], seeds=[0], out_dir=out)
+    compare.write_report(args)
+    report = open(os.path.join(out, "results.md")).read()
+    assert "| ofql | 1 |" in report and "dql" not in report
+    fake_run(out, "InvertedPendulum-v5", "ofql", 0, [None, None])
+    args = compare.Args(datasets=["InvertedPendulum-v5"], algorithms=["ofql"], seeds=[0], out_dir=out)
+    with pytest.raises(SystemExit, match=r"^InvertedPendulum-v5 ofql: its runs have no score \(no reference returns\)"):
+        compare.write_report(args)
+
+
 def test_report_states_the_runs_protocol_and_refuses_a_row_of_several(tmp_path):
     """The header says what the runs were (their summary.json and config.json), not --plot-only's defaults (20000
     steps, 10 episodes, 1 candidate, every 2000); rows of other protocols each get theirs; a row whose seeds differ

@@ -285,6 +285,29 @@ def test_rows_out_of_episode_order_are_refused(hopper_file):
         offline_data.load("hopper-medium-v2", hopper_file)
 
 
+def in_order(rows: int, goes_on: list[int]) -> dict:
+    """Rows 0, 1, 2, ... in episode order; those not in goes_on end an episode (a timeout; next_observations -1)."""
+    obs = np.arange(2 * rows, dtype=np.float32).reshape(rows, 2)
+    timeouts = ~np.isin(np.arange(rows), goes_on)
+    next_obs = np.where(timeouts[:, None], -1.0, np.roll(obs, -1, axis=0)).astype(np.float32)
+    return dict(observations=obs, terminals=np.zeros(rows, bool), timeouts=timeouts, next_observations=next_obs)
+
+
+def test_the_episode_order_check_reads_the_rows_that_go_on():
+    """Short episodes in order load (rows that end one are not compared); 4 rows of 11 agreeing are refused; a
+    next_observations of another shape is not read (D4RL ignores the key)."""
+    data = in_order(12, goes_on=[0, 3, 6, 9])  # 8 of the 12 rows end an episode
+    offline_data.d4rl_files.check_episode_order("x", data)
+    assert "next_observations" not in data  # read, then dropped
+    data = in_order(12, goes_on=list(range(12)))
+    data["next_observations"][:7] += 100  # 4 of the 11 rows that go on agree with the following row
+    with pytest.raises(offline_data.DatasetError, match=r"following row's observation in 64% of the rows that go on"):
+        offline_data.d4rl_files.check_episode_order("x", data)
+    data = in_order(12, goes_on=list(range(12)))
+    data["next_observations"] = data["next_observations"][:-1]
+    offline_data.d4rl_files.check_episode_order("x", data)
+
+
 def test_a_group_where_an_array_should_be(hopper_file):
     with h5py.File(hopper_file, "a") as f:
         del f["rewards"]

@@ -2,6 +2,7 @@
 checks every source's transitions pass (offline_data.check_values)."""
 
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -62,6 +63,56 @@ def test_the_envs_actions_are_rescaled_to_those_of_the_policies():
     assert (env.action_space.low, env.action_space.high) == (-1, 1)
     np.testing.assert_allclose(env.action(np.float32([0.5, -1.0])), [1.5, -3.0])
     assert offline_data.make_gymnasium_env("MountainCarContinuous-v0").action_space.high == 1  # [-1, 1]: as it is
+
+
+class BoxEnv(gym.Env):
+    """An env of your own package: Box spaces of the given shapes and bounds."""
+
+    def __init__(self, obs_shape=(4,), low=-1.0, high=2.0):
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, obs_shape, np.float32)
+        self.action_space = gym.spaces.Box(np.float32(low), np.float32(high), (1,), np.float32)
+
+    def reset(self, seed=None, options=None):
+        return np.zeros(self.observation_space.shape, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(self.observation_space.shape, np.float32), 0.0, False, False, {}
+
+
+def register_box_env(monkeypatch, env_id: str, **spaces) -> None:
+    spec = gym.envs.registration.EnvSpec(env_id, functools.partial(BoxEnv, **spaces), max_episode_steps=30)
+    monkeypatch.setitem(gym.registry, env_id, spec)
+
+
+def test_asymmetric_bounds_are_rescaled_too(monkeypatch):
+    register_box_env(monkeypatch, "Asymmetric-v0", low=-1.0, high=2.0)  # one bound already -1
+    env = offline_data.make_gymnasium_env("Asymmetric-v0")
+    assert env.action_space.high == 1 and np.isclose(env.action(np.float32([1.0])), 2.0)
+
+
+@pytest.mark.parametrize("spaces", [dict(low=-np.inf, high=np.inf), dict(obs_shape=(4, 1))])
+def test_unbounded_actions_and_observations_that_are_not_flat_are_refused(monkeypatch, pendulum_file, spaces):
+    register_box_env(monkeypatch, "Odd-v0", **spaces)
+    with pytest.raises(offline_data.UserError, match="flat Box observations and bounded Box actions"):
+        offline_data.load("Odd-v0", pendulum_file)
+
+
+def pendulum_rows(path: str, n: int, **arrays) -> str:
+    """A D4RL-layout file of n rows for InvertedPendulum-v5 (observations 0, 1, 2, ... in the first column)."""
+    with h5py.File(path, "w") as f:
+        f["observations"], f["actions"] = np.arange(4 * n, dtype=np.float32).reshape(n, 4), np.zeros((n, 1), np.float32)
+        f["rewards"], f["terminals"] = np.zeros(n, np.float32), np.zeros(n, bool)
+        for key, value in arrays.items():
+            f[key] = value
+    return path
+
+
+def test_a_files_own_timeouts_end_its_episodes_and_one_row_is_no_transition(tmp_path):
+    timeouts = np.arange(6) == 2  # the file's cut at row 2 (the env's limit, 1000 steps, never reached)
+    source = offline_data.load("InvertedPendulum-v5", pendulum_rows(str(tmp_path / "a.hdf5"), 6, timeouts=timeouts))
+    assert source.data["observations"][:, 0].tolist() == [0, 4, 12, 16]  # row 2 leads nowhere, row 5 is the last
+    with pytest.raises(offline_data.DatasetError, match="has no usable transitions"):
+        offline_data.load("InvertedPendulum-v5", pendulum_rows(str(tmp_path / "b.hdf5"), 1, timeouts=np.zeros(1, bool)))
 
 
 @pytest.mark.parametrize(

@@ -517,7 +517,7 @@ def test_stacked_optimizers_keep_each_groups_options():
     assert [g["lr"] for g in groups] == [0.0, 3e-4]
     assert [p.shape for p in groups[0]["params"]] == [(2, 3, 256), (2, 3)]
     assert groups[1]["params"][0] is stacked.actor.net[0].weight and len(groups[1]["params"]) == 6
-    agents[0].critic_optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))])
+    agents[0].critic_optimizer = torch.optim.Adam([*agents[0].critic.parameters(), torch.nn.Parameter(torch.zeros(3))])
     with pytest.raises(offline_data.UserError, match="the Agent's critic_optimizer steps a parameter of none of its"):
         sweep.stack_agents(agents)
 
