@@ -36,10 +36,12 @@ from offline_data import UserError
 FLAG_RANGES = {  # the range of each number flag of ofql.py, dql.py and fql.py (any other: a finite number)
     "(0, inf)": "total_steps batch_size eval_every eval_episodes num_candidates online_candidates log_every ema_every "
     "num_backup_actions diffusion_steps flow_steps actor_lr critic_lr time_sigma",
-    "[0, inf)": "grad_norm eta alpha ema_start adaptive_weight_power online_steps",
+    "[0, inf)": "grad_norm eta alpha ema_start online_steps",
     "[0, 4294967295]": "seed",  # numpy's seeds
+    "[0, 10]": "adaptive_weight_power",  # the weight 1/(e + 1e-3)^p up to 1e30: above 12, no float32 holds it
     "[0, 1]": "gamma tau ema_decay flow_ratio",
 }
+INT_MAX = 2**31 - 1  # the largest step count or size a flag may give
 # the flags a --resume may change (the length, logging, evaluation, the device), and what config.json adds to them
 RESUMABLE = set(
     "resume total_steps exp_name cuda cuda_graph compile capture_video track wandb_project_name wandb_entity "
@@ -61,6 +63,8 @@ def check_flags(flags: dict) -> None:
         finite = type(value) is int or math.isfinite(value)
         if not (finite and (low < value or low == value and bound[0] == "[") and value <= high):
             raise UserError(f"--{name.replace('_', '-')} must be a number in {bound}, not {value}")
+        if type(value) is int and value > INT_MAX and name != "seed":  # steps and sizes: torch's int64 overflows
+            raise UserError(f"--{name.replace('_', '-')} must be at most {INT_MAX}, not {value}")
 
 
 def check_resume(config: dict, saved: dict, step: int) -> None:

@@ -7,7 +7,9 @@ energy distance between each model's samples and a held-out ground-truth sample.
 """
 
 import csv
+import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -410,9 +412,29 @@ def claim_check(values: dict, names: list[str], args: Args) -> list[str]:
     return lines
 
 
+def check_args(args: Args) -> None:
+    """Every number flag in its range at start-up (not NaN tables or a traceback minutes later): one line, exit 2."""
+    ranges = {  # flags: (the check, the range in words)
+        "epochs batches_per_epoch batch_size hidden_dim n_eval n_plot threads": (lambda x: x >= 1, "at least 1"),
+        "learning_rate time_sigma mmd_width": (lambda x: 0 < x < math.inf, "a number in (0, inf)"),
+        "flow_ratio": (lambda x: 0 <= x <= 1, "a number in [0, 1]"),
+        "adaptive_weight_power": (lambda x: 0 <= x < math.inf, "a number in [0, inf)"),
+        "time_mu": (math.isfinite, "a finite number"),
+        "time_emb_dim": (lambda x: x >= 2 and x % 2 == 0, "even and at least 2 (sines and cosines)"),
+        "steps u_steps": (lambda x: len(x) > 0 and min(x) >= 1, "one or more step counts, each at least 1"),
+        "datasets": (lambda x: len(x) > 0, "one or more names"),
+    }
+    for names, (ok, what) in ranges.items():
+        for name in (n for n in names.split() if not ok(getattr(args, n))):
+            flag = name.replace("_", "-")
+            print(f"toy_meanflow.py: error: --{flag} must be {what}, not {getattr(args, name)}", file=sys.stderr)
+            raise SystemExit(2)
+
+
 def main(args: Args) -> dict:
     if args.quick:
         args = Args(**{**vars(args), **QUICK})
+    check_args(args)
     torch.set_num_threads(args.threads)
     os.makedirs(args.output_dir, exist_ok=True)
     start = time.time()

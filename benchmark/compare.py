@@ -261,7 +261,7 @@ def row_result(env_id: str, algorithm: str, runs: list[dict], data_score: float 
 
 
 def left_out(args: Args, env_id: str, algorithm: str, summaries: dict) -> str | None:
-    """The line naming the --seeds a row leaves out: failed (a sweep member's error) and missing (no finished run)."""
+    """The line naming the --seeds a row leaves out: failed (a run's error) and missing (no finished run)."""
     found = {s: summaries[(env_id, algorithm, s)] for s in args.seeds if (env_id, algorithm, s) in summaries}
     failed = [f"seed {s} failed ({r['error']})" for s, r in found.items() if r.get("error") is not None]
     missing = [f"seed {s} has no finished run" for s in args.seeds if s not in found]
@@ -350,6 +350,8 @@ def write_report(args: Args) -> None:
 
 
 def main(args: Args) -> None:
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, not {args.jobs}")
     unknown = [a for a in args.algorithms if a not in ALGORITHMS]
     if unknown and not args.plot_only:
         raise SystemExit(

@@ -323,6 +323,7 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
     [
         ("compare", ["--plot-only", "--out-dir", "{tmp}/empty"], "nothing to report: no finished runs"),
         ("compare", ["--algorithms", "foo", "--out-dir", "{tmp}"], "--algorithms foo: not one of bc, ofql, dql, fql"),
+        ("compare", ["--jobs", "0", "--out-dir", "{tmp}"], "--jobs must be at least 1, not 0"),  # it waited forever
         ("online_check", ["--dataset-path", "{tmp}/nothing.hdf5", "--plot-only"], "--dataset-path .* does not exist"),
         ("online_check", ["--dataset-path", "{file}", "--plot-only", "--runs-dir", "{tmp}/no"], "no runs to report"),
         (

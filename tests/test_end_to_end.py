@@ -324,9 +324,10 @@ BAD_NUMBERS = {
         ("--grad-norm", "-1"),
         ("--gamma", "nan"),
         ("--seed", "-1"),
+        ("--batch-size", str(2**31)),
     ],
-    "ofql": [("--eta", "-1"), ("--flow-ratio", "1.5"), ("--time-sigma", "0")],
-    "dql": [("--diffusion-steps", "0"), ("--eta", "-1")],
+    "ofql": [("--eta", "-1"), ("--flow-ratio", "1.5"), ("--time-sigma", "0"), ("--adaptive-weight-power", "20")],
+    "dql": [("--diffusion-steps", "0"), ("--eta", "-1"), ("--ema-start", str(2**64))],  # an OverflowError in update()
     "fql": [("--flow-steps", "0"), ("--alpha", "-1")],
 }
 
@@ -337,7 +338,7 @@ def test_bad_numbers_stop_before_anything_is_read_or_written(tmp_path, monkeypat
         offline_data, "load", lambda *a: pytest.fail("the data were loaded before the flags were checked")
     )
     for flag, value in BAD_NUMBERS["common"] + BAD_NUMBERS[algo.__name__]:
-        with pytest.raises(algo.UserError, match=f"^{flag} must be a number in .*, not {value}"):
+        with pytest.raises(algo.UserError, match=rf"^{flag} must be (a number in .*|at most \d+), not {value}"):
             algo.train(algo.parse_args(["--env-id", "hopper-medium-v2", flag, value]))
     assert os.listdir(tmp_path) == []
 

@@ -114,6 +114,7 @@ def test_bad_input_is_refused_before_rendering_and_names_the_file(tmp_path, monk
     for changes, message in [
         (dict(num_candidates=0), "--num-candidates must be at least 1"),
         (dict(num_candidates=-3), "--num-candidates must be at least 1"),
+        (dict(seed=-1), r"--seed must be in \[0, 4294967295\]"),  # gymnasium's traceback
         (dict(out="x.foo"), "--out x.foo: not a file type PIL can write"),
         (dict(gif="y.txt"), "--gif y.txt: not a file type PIL can write animated"),
     ]:

@@ -1,6 +1,7 @@
 """Tests for toy_meanflow.py: the distance, the MeanFlow target, and a quick end-to-end run."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -120,3 +121,24 @@ def test_the_narrow_mmd_sees_the_checkerboards_squares():
     same, spread = tm.mmd(board, other, 0.25), tm.mmd(board, uniform, 0.25)
     assert abs(same) < 2e-4 and spread > 20 * abs(same) + 2e-3, (same, spread)
     assert tm.mmd(uniform, board, 0.25) == pytest.approx(spread, rel=1e-4)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--epochs", "0"], "--epochs must be at least 1, not 0"),
+        (["--learning-rate", "nan"], r"--learning-rate must be a number in \(0, inf\), not nan"),
+        (["--flow-ratio", "1.5"], r"--flow-ratio must be a number in \[0, 1\], not 1.5"),
+        (["--time-emb-dim", "3"], "--time-emb-dim must be even and at least 2"),
+        (["--u-steps", "0", "1"], r"--u-steps must be one or more step counts, each at least 1, not \(0, 1\)"),
+        (["--datasets"], r"--datasets must be one or more names, not \(\)"),
+    ],
+)
+def test_a_flag_out_of_its_range_is_one_line_before_anything_runs(tmp_path, capsys, flags, message):
+    """Not a table of NaNs (--flow-ratio 1.5) or a traceback minutes later (--epochs 0): one line, exit code 2."""
+    args = tyro.cli(tm.Args, args=[*flags, "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stop:
+        tm.main(args)
+    assert stop.value.code == 2 and not (tmp_path / "out").exists()
+    line = capsys.readouterr().err.strip()
+    assert line.startswith("toy_meanflow.py: error: ") and "\n" not in line and re.search(message, line)

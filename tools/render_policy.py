@@ -134,6 +134,8 @@ def main(args: Args) -> None:
         raise UserError("--frames, --size and --max-steps must be at least 1")
     if args.num_candidates is not None and args.num_candidates < 1:
         raise UserError("--num-candidates must be at least 1 (default: the run's own)")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UserError(f"--seed must be in [0, 4294967295] (gymnasium's and numpy's seeds), not {args.seed}")
     check_image_path("--out", args.out, animated=False)
     check_image_path("--gif", args.gif, animated=True)
     frames, total, score = render_episode(args)
