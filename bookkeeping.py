@@ -399,7 +399,8 @@ def summarize(script: str, args, source, evals: list, wall_clock: float, steps_p
     summary.update(final_return=last.get("return"), best_return=best.get("return"))
     summary.update(final_success=last.get("success"), best_success=best.get("success"))
     summary.update(reported_success=reported_success(evals))  # OGBench's figure (docs/environments.md)
-    summary.update(final_policy_score=last.get("policy_score"), decision_rate=last.get("decision_rate"))
+    summary.update(final_policy_score=last.get("policy_score"), final_policy_return=last.get("policy_return"))
+    summary.update(decision_rate=last.get("decision_rate"))
     if getattr(args, "online_steps", 0):  # the offline phase's last evaluation (at --total-steps), and the online's
         offline = next((e for e in evals if e["step"] == args.total_steps), {})
         summary.update(online_steps=args.online_steps, **{f"offline_final_{k}": offline.get(k) for k in OFFLINE_KEYS})

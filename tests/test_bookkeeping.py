@@ -81,13 +81,14 @@ def test_the_summary_names_the_last_and_the_best_evaluation():
     evals = [
         {"step": 10, "return": 50.0, "score": 5.0, "score_std": 1.0},
         {"step": 20, "return": 300.0, "score": 30.0, "score_std": 2.0},  # the best
-        {"step": 30, "return": 100.0, "score": 10.0, "score_std": 3.0, "policy_score": 9.0},  # the last
+        {"step": 30, "return": 100.0, "score": 10.0, "score_std": 3.0, "policy_score": 9.0, "policy_return": 90.0},
     ]
     source = types.SimpleNamespace(path="data.hdf5", eval_env_id="Hopper-v4")
     summary = bookkeeping.summarize("ofql.py", ofql.Args(env_id="hopper-medium-v2"), source, evals, 5.0, 2.0)
     assert (summary["final_score"], summary["final_score_std"], summary["final_return"]) == (10.0, 3.0, 100.0)
     assert (summary["best_score"], summary["best_score_std"], summary["best_step"]) == (30.0, 2.0, 20)
-    assert summary["best_return"] == 300.0 and summary["final_policy_score"] == 9.0
+    assert summary["best_return"] == 300.0
+    assert (summary["final_policy_score"], summary["final_policy_return"]) == (9.0, 90.0)
     assert summary["algorithm"] == "ofql" and summary["evaluations"] == evals and summary["reported_success"] is None
     # scored by success (OGBench): the best is the most successful, whatever its return
     for e, success in zip(evals, (0.9, 0.1, 0.4)):
