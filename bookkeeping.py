@@ -1,10 +1,12 @@
 """The run bookkeeping of ofql.py, dql.py and fql.py, as `Runs`: the one owner of a run folder, for a script's lone run
 or the N members of a sweep (sweep.py) trained together in one process. It checks the flags, makes the folders, and
-writes into each: config.json, metrics.jsonl (the window means, the evaluations), checkpoint.pt (loads without
-running code), summary.json and the evaluation videos; it resumes runs, sends them to wandb, turns SIGINT and SIGTERM
-into a clean stop that prints the command which continues, and stops a member whose numbers are no longer finite.
+writes into each: config.json, metrics.jsonl (the window means, the evaluations), checkpoint.pt (loads without running
+code) and summary.json, and names the folder of the evaluation videos; it resumes runs, sends them to wandb, turns
+SIGINT and SIGTERM into a clean stop that prints the command which continues, and stops a member whose numbers are no
+longer finite.
 
     runs/<env_id>__<exp_name>__<seed>__<unix time>/   config.json  metrics.jsonl  checkpoint.pt  summary.json  videos/
+    (a resumed run: config_resumed_at_<step>.json, summary_at_<step>.json if it had finished; a sweep's: sweep.json)
 
 A sweep's Agent holds its members stacked on a first dimension (every network parameter and every optimizer moment;
 the optimizers' step counts are shared): member m's checkpoint is slice m of each, and it resumes with the script.
@@ -20,6 +22,7 @@ import pickle
 import random
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -108,7 +111,7 @@ def recorded_flags(args) -> dict:
 
 def check_resume_flags(args, run_dir: str) -> None:
     """Before the data are loaded (a download, perhaps): `args` against the first config.json of the run in `run_dir`,
-    where there is one, by check_resume's rule for flags (those for the data and the steps wait for the checkpoint)."""
+    where there is one, by check_resume's rule for flags (the data's size and the steps wait for the checkpoint)."""
     try:
         with open(os.path.join(run_dir, "config.json")) as f:
             saved = json.load(f)
@@ -197,6 +200,16 @@ def replaced_when_written(path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def keep_previous(path: str) -> None:
+    """The file at `path` also as `path`.prev: a hard link (no copy), or a copy where the file system has none."""
+    if os.path.exists(path + ".prev"):  # left by a save that was cut short
+        os.remove(path + ".prev")
+    try:
+        os.link(path, path + ".prev")
+    except OSError:
+        shutil.copyfile(path, path + ".prev")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -515,8 +528,10 @@ class Runs:
         name = os.path.basename(run_dir)
         where = dict(project=self.args.wandb_project_name, entity=self.args.wandb_entity, name=name, id=name)
         group = dict(group=self.sweep, reinit="create_new") if self.sweep else {}
+        script = os.path.abspath(self.script)  # the code saved: the script's, not sweep.py's (__main__ in a sweep)
+        code = wandb.Settings(program=script, program_abspath=script, program_relpath=os.path.basename(script))
         try:
-            return wandb.init(config=config, save_code=True, resume="allow", **where, **group)
+            return wandb.init(config=config, save_code=True, settings=code, resume="allow", **where, **group)
         except Exception as e:  # no API key (an offline node), no network, ...: one line
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"--track: wandb could not start ({first}); `wandb login`, or WANDB_MODE=offline") from None
@@ -538,6 +553,11 @@ class Runs:
                     raise UserError(f"its run had finished at step {states[-1]['step']} (summary.json){more}")
             except Exception as e:
                 raise UserError(f"cannot resume from {file}: {e if isinstance(e, UserError) else repr(e)}") from None
+        low = min(s["step"] for s in states)
+        for m, file in enumerate(files):  # a save cut among the renames: the old file of those ahead, beside theirs
+            if states[m]["step"] > low and os.path.exists(file + ".prev"):
+                previous = load_checkpoint(file + ".prev")
+                states[m] = previous if previous["step"] == low else states[m]
         if len({s["step"] for s in states}) > 1:
             steps = ", ".join(f"{file} (step {s['step']})" for file, s in zip(files, states))
             raise UserError(f"the checkpoints are of different steps: {steps}")
@@ -635,7 +655,9 @@ class Runs:
         states, the step, the evaluations, the seconds spent, the random states, the config and the transitions it
         collected online (`online`: tensors by Batch field, {} before the online phase), as tensors and plain values
         only (torch.load with weights_only=True reads it). All or none: every member's file is written to a .tmp
-        first, SIGINT and SIGTERM held, then all replace the old ones; a failed write leaves every old one."""
+        first, SIGINT and SIGTERM held, then all replace the old ones; a failed write leaves every old one. The old
+        ones are kept as .prev until every member's is replaced: a kill or an I/O error among the renames leaves
+        members of two steps, and resume() takes the .prev of those ahead."""
         elapsed, rng = self.elapsed + time.time() - self.session_start, rng_state()
         paths = [os.path.join(run_dir, "checkpoint.pt") for run_dir in self.dirs]
         with signals_held():
@@ -658,8 +680,15 @@ class Runs:
                         raise UserError(
                             f"cannot write {path} ({first}; a full disk?); {self.how_to_continue()}"
                         ) from None
+                kept = [path for path in paths if os.path.exists(path)]  # none at the first save
+                for path in kept:
+                    keep_previous(path)
                 for path in paths:
                     os.replace(path + ".tmp", path)
+                for path in kept:
+                    os.remove(path + ".prev")
+            except OSError as e:
+                raise UserError(f"cannot replace the checkpoints ({e}); {self.how_to_continue()}") from None
             finally:
                 for path in paths:
                     if os.path.exists(path + ".tmp"):

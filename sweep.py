@@ -15,22 +15,23 @@ checkpoint.pt with --save-model), and its checkpoint resumes with the script.
 
 How: the script's own train() runs, its loop unchanged, with the names its SWEEP_TRAIN_REPLACES lists rebound to the
 Members' versions here (the run folders are bookkeeping.Runs', for N members as for one). The members' networks are
-stacked (one tensor per parameter, members on the first dimension); the script's own losses run for all members at
-once through torch.func.vmap over torch.func.functional_call (randomness="different": each member draws its own noise,
-the slice of one draw at its place in the grid); the script's own update() runs on the stacked networks, its code
-unchanged, with the names its SWEEP_REPLACES lists rebound: the losses to their vmapped versions, and optimizer_step to
-one that back-propagates the members' summed losses (member i's parameters get the gradient of its own loss alone)
-and clips each member's gradient by its own norm. Adam and the target networks' lerps are elementwise, so one
-optimizer over the stacked parameters is N independent ones. On CUDA the whole iteration is one replay of the
+stacked (one tensor per parameter, members on the first dimension); the script's own losses run for all members at once
+through torch.func.vmap over torch.func.functional_call (randomness="different": each member draws its own noise, the
+slice of one draw at its place among the process's members); the script's own update() runs on the stacked networks, its
+code unchanged, with the names its SWEEP_REPLACES lists rebound: the losses to their vmapped versions, and
+optimizer_step to one that back-propagates the members' summed losses (member i's parameters get the gradient of its own
+loss alone) and clips each member's gradient by its own norm. Adam and the target networks' lerps are elementwise, so
+one optimizer over the stacked parameters is N independent ones. On CUDA the whole iteration is one replay of the
 script's cuda_graph. The script's evaluation steps all members' episodes together, one batched policy call per step.
-Members are independent: no number of one depends on another's weight or dataset (tests/test_sweep.py). A member's
-noise is not that of a lone run with its seed (one generator serves the sweep, seeded from all members' seeds), but a
+Members are independent: no number of one depends on another's weight or dataset (tests/test_sweep.py). A member's noise
+is not that of a lone run with its seed (one generator serves the sweep, seeded from all members' seeds), but a
 one-member sweep is that lone run, up to float rounding.
 """
 
 import contextlib
 import copy
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -107,9 +108,9 @@ def flag_index(argv: list[str], name: str) -> int | None:
 
 
 def grid_values(argv: list[str], weight: str) -> tuple[list[str] | None, list[str]]:
-    """The values of the flag of `weight` in argv (--eta 0.1 0.3 or --eta=0.1 0.3, up to the next flag; tyro's
-    spellings: --grad-norm, --grad_norm; None if absent), and argv without them. Given twice or without a value: one
-    UserError line."""
+    """The values of the flag of `weight` in argv (--eta 0.1 0.3 or --eta=0.1 0.3, up to the next flag; both of tyro's
+    spellings, --flow-ratio and --flow_ratio; None if absent), and argv without them. Given twice or without a value:
+    one UserError line."""
     flag, i = f"--{weight.replace('_', '-')}", flag_index(argv, weight)
     if i is None:
         return None, argv
@@ -273,9 +274,10 @@ class Members:
         return self.stack(agents)
 
     def stack(self, agents: list):
-        """Stack `agents` (one per member) into self.stacked, whose parameters the vmapped functions use."""
-        self.stacked = stack_agents(agents)
-        self.networks = Networks(self.stacked)
+        """Stack `agents` (one per member) into one Agent, whose parameters the vmapped functions use; the numbers
+        that differ between members (the weight; in a domain, the loss's and the clipping's) as tensors. -> it"""
+        stacked = stack_agents(agents)
+        self.networks = Networks(stacked)
         self.params = dict(self.networks.named_parameters())  # the stacked tensors, updated in place
         device = next(iter(self.params.values())).device
         per_member = lambda name: torch.tensor([getattr(a, name) for a in self.member_args], device=device)
@@ -283,7 +285,7 @@ class Members:
         self.hyper = {n: per_member(n) for n in (self.script.SWEEP_WEIGHT, *differ)}
         norms = [getattr(a, "grad_norm", 0.0) or float("inf") for a in self.member_args]  # 0: no clipping
         self.max_norms = torch.tensor(norms, device=device) if len(set(norms)) > 1 else None  # a domain's
-        return self.stacked
+        return stacked
 
     def OfflineBuffer(self, data: dict | list, device: torch.device, *online):
         """The script's buffer (`online`: its online phase's arguments: an env per member), whose sample() draws a
@@ -327,6 +329,8 @@ class Members:
         loss.sum().backward()
         grads = [p.grad for p in module.parameters() if p.grad is not None] or [loss.new_zeros(len(loss))]  # none: 0
         norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]).norm(dim=0)
+        if self.max_norms is not None and max_norm != self.member_args[0].grad_norm:  # an edited copy's other limit
+            raise UserError(f"sweep.py clips each member to its own --grad-norm; optimizer_step was given {max_norm}")
         limit = (max_norm or None) if self.max_norms is None else self.max_norms  # None: no clipping
         if limit is not None:
             scale = (limit / (norms + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s rule, per member
@@ -373,7 +377,9 @@ def rebind(fn, **names):
             f"sweep.py runs {', '.join(missing)} for all members by rebinding the name where the script's "
             f"{fn.__name__}() calls it, and {fn.__name__}() does not call it itself (docs/sweep.md)"
         )
-    return types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__, fn.__closure__)
+    rebound = types.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__, fn.__defaults__, fn.__closure__)
+    rebound.__kwdefaults__ = fn.__kwdefaults__  # an edited copy's keyword-only defaults (FunctionType drops them)
+    return functools.update_wrapper(rebound, fn, updated=())  # its docstring, qualified name and annotations
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -441,7 +442,8 @@ def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(
 
 def test_track_makes_one_wandb_run_per_member_grouped_by_the_sweep(tmp_path, hopper_file, monkeypatch):
     """--track: one wandb run per member (wandb.init each time, reinit="create_new"), named after its run folder, in
-    the sweep's group; each member's records go to its own run, which is finished at the end."""
+    the sweep's group, with the script's code (not sweep.py's); each member's records go to its own run, which is
+    finished at the end."""
     import wandb
 
     monkeypatch.chdir(tmp_path)
@@ -464,6 +466,7 @@ def test_track_makes_one_wandb_run_per_member_grouped_by_the_sweep(tmp_path, hop
     assert [r.kwargs["name"] for r in made] == [os.path.basename(os.path.dirname(p)) for p in paths]
     assert all(r.kwargs["group"] == "tracked" and r.kwargs["reinit"] == "create_new" for r in made)
     assert [r.kwargs["config"]["seed"] for r in made] == [0, 1]
+    assert all(r.kwargs["save_code"] and r.kwargs["settings"].program_relpath == "ofql.py" for r in made)
     assert all(r.logged == [2, 4] and r.finished and "final_score" in r.summary for r in made)
 
 
@@ -505,6 +508,21 @@ def test_a_parameter_without_a_gradient_is_left_out_of_the_norm_as_clip_grad_nor
     assert unused.grad is None and torch.equal(unused.detach(), torch.ones(2, 3))
 
 
+def test_members_of_differing_grad_norms_are_each_clipped_to_their_own_and_another_limit_is_refused():
+    """A domain's members (--grad-norm 1 and 2): each clipped to its own; an edited copy's optimizer_step given a
+    limit other than --grad-norm, which the sweep would silently replace, is one line."""
+    weight = torch.nn.Parameter(torch.ones(2, 3))
+    args = [types.SimpleNamespace(grad_norm=1.0), types.SimpleNamespace(grad_norm=2.0)]
+    members = type("Stacked", (), {"max_norms": torch.tensor([1.0, 2.0]), "member_args": args})()
+    step = lambda max_norm: sweep.Members.optimizer_step(  # noqa: E731
+        members, torch.optim.SGD([weight], lr=0.0), torch.nn.ParameterList([weight]), (weight * 10).sum(1), max_norm
+    )
+    step(1.0)
+    torch.testing.assert_close(weight.grad.norm(dim=1), torch.tensor([1.0, 2.0]), rtol=1e-5, atol=0)
+    with pytest.raises(offline_data.UserError, match="clips each member to its own --grad-norm; .* given 0.5"):
+        step(0.5)
+
+
 def test_stacked_optimizers_keep_each_groups_options():
     """An actor optimizer of two groups (the output layer frozen at lr 0, listed first): the stacked optimizer has the
     same groups, with their options, over the stacked parameters; one over no network's parameters is refused."""
@@ -537,3 +555,10 @@ def test_a_name_the_sweep_rebinds_must_be_called_by_the_function_itself():
     ):
         sweep.rebind(helper_calls_it, critic_loss_fn=print)
     assert sweep.rebind(calls_it_inside, critic_loss_fn=lambda agent: agent + 1)(1) == 2
+
+    def with_a_keyword_only_default(agent, *, scale=3):
+        """An edited copy's update()."""
+        return critic_loss_fn(agent) * scale  # noqa: F821 (the rebound name)
+
+    rebound = sweep.rebind(with_a_keyword_only_default, critic_loss_fn=lambda agent: agent + 1)
+    assert rebound(1) == 6 and rebound.__doc__ == "An edited copy's update()."  # FunctionType alone drops both

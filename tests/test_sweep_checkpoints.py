@@ -62,6 +62,33 @@ def test_a_failed_write_leaves_every_members_old_checkpoint(tmp_path, hopper_fil
     assert glob.glob("runs/*/*.tmp") == []
 
 
+def test_a_save_cut_among_the_renames_resumes_from_the_step_every_member_has(tmp_path, hopper_file, monkeypatch):
+    """An I/O error (or a kill) after member 0's checkpoint of step 20 replaced its old one, before member 1's: one
+    line with the command that continues; the checkpoints are of steps 20 and 10, and the resume takes member 0's old
+    file (kept beside as .prev), so the resumed sweep logs the uninterrupted one's records from step 10 on."""
+    monkeypatch.chdir(tmp_path)
+    members = two_members(hopper_file, "--total-steps", "20", "--eval-every", "10", "--save-model")
+    sweep.train(ofql, [dataclasses.replace(m, exp_name=f"{m.exp_name}_straight") for m in members], "straight")
+    straight = [records(d) for n in ("ofql", "bad") for d in glob.glob(f"runs/*__{n}_straight__*")]
+    replace, renames = os.replace, []
+
+    def failing_replace(src, dst):
+        renames.append(dst)
+        if dst.endswith("checkpoint.pt") and sum(r.endswith("checkpoint.pt") for r in renames) == 4:  # step 20, m 1
+            raise OSError("Input/output error")
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(UserError, match=r"cannot replace the checkpoints \(Input/output error\); .*continue with"):
+        sweep.train(ofql, members, "cut")
+    monkeypatch.setattr(os, "replace", replace)
+    paths = checkpoints()
+    assert [bookkeeping.load_checkpoint(p)["step"] for p in paths] == [20, 10]
+    sweep.train(ofql, [dataclasses.replace(m, resume=p) for m, p in zip(members, paths)], "cut")
+    assert [records(os.path.dirname(p)) for p in paths] == straight
+    assert glob.glob("runs/*/*.prev") == [] and [bookkeeping.load_checkpoint(p)["step"] for p in paths] == [20, 20]
+
+
 def test_signals_during_a_save_wait_until_every_checkpoint_is_replaced(tmp_path, hopper_file, monkeypatch):
     """Two SIGINTs (the second stops at once) just after member 0's checkpoint replaced its old one: member 1's is
     replaced too before the stop, so both are of that step."""
