@@ -395,7 +395,7 @@ def reported_success(evals: list[dict], last: int = 3) -> float | None:
     return float(np.mean([e["success"] for e in chosen]))
 
 
-OFFLINE_KEYS = ("score", "score_std", "return", "success", "policy_score")
+OFFLINE_KEYS = ("score", "score_std", "return", "success", "policy_score", "policy_return")
 
 
 def summarize(script: str, args, source, evals: list, wall_clock: float, steps_per_sec: float | None) -> dict:
@@ -779,3 +779,14 @@ def main(script: str, run: Callable[[], str | list[str]]) -> None:
             message += f"; {runs.how_to_continue()}"
         print(f"{os.path.basename(script)}: {stop}: {message}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)  # 130 / 143: as for SIGINT / SIGTERM
+    except RuntimeError as e:  # out of memory: torch.OutOfMemoryError on CUDA, the CPU allocator's RuntimeError
+        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
+            raise
+        runs, first = Runs.latest, re.sub(r"^\[enforce fail.*?\] err == 0\. ", "", str(e).strip().splitlines()[0])
+        if runs is not None:
+            runs.remove_made()
+        message = f"out of memory ({first[:160]}): fewer members, a smaller --batch-size or fewer --online-steps"
+        if runs is not None and getattr(runs, "logs", None):  # in training: its checkpoints
+            message += f"; {runs.how_to_continue()}"
+        print(f"{os.path.basename(script)}: error: {message}", file=sys.stderr)
+        sys.exit(2)

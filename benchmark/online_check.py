@@ -102,6 +102,8 @@ def read_runs(args: Args) -> dict:
     runs = {}
     for name in sorted(os.listdir(args.runs_dir)):
         folder = os.path.join(args.runs_dir, name)
+        if not os.path.exists(os.path.join(folder, "config.json")):  # a run killed while it started, another file
+            continue
         with open(os.path.join(folder, "config.json")) as f:
             config = json.load(f)
         if config["exp_name"] != args.exp_name or config["env_id"] != ENV_ID:

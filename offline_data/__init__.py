@@ -99,7 +99,7 @@ def load(env_id: str, dataset_path: str | None = None, reward_mode: str = "raw")
     is the source's reward_fn, for rewards collected online)."""
     if is_minari_id(env_id):
         if dataset_path is not None:
-            raise UserError(f"--dataset-path is for D4RL-layout files; {env_id} is read from $MINARI_DATASETS_PATH")
+            raise UserError(f"--dataset-path is not for Minari ids; {env_id} is read from $MINARI_DATASETS_PATH")
         source = load_minari(env_id)
     elif is_ogbench_id(env_id):
         source = load_ogbench(env_id, dataset_path)

@@ -23,6 +23,7 @@ def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int],
         start = time.perf_counter()
         actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         policy_time, decisions = policy_time + time.perf_counter() - start, decisions + 1
+        actions[~np.isfinite(actions)] = 0.0  # a failed sweep member's, not reported: MuJoCo warns at a NaN control
         obs, rewards, terminations, truncations, infos = envs.step(actions)
         returns += np.where(finished, 0.0, rewards)
         ending = (terminations | truncations) & ~finished
@@ -47,7 +48,7 @@ class OnlineEnvs:
     def reset(self, seeds: list[int], device) -> "OnlineEnvs":
         """Start a fresh episode in each env, env m's with seeds[m]; the policy's observations go to `device`."""
         self.obs, _ = self.envs.reset(seed=seeds)
-        self.device, self.returns = device, np.zeros(len(seeds))
+        self.device, self.returns, self.lengths = device, np.zeros(len(seeds)), np.zeros(len(seeds), dtype=int)
         return self
 
     def close(self) -> None:
@@ -57,21 +58,23 @@ class OnlineEnvs:
         """One step of every env with the policy's actions. -> (the transitions, one row per env, as the critic needs
         them: observation, action, reward by the dataset's rule (source.reward_fn), next observation (the episode's
         last one where it ended, not the next episode's first), done = terminated: an episode cut by its time limit
-        (truncated) bootstraps; per env, None or the episode that ended: its raw return, score and, where the source
-        is scored by success, its success (info['success'] of its last step))."""
+        (truncated) bootstraps; per env, None or the episode that ended: its raw return, length, score and, where the
+        source is scored by success, its success (info['success'] of its last step))."""
         obs = self.obs
         actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).cpu().numpy()
+        actions[~np.isfinite(actions)] = 0.0  # a failed sweep member's (it goes on, unlogged): MuJoCo warns at a NaN
         self.obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-        self.returns += rewards
+        self.returns, self.lengths = self.returns + rewards, self.lengths + 1
         next_obs, episodes = self.obs.copy(), [None] * len(obs)
         for i in np.flatnonzero(terminated | truncated):
             next_obs[i] = infos["final_obs"][i]
             final = infos["final_info"]
             success = np.array([final["success"][i] if final.get("_success", [False] * len(obs))[i] else np.nan])
             score = self.source.score(self.returns[i : i + 1], success)
-            episodes[i] = {"online/episode_return": float(self.returns[i])}
+            return_and_length = float(self.returns[i]), int(self.lengths[i])
+            episodes[i] = dict(zip(("online/episode_return", "online/episode_length"), return_and_length))
             episodes[i].update({} if score is None else {"online/episode_score": float(score[0])})
             episodes[i].update({"online/episode_success": float(success[0])} if self.source.scored_by_success else {})
-            self.returns[i] = 0.0
+            self.returns[i], self.lengths[i] = 0.0, 0
         reward_fn = self.source.reward_fn or (lambda r: r)
         return (obs, actions, reward_fn(rewards), next_obs, terminated.astype(np.float32)), episodes

@@ -1,5 +1,5 @@
 """The evaluation envs of a run, stepped together in one vector env (any source's; in worker processes where there are
-cores for them); with --capture-video the first one is recorded, one episode per evaluation."""
+cores for them); with --capture-video all in this process, the first one recorded, one episode per evaluation."""
 
 import contextlib
 import os
@@ -17,6 +17,14 @@ from offline_data.vector_envs import vector_env
 def renderable(env: gym.Env) -> gym.Env:
     """`env`, rendering rgb_array frames off-screen (MUJOCO_GL=egl unless it is set) through the model's "track"
     camera where it has one (gymnasium's free camera does not follow the MuJoCo locomotion bodies)."""
+    try:
+        return render_frames(env)
+    except Exception:
+        env.close()  # a refused env: its simulator and GL context too
+        raise
+
+
+def render_frames(env: gym.Env) -> gym.Env:
     base = env.unwrapped
     if "rgb_array" not in base.metadata.get("render_modes", []):
         raise UserError(f"the evaluation env {base} cannot render frames (--capture-video)")
@@ -94,8 +102,8 @@ def evaluation_envs(
     make_env: Callable[[], gym.Env] | list | None, num_envs: int, video_folder: str | None = None, workers=None
 ):
     """`num_envs` evaluation envs in one vector env (None without an env): in worker processes where the machine has
-    the cores for them (vector_env; `workers`: their number, None: default_workers), else a SyncVectorEnv, the first
-    env an EpisodeVideo into `video_folder` if one is given (in this process: it records). `make_env`: one factory,
+    the cores for them (vector_env; `workers`: their number, None: default_workers); with `video_folder`, all in a
+    SyncVectorEnv in this process, the first an EpisodeVideo into it (`workers` unused). `make_env`: one factory,
     or one per member (a domain sweep's MemberSources: the envs member-major, num_envs / len(make_env) of each)."""
     if make_env is None:
         if video_folder:

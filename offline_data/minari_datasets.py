@@ -109,8 +109,10 @@ def load_minari(dataset_id: str) -> "DataSource":
         return gym.wrappers.TransformObservation(env, lambda o: flatten_observation(obs_space, o), flat_space)
 
     env = make_env()  # built once now, so that a missing package or a mismatch shows before training
-    obs_shape, spec = env.reset(seed=0)[0].shape, env.spec
-    env.close()
+    try:
+        obs_shape, spec = env.reset(seed=0)[0].shape, env.spec
+    finally:
+        env.close()
     if obs_shape != flat_space.shape:
         raise DatasetError(
             f"{dataset_id}: its evaluation env gives observations of shape {obs_shape}, the data {flat_space.shape}"

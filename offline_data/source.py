@@ -76,7 +76,11 @@ class MemberSources:
             raise UserError(f"datasets of different (observation, action) sizes cannot share one process: {shapes}")
         self.sources, self.obs_dim, self.act_dim = sources, sources[0].obs_dim, sources[0].act_dim
         self.data = [s.data for s in sources]
-        self.make_env = None if sources[0].make_env is None else [s.make_env for s in sources]
+        with_env = [s.make_env is not None for s in sources]
+        if len(set(with_env)) > 1:
+            paths = [s.path for s, has in zip(sources, with_env) if not has]
+            raise UserError(f"every dataset of one process needs an evaluation environment, or none: {paths} have none")
+        self.make_env = [s.make_env for s in sources] if with_env[0] else None
         self.limitation = "; ".join(dict.fromkeys(s.limitation for s in sources if s.limitation))
 
     def member(self, m: int) -> DataSource:
@@ -92,7 +96,7 @@ def reward_transform(rewards: np.ndarray, mode: str) -> Callable[[np.ndarray], n
         return lambda r: r - 1.0
     if mode == "standardize":  # DQL's "normalize" for Adroit, by the dataset's mean and std
         mean, std = rewards.mean(), rewards.std(ddof=1)  # torch.std in DQL's code: N - 1
-        if not std > 0:
+        if std == 0:  # not finite: check_values names it
             raise DatasetError(f"--reward-mode standardize: the dataset's rewards are all {mean} (std 0)")
         return lambda r: (r - mean) / std
     return lambda r: r

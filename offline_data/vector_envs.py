@@ -12,6 +12,8 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.vector.utils import CloudpickleWrapper
 
+from offline_data.source import UserError
+
 MIN_ENVS_PER_WORKER = 8  # below it, a step's round trip to a worker costs about what the worker saves
 
 
@@ -34,9 +36,10 @@ def vector_env(env_fns: list[Callable[[], gym.Env]], workers: int | None = None,
 
 def serve(pipe, env_fns: CloudpickleWrapper, kwargs: dict) -> None:
     """A worker: its slice of the envs in a SyncVectorEnv, serving ("reset", (seeds, options)), ("step", actions) and
-    ("close", None) until closed or until the training process is gone (its end of the pipe closed); any exception
-    goes back as ("error", its text). Ctrl-C and SIGTERM (a cluster's, sent to every process) are the training
-    process's to act on: it finishes its step (an evaluation's too) and saves, with these workers still there."""
+    ("close", None) until closed or until the training process is gone (its end of the pipe closed); any exception goes
+    back as ("error", its text), a UserError as ("refused", its line). Ctrl-C and SIGTERM (a cluster's, sent to every
+    process) are the training process's to act on: it finishes its step (an evaluation's too) and saves, with these
+    workers still there."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     envs = None
@@ -51,6 +54,8 @@ def serve(pipe, env_fns: CloudpickleWrapper, kwargs: dict) -> None:
             pipe.send(("ok", out))
     except EOFError:  # the training process is gone
         pass
+    except UserError as e:  # a factory's refusal (an id it does not know, ...): one line in the training process too
+        pipe.send(("refused", str(e)))
     except Exception as e:
         pipe.send(("error", f"{type(e).__name__}: {e}"))
     finally:
@@ -107,15 +112,19 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         self.pipes, self.processes = [], []
-        for s in self.slices:
-            parent, child = context.Pipe()
-            fns = CloudpickleWrapper([env_fns[i] for i in s])
-            process = context.Process(target=serve, args=(child, fns, kwargs), daemon=True)
-            process.start()
-            child.close()
-            self.pipes.append(parent)
-            self.processes.append(process)
         self.finalizer = weakref.finalize(self, shutdown, self.pipes, self.processes)  # at close, or at exit
+        try:
+            for s in self.slices:
+                parent, child = context.Pipe()
+                fns = CloudpickleWrapper([env_fns[i] for i in s])
+                process = context.Process(target=serve, args=(child, fns, kwargs), daemon=True)
+                process.start()
+                child.close()
+                self.pipes.append(parent)
+                self.processes.append(process)
+        except BaseException:  # a factory that cannot travel, ...: the workers started so far end too
+            self.finalizer()
+            raise
         self.single_observation_space, self.single_action_space = self.gather()[0]
         self.observation_space = gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
@@ -129,23 +138,31 @@ class WorkerVectorEnv(gym.vector.VectorEnv):
                 replies.append(pipe.recv())
             except EOFError:
                 replies.append(("error", "it exited"))
-        errors = [data for status, data in replies if status == "error"]
+        errors = [(status, data) for status, data in replies if status != "ok"]
         if errors:
             self.close()
-            raise RuntimeError(f"an env worker failed: {errors[0]}")
+            status, text = errors[0]
+            raise UserError(text) if status == "refused" else RuntimeError(f"an env worker failed: {text}")
         return [data for _, data in replies]
+
+    def send(self, command: str, payloads: list) -> None:
+        """Each worker its part; a worker that has exited closes them all and raises (not a bare BrokenPipeError)."""
+        for w, (pipe, payload) in enumerate(zip(self.pipes, payloads)):
+            try:
+                pipe.send((command, payload))
+            except OSError:
+                self.close()
+                raise RuntimeError(f"an env worker failed: worker {w} has exited") from None
 
     def reset(self, *, seed=None, options=None):
         if seed is None or isinstance(seed, int):  # one int: env i gets seed + i, as SyncVectorEnv does
             seed = [None if seed is None else seed + i for i in range(self.num_envs)]
-        for pipe, s in zip(self.pipes, self.slices):
-            pipe.send(("reset", ([seed[i] for i in s], options)))
+        self.send("reset", [([seed[i] for i in s], options) for s in self.slices])
         parts = self.gather()
         return np.concatenate([obs for obs, _ in parts]), merge_infos([info for _, info in parts], self.sizes)
 
     def step(self, actions):
-        for pipe, s in zip(self.pipes, self.slices):
-            pipe.send(("step", actions[s]))
+        self.send("step", [actions[s] for s in self.slices])
         parts = self.gather()
         obs, rewards, terminations, truncations = (np.concatenate([p[k] for p in parts]) for k in range(4))
         return obs, rewards, terminations, truncations, merge_infos([p[4] for p in parts], self.sizes)

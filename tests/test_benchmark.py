@@ -649,6 +649,7 @@ def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
         fake_online_run(runs, f"a{seed}", {"seed": seed, "eta": 0.1}, [(t, t / 10 + shift) for t in steps], episodes)
     fake_online_run(runs, "b0", {"seed": 0, "alpha": 10.0}, [(t, 1.0) for t in steps[:8]], [], finished=False)
     fake_online_run(runs, "c0", {"seed": 0, "diffusion_steps": 5}, [(t, t / 10) for t in steps], [], candidates=3)
+    os.makedirs(os.path.join(runs, "killed_while_it_started"))  # no config.json: not a run to read
     args = online_check.Args(dataset_path=path, runs_dir=runs, out_dir=str(tmp_path), plot_only=True)
     online_check.main(args)
     results = {r["algorithm"]: r for r in json.load(open(tmp_path / "results.json"))}

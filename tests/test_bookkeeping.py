@@ -312,6 +312,29 @@ def test_a_stop_outside_the_loop_names_the_last_checkpoint_and_leaves_no_empty_f
     monkeypatch.setattr(ofql, "make_agent", make_agent)
 
 
+def test_out_of_memory_is_one_line_that_names_what_to_make_smaller(tmp_path, hopper_file, monkeypatch, capsys):
+    """The buffer of a too-large --online-steps (the CPU allocator's RuntimeError; CUDA's is torch.OutOfMemoryError):
+    one line, exit code 2, no empty run folder left; any other RuntimeError stays a traceback."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "4", "--online-steps", "9"]
+    for error in (
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+            "tried to allocate 88000000000 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 82.00 GiB."),
+    ):
+        monkeypatch.setattr(ofql, "OfflineBuffer", lambda *a, error=error: (_ for _ in ()).throw(error))
+        assert run_main(flags, monkeypatch).code == 2
+        line = capsys.readouterr().err.strip()
+        assert line.startswith("ofql.py: error: out of memory (") and line.endswith("or fewer --online-steps")
+        assert ("allocate 88000000000 bytes" in line or "82.00 GiB" in line) and "enforce fail" not in line
+        assert glob.glob("runs/*") == []
+    monkeypatch.setattr(ofql, "OfflineBuffer", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_main(flags, monkeypatch)
+
+
 def test_a_write_refused_in_training_names_the_last_checkpoint(tmp_path, hopper_file, monkeypatch, capsys):
     """A full disk while a training run writes its log: one line, the error and the command that continues."""
     monkeypatch.chdir(tmp_path)

@@ -163,6 +163,9 @@ def test_evaluation_scores_each_member_in_its_own_env_by_its_own_references(file
     still = lambda obs: torch.zeros(len(obs), a.act_dim)
     results = ofql.evaluate([still], envs, source, [ofql.Args(seed=0)] * 2, torch.device("cpu"))
     assert results[1]["return"] == pytest.approx(10.0 * results[0]["return"])
+    for members in ([a, a._replace(make_env=None)], [a._replace(make_env=None), a]):  # either order: one line
+        with pytest.raises(offline_data.UserError, match=r"an evaluation environment, or none: \[.*\] have none"):
+            offline_data.MemberSources(members)
     assert results[1]["score"] == pytest.approx(results[1]["return"] / 10.0)
     assert results[0]["score"] == pytest.approx(offline_data.normalized_score(A, results[0]["return"]))
 

@@ -432,5 +432,5 @@ def test_kitchen_needs_the_joint_fix_under_mujoco4():
 
 
 def test_a_dataset_path_with_a_minari_id_is_refused():
-    with pytest.raises(offline_data.UserError, match="--dataset-path is for D4RL-layout files"):
+    with pytest.raises(offline_data.UserError, match="--dataset-path is not for Minari ids"):
         offline_data.load("D4RL/pen/human-v2", "pen.hdf5", "raw")

@@ -106,15 +106,31 @@ def test_a_time_limit_is_not_terminal_and_the_next_observation_is_the_episodes_o
     assert actions[:, 0, 0].tolist() == [0, 0, 0, 1, 0]
     assert dones[:, 1].tolist() == [1] * 5 and next_obs[:, 1].tolist() == [[1, e] for e in range(5)]
     assert obs[:, 1].tolist() == [[0, e] for e in range(5)]
-    one = {"online/episode_return": 1.0, "online/episode_score": 10.0}
+    one = {"online/episode_return": 1.0, "online/episode_length": 1, "online/episode_score": 10.0}
     assert [e[0] for e in episodes] == [
         None,
         None,
-        {"online/episode_return": 6.0, "online/episode_score": 60.0},
+        {"online/episode_return": 6.0, "online/episode_length": 3, "online/episode_score": 60.0},
         one,
         None,
     ]
     assert [e[1] for e in episodes] == [one] * 5
+
+
+def test_a_failed_members_nan_actions_reach_its_env_as_zeros():
+    """A sweep member gone non-finite goes on stepping its envs, unlogged: NaN would make MuJoCo warn at every step."""
+    source = offline_data.DataSource({}, "", 2, 1, Countdown, "countdown", 0.0, 10.0, False, None)
+    envs = offline_data.OnlineEnvs(source, 2).reset([0, 1], torch.device("cpu"))
+    sent = []
+    step = envs.envs.step
+    envs.envs.step = lambda actions: sent.append(actions.copy()) or step(actions)
+    (_, actions, *_), _ = envs.step(lambda obs: torch.tensor([[float("nan")], [0.5]]))
+    assert sent[0].tolist() == [[0.0], [0.5]] and actions.tolist() == [[0.0], [0.5]]
+    evaluation, sent = gym.vector.SyncVectorEnv([Countdown, Countdown]), []  # its evaluation episodes too
+    step = evaluation.step
+    evaluation.step = lambda actions: sent.append(actions.copy()) or step(actions)
+    offline_data.episodes.run_episodes(lambda obs: torch.tensor([[float("nan")], [0.0]]), evaluation, [0, 1], "cpu")
+    assert len(sent) == 3 and all(a.tolist() == [[0.0], [0.0]] for a in sent)
 
 
 def test_the_online_transitions_of_a_run_are_stored_as_the_critic_needs_them(tmp_path, hopper_file, monkeypatch):
@@ -266,15 +282,18 @@ def test_the_online_phase_logs_episodes_and_evaluates_over_the_combined_steps(tm
     episodes = [r for r in logged if "online/episode_return" in r]
     assert episodes and all(set(r) == {"step", *EPISODE_KEYS} for r in episodes)
     assert all(r["online/env_steps"] == r["step"] - 15 and r["step"] > 15 for r in episodes)
+    ends = [0] + [r["online/env_steps"] for r in episodes]  # one env: each episode starts where the last one ended
+    assert [r["online/episode_length"] for r in episodes] == np.diff(ends).tolist()
     assert all(r["online/episode_score"] == pytest.approx(score(r["online/episode_return"])) for r in episodes)
     assert [r["step"] for r in logged if "eval/score" in r] == [15, 40, 80, 95]
     summary = json.load(open(summary_path))
     evals = {e["step"]: e for e in summary["evaluations"]}
     assert summary["offline_final_score"] == evals[15]["score"] and summary["final_score"] == evals[95]["score"]
+    assert summary["offline_final_policy_return"] == evals[15].get("policy_return")  # your own data's: no score
     assert summary["online_steps"] == 80 and summary["steps"] == 15
 
 
-EPISODE_KEYS = ("online/episode_return", "online/episode_score", "online/env_steps")
+EPISODE_KEYS = ("online/episode_return", "online/episode_length", "online/episode_score", "online/env_steps")
 
 
 def score(episode_return):

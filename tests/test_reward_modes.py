@@ -37,6 +37,18 @@ def antmaze_file(tmp_path):
     return write_antmaze_file(tmp_path / "Ant_maze_hardest-maze_noisy_multistart_True_multigoal_False_sparse.hdf5")
 
 
+def test_standardize_leaves_rewards_that_are_not_finite_to_the_value_check():
+    """A NaN reward: not "all nan (std 0)", but the check every source's transitions pass names them."""
+    rewards = np.array([np.nan, 1.0, 2.0], np.float32)
+    transformed = offline_data.reward_transform(rewards, "standardize")(rewards)
+    zeros = np.zeros((3, 2), np.float32)
+    data = dict(observations=zeros, next_observations=zeros, actions=zeros, rewards=transformed)
+    with pytest.raises(offline_data.DatasetError, match=r"rewards not finite in float32 \(rewards after --reward-mode"):
+        offline_data.check_values(data, "data.hdf5", "standardize")
+    with pytest.raises(offline_data.DatasetError, match=r"rewards are all 1.0 \(std 0\)"):
+        offline_data.reward_transform(np.ones(3, np.float32), "standardize")
+
+
 @pytest.mark.parametrize("mode", ["iql_antmaze", "cql_antmaze", "standardize"])
 def test_each_reward_mode_is_applied_by_load(antmaze_file, mode):
     """load(..., reward_mode) against the raw load of the same file: the rewards are the rule's, every other array

@@ -3,8 +3,10 @@
 a failing worker is one error; the number of workers follows the cores."""
 
 import json
+import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import gymnasium as gym
@@ -118,6 +120,29 @@ def failing_env():
 def test_a_failing_worker_is_one_error_and_the_others_stop():
     with pytest.raises(RuntimeError, match="an env worker failed: ValueError: no such model file"):
         vector_envs.WorkerVectorEnv([HOPPER, HOPPER, failing_env, HOPPER], 2)
+
+
+def refusing_env():
+    raise offline_data.UserError("pen-foo-v1: not a pen id")
+
+
+def test_a_workers_end_a_refusal_and_a_factory_that_cannot_travel_are_each_one_line_and_leave_no_worker():
+    """A worker killed (out of memory, say): the next step's error names it, not a bare BrokenPipeError; a factory's
+    UserError stays one (exit 2 in the scripts), not a RuntimeError; a factory that cannot be pickled stops the
+    constructor with the workers started before it ended, not left running."""
+    envs = vector_envs.WorkerVectorEnv([HOPPER] * 2, 2)
+    envs.reset(seed=[0, 1])
+    envs.processes[1].kill()
+    envs.processes[1].join()
+    with pytest.raises(RuntimeError, match="an env worker failed: (worker 1 has exited|it exited)"):
+        envs.step(np.zeros((2, 3), np.float32))
+    assert envs.closed and not any(p.is_alive() for p in envs.processes)
+    with pytest.raises(offline_data.UserError, match="^pen-foo-v1: not a pen id$"):
+        vector_envs.WorkerVectorEnv([HOPPER, refusing_env], 2)
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match="lock") as caught:  # its traceback holds the half-made vector env
+        vector_envs.WorkerVectorEnv([HOPPER, lambda: lock and HOPPER()], 2)
+    assert multiprocessing.active_children() == [] and caught.tb is not None  # not left to the garbage collector
 
 
 def test_merged_infos_are_gymnasiums_layout_for_all_the_envs():
