@@ -6,7 +6,7 @@ SIGINT and SIGTERM into a clean stop that prints the command which continues, an
 longer finite.
 
     runs/<env_id>__<exp_name>__<seed>__<unix time>/   config.json  metrics.jsonl  checkpoint.pt  summary.json  videos/
-    (a resumed run: config_resumed_at_<step>.json, summary_at_<step>.json if it had finished; a sweep's: sweep.json)
+    (a resumed run: config_resumed_at_<step>.json, summary_at_<step>.json if it had one; a sweep's: sweep.json)
 
 A sweep's Agent holds its members stacked on a first dimension (every network parameter and every optimizer moment;
 the optimizers' step counts are shared): member m's checkpoint is slice m of each, and it resumes with the script.
@@ -556,7 +556,10 @@ class Runs:
         low = min(s["step"] for s in states)
         for m, file in enumerate(files):  # a save cut among the renames: the old file of those ahead, beside theirs
             if states[m]["step"] > low and os.path.exists(file + ".prev"):
-                previous = load_checkpoint(file + ".prev")
+                try:
+                    previous = load_checkpoint(file + ".prev")
+                except UserError as e:
+                    raise UserError(f"cannot resume from {file}.prev: {e}") from None
                 states[m] = previous if previous["step"] == low else states[m]
         if len({s["step"] for s in states}) > 1:
             steps = ", ".join(f"{file} (step {s['step']})" for file, s in zip(files, states))
@@ -655,8 +658,8 @@ class Runs:
         states, the step, the evaluations, the seconds spent, the random states, the config and the transitions it
         collected online (`online`: tensors by Batch field, {} before the online phase), as tensors and plain values
         only (torch.load with weights_only=True reads it). All or none: every member's file is written to a .tmp
-        first, SIGINT and SIGTERM held, then all replace the old ones; a failed write leaves every old one. The old
-        ones are kept as .prev until every member's is replaced: a kill or an I/O error among the renames leaves
+        first, SIGINT and SIGTERM held, then all replace the old ones; a failed write leaves every old one. A sweep's
+        old ones are kept as .prev until every member's is replaced: a kill or an I/O error among the renames leaves
         members of two steps, and resume() takes the .prev of those ahead."""
         elapsed, rng = self.elapsed + time.time() - self.session_start, rng_state()
         paths = [os.path.join(run_dir, "checkpoint.pt") for run_dir in self.dirs]
@@ -680,13 +683,14 @@ class Runs:
                         raise UserError(
                             f"cannot write {path} ({first}; a full disk?); {self.how_to_continue()}"
                         ) from None
-                kept = [path for path in paths if os.path.exists(path)]  # none at the first save
+                kept = [path for path in paths if os.path.exists(path)] if self.sweep else []  # for resume()
                 for path in kept:
                     keep_previous(path)
                 for path in paths:
                     os.replace(path + ".tmp", path)
                 for path in kept:
-                    os.remove(path + ".prev")
+                    with contextlib.suppress(OSError):  # all replaced: a .prev left is harmless
+                        os.remove(path + ".prev")
             except OSError as e:
                 raise UserError(f"cannot replace the checkpoints ({e}); {self.how_to_continue()}") from None
             finally:
@@ -749,8 +753,8 @@ class Runs:
             for run, summary in zip(self.wandb_runs or [], summaries):  # each wandb run's summary too
                 run.summary.update({k: v for k, v in summary.items() if k != "evaluations"})
             self.summaries = [os.path.join(run_dir, "summary.json") for run_dir in self.dirs]
-        for run in self.wandb_runs or []:  # seconds each
-            run.finish()
+        for m, run in enumerate(self.wandb_runs or []):  # seconds each; a failed member's marked failed
+            run.finish(exit_code=int(m in self.failed))
         if stopped or self.failed:
             raise UserError(stopped or self.failure())
         return self.summaries[0]
@@ -769,24 +773,27 @@ def main(script: str, run: Callable[[], str | list[str]]) -> None:
         for s in (signal.SIGINT, signal.SIGTERM):  # done: a stop now would only interrupt the interpreter's exit
             signal.signal(s, signal.SIG_IGN)
         print("\n".join(f"summary: {path}" for path in ([summaries] if isinstance(summaries, str) else summaries)))
-    except (UserError, OSError, KeyboardInterrupt) as e:  # bad input, a refused write, SIGINT or SIGTERM
+    except (UserError, OSError, KeyboardInterrupt, RuntimeError) as e:  # bad input, a refused write, a signal, OOM
+        if isinstance(e, RuntimeError) and not out_of_memory(e):
+            raise
         stop, runs = "interrupted" if isinstance(e, KeyboardInterrupt) else "error", Runs.latest
         if runs is not None:
             runs.remove_made()  # the folders it made, those still empty
         # outside the loop (loading, setting up, the summaries): the last checkpoint and the command that continues
-        message = str(e) or (runs.how_to_continue() if runs else "no checkpoint was written")
-        if isinstance(e, OSError) and runs is not None and getattr(runs, "logs", None):  # a write refused in training
+        message = out_of_memory(e, runs) or str(e) or (runs.how_to_continue() if runs else "no checkpoint was written")
+        written = runs is not None and getattr(runs, "logs", None)  # in training: a refused write, out of memory
+        if (isinstance(e, OSError) or out_of_memory(e)) and written:
             message += f"; {runs.how_to_continue()}"
         print(f"{os.path.basename(script)}: {stop}: {message}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)  # 130 / 143: as for SIGINT / SIGTERM
-    except RuntimeError as e:  # out of memory: torch.OutOfMemoryError on CUDA, the CPU allocator's RuntimeError
-        if not isinstance(e, torch.OutOfMemoryError) and "can't allocate memory" not in str(e):
-            raise
-        runs, first = Runs.latest, re.sub(r"^\[enforce fail.*?\] err == 0\. ", "", str(e).strip().splitlines()[0])
-        if runs is not None:
-            runs.remove_made()
-        message = f"out of memory ({first[:160]}): fewer members, a smaller --batch-size or fewer --online-steps"
-        if runs is not None and getattr(runs, "logs", None):  # in training: its checkpoints
-            message += f"; {runs.how_to_continue()}"
-        print(f"{os.path.basename(script)}: error: {message}", file=sys.stderr)
-        sys.exit(2)
+
+
+def out_of_memory(e: BaseException, runs: Runs | None = None) -> str | None:
+    """The line for an allocation that failed (CUDA's torch.OutOfMemoryError, the CPU allocator's RuntimeError, or
+    either as the cause of a CUDA graph capture's UserError), naming what to make smaller; else None."""
+    e = e.__cause__ if isinstance(e, UserError) and e.__cause__ is not None else e
+    if not isinstance(e, torch.OutOfMemoryError) and not (isinstance(e, RuntimeError) and "allocate memory" in str(e)):
+        return None
+    first = re.sub(r"^\[enforce fail.*?\] err == 0\. ", "", str(e).strip().splitlines()[0])[:160]
+    members = "fewer members, " if runs is not None and runs.size > 1 else ""
+    return f"out of memory ({first}): {members}a smaller --batch-size or fewer --online-steps"

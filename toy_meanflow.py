@@ -418,7 +418,7 @@ def check_args(args: Args) -> None:
         "epochs batches_per_epoch batch_size hidden_dim n_eval n_plot threads": (lambda x: x >= 1, "at least 1"),
         "learning_rate time_sigma mmd_width": (lambda x: 0 < x < math.inf, "a number in (0, inf)"),
         "flow_ratio": (lambda x: 0 <= x <= 1, "a number in [0, 1]"),
-        "adaptive_weight_power": (lambda x: 0 <= x < math.inf, "a number in [0, inf)"),
+        "adaptive_weight_power": (lambda x: 0 <= x <= 10, "a number in [0, 10] (above 12 the weight overflows)"),
         "time_mu": (math.isfinite, "a finite number"),
         "time_emb_dim": (lambda x: x >= 2 and x % 2 == 0, "even and at least 2 (sines and cosines)"),
         "steps u_steps": (lambda x: len(x) > 0 and min(x) >= 1, "one or more step counts, each at least 1"),

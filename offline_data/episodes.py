@@ -23,7 +23,8 @@ def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int],
         start = time.perf_counter()
         actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
         policy_time, decisions = policy_time + time.perf_counter() - start, decisions + 1
-        actions[~np.isfinite(actions)] = 0.0  # a failed sweep member's, not reported: MuJoCo warns at a NaN control
+        actions[~np.isfinite(actions)] = 0.0  # a member gone non-finite, which stops or goes on unreported: MuJoCo
+        # warns at every NaN control
         obs, rewards, terminations, truncations, infos = envs.step(actions)
         returns += np.where(finished, 0.0, rewards)
         ending = (terminations | truncations) & ~finished
@@ -62,7 +63,7 @@ class OnlineEnvs:
         source is scored by success, its success (info['success'] of its last step))."""
         obs = self.obs
         actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).cpu().numpy()
-        actions[~np.isfinite(actions)] = 0.0  # a failed sweep member's (it goes on, unlogged): MuJoCo warns at a NaN
+        actions[~np.isfinite(actions)] = 0.0  # as in run_episodes: MuJoCo warns at every NaN control
         self.obs, rewards, terminated, truncated, infos = self.envs.step(actions)
         self.returns, self.lengths = self.returns + rewards, self.lengths + 1
         next_obs, episodes = self.obs.copy(), [None] * len(obs)

@@ -312,9 +312,18 @@ def test_a_stop_outside_the_loop_names_the_last_checkpoint_and_leaves_no_empty_f
     monkeypatch.setattr(ofql, "make_agent", make_agent)
 
 
+def capture_failed(cause: Exception) -> UserError:
+    """The UserError a script's cuda_graph raises when capturing fails, with its cause."""
+    try:
+        raise UserError("capturing the training step as a CUDA graph failed; run with --no-cuda-graph") from cause
+    except UserError as e:
+        return e
+
+
 def test_out_of_memory_is_one_line_that_names_what_to_make_smaller(tmp_path, hopper_file, monkeypatch, capsys):
-    """The buffer of a too-large --online-steps (the CPU allocator's RuntimeError; CUDA's is torch.OutOfMemoryError):
-    one line, exit code 2, no empty run folder left; any other RuntimeError stays a traceback."""
+    """The buffer of a too-large --online-steps (the CPU allocator's RuntimeError; CUDA's is torch.OutOfMemoryError,
+    also as the cause of a graph capture's UserError): one line, exit code 2, no empty run folder left; any other
+    RuntimeError stays a traceback."""
     monkeypatch.chdir(tmp_path)
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "4", "--online-steps", "9"]
     for error in (
@@ -323,11 +332,14 @@ def test_out_of_memory_is_one_line_that_names_what_to_make_smaller(tmp_path, hop
             "tried to allocate 88000000000 bytes. Error code 12 (Cannot allocate memory)"
         ),
         torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 82.00 GiB."),
+        capture_failed(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 82.00 GiB.")),
     ):
         monkeypatch.setattr(ofql, "OfflineBuffer", lambda *a, error=error: (_ for _ in ()).throw(error))
         assert run_main(flags, monkeypatch).code == 2
         line = capsys.readouterr().err.strip()
-        assert line.startswith("ofql.py: error: out of memory (") and line.endswith("or fewer --online-steps")
+        assert line.startswith("ofql.py: error: out of memory (") and line.endswith(
+            ": a smaller --batch-size or fewer --online-steps"
+        )
         assert ("allocate 88000000000 bytes" in line or "82.00 GiB" in line) and "enforce fail" not in line
         assert glob.glob("runs/*") == []
     monkeypatch.setattr(ofql, "OfflineBuffer", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))

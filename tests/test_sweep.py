@@ -457,8 +457,8 @@ def test_track_makes_one_wandb_run_per_member_grouped_by_the_sweep(tmp_path, hop
         def log(self, record, step):
             self.logged.append(step)
 
-        def finish(self):
-            self.finished = True
+        def finish(self, exit_code):
+            self.finished = exit_code
 
     monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeRun(**kwargs))
     base = script_args(ofql, hopper_file, "--total-steps", "4", "--eval-every", "4", "--log-every", "2", "--track")
@@ -467,7 +467,11 @@ def test_track_makes_one_wandb_run_per_member_grouped_by_the_sweep(tmp_path, hop
     assert all(r.kwargs["group"] == "tracked" and r.kwargs["reinit"] == "create_new" for r in made)
     assert [r.kwargs["config"]["seed"] for r in made] == [0, 1]
     assert all(r.kwargs["save_code"] and r.kwargs["settings"].program_relpath == "ofql.py" for r in made)
-    assert all(r.logged == [2, 4] and r.finished and "final_score" in r.summary for r in made)
+    assert all(r.logged == [2, 4] and r.finished == 0 and "final_score" in r.summary for r in made)
+    monkeypatch.setattr(bookkeeping, "check_flags", lambda flags: None)  # the flags' check would refuse the NaN
+    with pytest.raises(offline_data.UserError, match="1 of 2 members failed"):
+        sweep.train(ofql, [base, dataclasses.replace(base, seed=1, eta=float("nan"))], "tracked")
+    assert [r.finished for r in made[2:]] == [0, 1]  # the failed member's run is marked failed in wandb
 
 
 def test_sweep_trains_a_fourth_script_by_the_contract_it_states(tmp_path, hopper_file, monkeypatch):

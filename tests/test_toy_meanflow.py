@@ -129,6 +129,7 @@ def test_the_narrow_mmd_sees_the_checkerboards_squares():
         (["--epochs", "0"], "--epochs must be at least 1, not 0"),
         (["--learning-rate", "nan"], r"--learning-rate must be a number in \(0, inf\), not nan"),
         (["--flow-ratio", "1.5"], r"--flow-ratio must be a number in \[0, 1\], not 1.5"),
+        (["--adaptive-weight-power", "20"], r"--adaptive-weight-power must be a number in \[0, 10\]"),  # NaN tables
         (["--time-emb-dim", "3"], "--time-emb-dim must be even and at least 2"),
         (["--u-steps", "0", "1"], r"--u-steps must be one or more step counts, each at least 1, not \(0, 1\)"),
         (["--datasets"], r"--datasets must be one or more names, not \(\)"),
