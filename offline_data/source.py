@@ -31,8 +31,11 @@ class DataSource(NamedTuple):
     @property
     def limitation(self) -> str:
         """What a run on this data cannot report, as a note for the user ('' when nothing is missing)."""
-        if self.make_env is None:
-            return "no evaluation environment: this run trains and checkpoints, and reports no score"
+        if self.make_env is None:  # D4RL's AntMaze, Kitchen and Adroit ids where gymnasium-robotics is missing
+            return (
+                "no evaluation environment (AntMaze, Kitchen and Adroit need gymnasium-robotics: pip install -r "
+                "requirements.txt): this run trains and checkpoints, and reports no score"
+            )
         return (
             ""
             if self.ref_min is not None or self.scored_by_success

@@ -306,7 +306,10 @@ def test_datasets_without_an_evaluation_env_train_and_say_so(tmp_path, monkeypat
             ]
         )
     )
-    assert "NOTE: antmaze-medium-play-v2: no evaluation environment" in capsys.readouterr().out
+    assert (
+        "NOTE: antmaze-medium-play-v2: no evaluation environment (AntMaze, Kitchen and Adroit need gymnasium-"
+        "robotics: pip install -r requirements.txt)" in capsys.readouterr().out
+    )
     summary = json.loads(open(summary_path).read())
     assert summary["final_score"] is None and summary["evaluations"] == []
 
