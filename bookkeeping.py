@@ -66,7 +66,7 @@ def check_flags(flags: dict) -> None:
         finite = type(value) is int or math.isfinite(value)
         if not (finite and (low < value or low == value and bound[0] == "[") and value <= high):
             raise UserError(f"--{name.replace('_', '-')} must be a number in {bound}, not {value}")
-        if type(value) is int and value > INT_MAX and name != "seed":  # steps and sizes: torch's int64 overflows
+        if type(value) is int and value > INT_MAX and name != "seed":  # steps and sizes (2^64 overflowed torch)
             raise UserError(f"--{name.replace('_', '-')} must be at most {INT_MAX}, not {value}")
 
 
@@ -774,15 +774,16 @@ def main(script: str, run: Callable[[], str | list[str]]) -> None:
             signal.signal(s, signal.SIG_IGN)
         print("\n".join(f"summary: {path}" for path in ([summaries] if isinstance(summaries, str) else summaries)))
     except (UserError, OSError, KeyboardInterrupt, RuntimeError) as e:  # bad input, a refused write, a signal, OOM
-        if isinstance(e, RuntimeError) and not out_of_memory(e):
-            raise
         stop, runs = "interrupted" if isinstance(e, KeyboardInterrupt) else "error", Runs.latest
+        oom = out_of_memory(e, runs)
+        if isinstance(e, RuntimeError) and not oom:
+            raise
         if runs is not None:
             runs.remove_made()  # the folders it made, those still empty
         # outside the loop (loading, setting up, the summaries): the last checkpoint and the command that continues
-        message = out_of_memory(e, runs) or str(e) or (runs.how_to_continue() if runs else "no checkpoint was written")
+        message = oom or str(e) or (runs.how_to_continue() if runs else "no checkpoint was written")
         written = runs is not None and getattr(runs, "logs", None)  # in training: a refused write, out of memory
-        if (isinstance(e, OSError) or out_of_memory(e)) and written:
+        if (isinstance(e, OSError) or oom) and written:
             message += f"; {runs.how_to_continue()}"
         print(f"{os.path.basename(script)}: {stop}: {message}", file=sys.stderr)
         sys.exit(getattr(e, "exit_code", 130) if stop == "interrupted" else 2)  # 130 / 143: as for SIGINT / SIGTERM

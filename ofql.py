@@ -568,7 +568,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
             if step % args.log_every != 0 and not eval_step and not stopping:
                 continue
 
-            means = (metric_sum / window_steps).view(runs.size, -1).tolist()  # offline, the one host sync a window
+            means = (metric_sum / window_steps).view(runs.size, -1).tolist()  # the one host sync per offline window
             window_time = time.perf_counter() - window_start
             runs.check_finite(list(metrics), first_bad.view(runs.size, -1).tolist(), source)  # those with a NaN stop
             results = None

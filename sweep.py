@@ -325,12 +325,12 @@ class Members:
         parameters receive its own loss's gradient), each member's gradient clipped by its own norm to its own
         --grad-norm (the script passes args.grad_norm, the first member's), then the step. Returns the members'
         gradient norms (before clipping), as clip_grad_norm_ does for one."""
+        if self.max_norms is not None and max_norm != self.member_args[0].grad_norm:  # an edited copy's other limit
+            raise UserError(f"sweep.py clips each member to its own --grad-norm; optimizer_step was given {max_norm}")
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         grads = [p.grad for p in module.parameters() if p.grad is not None] or [loss.new_zeros(len(loss))]  # none: 0
         norms = torch.stack([torch.linalg.vector_norm(g.reshape(len(g), -1), dim=1) for g in grads]).norm(dim=0)
-        if self.max_norms is not None and max_norm != self.member_args[0].grad_norm:  # an edited copy's other limit
-            raise UserError(f"sweep.py clips each member to its own --grad-norm; optimizer_step was given {max_norm}")
         limit = (max_norm or None) if self.max_norms is None else self.max_norms  # None: no clipping
         if limit is not None:
             scale = (limit / (norms + 1e-6)).clamp(max=1.0)  # clip_grad_norm_'s rule, per member

@@ -13,6 +13,14 @@ from offline_data.source import DataSource, UserError
 from offline_data.vector_envs import vector_env
 
 
+def env_actions(policy: Callable, obs: np.ndarray, device) -> np.ndarray:
+    """The policy's actions for `obs`, as the envs take them; non-finite ones (a member gone non-finite, which stops at
+    the next logging window or, in a sweep, goes on unreported) as 0: MuJoCo warns at every NaN control."""
+    actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+    actions[~np.isfinite(actions)] = 0.0
+    return actions
+
+
 def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int], device) -> tuple:
     """One episode per env, all in parallel, env i reset with seeds[i]: the returns, the successes (info['success'] of
     the final step, as FQL counts them; NaN where an env reports none), and action batches per second."""
@@ -21,10 +29,8 @@ def run_episodes(policy: Callable, envs: gym.vector.VectorEnv, seeds: list[int],
     successes, policy_time, decisions = np.full(envs.num_envs, np.nan), 0.0, 0
     while not finished.all():
         start = time.perf_counter()
-        actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        actions = env_actions(policy, obs, device)
         policy_time, decisions = policy_time + time.perf_counter() - start, decisions + 1
-        actions[~np.isfinite(actions)] = 0.0  # a member gone non-finite, which stops or goes on unreported: MuJoCo
-        # warns at every NaN control
         obs, rewards, terminations, truncations, infos = envs.step(actions)
         returns += np.where(finished, 0.0, rewards)
         ending = (terminations | truncations) & ~finished
@@ -62,18 +68,20 @@ class OnlineEnvs:
         (truncated) bootstraps; per env, None or the episode that ended: its raw return, length, score and, where the
         source is scored by success, its success (info['success'] of its last step))."""
         obs = self.obs
-        actions = policy(torch.as_tensor(obs, dtype=torch.float32, device=self.device)).cpu().numpy()
-        actions[~np.isfinite(actions)] = 0.0  # as in run_episodes: MuJoCo warns at every NaN control
+        actions = env_actions(policy, obs, self.device)
         self.obs, rewards, terminated, truncated, infos = self.envs.step(actions)
-        self.returns, self.lengths = self.returns + rewards, self.lengths + 1
+        self.returns += rewards
+        self.lengths += 1
         next_obs, episodes = self.obs.copy(), [None] * len(obs)
         for i in np.flatnonzero(terminated | truncated):
             next_obs[i] = infos["final_obs"][i]
             final = infos["final_info"]
             success = np.array([final["success"][i] if final.get("_success", [False] * len(obs))[i] else np.nan])
             score = self.source.score(self.returns[i : i + 1], success)
-            return_and_length = float(self.returns[i]), int(self.lengths[i])
-            episodes[i] = dict(zip(("online/episode_return", "online/episode_length"), return_and_length))
+            episodes[i] = {
+                "online/episode_return": float(self.returns[i]),
+                "online/episode_length": int(self.lengths[i]),
+            }
             episodes[i].update({} if score is None else {"online/episode_score": float(score[0])})
             episodes[i].update({"online/episode_success": float(success[0])} if self.source.scored_by_success else {})
             self.returns[i], self.lengths[i] = 0.0, 0

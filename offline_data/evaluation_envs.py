@@ -18,13 +18,14 @@ def renderable(env: gym.Env) -> gym.Env:
     """`env`, rendering rgb_array frames off-screen (MUJOCO_GL=egl unless it is set) through the model's "track"
     camera where it has one (gymnasium's free camera does not follow the MuJoCo locomotion bodies)."""
     try:
-        return render_frames(env)
+        return set_up_rendering(env)
     except Exception:
         env.close()  # a refused env: its simulator and GL context too
         raise
 
 
-def render_frames(env: gym.Env) -> gym.Env:
+def set_up_rendering(env: gym.Env) -> gym.Env:
+    """renderable()'s work, which may refuse the env."""
     base = env.unwrapped
     if "rgb_array" not in base.metadata.get("render_modes", []):
         raise UserError(f"the evaluation env {base} cannot render frames (--capture-video)")

@@ -99,7 +99,7 @@ def reward_transform(rewards: np.ndarray, mode: str) -> Callable[[np.ndarray], n
         return lambda r: r - 1.0
     if mode == "standardize":  # DQL's "normalize" for Adroit, by the dataset's mean and std
         mean, std = rewards.mean(), rewards.std(ddof=1)  # torch.std in DQL's code: N - 1
-        if std == 0:  # not finite: check_values names it
+        if std == 0:  # a NaN std (rewards not finite) is check_values' to name
             raise DatasetError(f"--reward-mode standardize: the dataset's rewards are all {mean} (std 0)")
         return lambda r: (r - mean) / std
     return lambda r: r

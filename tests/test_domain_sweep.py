@@ -153,6 +153,15 @@ def test_datasets_of_other_sizes_or_online_steps_are_refused_and_leave_no_run_fo
         assert not os.path.exists("runs") or os.listdir("runs") == []
 
 
+def test_datasets_with_and_without_an_evaluation_env_are_refused_in_either_order(files):
+    """The first dataset's env decided before: a second without one failed at the first evaluation (NoneType is not
+    callable), one with an env after a first without went unevaluated."""
+    a = offline_data.load(A, files["a"])
+    for members in ([a, a._replace(make_env=None)], [a._replace(make_env=None), a]):
+        with pytest.raises(offline_data.UserError, match=r"an evaluation environment, or none: \[.*\] have none"):
+            offline_data.MemberSources(members)
+
+
 def test_evaluation_scores_each_member_in_its_own_env_by_its_own_references(files):
     """Member 1's env pays 10x member 0's and its references are (0, 1000): the same actions from the same seeds
     return 10x, scored by member 1's references; member 0's by D4RL's hopper ones."""
@@ -163,9 +172,6 @@ def test_evaluation_scores_each_member_in_its_own_env_by_its_own_references(file
     still = lambda obs: torch.zeros(len(obs), a.act_dim)
     results = ofql.evaluate([still], envs, source, [ofql.Args(seed=0)] * 2, torch.device("cpu"))
     assert results[1]["return"] == pytest.approx(10.0 * results[0]["return"])
-    for members in ([a, a._replace(make_env=None)], [a._replace(make_env=None), a]):  # either order: one line
-        with pytest.raises(offline_data.UserError, match=r"an evaluation environment, or none: \[.*\] have none"):
-            offline_data.MemberSources(members)
     assert results[1]["score"] == pytest.approx(results[1]["return"] / 10.0)
     assert results[0]["score"] == pytest.approx(offline_data.normalized_score(A, results[0]["return"]))
 

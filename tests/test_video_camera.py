@@ -82,8 +82,8 @@ def test_an_env_that_cannot_render_is_refused_at_once_not_at_the_first_evaluatio
         raise mujoco.FatalError("an OpenGL platform library has not been loaded into this process")
 
     monkeypatch.setattr(type(env.unwrapped), "render", no_gl)
-    closed = []
-    monkeypatch.setattr(env, "close", lambda: closed.append(True))
+    closed, close = [], env.close
+    monkeypatch.setattr(env, "close", lambda: closed.append(True) or close())
     with pytest.raises(offline_data.UserError, match="cannot render a frame .an OpenGL platform.* set MUJOCO_GL"):
         offline_data.renderable(env)
     assert closed  # the refused env is closed (its simulator, its GL context), not left to the process's end
