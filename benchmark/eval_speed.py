@@ -140,8 +140,10 @@ def measured(env_id: str, args: Args) -> dict:
 
 
 def main(args: Args) -> dict:
-    if args.workers[0] != 1:
+    if not args.workers or args.workers[0] != 1:
         raise SystemExit("--workers starts with 1: one process, the baseline of the ratios")
+    if min(args.num_envs, args.steps, args.rounds, *args.workers) < 1:
+        raise SystemExit("--num-envs, --steps, --rounds and --workers must be at least 1")
     rows = [measured(env_id, args) for env_id in args.env_ids]
     per_env_ms = {family(r["env_id"]): r["ms_per_env_step_one_process"] for r in rows if "error" not in r}
     best = {family(r["env_id"]): max(r["ratio"].values()) for r in rows if "error" not in r}

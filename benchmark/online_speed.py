@@ -14,8 +14,8 @@ wall-clock (time.perf_counter) alongside. An env that cannot be built here gets 
 The model: updates and env steps one after another, as train()'s loop does them. With r one run's updates/s, R the
 member-updates/s of a sweep of N = 16 members and t the env step's CPU time:
     one run:  offline 1e6 / r,        online 1e6 x (1 / r + t)
-    sweep:    offline 1e6 / (R / N),  online 1e6 x (N / R + N t)   (its N envs step one after another, one
-              SyncVectorEnv); per member-run, the sweep's hours / N.
+    sweep:    offline 1e6 / (R / N),  online 1e6 x (N / R + N t / W)   (its N envs in W --workers processes,
+              each stepping its share one after another); per member-run, the sweep's hours / N.
 A lower bound: the online step's policy call, its host-device copies, the vector env's own work, storing the
 transitions and the evaluations are not measured; nor the cost of the env's shapes (the rates are halfcheetah's).
 """
@@ -35,6 +35,7 @@ import tyro
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import bookkeeping  # noqa: E402  (the commit)
 import offline_data  # noqa: E402  (the envs)
 from offline_data.ogbench_datasets import make_ogbench_env  # noqa: E402
 
@@ -53,8 +54,8 @@ TIMING = "CPU time of this process (time.process_time: unaffected by other proce
 MODEL = (
     "updates and env steps one after another, as the loop does them; r: one run's updates/s, R: a sweep's "
     "member-updates/s, t: env step time (CPU). One run: offline {off} / r, online {on} x (1 / r + t). Sweep of {n}: "
-    "offline {off} / (R / {n}), online {on} x ({n} / R + {n} t) (its {n} envs step one after another in one "
-    "SyncVectorEnv); per member-run, the sweep's hours / {n}."
+    "offline {off} / (R / {n}), online {on} x ({n} / R + {n} t / {w}) (its {n} envs in {w} worker process(es), "
+    "each stepping its share one after another); per member-run, the sweep's hours / {n}."
 )
 LIMITS = (
     "a lower bound: the online step's policy call (a sample on the GPU), its host-device copies, the vector env's own "
@@ -77,6 +78,9 @@ class Args:
     """sweep_speed.py's results on a GPU: each algorithm's CUDA-graph rates are used"""
     members: int = 16
     """the sweep size N whose member-updates/s (a key of the results' members) prices a sweep"""
+    workers: int = 1
+    """W, the processes a sweep's N envs step in (the scripts take offline_data.default_workers: one per core but
+    the training process's, at least 8 envs each; 1 on a machine of two cores or fewer)"""
     offline_steps: int = 1_000_000
     """offline updates per run (FQL's protocol)"""
     online_steps: int = 1_000_000
@@ -132,12 +136,22 @@ def gpu_rates(path: str, n: int) -> dict:
     """The results' device, torch and date, and per algorithm its CUDA-graph rates: one run's, a sweep of n's."""
     with open(path) as f:
         result = json.load(f)
+    graphed = {
+        name: r["cuda_graph"]
+        for name, r in result.get("algorithms", {}).items()
+        if "members" in r.get("cuda_graph", {})
+    }
+    if not graphed:
+        raise SystemExit(f"--gpu-results {path}: no CUDA-graph rates in it (a cuda.json of benchmark/sweep_speed.py?)")
+    sizes = sorted(set.intersection(*(set(r["members"]) for r in graphed.values())), key=int)
+    if str(n) not in sizes:
+        raise SystemExit(f"--members {n}: {path} has the rates of sweeps of {', '.join(sizes)} members")
     rates = {
         name: dict(
-            one_run_updates_per_sec=r["cuda_graph"]["plain_updates_per_sec"],
-            sweep_member_updates_per_sec=r["cuda_graph"]["members"][str(n)]["member_updates_per_sec"],
+            one_run_updates_per_sec=r["plain_updates_per_sec"],
+            sweep_member_updates_per_sec=r["members"][str(n)]["member_updates_per_sec"],
         )
-        for name, r in result["algorithms"].items()
+        for name, r in graphed.items()
     }
     date = result.get("date") or recorded_date(path)
     return dict(
@@ -163,7 +177,8 @@ def implied_hours(rates: dict, t: float, args: Args) -> dict:
     """Hours of one run and of a sweep of args.members at an algorithm's rates (gpu_rates' entry), env step t s."""
     r, big_r, n = rates["one_run_updates_per_sec"], rates["sweep_member_updates_per_sec"], args.members
     run_offline, run_online = args.offline_steps / r, args.online_steps * (1 / r + t)
-    sweep_offline, sweep_online = args.offline_steps / (big_r / n), args.online_steps * (n / big_r + n * t)
+    sweep_offline = args.offline_steps / (big_r / n)
+    sweep_online = args.online_steps * (n / big_r + n * t / args.workers)
     seconds = dict(run_offline=run_offline, run_online=run_online, run=run_offline + run_online)
     seconds.update(sweep_offline=sweep_offline, sweep_online=sweep_online, sweep=sweep_offline + sweep_online)
     h = {f"{k}_h": v / 3600 for k, v in seconds.items()}
@@ -188,6 +203,10 @@ def machine() -> dict:
 
 
 def main(args: Args) -> dict:
+    if min(args.steps, args.members, args.workers) < 1 or min(args.warmup, args.offline_steps, args.online_steps) < 0:
+        raise SystemExit(
+            "--steps, --members and --workers must be at least 1; --warmup and the phases' steps at least 0"
+        )
     gpu = gpu_rates(args.gpu_results, args.members)
     rows = [measure(env_id, args) for env_id in args.env_ids]
     for row in rows:
@@ -196,6 +215,7 @@ def main(args: Args) -> dict:
     offline = {name: implied_hours(r, 0.0, args) for name, r in gpu["rates"].items()}  # the same for every env
     result = dict(
         machine=machine(),
+        commit=bookkeeping.code_version(__file__),
         date=time.strftime("%Y-%m-%d"),
         timing=TIMING,
         steps=args.steps,
@@ -203,9 +223,10 @@ def main(args: Args) -> dict:
         seed=args.seed,
         gpu=gpu,
         members=args.members,
+        workers=args.workers,
         offline_steps=args.offline_steps,
         online_steps=args.online_steps,
-        model=MODEL.format(off=f"{args.offline_steps:,}", on=f"{args.online_steps:,}", n=args.members),
+        model=MODEL.format(off=f"{args.offline_steps:,}", on=f"{args.online_steps:,}", n=args.members, w=args.workers),
         limitations=LIMITS,
         offline_hours={name: {k: h[k] for k in ("run_offline_h", "sweep_offline_h")} for name, h in offline.items()},
         envs=rows,

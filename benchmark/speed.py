@@ -299,8 +299,19 @@ def check(args: Args) -> None:
         )
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch finds no CUDA device here")
-    if min(args.rounds, args.updates, args.decisions, args.decision_batch) < 1:
-        raise SystemExit("--rounds, --updates, --decisions and --decision-batch must be at least 1")
+    if not args.algorithms:
+        raise SystemExit("--algorithms: name at least one of ofql, dql, fql")
+    if min(args.rounds, args.updates, args.decisions, args.decision_batch, args.batch_size, args.dataset_size) < 1:
+        raise SystemExit(
+            "--rounds, --updates, --decisions, --decision-batch, --batch-size and --dataset-size must be at least 1"
+        )
+    if args.decision_batch > args.dataset_size:  # the batch's states are the dataset's first ones
+        raise SystemExit(f"--decision-batch {args.decision_batch} is above --dataset-size {args.dataset_size}")
+    cuda = args.device == "cuda" or args.device == "auto" and torch.cuda.is_available()
+    if cuda and args.warmup < 3:  # cuda_graph(warmup=3) captures on its third call: it stays out of the timing
+        raise SystemExit(
+            f"--warmup must be at least 3 on CUDA (the graph's capture is the third call), not {args.warmup}"
+        )
 
 
 def main(args: Args) -> dict:

@@ -32,6 +32,7 @@ import tyro
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bookkeeping  # noqa: E402  (the commit)
 import offline_data  # noqa: E402
 import speed  # noqa: E402
 import sweep  # noqa: E402
@@ -41,18 +42,18 @@ import sweep  # noqa: E402
 class Args:
     env_id: str = "halfcheetah-medium-v2"
     """the dataset whose presets and shapes are used"""
-    algorithms: list[str] = field(default_factory=lambda: ["ofql", "dql", "fql"])
+    algorithms: list[Literal["ofql", "dql", "fql"]] = field(default_factory=lambda: ["ofql", "dql", "fql"])
     """which scripts to measure"""
     members: list[int] = field(default_factory=lambda: [1, 4, 16])
     """the sweep sizes N"""
-    device: str = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     """cpu, cuda, or auto (cuda when available)"""
     threads: int = 0
     """torch CPU threads (0: torch's default)"""
     batch_size: int = 256
     """training batch size of every member"""
     warmup: int = 5
-    """untimed iterations before each timed block (on CUDA they include the graph's capture)"""
+    """untimed iterations before each timed block (on CUDA at least 3: they include the graph's capture)"""
     updates: int = 20
     """timed iterations per block"""
     rounds: int = 3
@@ -164,20 +165,52 @@ def table1_lines(t: dict) -> list[str]:
         lines.append(f"| all three | | {t['total_member_updates'] / 1e6:.0f}M | | | {t['total_hours']:.1f} |")
     return lines + [
         "",
-        f"Every member priced at the N = {t['members']} rate: DQL's and FQL's grids are 3 seeds a dataset (9-12 "
+        f"Every member priced at the N = {t['members']} rate: DQL's and FQL's grids are 3 seeds a dataset (6-12 "
         "members with a domain's datasets in one sweep), so their hours are a lower bound; training alone, the "
         "evaluations' env steps are benchmark/eval_speed.py's.",
     ]
 
 
+def check(args: Args) -> None:
+    """One line for what the measurement cannot take."""
+    if args.env_id not in offline_data.DATASETS:
+        raise SystemExit(
+            f"--env-id {args.env_id}: not a D4RL id (the shapes are D4RL's): {', '.join(offline_data.DATASETS)}"
+        )
+    cuda = args.device == "cuda" or args.device == "auto" and torch.cuda.is_available()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch finds no CUDA device here")
+    if not (args.algorithms and args.members and args.matmul_precision and args.paths != []):
+        raise SystemExit("--algorithms, --members, --matmul-precision and --paths each need at least one value")
+    if min(*args.members, args.datasets, args.updates, args.rounds, args.batch_size) < 1:
+        raise SystemExit("--members, --datasets, --updates, --rounds and --batch-size must be at least 1")
+    if args.dataset_size < args.datasets:  # dataset k holds dataset_size // (k + 1) transitions
+        raise SystemExit(f"--dataset-size {args.dataset_size} is below --datasets {args.datasets}")
+    if not cuda and "cuda_graph" in (args.paths or ()):
+        raise SystemExit("--paths cuda_graph needs a CUDA device")
+    if cuda and args.warmup < 3:  # cuda_graph(warmup=3) captures on its third call: it stays out of the timing
+        raise SystemExit(
+            f"--warmup must be at least 3 on CUDA (the graph's capture is the third call), not {args.warmup}"
+        )
+
+
+def rates_of(path: str) -> dict:
+    """result["algorithms"] of a .json this script wrote, or one line saying it is not one."""
+    with open(path) as f:
+        algorithms = json.load(f).get("algorithms", {})
+    if not any(isinstance(r, dict) and "members" in r for by_path in algorithms.values() for r in by_path.values()):
+        raise SystemExit(f"--table1-from {path}: no sweep's rates in it (a .json of benchmark/sweep_speed.py?)")
+    return algorithms
+
+
 def main(args: Args) -> dict:
     if args.table1_from:
-        with open(args.table1_from) as f:
-            algorithms = json.load(f)["algorithms"]
+        algorithms = rates_of(args.table1_from)
         n = max(int(n) for by_path in algorithms.values() for r in by_path.values() for n in r.get("members", ()))
         t = table1(algorithms, n)
         print("\n".join(table1_lines(t)))
         return t
+    check(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -236,7 +269,8 @@ def main(args: Args) -> dict:
             print(f"round {r + 1}/{args.rounds} {' '.join(map(str, key))}: {rate} member-updates/s", flush=True)
     seconds = {key: statistics.median(v) for key, v in timed.items() if key[:2] not in failed}
     torch.set_float32_matmul_precision("highest")
-    result = dict(device=speed.device_name(device), torch=torch.__version__, env_id=args.env_id, paths=paths)
+    result = dict(device=speed.device_name(device), torch=torch.__version__, commit=bookkeeping.code_version(__file__))
+    result.update(env_id=args.env_id, paths=paths)
     result.update(datasets=sizes, matmul_precision=precision)
     result.update(batch_size=args.batch_size, updates_per_block=args.updates, rounds=args.rounds, algorithms={})
     result["inductor_counters"] = dict(torch._dynamo.utils.counters["inductor"])  # cudagraph_skips: a path not graphed

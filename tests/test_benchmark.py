@@ -333,8 +333,24 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
         ),
         ("speed", ["--env-id", "halfchetah-medium-v2"], "--env-id halfchetah-medium-v2: not a D4RL id"),
         ("speed", ["--device", "cuda"], "--device cuda: torch finds no CUDA device here"),
-        ("speed", ["--rounds", "0"], "--rounds, --updates, --decisions and --decision-batch must be at least 1"),
+        ("speed", ["--rounds", "0"], "--rounds, --updates, --decisions, --decision-batch, --batch-size and --datas"),
+        ("speed", ["--batch-size", "0"], "--rounds, --updates, --decisions, --decision-batch, --batch-size and --d"),
+        ("speed", ["--algorithms"], "--algorithms: name at least one of ofql, dql, fql"),  # StopIteration
         ("speed", ["--algorithms", "foo"], None),  # tyro's refusal of a name it does not know
+        # it timed batches of the dataset's 2000 states and wrote 3000
+        ("speed", ["--decision-batch", "3000", "--dataset-size", "2000"], "--decision-batch 3000 is above --dataset-s"),
+        ("sweep_speed", ["--algorithms", "foo"], None),  # KeyError: 'foo'
+        ("sweep_speed", ["--device", "cud"], None),  # torch's RuntimeError
+        ("sweep_speed", ["--paths", "cuda_graph"], "--paths cuda_graph needs a CUDA device"),  # ValueError
+        ("sweep_speed", ["--members", "0"], "--members, --datasets, --updates, --rounds and --batch-size must be at"),
+        ("sweep_speed", ["--datasets", "0"], "--members, --datasets, --updates, --rounds and --batch-size must be at"),
+        ("sweep_speed", ["--members"], "--algorithms, --members, --matmul-precision and --paths each need at least"),
+        ("sweep_speed", ["--table1-from", "{speed_json}"], r"--table1-from .*/cpu.json: no sweep's rates in it"),
+        ("online_speed", ["--steps", "0"], "--steps, --members and --workers must be at least 1"),  # ZeroDivisionError
+        ("online_speed", ["--members", "4"], "--members 4: .*cuda.json has the rates of sweeps of 1, 16 members"),
+        ("online_speed", ["--gpu-results", "{speed_json}"], r"--gpu-results .*/cpu.json: no CUDA-graph rates in it"),
+        ("eval_speed", ["--steps", "0"], "--num-envs, --steps, --rounds and --workers must be at least 1"),
+        ("eval_speed", ["--workers"], "--workers starts with 1"),  # IndexError
         ("time_embedding", ["--dataset-path", "{file}", "--report-only", "--out-dir", "{tmp}"], "no runs to report"),
         ("compare", ["--plot-only", "--data-dir", "{tmp}/no", "--out-dir", "{tmp}"], r"--data-dir .*/no: no .*\.hdf5"),
         ("time_embedding", ["--dataset-path", "{file}", "--variants", "raw64", "foo"], "--variants raw64 foo: each"),
@@ -345,7 +361,8 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, tool, argv, message):
     module = importlib.import_module(tool)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     (tmp_path / "data.hdf5").touch()
-    argv = [a.format(tmp=tmp_path, file=tmp_path / "data.hdf5") for a in argv]
+    speed_json = os.path.join(ROOT, "benchmark", "results", "speed", "cpu.json")  # speed.py's, not sweep_speed.py's
+    argv = [a.format(tmp=tmp_path, file=tmp_path / "data.hdf5", speed_json=speed_json) for a in argv]
     with pytest.raises(SystemExit, match=message) as e:
         module.main(tyro.cli(module.Args, args=argv))
     assert message or e.value.code == 2
