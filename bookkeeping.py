@@ -50,6 +50,7 @@ RESUMABLE = set(
     "resume total_steps exp_name cuda cuda_graph compile capture_video track wandb_project_name wandb_entity "
     "save_model eval_every eval_episodes num_candidates log_every device training_step torch commit".split()
 )
+ONLINE_FLAGS = {"online_steps", "online_candidates", "balanced_sampling"}  # a resume may change them until it is online
 
 
 def check_flags(flags: dict) -> None:
@@ -73,21 +74,23 @@ def check_flags(flags: dict) -> None:
 def check_resume(config: dict, saved: dict, step: int) -> None:
     """A run with `config` (config.json's keys) may continue a checkpoint at `step` of a run with `saved`, or a
     UserError names each flag (but RESUMABLE) that differs, other data (their size), a --total-steps below `step` in
-    the offline phase, and a changed --total-steps once the online phase has begun."""
+    the offline phase, and a changed --total-steps or ONLINE_FLAGS flag once the online phase has begun (before it,
+    they may change: an offline run's checkpoint resumed with --online-steps is fine-tuned online)."""
     foreign = sorted(saved.keys() - config.keys() - RESUMABLE)
     if foreign:  # e.g. dql.py given an ofql.py checkpoint
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in foreign)
         raise UserError(f"its run had flags this script does not know ({flags}): a checkpoint of another script?")
-    keys = sorted((config.keys() | saved.keys()) - RESUMABLE - {"transitions"})
+    offline = step <= saved.get("total_steps", step)  # the checkpoint is of the offline phase
+    keys = sorted((config.keys() | saved.keys()) - RESUMABLE - {"transitions"} - (ONLINE_FLAGS if offline else set()))
     shown = lambda value: "unset" if value is None else value  # a flag left out: --dataset-path unset (was ...)
+    begun = lambda k: "; its online phase had begun" if k in ONLINE_FLAGS else ""
     diff = [
-        f"--{k.replace('_', '-')} {shown(config.get(k))} (was {shown(saved.get(k))})"
+        f"--{k.replace('_', '-')} {shown(config.get(k))} (was {shown(saved.get(k))}{begun(k)})"
         for k in keys
         if config.get(k) != saved.get(k)
     ]
     if config.get("transitions") != saved.get("transitions"):  # the same path, other data
         diff.append(f"a dataset of {config.get('transitions')} transitions (was {saved.get('transitions')})")
-    offline = step <= saved.get("total_steps", step)  # the checkpoint is of the offline phase
     if offline and config.get("total_steps", step) < step:
         diff.append(f"--total-steps {config['total_steps']} (below its step, {step})")
     elif not offline and config.get("total_steps") != saved["total_steps"]:
@@ -549,7 +552,7 @@ class Runs:
                 finished = states[-1]["step"] == config["total_steps"] + config.get("online_steps", 0)
                 summarized.append(finished and os.path.exists(os.path.join(run_dir, "summary.json")))
                 if all(summarized) and len(summarized) == len(files):  # some without a summary.json: written again
-                    more = "" if config.get("online_steps") else "; a larger --total-steps trains it further"
+                    more = "" if config.get("online_steps") else "; a larger --total-steps or --online-steps goes on"
                     raise UserError(f"its run had finished at step {states[-1]['step']} (summary.json){more}")
             except Exception as e:
                 raise UserError(f"cannot resume from {file}: {e if isinstance(e, UserError) else repr(e)}") from None

@@ -159,8 +159,8 @@ PRESETS = {
 
 def parse_args(argv: list[str] | None = None) -> Args:
     """Two passes: read --env-id, then parse every flag with that dataset's presets as the defaults."""
-    peek = argparse.ArgumentParser(add_help=False)
-    peek.add_argument("--env-id", "--env_id", default=Args.env_id)
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # tyro, not this peek, reports a bad flag
+    peek.add_argument("--env-id", "--env_id", default=Args.env_id, nargs="?", const=Args.env_id)
     env_id = peek.parse_known_args(argv)[0].env_id
     preset = offline_data.preset_key(env_id)  # an id of gymnasium's registry (your own data): presets if you add them
     if preset is None:

@@ -32,6 +32,7 @@ MAY_CHANGE = set(
     "resume total_steps exp_name cuda cuda_graph compile capture_video track wandb_project_name wandb_entity "
     "save_model eval_every eval_episodes num_candidates log_every".split()
 )
+ONLINE = {"online_steps", "online_candidates", "balanced_sampling"}  # and these until the online phase begins
 
 
 def changed(value):
@@ -48,11 +49,14 @@ def test_resume_refuses_every_training_flag_and_only_those(script):
     saved = vars(script.Args())
     for flag, value in saved.items():
         config = {**saved, flag: changed(value)}
-        if flag in MAY_CHANGE:
+        if flag in MAY_CHANGE | ONLINE:
             bookkeeping.check_resume(config, saved, step=10)
         else:
             with pytest.raises(UserError, match=f"--{flag.replace('_', '-')} "):
                 bookkeeping.check_resume(config, saved, step=10)
+        if flag in ONLINE:  # a checkpoint of the online phase
+            with pytest.raises(UserError, match=f"--{flag.replace('_', '-')} .*its online phase had begun"):
+                bookkeeping.check_resume(config, saved, step=saved["total_steps"] + 1)
 
 
 def test_a_run_records_the_commit_of_its_code_and_may_resume_on_another(tmp_path):

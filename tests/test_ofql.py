@@ -262,6 +262,18 @@ def test_presets_become_defaults_and_flags_override_them():
             script.parse_args(["--env-id", "hoper-medium-v2"])
 
 
+@pytest.mark.parametrize("module", [ofql, dql, fql])
+@pytest.mark.parametrize("argv", [["--env-i", "antmaze-large-play-v2"], ["--env", "hopper-medium-v2"], ["--env-id"]])
+def test_the_peek_at_env_id_leaves_every_error_to_tyro(module, argv, capsys):
+    """A misspelt or valueless --env-id is tyro's error, which points to every flag's help: the first pass read
+    abbreviations (so --help showed --env-i's presets for a flag the parse refused) and stopped on the others with
+    argparse's usage line of --env-id alone."""
+    with pytest.raises(SystemExit) as e:
+        module.parse_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "For full helptext" in err and "usage:" not in err
+
+
 def test_the_defaults_are_the_papers_and_dqls():
     """Appendix B's (t, r) distribution, flow ratio and Eq. 14's plain loss; DQL's batch, discount, Polyak rate, EMA
     rule, backup actions and evaluation candidates (the other two scripts share the common ones: a test keeps them)."""

@@ -374,8 +374,29 @@ def test_a_resume_refuses_another_total_steps_once_the_online_phase_has_begun():
         bookkeeping.check_resume({"total_steps": 5, "online_steps": 30}, saved, 8)
     with pytest.raises(offline_data.UserError, match="online phase had begun"):
         bookkeeping.check_resume({"total_steps": 20, "online_steps": 30}, saved, 23)
-    with pytest.raises(offline_data.UserError, match="--online-steps 5"):
+    with pytest.raises(offline_data.UserError, match=r"--online-steps 5 \(was 30; its online phase had begun\)"):
         bookkeeping.check_resume({"total_steps": 10, "online_steps": 5}, saved, 23)
+    # until it begins (the offline phase's last step included), the online phase's flags may change
+    bookkeeping.check_resume({"total_steps": 10, "online_steps": 5, "balanced_sampling": True}, saved, 10)
+    with pytest.raises(offline_data.UserError, match=r"--balanced-sampling True \(was unset; its online phase had"):
+        bookkeeping.check_resume({"total_steps": 10, "online_steps": 30, "balanced_sampling": True}, saved, 11)
+
+
+def test_an_offline_runs_checkpoint_resumed_with_online_steps_is_the_run_fine_tuned_from_the_start(
+    tmp_path, hopper_file, monkeypatch
+):
+    """FQL's --restore_path then --online_steps, as a resume: a finished offline run (10 steps, saved) resumed with
+    --online-steps 60 (and the other online flags, which may change until the online phase begins) logs every number,
+    online episodes included, as the run trained with them from the start, bit for bit."""
+    monkeypatch.chdir(tmp_path)
+    offline = flags(hopper_file, "--total-steps", "10", "--eval-every", "10", "--save-model")
+    online = ["--online-steps", "60", "--balanced-sampling", "--online-candidates", "2"]
+    whole = records(ofql.train(ofql.parse_args(offline + online)))
+    checkpoint = os.path.join(os.path.dirname(ofql.train(ofql.parse_args(offline))), "checkpoint.pt")
+    resumed = ofql.train(ofql.parse_args(offline + online + ["--resume", checkpoint]))
+    assert records(resumed) == whole and any("online/episode_return" in r for r in whole)
+    with pytest.raises(offline_data.UserError, match=r"--online-steps 30 \(was 60; its online phase had begun\)"):
+        ofql.train(ofql.parse_args(offline + ["--online-steps", "30", "--resume", checkpoint]))
 
 
 # --- sweeps ----------------------------------------------------------------------------------------------------------
