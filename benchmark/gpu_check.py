@@ -1277,7 +1277,7 @@ def main(args: Args) -> int:
 
 if __name__ == "__main__":
     try:
-        sys.exit(main(tyro.cli(Args)))
+        sys.exit(main(tyro.cli(Args, description=__doc__)))
     except CheckError as e:
         print(f"gpu_check: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -145,7 +145,8 @@ def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dic
     column = {t: [float(x) for x in own[:, k]] for k, t in enumerate(steps)}
     offline = [k for k, t in enumerate(steps) if t <= offline_end][-5:]
     online = [k for k, t in enumerate(steps) if t > offline_end][-5:]
-    episodes = [[score for _, score in r["episodes"]] for r in seeds if r["episodes"]]
+    episodes = [[score for _, score in r["episodes"]] for r in seeds]
+    every_seed = all(episodes)  # the episode columns average every seed, or say "-"
     candidates = [[dict((step, c) for step, _, c in r["evals"])[t] for t in steps] for r in seeds]
     candidates = None if any(None in row for row in candidates) else np.array(candidates)  # None: 1 candidate
     at = lambda k: [] if candidates is None else [float(x) for x in candidates[:, k]]  # noqa: E731
@@ -158,11 +159,11 @@ def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dic
         finished=all(r["finished"] for r in seeds),
         offline_end=column.get(offline_end, []),
         online_end=column[last] if last > offline_end else [],
-        offline_last_5_mean=[float(row[offline].mean()) for row in own] if offline else [],
+        offline_last_5_mean=[float(row[offline].mean()) for row in own] if len(offline) == 5 else [],
         online_last_5_mean=[float(row[online].mean()) for row in own] if len(online) == 5 else [],
         online_episodes=[len(e) for e in episodes],
-        first_10_episodes=[float(np.mean(e[:10])) for e in episodes],
-        last_10_episodes=[float(np.mean(e[-10:])) for e in episodes],
+        first_10_episodes=[float(np.mean(e[:10])) for e in episodes] if every_seed else [],
+        last_10_episodes=[float(np.mean(e[-10:])) for e in episodes] if every_seed else [],
         candidates=seeds[0]["candidates"],
         candidate_scores=None if candidates is None else candidates.tolist(),
         candidates_offline_end=at(steps.index(offline_end)) if offline_end in steps else [],
@@ -222,7 +223,8 @@ def report(args: Args) -> None:
                 title=f"{ENV_ID}: evaluations (solid: the policy's own sample)")  # fmt: skip
     ax_episodes.set(xlabel="online env steps", ylabel="normalized score", title="online training episodes (mean of 10)")
     for ax in (ax_eval, ax_episodes):
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no curve (no seed with 10 episodes): no legend
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(args.out_dir, exist_ok=True)

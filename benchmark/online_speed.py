@@ -292,4 +292,4 @@ def write(result: dict, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(tyro.cli(Args, description=__doc__))

@@ -150,20 +150,24 @@ def time_decisions(policy, obs: torch.Tensor, args: Args, device) -> float:
     return args.decisions / (time.perf_counter() - start)
 
 
-def profile_update(module, agent, buffer, script_args, device, reps: int = 10) -> dict:
+def profile_update(module, agent, buffer, script_args, device, reps: int = 10, rounds: int = 1) -> dict:
     """Milliseconds of the parts of one update: the critic's loss (with its next actions), the actor's loss, the
-    BC loss alone, and the rest of update() (backward passes, optimizer steps, target networks)."""
+    BC loss alone, and the rest of update() (backward passes, optimizer steps, target networks); each part the median
+    over `rounds` of its mean over `reps` calls."""
     batch = buffer.sample(script_args.batch_size)
     bc_args = (script_args,) if len(inspect.signature(module.behavior_cloning_loss).parameters) == 4 else ()
 
     def ms(fn) -> float:
         fn()
-        sync(device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        sync(device)
-        return (time.perf_counter() - start) / reps * 1000
+        times = []
+        for _ in range(rounds):
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            sync(device)
+            times.append((time.perf_counter() - start) / reps * 1000)
+        return statistics.median(times)
 
     parts = {
         "critic loss": ms(lambda: module.critic_loss_fn(agent, batch, script_args)),
@@ -403,7 +407,7 @@ def main(args: Args) -> dict:
                 )
     result["ratios"] = ratios
     result["update_profile_ms"] = {
-        name: profile_update(module, steps["eager"][1], buffer, script_args, device)
+        name: profile_update(module, steps["eager"][1], buffer, script_args, device, rounds=args.rounds)
         for name, (module, script_args, steps, buffer) in setups.items()
     }
     write(result, args)
@@ -448,7 +452,7 @@ def write(result: dict, args: Args) -> None:
     parts = list(next(iter(profile.values())))
     lines += [
         "",
-        "Where one update's time goes (ms):",
+        f"Where one update's time goes (ms; each part the median over {args.rounds} rounds of its mean over 10 calls):",
         "",
         "| script | " + " | ".join(parts) + " |",
         "|---|" + "---:|" * len(parts),

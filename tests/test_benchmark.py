@@ -693,6 +693,11 @@ def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
         and os.path.exists(tmp_path / "curves.png")
     )
     assert "50 offline updates, then 50 online env steps" in table and "commit: abc." in table
+    # a phase of fewer than 5 evaluations, a seed without online episodes: "-", not a mean of what there is
+    short = [dict(seed=s, evals=[(10, 1.0, None), (60, 2.0, None)], episodes=e, finished=True, candidates=1) for
+             s, e in ((0, [(10, 3.0)]), (1, []))]  # fmt: skip
+    r = online_check.algorithm_result("ofql", short, offline_end=50)
+    assert r["offline_last_5_mean"] == r["online_last_5_mean"] == r["first_10_episodes"] == r["last_10_episodes"] == []
     fake_online_run(runs, "c1", {"seed": 1, "diffusion_steps": 5, "eval_episodes": 5}, [(10, 1.0)], [])
     with pytest.raises(SystemExit, match=r"the runs differ in total_steps, .*\(50, 50, 10, 5\), \(50, 50, 10, 10\)"):
         online_check.report(args)
