@@ -12,6 +12,7 @@ A sweep's Agent holds its members stacked on a first dimension (every network pa
 the optimizers' step counts are shared): member m's checkpoint is slice m of each, and it resumes with the script.
 """
 
+import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -69,6 +70,25 @@ def check_flags(flags: dict) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a number in {bound}, not {value}")
         if type(value) is int and value > INT_MAX and name != "seed":  # steps and sizes (2^64 overflowed torch)
             raise UserError(f"--{name.replace('_', '-')} must be at most {INT_MAX}, not {value}")
+
+
+def peek(argv: list[str] | None, args_type) -> tuple[str | None, dict]:
+    """A script's first look at its command line (None: sys.argv's): --env-id as given (None without it), and with
+    --resume the flags of the run at that checkpoint (its config, by args_type's fields), which become the defaults:
+    a flag left out keeps the run's value (--total-steps, --eval-every, ...), not the script's. It reads no
+    abbreviation and needs no value, so that tyro reports every bad flag; an unreadable checkpoint gives no flags
+    (the resume says why)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--env-id", "--env_id", nargs="?")
+    parser.add_argument("--resume", nargs="?")
+    given = parser.parse_known_args(argv)[0]
+    try:  # mmap: the config without reading the tensors
+        config = torch.load(given.resume, map_location="cpu", weights_only=True, mmap=True)["config"]
+    except Exception:
+        config = {}
+    defaults = {f.name: f.default for f in dataclasses.fields(args_type) if f.name != "resume"}
+    as_given = lambda k, v: tuple(v) if isinstance(defaults[k], tuple) else v  # config.json's list of a tuple flag
+    return given.env_id, {k: as_given(k, v) for k, v in config.items() if k in defaults} if type(config) is dict else {}
 
 
 def check_resume(config: dict, saved: dict, step: int) -> None:
@@ -588,6 +608,11 @@ class Runs:
         self.logs = [open_log(d) for d in self.dirs]  # locked: a second process resuming a run stops here
         for run_dir in self.dirs:
             trim_log(os.path.join(run_dir, "metrics.jsonl"), states[0]["step"])
+        saved, shown = states[0]["config"], sorted((RESUMABLE | ONLINE_FLAGS) - {"resume", "device", "torch", "commit"})
+        changed = [f"--{k.replace('_', '-')} {saved[k]} → {self.configs[0].get(k)}" for k in shown
+                   if k in saved and saved[k] != self.configs[0].get(k)]  # fmt: skip
+        more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
+        print(f"resuming {files[0]}{more} at step {low}" + (f"; changed: {', '.join(changed)}" if changed else ""))
         return states[0]["step"] + 1, [s["evals"] for s in states], states[0]["elapsed"]
 
     def live(self) -> list[int]:

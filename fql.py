@@ -4,7 +4,6 @@ this file is ofql.py with FQL's policy, networks and update rule (`diff fql.py o
 distillation weight, not the Q weight alpha of the OFQL paper's Eq. 7. Docs and results: README.md.
 """
 
-import argparse
 import collections
 import dataclasses
 import os
@@ -158,15 +157,15 @@ PRESETS = {
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    """Two passes: read --env-id, then parse every flag with that dataset's presets as the defaults."""
-    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)  # tyro, not this peek, reports a bad flag
-    peek.add_argument("--env-id", "--env_id", default=Args.env_id, nargs="?", const=Args.env_id)
-    env_id = peek.parse_known_args(argv)[0].env_id
+    """Two passes: read --env-id (and --resume), then parse every flag with that dataset's presets (and the resumed
+    run's flags: a flag left out keeps the run's value) as the defaults."""
+    given_env_id, run = bookkeeping.peek(argv, Args)  # run: with --resume, the flags its run had at the checkpoint
+    env_id = given_env_id or run.get("env_id", Args.env_id)
     preset = offline_data.preset_key(env_id)  # an id of gymnasium's registry (your own data): presets if you add them
     if preset is None:
         raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
-    defaults = dataclasses.replace(Args(), env_id=env_id, **PRESETS.get(preset, {}))
-    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any."
+    defaults = dataclasses.replace(Args(), **{**PRESETS.get(preset, {}), **run, "env_id": env_id})
+    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any (--resume: its run's flags)."
     return tyro.cli(Args, args=argv, default=defaults, description=description)
 
 

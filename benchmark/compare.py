@@ -261,11 +261,15 @@ def row_result(env_id: str, algorithm: str, runs: list[dict], data_score: float 
 
 
 def left_out(args: Args, env_id: str, algorithm: str, summaries: dict) -> str | None:
-    """The line naming the --seeds a row leaves out: failed (a run's error) and missing (no finished run)."""
+    """The line naming the seeds a row leaves out: of --seeds, failed (a run's error) and missing (no finished run);
+    finished runs of other seeds (not in --seeds)."""
     found = {s: summaries[(env_id, algorithm, s)] for s in args.seeds if (env_id, algorithm, s) in summaries}
     failed = [f"seed {s} failed ({r['error']})" for s, r in found.items() if r.get("error") is not None]
     missing = [f"seed {s} has no finished run" for s in args.seeds if s not in found]
-    return f"{env_id} {algorithm}: {'; '.join(failed + missing)}" if found and failed + missing else None
+    others = sorted(s for e, a, s in summaries if (e, a) == (env_id, algorithm) and s not in args.seeds)
+    outside = [f"seed {s}'s run left out (not in --seeds)" for s in others]
+    named = failed + missing + outside
+    return f"{env_id} {algorithm}: {'; '.join(named)}" if (found or outside) and named else None
 
 
 def write_report(args: Args) -> None:

@@ -146,7 +146,7 @@ def algorithm_result(algorithm: str, seeds: list[dict], offline_end: int) -> dic
     offline = [k for k, t in enumerate(steps) if t <= offline_end][-5:]
     online = [k for k, t in enumerate(steps) if t > offline_end][-5:]
     episodes = [[score for _, score in r["episodes"]] for r in seeds]
-    every_seed = all(episodes)  # the episode columns average every seed, or say "-"
+    every_seed = all(len(e) >= 10 for e in episodes)  # the episode columns: 10 of every seed's, or "-"
     candidates = [[dict((step, c) for step, _, c in r["evals"])[t] for t in steps] for r in seeds]
     candidates = None if any(None in row for row in candidates) else np.array(candidates)  # None: 1 candidate
     at = lambda k: [] if candidates is None else [float(x) for x in candidates[:, k]]  # noqa: E731

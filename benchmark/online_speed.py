@@ -207,6 +207,8 @@ def main(args: Args) -> dict:
         raise SystemExit(
             "--steps, --members and --workers must be at least 1; --warmup and the phases' steps at least 0"
         )
+    if args.workers > args.members:  # a worker steps one env at least
+        raise SystemExit(f"--workers {args.workers} is above --members {args.members} (the sweep's envs)")
     gpu = gpu_rates(args.gpu_results, args.members)
     rows = [measure(env_id, args) for env_id in args.env_ids]
     for row in rows:

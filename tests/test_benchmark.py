@@ -123,14 +123,19 @@ def test_report_leaves_out_failed_sweep_members_and_names_them(tmp_path):
 
 
 def test_an_algorithm_without_runs_is_no_row_and_runs_without_a_score_are_refused(tmp_path):
-    """--algorithms names one with no run at all: no row, no note of missing seeds (only a row's seeds are named);
-    your own data's runs (raw returns, no score): one line, not a table of Nones."""
+    """--algorithms names one with no run at all: no row, no note of missing seeds (only a row's seeds are named); a
+    finished run of a seed not in --seeds is named under the table; your own data's runs (raw returns, no score): one
+    line, not a table of Nones."""
     out = str(tmp_path)
     fake_run(out, "hopper-medium-v2", "ofql", 0, [1.0, 2.0])
     args = compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql", "dql"], seeds=[0], out_dir=out)
     compare.write_report(args)
     report = open(os.path.join(out, "results.md")).read()
     assert "| ofql | 1 |" in report and "dql" not in report
+    fake_run(out, "hopper-medium-v2", "ofql", 1, [3.0, 4.0])  # a run of a seed not asked for: named, not silent
+    compare.write_report(args)
+    report = open(os.path.join(out, "results.md")).read()
+    assert "| ofql | 1 |" in report and "hopper-medium-v2 ofql: seed 1's run left out (not in --seeds)" in report
     fake_run(out, "InvertedPendulum-v5", "ofql", 0, [None, None])
     args = compare.Args(datasets=["InvertedPendulum-v5"], algorithms=["ofql"], seeds=[0], out_dir=out)
     with pytest.raises(SystemExit, match=r"^InvertedPendulum-v5 ofql: its runs have no score \(no reference returns\)"):
@@ -282,15 +287,17 @@ def test_a_failed_run_stops_the_others_and_is_named_with_its_logs_last_line(tmp_
     assert [(" --seed 0 " in p.cmd, p.calls) for p in FakeRun.started] == [(True, ["terminate", "wait"]), (False, [])]
 
 
-def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
+def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path, monkeypatch):
     import speed
 
+    profiled, profile = [], speed.profile_update
+    monkeypatch.setattr(speed, "profile_update", lambda *a, **k: profiled.append(k["rounds"]) or profile(*a, **k))
     result = speed.main(
         speed.Args(
             device="cpu",
             updates=2,
             warmup=1,
-            rounds=1,
+            rounds=2,
             decisions=1,
             decision_batch=8,
             dataset_size=1000,
@@ -316,6 +323,7 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
     assert a["dql"]["ops"]["critic loss"] > 2 * a["ofql"]["ops"]["critic loss"]  # 5 denoising calls against 1
     assert "| ofql |" in open(tmp_path / "cpu.md").read() and json.load(open(tmp_path / "cpu.json")) == result
     assert result["commit"] == speed.bookkeeping.code_version(speed.__file__)  # the code measured
+    assert profiled == [2, 2, 2]  # each script's update profile: the median over the rounds
 
 
 @pytest.mark.parametrize(
@@ -350,6 +358,13 @@ def test_speed_benchmark_writes_its_figures_and_ratios(tmp_path):
         ("online_speed", ["--members", "4"], "--members 4: .*cuda.json has the rates of sweeps of 1, 16 members"),
         ("online_speed", ["--gpu-results", "{speed_json}"], r"--gpu-results .*/cpu.json: no CUDA-graph rates in it"),
         ("eval_speed", ["--steps", "0"], "--num-envs, --steps, --rounds and --workers must be at least 1"),
+        ("eval_speed", ["--num-envs", "0"], "--num-envs, --steps, --rounds and --workers must be at least 1"),
+        ("eval_speed", ["--rounds", "0"], "--num-envs, --steps, --rounds and --workers must be at least 1"),
+        ("eval_speed", ["--workers", "1", "0"], "--num-envs, --steps, --rounds and --workers must be at least 1"),
+        ("online_speed", ["--workers", "0"], "--steps, --members and --workers must be at least 1"),
+        ("online_speed", ["--workers", "17"], "--workers 17 is above --members 16"),
+        ("sweep_speed", ["--batch-size", "0"], "--members, --datasets, --updates, --rounds and --batch-size must be"),
+        ("sweep_speed", ["--dataset-size", "1", "--datasets", "2"], "--dataset-size 1 is below --datasets 2"),
         ("eval_speed", ["--workers"], "--workers starts with 1"),  # IndexError
         ("time_embedding", ["--dataset-path", "{file}", "--report-only", "--out-dir", "{tmp}"], "no runs to report"),
         ("compare", ["--plot-only", "--data-dir", "{tmp}/no", "--out-dir", "{tmp}"], r"--data-dir .*/no: no .*\.hdf5"),
@@ -366,6 +381,50 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, tool, argv, message):
     with pytest.raises(SystemExit, match=message) as e:
         module.main(tyro.cli(module.Args, args=argv))
     assert message or e.value.code == 2
+
+
+def test_the_checks_take_their_boundaries_and_refuse_an_uncaptured_warmup_on_cuda(monkeypatch):
+    """What is valid passes (a decision batch of the whole dataset, one dataset's worth of transitions per dataset, no
+    online steps); on CUDA, `auto` included, a --warmup below 3 is refused: the graph's capture, the third call,
+    would land in a timed block. check() touches no device."""
+    import online_speed
+    import sweep_speed
+
+    import speed
+
+    speed.check(speed.Args(device="cpu", decision_batch=1000, dataset_size=1000))
+    sweep_speed.check(sweep_speed.Args(device="cpu", dataset_size=2, datasets=2))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for module in (speed, sweep_speed):
+        module.check(module.Args(device="auto", warmup=3))
+        with pytest.raises(SystemExit, match="--warmup must be at least 3 on CUDA"):
+            module.check(module.Args(device="auto", warmup=2))
+    monkeypatch.setattr(online_speed, "gpu_rates", lambda *a: (_ for _ in ()).throw(LookupError("past the checks")))
+    with pytest.raises(LookupError):
+        online_speed.main(online_speed.Args(offline_steps=0, online_steps=0, workers=16))
+
+
+def test_speed_profiles_each_part_as_the_median_over_rounds(monkeypatch):
+    """profile_update: each part timed in `rounds` blocks of `reps` calls after one untimed call, its median block
+    reported (a scripted clock: blocks of 4, 2 and 1 ms give 2 ms, not the first, the last or the mean)."""
+    import types
+
+    import speed
+
+    calls = []
+    module = types.SimpleNamespace(
+        critic_loss_fn=lambda *a: calls.append("critic"),
+        actor_loss_fn=lambda *a: calls.append("actor"),
+        behavior_cloning_loss=lambda actor, obs, actions: calls.append("bc"),
+        update=lambda *a: calls.append("update"),
+    )
+    buffer = types.SimpleNamespace(sample=lambda n: types.SimpleNamespace(obs=None, actions=None))
+    agent, args = types.SimpleNamespace(actor=None), types.SimpleNamespace(batch_size=4)
+    clock = iter([t for start in range(0, 400, 10) for t in (start, start + [0.004, 0.002, 0.001][start // 10 % 3])])
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
+    parts = speed.profile_update(module, agent, buffer, args, torch.device("cpu"), reps=1, rounds=3)
+    assert [parts[k] for k in ("critic loss", "actor loss", "of which BC loss", "update")] == pytest.approx([2.0] * 4)
+    assert [calls.count(k) for k in ("critic", "actor", "bc", "update")] == [4] * 4  # 1 untimed + 3 rounds x 1
 
 
 def test_time_embedding_offline_measures_on_a_flow_known_exactly():
@@ -693,11 +752,17 @@ def test_online_check_reports_each_phases_end_and_a_run_under_way(tmp_path):
         and os.path.exists(tmp_path / "curves.png")
     )
     assert "50 offline updates, then 50 online env steps" in table and "commit: abc." in table
-    # a phase of fewer than 5 evaluations, a seed without online episodes: "-", not a mean of what there is
-    short = [dict(seed=s, evals=[(10, 1.0, None), (60, 2.0, None)], episodes=e, finished=True, candidates=1) for
-             s, e in ((0, [(10, 3.0)]), (1, []))]  # fmt: skip
-    r = online_check.algorithm_result("ofql", short, offline_end=50)
-    assert r["offline_last_5_mean"] == r["online_last_5_mean"] == r["first_10_episodes"] == r["last_10_episodes"] == []
+    # a phase of 4 evaluations, a seed of fewer than 10 online episodes: "-", not a mean of what there is
+    evals = [(t, 1.0, None) for t in (10, 20, 30, 40, 60)]
+    for few in ([], [(10, 3.0)] * 9):
+        short = [
+            dict(seed=s, evals=evals, episodes=e, finished=True, candidates=1)
+            for s, e in ((0, few), (1, [(10, 3.0)] * 12))
+        ]
+        r = online_check.algorithm_result("ofql", short, offline_end=50)
+        assert (
+            r["offline_last_5_mean"] == r["online_last_5_mean"] == r["first_10_episodes"] == r["last_10_episodes"] == []
+        )
     fake_online_run(runs, "c1", {"seed": 1, "diffusion_steps": 5, "eval_episodes": 5}, [(10, 1.0)], [])
     with pytest.raises(SystemExit, match=r"the runs differ in total_steps, .*\(50, 50, 10, 5\), \(50, 50, 10, 10\)"):
         online_check.report(args)
@@ -731,7 +796,8 @@ def test_online_check_trains_into_the_runs_dir_it_reads_and_stops_all_when_one_f
 def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_rates(tmp_path):
     """A fake GPU's rates and the env step time online_speed.py measured (read back from results.json): the hours of
     one run (offline N / r, online M x (1 / r + t)) and of a sweep of 16 (offline N / (R / 16), online
-    M x (16 / R + 16 t)), worked by hand; an id that has no env gets a row saying so, and no hours."""
+    M x (16 / R + 16 t / W), W = 1 and 2 --workers), worked by hand; an id that has no env gets a row saying so, and
+    no hours."""
     import online_speed
 
     rates = {"ofql": (800.0, 6400.0), "fql": (400.0, 1600.0)}  # one run's updates/s, a sweep of 16's member-updates/s
@@ -750,6 +816,10 @@ def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_
         online_steps=2_000,
         out_dir=str(tmp_path),
     )
+    online_speed.main(dataclasses.replace(args, workers=2))
+    two, model = (json.load(open(tmp_path / "results.json"))[k] for k in ("envs", "model"))
+    two = two[0]  # the sweep's 16 envs in 2 workers: t / 2 per env
+    assert "(16 / R + 16 t / 2) (its 16 envs in 2 worker process(es)" in model
     online_speed.main(args)
     result = json.load(open(tmp_path / "results.json"))
     hopper, nonsense = result["envs"]
@@ -762,6 +832,9 @@ def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_
         assert h["sweep_offline_h"] == pytest.approx(1_000 * 16 / big_r / 3600)
         assert h["sweep_h"] == pytest.approx((1_000 * 16 / big_r + 2_000 * (16 / big_r + 16 * t)) / 3600)
         assert h["sweep_per_member_run_h"] == pytest.approx(h["sweep_h"] / 16)
+        t2 = two["cpu_ms"] / 1e3
+        sweep_two = (1_000 * 16 / big_r + 2_000 * (16 / big_r + 16 * t2 / 2)) / 3600
+        assert two["hours"][name]["sweep_h"] == pytest.approx(sweep_two)
         assert result["offline_hours"][name]["sweep_offline_h"] == pytest.approx(h["sweep_offline_h"])
     assert nonsense["error"].startswith("could not be built") and "hours" not in nonsense
     table = open(tmp_path / "results.md").read()

@@ -189,6 +189,30 @@ def test_resume_refuses_other_data_in_words_that_name_it():
         bookkeeping.check_resume(saved, {**saved, "dataset_path": "/data/h.hdf5"}, step=5)  # a flag left out
 
 
+def test_a_resume_keeps_the_runs_flags_that_it_is_not_given(tmp_path, hopper_file, monkeypatch, capsys):
+    """`--resume FILE --total-steps 8` alone: every flag left out is the run's (its env id, data file, evaluation and
+    candidates), not the script's default or the preset's, and the run goes on as the one trained to 8 steps in one go
+    (every logged number); one line says where it resumes and what changed. The finished run resumed with nothing
+    else is refused as finished (with the defaults it trained on toward the preset's 1M steps)."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--batch-size", "16", "--eval-every", "4"]
+    flags += ["--eval-episodes", "1", "--num-candidates", "2", "--log-every", "2", "--save-model"]
+    straight = ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--exp-name", "straight"]))
+    checkpoint = os.path.join(
+        os.path.dirname(ofql.train(ofql.parse_args([*flags, "--total-steps", "4"]))), "checkpoint.pt"
+    )
+    with pytest.raises(UserError, match=r"its run had finished at step 4 \(summary.json\)"):
+        ofql.train(ofql.parse_args(["--resume", checkpoint]))
+    capsys.readouterr()
+    resumed = ofql.train(ofql.parse_args(["--resume", checkpoint, "--total-steps", "8"]))
+    assert f"resuming {checkpoint} at step 4; changed: --total-steps 4 → 8\n" in capsys.readouterr().out
+    read = lambda path: [{k: v for k, v in json.loads(line).items() if k not in ("steps_per_sec", "eval/decision_rate")}
+                         for line in open(os.path.join(os.path.dirname(path), "metrics.jsonl"))]  # fmt: skip
+    assert read(resumed) == read(straight) and len(read(straight)) == 4  # steps 2, 4 (evaluated), 6, 8 (evaluated)
+    with pytest.raises(UserError, match=r"--batch-size 32 \(was 16\)"):  # a flag given is checked as before
+        ofql.train(ofql.parse_args(["--resume", checkpoint, "--total-steps", "12", "--batch-size", "32"]))
+
+
 def test_a_finished_run_is_refused_but_one_stopped_before_its_summary_writes_it(tmp_path, hopper_file, monkeypatch):
     """A finished run's checkpoint (its summary.json written): refused in one line, unless --total-steps grows; one
     whose summaries a stop cut off (no summary.json): the resume trains nothing and writes them."""
@@ -403,23 +427,44 @@ def test_only_the_failing_calls_new_empty_folders_are_removed(tmp_path, hopper_f
 
 
 def test_a_resume_with_other_flags_is_refused_before_the_data_are_loaded(tmp_path, hopper_file, monkeypatch):
-    """A resume that forgets --dataset-path would download the D4RL file before the checkpoint's check refused it: the
-    run's config.json is checked first (the same dataset given by a relative path passes)."""
+    """A resume given another --dataset-path would load (download, for a D4RL id) it before the checkpoint's check
+    refused it: the run's config.json is checked first (the same dataset given by a relative path passes, and left
+    out it is the run's)."""
     monkeypatch.chdir(tmp_path)
     flags = ["--env-id", "hopper-medium-v2", "--eval-episodes", "1", "--save-model", "--total-steps", "4"]
     summary = ofql.train(ofql.parse_args([*flags, "--dataset-path", hopper_file, "--eval-every", "4"]))
     checkpoint, loads = os.path.join(os.path.dirname(summary), "checkpoint.pt"), []
     monkeypatch.setattr(offline_data, "load", lambda *a: loads.append(a) or (_ for _ in ()).throw(LookupError("load")))
-    with pytest.raises(UserError, match=r"cannot resume from .*: its run had other flags: --dataset-path unset \(was"):
-        ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--resume", checkpoint]))
+    other = ["--total-steps", "8", "--dataset-path", "other.hdf5", "--resume", checkpoint]
+    with pytest.raises(UserError, match=r"cannot resume from .*: its run had other flags: --dataset-path .*other.hdf5"):
+        ofql.train(ofql.parse_args([*flags, *other]))
     assert loads == []
-    with pytest.raises(LookupError, match="load"):  # past the check, at the load
-        relative = os.path.relpath(hopper_file)
-        ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--dataset-path", relative, "--resume", checkpoint]))
-    assert len(loads) == 1
+    for given in (["--dataset-path", os.path.relpath(hopper_file)], []):
+        with pytest.raises(LookupError, match="load"):  # past the check, at the load
+            ofql.train(ofql.parse_args([*flags, "--total-steps", "8", *given, "--resume", checkpoint]))
+    assert [a[1] for a in loads] == [os.path.relpath(hopper_file), hopper_file]
     with pytest.raises(UserError, match=r"does not know \(--adaptive-weight-power, .*\): a checkpoint of another"):
         dql.train(dql.parse_args([*flags, "--dataset-path", hopper_file, "--resume", checkpoint]))  # ofql.py's
-    assert len(loads) == 1  # refused before the data too
+    assert len(loads) == 2  # refused before the data too
+
+
+def test_peek_reads_the_env_id_and_the_flags_of_the_run_a_checkpoint_continues(tmp_path):
+    """The flags of the checkpoint's run by the script's fields (a tuple flag a tuple again; its old --resume and
+    config.json's additions not flags); no --resume, or a file that is no checkpoint: no flags."""
+
+    @dataclasses.dataclass
+    class Flags:
+        env_id: str = "x"
+        hidden_dims: tuple[int, ...] = (256, 256)
+        resume: str | None = None
+
+    config = {"env_id": "y", "hidden_dims": [64], "resume": "old.pt", "device": "cpu"}
+    torch.save({"config": config, "actor": {"w": torch.zeros(2)}}, tmp_path / "checkpoint.pt")
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    resumed = ["--resume", str(tmp_path / "checkpoint.pt")]
+    assert bookkeeping.peek(resumed, Flags) == (None, {"env_id": "y", "hidden_dims": (64,)})
+    assert bookkeeping.peek(["--env-id", "z", "--resume", str(tmp_path / "junk.pt")], Flags) == ("z", {})
+    assert bookkeeping.peek(["--env_id=z"], Flags) == ("z", {})
 
 
 def test_a_tuple_flag_reads_back_from_config_json_as_it_was_given(tmp_path):

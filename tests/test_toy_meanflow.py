@@ -1,6 +1,7 @@
 """Tests for toy_meanflow.py: the distance, the MeanFlow target, and a quick end-to-end run."""
 
 import csv
+import os
 import re
 
 import numpy as np
@@ -70,12 +71,14 @@ def test_meanflow_target_matches_finite_differences():
     torch.testing.assert_close(u_tgt_flow, v)
 
 
-def test_quick_run_writes_outputs_and_one_meanflow_step_beats_one_euler_step(tmp_path):
+def test_quick_run_writes_outputs_and_one_meanflow_step_beats_one_euler_step(tmp_path, monkeypatch):
     # Two datasets and two step counts keep the test short; each model reseeds, so the checkerboard numbers
-    # are the same as with the default --steps 1 2 5 10.
-    flags = ["--quick", "--datasets", "checkerboard", "moons", "--steps", "1", "10", "--output-dir", str(tmp_path)]
-    args = tyro.cli(tm.Args, args=flags)
+    # are the same as with the default --steps 1 2 5 10. A --quick run writes into runs/, not over docs/toy.
+    monkeypatch.chdir(tmp_path)
+    args = tyro.cli(tm.Args, args=["--quick", "--datasets", "checkerboard", "moons", "--steps", "1", "10"])
     distances = tm.main(args)
+    assert not os.path.exists("docs")
+    tmp_path = tmp_path / "runs" / "toy_meanflow_quick"
 
     png = tmp_path / "toy_meanflow.png"
     assert png.exists() and png.stat().st_size > 20_000
