@@ -15,6 +15,7 @@ the optimizers' step counts are shared): member m's checkpoint is slice m of eac
 import argparse
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import math
@@ -57,6 +58,8 @@ ONLINE_FLAGS = {"online_steps", "online_candidates", "balanced_sampling"}  # a r
 def check_flags(flags: dict) -> None:
     """Every number flag finite and within its FLAG_RANGES range, and --exp-name a name that the run folder's name
     holds as one part (at start-up, before anything is read or written)."""
+    if flags.get("resume") == "":  # an unset shell variable: not a fresh run of the defaults
+        raise UserError("--resume needs a checkpoint file, not ''")
     name = flags.get("exp_name", "-")
     if not name or "/" in name or "__" in name:
         raise UserError(f"--exp-name must be a name without '/' or '__' (the run name's separator), not {name!r}")
@@ -76,19 +79,40 @@ def peek(argv: list[str] | None, args_type) -> tuple[str | None, dict]:
     """A script's first look at its command line (None: sys.argv's): --env-id as given (None without it), and with
     --resume the flags of the run at that checkpoint (its config, by args_type's fields), which become the defaults:
     a flag left out keeps the run's value (--total-steps, --eval-every, ...), not the script's. It reads no
-    abbreviation and needs no value, so that tyro reports every bad flag; an unreadable checkpoint gives no flags
-    (the resume says why)."""
+    abbreviation and needs no value, so that tyro reports every bad flag. A file that is no checkpoint of these
+    scripts is one UserError line; a path that is no file is Runs' to name."""
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--env-id", "--env_id", nargs="?")
     parser.add_argument("--resume", nargs="?")
     given = parser.parse_known_args(argv)[0]
-    try:  # mmap: the config without reading the tensors
-        config = torch.load(given.resume, map_location="cpu", weights_only=True, mmap=True)["config"]
-    except Exception:
-        config = {}
+    config = {}
+    if given.resume and os.path.isfile(given.resume):
+        try:
+            state = load_checkpoint(given.resume)
+            config = state.get("config") if type(state) is dict else None
+        except UserError as e:
+            raise UserError(f"cannot resume from {given.resume}: {e}") from None
+        if type(config) is not dict:  # torch.save's file, not a checkpoint
+            raise UserError(f"cannot resume from {given.resume}: not a checkpoint of ofql.py, dql.py or fql.py")
     defaults = {f.name: f.default for f in dataclasses.fields(args_type) if f.name != "resume"}
     as_given = lambda k, v: tuple(v) if isinstance(defaults[k], tuple) else v  # config.json's list of a tuple flag
-    return given.env_id, {k: as_given(k, v) for k, v in config.items() if k in defaults} if type(config) is dict else {}
+    return given.env_id, {k: as_given(k, v) for k, v in config.items() if k in defaults}
+
+
+def field_defaults(args) -> dict:
+    """The default of each flag of a script's Args: what a run of older code, which had no such flag, ran with."""
+    fields = dataclasses.fields(args) if dataclasses.is_dataclass(args) else ()
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+
+
+def finished_at(run_dir: str, otherwise: int) -> int:
+    """The step at which the run's summary.json was written (its offline and online steps), else `otherwise`."""
+    try:
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+        return int(summary["steps"]) + int(summary.get("online_steps", 0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return otherwise
 
 
 def check_resume(config: dict, saved: dict, step: int) -> None:
@@ -102,7 +126,7 @@ def check_resume(config: dict, saved: dict, step: int) -> None:
         raise UserError(f"its run had flags this script does not know ({flags}): a checkpoint of another script?")
     offline = step <= saved.get("total_steps", step)  # the checkpoint is of the offline phase
     keys = sorted((config.keys() | saved.keys()) - RESUMABLE - {"transitions"} - (ONLINE_FLAGS if offline else set()))
-    shown = lambda value: "unset" if value is None else value  # a flag left out: --dataset-path unset (was ...)
+    shown = lambda value: "unset" if value is None else value  # a flag set to None: --dataset-path unset (was ...)
     begun = lambda k: "; its online phase had begun" if k in ONLINE_FLAGS else ""
     diff = [
         f"--{k.replace('_', '-')} {shown(config.get(k))} (was {shown(saved.get(k))}{begun(k)})"
@@ -141,7 +165,8 @@ def check_resume_flags(args, run_dir: str) -> None:
     except (OSError, ValueError):
         return
     try:  # the data's size waits for the checkpoint
-        check_resume(recorded_flags(args), {k: v for k, v in saved.items() if k != "transitions"}, step=0)
+        known = {k: v for k, v in saved.items() if k != "transitions"}
+        check_resume(recorded_flags(args), {**field_defaults(args), **known}, step=0)
     except UserError as e:
         raise UserError(f"cannot resume from {args.resume}: {e}") from None
 
@@ -319,6 +344,10 @@ def load_checkpoint(path: str) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except EOFError:
         raise UserError("the file is empty") from None
+    except OSError as e:  # a zip cut in the middle of its records: EINVAL
+        if e.errno != errno.EINVAL:
+            raise
+        raise UserError("a truncated or damaged checkpoint") from None
     except (KeyError, RuntimeError) as e:  # not a zip of torch.save's (a text file: KeyError), or a cut one
         cut = "zip archive" in str(e) or "archive is corrupted" in str(e)
         raise UserError(
@@ -532,7 +561,7 @@ class Runs:
             with open(f"{run_dir}/config{f'_resumed_at_{start - 1}' if self.args.resume else ''}.json", "w") as f:
                 json.dump(c, f, indent=2)
             if self.args.resume and os.path.exists(f"{run_dir}/summary.json"):  # a finished run trained further
-                os.replace(f"{run_dir}/summary.json", f"{run_dir}/summary_at_{start - 1}.json")  # until its new end
+                os.replace(f"{run_dir}/summary.json", f"{run_dir}/summary_at_{finished_at(run_dir, start - 1)}.json")
             if self.sweep:
                 with open(f"{run_dir}/sweep.json", "w") as f:
                     json.dump({"sweep": self.sweep, "members": self.dirs, "command": sys.argv}, f, indent=2)
@@ -568,7 +597,7 @@ class Runs:
         for file, config, run_dir in zip(files, self.configs, self.dirs):
             try:
                 states.append(load_checkpoint(file))
-                check_resume(config, states[-1]["config"], states[-1]["step"])
+                check_resume(config, {**field_defaults(self.args), **states[-1]["config"]}, states[-1]["step"])
                 finished = states[-1]["step"] == config["total_steps"] + config.get("online_steps", 0)
                 summarized.append(finished and os.path.exists(os.path.join(run_dir, "summary.json")))
                 if all(summarized) and len(summarized) == len(files):  # some without a summary.json: written again
@@ -608,8 +637,9 @@ class Runs:
         self.logs = [open_log(d) for d in self.dirs]  # locked: a second process resuming a run stops here
         for run_dir in self.dirs:
             trim_log(os.path.join(run_dir, "metrics.jsonl"), states[0]["step"])
-        saved, shown = states[0]["config"], sorted((RESUMABLE | ONLINE_FLAGS) - {"resume", "device", "torch", "commit"})
-        changed = [f"--{k.replace('_', '-')} {saved[k]} → {self.configs[0].get(k)}" for k in shown
+        flags = (RESUMABLE | ONLINE_FLAGS) - {"resume", "device", "training_step", "torch", "commit"}  # not config's
+        saved, shown = states[0]["config"], sorted(flags)
+        changed = [f"--{k.replace('_', '-')} {saved[k]} -> {self.configs[0].get(k)}" for k in shown
                    if k in saved and saved[k] != self.configs[0].get(k)]  # fmt: skip
         more = f" (and {len(files) - 1} more)" if len(files) > 1 else ""
         print(f"resuming {files[0]}{more} at step {low}" + (f"; changed: {', '.join(changed)}" if changed else ""))

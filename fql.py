@@ -58,7 +58,7 @@ class Args:
     save_model: bool = False
     """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation and on SIGINT/SIGTERM"""
     resume: str | None = None
-    """path of a checkpoint.pt to continue from (run it with the same flags as the original run)"""
+    """path of a checkpoint.pt to continue from: a flag left out keeps the run's value (only resumable ones change)"""
     capture_video: bool = False
     """if toggled, the first episode of each evaluation is recorded to runs/<run_name>/videos (and sent with --track)"""
 
@@ -165,7 +165,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     if preset is None:
         raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
     defaults = dataclasses.replace(Args(), **{**PRESETS.get(preset, {}), **run, "env_id": env_id})
-    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any (--resume: its run's flags)."
+    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any (--resume: the run's)."
     return tyro.cli(Args, args=argv, default=defaults, description=description)
 
 

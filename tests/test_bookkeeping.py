@@ -193,7 +193,7 @@ def test_a_resume_keeps_the_runs_flags_that_it_is_not_given(tmp_path, hopper_fil
     """`--resume FILE --total-steps 8` alone: every flag left out is the run's (its env id, data file, evaluation and
     candidates), not the script's default or the preset's, and the run goes on as the one trained to 8 steps in one go
     (every logged number); one line says where it resumes and what changed. The finished run resumed with nothing
-    else is refused as finished (with the defaults it trained on toward the preset's 1M steps)."""
+    else is refused as finished (with the defaults it trained on toward the default 2M steps)."""
     monkeypatch.chdir(tmp_path)
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--batch-size", "16", "--eval-every", "4"]
     flags += ["--eval-episodes", "1", "--num-candidates", "2", "--log-every", "2", "--save-model"]
@@ -205,7 +205,7 @@ def test_a_resume_keeps_the_runs_flags_that_it_is_not_given(tmp_path, hopper_fil
         ofql.train(ofql.parse_args(["--resume", checkpoint]))
     capsys.readouterr()
     resumed = ofql.train(ofql.parse_args(["--resume", checkpoint, "--total-steps", "8"]))
-    assert f"resuming {checkpoint} at step 4; changed: --total-steps 4 → 8\n" in capsys.readouterr().out
+    assert f"resuming {checkpoint} at step 4; changed: --total-steps 4 -> 8\n" in capsys.readouterr().out
     read = lambda path: [{k: v for k, v in json.loads(line).items() if k not in ("steps_per_sec", "eval/decision_rate")}
                          for line in open(os.path.join(os.path.dirname(path), "metrics.jsonl"))]  # fmt: skip
     assert read(resumed) == read(straight) and len(read(straight)) == 4  # steps 2, 4 (evaluated), 6, 8 (evaluated)
@@ -215,7 +215,8 @@ def test_a_resume_keeps_the_runs_flags_that_it_is_not_given(tmp_path, hopper_fil
 
 def test_a_finished_run_is_refused_but_one_stopped_before_its_summary_writes_it(tmp_path, hopper_file, monkeypatch):
     """A finished run's checkpoint (its summary.json written): refused in one line, unless --total-steps grows; one
-    whose summaries a stop cut off (no summary.json): the resume trains nothing and writes them."""
+    whose summaries a stop cut off (no summary.json): the resume trains nothing and writes them. A summary put aside
+    is named by the step its run finished at: a second resume of step 4's checkpoint keeps summary_at_4.json."""
     monkeypatch.chdir(tmp_path)
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1", "--save-model"]
     summary = ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "4"]))
@@ -232,6 +233,13 @@ def test_a_finished_run_is_refused_but_one_stopped_before_its_summary_writes_it(
         ofql.train(ofql.parse_args(further))
     at_4 = os.path.join(os.path.dirname(summary), "summary_at_4.json")
     assert not os.path.exists(summary) and json.load(open(at_4))["evaluations"] == json.loads(written)["evaluations"]
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    ofql.train(ofql.parse_args([*further, "--no-save-model"]))  # finished at 6, the checkpoint still step 4's
+    ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--eval-every", "2", "--resume", checkpoint]))
+    at_6 = os.path.join(os.path.dirname(summary), "summary_at_6.json")
+    assert json.load(open(at_4))["evaluations"] == json.loads(written)["evaluations"]
+    assert [e["step"] for e in json.load(open(at_6))["evaluations"]] == [4, 6]
 
 
 def test_the_command_that_continues_replaces_either_spelling_of_resume():
@@ -265,7 +273,10 @@ def test_an_empty_a_text_or_a_truncated_checkpoint_is_named_as_such(tmp_path):
     whole = (tmp_path / "whole.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(whole[:2000])
     (tmp_path / "damaged.pt").write_bytes(whole[:-300] + bytes(200) + whole[-100:])  # a zeroed block in its index
+    torch.save({"step": torch.zeros(100_000)}, tmp_path / "big.pt")
+    (tmp_path / "cut_big.pt").write_bytes((tmp_path / "big.pt").read_bytes()[:8919])  # torch: OSError(EINVAL)
     lines = {"empty": "the file is empty", "text": "not a checkpoint", "cut": "a truncated", "damaged": "a truncated"}
+    lines["cut_big"] = "a truncated"
     for name, says in lines.items():
         with pytest.raises(UserError, match=f"^{says}"):
             bookkeeping.load_checkpoint(str(tmp_path / f"{name}.pt"))
@@ -450,7 +461,8 @@ def test_a_resume_with_other_flags_is_refused_before_the_data_are_loaded(tmp_pat
 
 def test_peek_reads_the_env_id_and_the_flags_of_the_run_a_checkpoint_continues(tmp_path):
     """The flags of the checkpoint's run by the script's fields (a tuple flag a tuple again; its old --resume and
-    config.json's additions not flags); no --resume, or a file that is no checkpoint: no flags."""
+    config.json's additions not flags); no --resume or a path that is no file: no flags; a file that is no checkpoint:
+    one line."""
 
     @dataclasses.dataclass
     class Flags:
@@ -461,10 +473,26 @@ def test_peek_reads_the_env_id_and_the_flags_of_the_run_a_checkpoint_continues(t
     config = {"env_id": "y", "hidden_dims": [64], "resume": "old.pt", "device": "cpu"}
     torch.save({"config": config, "actor": {"w": torch.zeros(2)}}, tmp_path / "checkpoint.pt")
     (tmp_path / "junk.pt").write_text("not a checkpoint")
+    torch.save({"step": 3}, tmp_path / "other.pt")
     resumed = ["--resume", str(tmp_path / "checkpoint.pt")]
     assert bookkeeping.peek(resumed, Flags) == (None, {"env_id": "y", "hidden_dims": (64,)})
-    assert bookkeeping.peek(["--env-id", "z", "--resume", str(tmp_path / "junk.pt")], Flags) == ("z", {})
-    assert bookkeeping.peek(["--env_id=z"], Flags) == ("z", {})
+    assert bookkeeping.peek(["--env_id=z", "--resume", str(tmp_path)], Flags) == ("z", {})  # a folder: Runs names it
+    # a file that is no checkpoint: said before the defaults' data are loaded (a download), not a flag list
+    for name, says in (("junk.pt", r"not a checkpoint \(not a file"), ("other.pt", "not a checkpoint of ofql.py")):
+        with pytest.raises(UserError, match=f"^cannot resume from {tmp_path / name}: {says}"):
+            bookkeeping.peek(["--resume", str(tmp_path / name)], Flags)
+    with pytest.raises(UserError, match="--resume needs a checkpoint file, not ''"):  # an unset shell variable
+        bookkeeping.check_flags({"resume": ""})
+
+
+def test_a_flag_newer_than_the_run_resumes_at_its_default(tmp_path):
+    """A run of older code has no value of a flag added since: it ran as the flag's default does, so the resume
+    accepts the default and refuses another value (it was refused at any value, 'unset')."""
+    saved = {k: v for k, v in bookkeeping.recorded_flags(ofql.Args(resume="x.pt")).items() if k != "time_mu"}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    bookkeeping.check_resume_flags(ofql.Args(resume="x.pt"), str(tmp_path))
+    with pytest.raises(UserError, match=r"--time-mu 0.5 \(was -0.4\)"):
+        bookkeeping.check_resume_flags(ofql.Args(resume="x.pt", time_mu=0.5), str(tmp_path))
 
 
 def test_a_tuple_flag_reads_back_from_config_json_as_it_was_given(tmp_path):
