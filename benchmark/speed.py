@@ -152,31 +152,33 @@ def time_decisions(policy, obs: torch.Tensor, args: Args, device) -> float:
 
 def profile_update(module, agent, buffer, script_args, device, reps: int = 10, rounds: int = 1) -> dict:
     """Milliseconds of the parts of one update: the critic's loss (with its next actions), the actor's loss, the
-    BC loss alone, and the rest of update() (backward passes, optimizer steps, target networks); each part the median
-    over `rounds` of its mean over `reps` calls."""
+    BC loss alone, and the rest of update() (backward passes, optimizer steps, target networks, computed in each
+    round); each part the median over `rounds` rounds (the parts in turn) of its mean over `reps` calls."""
     batch = buffer.sample(script_args.batch_size)
     bc_args = (script_args,) if len(inspect.signature(module.behavior_cloning_loss).parameters) == 4 else ()
+    calls = {
+        "critic loss": lambda: module.critic_loss_fn(agent, batch, script_args),
+        "actor loss": lambda: module.actor_loss_fn(agent, batch, script_args),
+        "of which BC loss": lambda: module.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, *bc_args),
+        "update": lambda: module.update(agent, batch, script_args, torch.tensor(7, device=device)),
+    }
 
     def ms(fn) -> float:
-        fn()
-        times = []
-        for _ in range(rounds):
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            sync(device)
-            times.append((time.perf_counter() - start) / reps * 1000)
-        return statistics.median(times)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        sync(device)
+        return (time.perf_counter() - start) / reps * 1000
 
-    parts = {
-        "critic loss": ms(lambda: module.critic_loss_fn(agent, batch, script_args)),
-        "actor loss": ms(lambda: module.actor_loss_fn(agent, batch, script_args)),
-        "of which BC loss": ms(lambda: module.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, *bc_args)),
-        "update": ms(lambda: module.update(agent, batch, script_args, torch.tensor(7, device=device))),
-    }
-    parts["backward, optimizers, targets"] = parts["update"] - parts["critic loss"] - parts["actor loss"]
-    return parts
+    for fn in calls.values():  # untimed: the first call of each
+        fn()
+    per_round = []
+    for _ in range(rounds):
+        parts = {name: ms(fn) for name, fn in calls.items()}
+        parts["backward, optimizers, targets"] = parts["update"] - parts["critic loss"] - parts["actor loss"]
+        per_round.append(parts)
+    return {name: statistics.median(p[name] for p in per_round) for name in per_round[0]}
 
 
 class CountOps(TorchDispatchMode):
