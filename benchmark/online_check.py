@@ -5,7 +5,7 @@ updates then as many online steps (one update after each), evaluated over the co
     python benchmark/online_check.py --dataset-path hopper-medium-replay.hdf5 --plot-only   # the report, from the runs
 
 An algorithm with several seeds trains them together (sweep.py); the defaults are what one 2-core session affords
-(OFQL seeds 0 and 1; DQL and FQL, 1.5 and 4 times slower per update on the CPU, seed 0). The report reads each run's
+(OFQL seeds 0 and 1; DQL and FQL, 1.5 and 5 times slower per update on the CPU, seed 0). The report reads each run's
 metrics.jsonl, so a run still under way is reported up to its last evaluation (and said to be), and the protocol
 (steps, evaluations) from the runs' config.json.
 """
@@ -47,7 +47,7 @@ class Args:
     dql_seeds: list[int] = field(default_factory=lambda: [0])
     """DQL's seeds (1.5 times slower per update than OFQL on the CPU)"""
     fql_seeds: list[int] = field(default_factory=lambda: [0])
-    """FQL's seeds (4 times slower per update than OFQL on the CPU)"""
+    """FQL's seeds (5 times slower per update than OFQL on the CPU)"""
     exp_name: str = "online_check"
     """the runs' experiment name, by which the report finds them"""
     runs_dir: str = os.path.join(ROOT, "benchmark", "results", "online_check", "runs")
