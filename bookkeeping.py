@@ -675,6 +675,19 @@ class Runs:
         if self.args.capture_video:
             self.video = envs.envs[0].record(f"step_{step}")
 
+    @contextlib.contextmanager
+    def wandb_calls(self):
+        """Around calls to the members' wandb runs (with --track: self.wandb_runs). A wandb that stopped (a cluster's
+        SIGTERM reaches every process of the job, wandb's service too) turns --track off for the rest of this session,
+        in one line, so that the run goes on and a stop still saves its step."""
+        try:
+            yield
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            if self.wandb_runs:  # not a later member's call in the same loop
+                tqdm.write(f"wandb stopped ({first}); --track is off for the rest of this session")
+            self.wandb_runs = []
+
     def log_episodes(self, step: int, episodes: list) -> None:
         """The online episodes that ended at `step` (episodes[m]: member m's, a dict of its metrics, or None) to the
         live members' metrics.jsonl and wandb runs, with the env steps taken so far (online/env_steps)."""
@@ -683,7 +696,8 @@ class Runs:
                 record = {"step": step, **episodes[m], "online/env_steps": step - self.args.total_steps}
                 self.logs[m].write(json.dumps(record) + "\n")
                 if self.wandb_runs:
-                    self.wandb_runs[m].log(record, step=step)
+                    with self.wandb_calls():
+                        self.wandb_runs[m].log(record, step=step)
 
     def log(self, step: int, names: list[str], means: list[list[float]], steps: int, seconds: float, evals=None):
         """A logging window of `steps` steps in `seconds`: each live member's metric means (and evaluation) to its
@@ -696,11 +710,12 @@ class Runs:
                 record.update({f"eval/{k}": v for k, v in evals[m].items() if v is not None})
             self.logs[m].write(json.dumps(record) + "\n")
             if self.wandb_runs:
-                if self.video:
-                    import wandb
+                with self.wandb_calls():
+                    if self.video:
+                        import wandb
 
-                    self.wandb_runs[m].log({"eval/video": wandb.Video(self.video, format="mp4")}, step=step)
-                self.wandb_runs[m].log(record, step=step)
+                        self.wandb_runs[m].log({"eval/video": wandb.Video(self.video, format="mp4")}, step=step)
+                    self.wandb_runs[m].log(record, step=step)
             if self.size == 1:
                 tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if evals is not None and self.size > 1:  # the score, or without reference returns the return
@@ -808,11 +823,13 @@ class Runs:
                 with replaced_when_written(os.path.join(run_dir, "summary.json")) as tmp, open(tmp, "w") as f:
                     json.dump(summary, f, indent=2)
                 summaries.append(summary)
-            for run, summary in zip(self.wandb_runs or [], summaries):  # each wandb run's summary too
-                run.summary.update({k: v for k, v in summary.items() if k != "evaluations"})
+            for m, summary in enumerate(summaries if self.wandb_runs else []):  # each wandb run's summary too
+                with self.wandb_calls():
+                    self.wandb_runs[m].summary.update({k: v for k, v in summary.items() if k != "evaluations"})
             self.summaries = [os.path.join(run_dir, "summary.json") for run_dir in self.dirs]
-        for m, run in enumerate(self.wandb_runs or []):  # seconds each; a failed member's marked failed
-            run.finish(exit_code=int(m in self.failed))
+        for m in range(self.size if self.wandb_runs else 0):  # seconds each; a failed member's marked failed
+            with self.wandb_calls():
+                self.wandb_runs[m].finish(exit_code=int(m in self.failed))
         if stopped or self.failed:
             raise UserError(stopped or self.failure())
         return self.summaries[0]

@@ -131,7 +131,7 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
     script = load_script(argv[0])
     weight = script.SWEEP_WEIGHT
     values, rest = grid_values(argv[1:], weight)
-    for name in ("seeds", "env_ids", "dataset_paths", "resume"):  # the sweep's lists, given once
+    for name in ("seeds", "env_ids", "dataset_paths", "resume", "shard"):  # the sweep's own flags, given once
         flag_index(rest, name)
     sweep, rest = tyro.cli(Args, args=rest, return_unknown_args=True, description=__doc__)
     if not sweep.seeds:
@@ -167,7 +167,10 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
     members = [dataclasses.replace(b, seed=s, exp_name=named(b, w), **{weight: w}) for b, s, w in grid[index::count]]
     if sweep.resume is not None:
         if len(sweep.resume) != len(members):
-            raise UserError(f"--resume needs one checkpoint per member: {len(members)}, not {len(sweep.resume)}")
+            raise UserError(
+                f"--resume needs one checkpoint per member: {len(members)}, not {len(sweep.resume)} (the members are"
+                " the grid of the sweep's flags: give its command again, as the line of its stop prints it)"
+            )
         members = [dataclasses.replace(m, resume=path) for m, path in zip(members, sweep.resume)]
     return script, sweep, members  # their flags are checked by bookkeeping.Runs, before anything is written
 

@@ -206,7 +206,10 @@ def latest_summaries(args: Args) -> dict:
     run that stopped on a non-finite value (a lone run or a sweep member) has its "error" set."""
     found, runs_dir = {}, os.path.join(args.out_dir, "runs")
     for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else []:
-        _, algorithm, seed, _ = name.split("__")
+        parts = name.split("__")  # <env_id>__<exp_name>__<seed>__<unix time>; other entries (compare's own out-dir,
+        if len(parts) != 4 or not parts[2].isdigit():  # a cluster's log folder) are no runs
+            continue
+        _, algorithm, seed, _ = parts
         path = os.path.join(args.out_dir, "runs", name, "summary.json")
         if os.path.exists(path):
             summary = with_sessions(os.path.dirname(path), json.load(open(path)))

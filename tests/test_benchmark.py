@@ -133,6 +133,7 @@ def test_an_algorithm_without_runs_is_no_row_and_runs_without_a_score_are_refuse
     report = open(os.path.join(out, "results.md")).read()
     assert "| ofql | 1 |" in report and "dql" not in report
     fake_run(out, "hopper-medium-v2", "ofql", 1, [3.0, 4.0])  # a run of a seed not asked for: named, not silent
+    os.makedirs(os.path.join(out, "runs", "compare"))  # no run: compare's default --out-dir, a cluster's log folder
     compare.write_report(args)
     report = open(os.path.join(out, "results.md")).read()
     assert "| ofql | 1 |" in report and "hopper-medium-v2 ofql: seed 1's run left out (not in --seeds)" in report

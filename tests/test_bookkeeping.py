@@ -423,6 +423,32 @@ def test_track_without_a_usable_wandb_is_one_line_and_leaves_no_folder(tmp_path,
     assert not os.path.exists("runs")
 
 
+def test_a_wandb_killed_with_the_job_turns_track_off_and_the_stop_still_saves(
+    tmp_path, hopper_file, monkeypatch, capsys
+):
+    """A cluster's SIGTERM reaches every process of the job, wandb's service too, whose next call raises: the run says
+    so in one line, goes on without --track and saves the stop's step, exit 143 (it ended with exit 2 and the last
+    evaluation's checkpoint, and each later wandb call raised again)."""
+    import wandb
+
+    class Killed:  # a wandb run whose service got the job's SIGTERM with this process
+        summary = {}
+
+        def log(self, *a, **k):
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise ConnectionResetError("Connection lost")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(wandb, "init", lambda **k: Killed())
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "8", "--eval-every", "8"]
+    flags += ["--eval-episodes", "1", "--log-every", "2", "--save-model", "--track"]
+    with pytest.raises(bookkeeping.Interrupted) as stop:
+        ofql.train(ofql.parse_args(flags))
+    assert stop.value.exit_code == 143 and "stopped at step 3; saved in" in str(stop.value)
+    assert capsys.readouterr().out.count("wandb stopped (Connection lost); --track is off") == 1
+    assert torch.load(glob.glob("runs/*/checkpoint.pt")[0], weights_only=True)["step"] == 3
+
+
 def test_only_the_failing_calls_new_empty_folders_are_removed(tmp_path, hopper_file, monkeypatch, capsys):
     """A new run's folder goes with its empty videos/ (--capture-video makes it with the envs); a later main() whose
     flags are refused before it makes a Runs leaves an earlier Runs' folder of this process alone."""

@@ -355,6 +355,8 @@ def test_bad_grids_are_one_line_and_exit_code_2(tmp_path, flags, message):
         (["ofql.py", "--seeds"], "--seeds needs at least one seed"),
         (["ofql.py", "--seeds", "0", "1", "--seeds", "2"], "--seeds is given 2 times"),  # not [2] alone (tyro's)
         (["ofql.py", "--resume", "a.pt", "--resume=b.pt"], "--resume is given 2 times"),
+        (["ofql.py", "--seeds", "0", "1", "--shard", "0/2", "--shard", "1/2"], "--shard is given 2 times"),
+        (["ofql.py", "--resume", "a.pt", "b.pt"], "--resume needs one checkpoint per member: 1, not 2 (the members"),
         (["ofql.py", "--env-ids", "hopper-medium-v2", "--env_ids", "hopper-medium-replay-v2"], "--env-ids is given 2"),
         (["ofql.py", "--dataset-paths", "a", "--dataset-paths", "b"], "--dataset-paths is given 2 times"),
     ],
