@@ -171,7 +171,12 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
                 f"--resume needs one checkpoint per member: {len(members)}, not {len(sweep.resume)} (the members are"
                 " the grid of the sweep's flags: give its command again, as the line of its stop prints it)"
             )
-        members = [dataclasses.replace(m, resume=path) for m, path in zip(members, sweep.resume)]
+        # as a lone run's resume: a flag the command leaves out is the member's run's, but the grid's and the data's
+        given = {a.split("=")[0][2:].replace("-", "_").removeprefix("no_") for a in rest if a.startswith("--")}
+        own = given | {"seed", weight, "exp_name", "env_id", "dataset_path"}
+        flags_of = lambda path: bookkeeping.peek(["--resume", path], script.Args)[1]  # the run's at its checkpoint
+        ran = lambda path: {k: v for k, v in flags_of(path).items() if k not in own}
+        members = [dataclasses.replace(m, resume=path, **ran(path)) for m, path in zip(members, sweep.resume)]
     return script, sweep, members  # their flags are checked by bookkeeping.Runs, before anything is written
 
 

@@ -400,6 +400,33 @@ def test_a_stopped_sweep_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch)
     ]  # each member's own, not member 0's
 
 
+def test_a_resumed_sweeps_members_keep_their_runs_flags_that_the_command_leaves_out(tmp_path, hopper_file, monkeypatch):
+    """As a lone run's resume: each member's flags that the command leaves out are its run's (batch, evaluation,
+    logging, --save-model, here); the grid (seeds, eta), the data and the flags given are the command's."""
+    monkeypatch.chdir(tmp_path)
+    grid = [
+        "ofql.py",
+        "--env-id",
+        "hopper-medium-v2",
+        "--dataset-path",
+        hopper_file,
+        "--seeds",
+        "0",
+        "1",
+        "--eta",
+        "0.1",
+    ]
+    grid += ["0.3"]
+    ran = ["--total-steps", "4", "--eval-every", "4", "--log-every", "2", "--batch-size", "16", "--eval-episodes", "1"]
+    script, _, members = sweep.parse_args([*grid, *ran, "--save-model"])
+    checkpoints = [os.path.join(os.path.dirname(p), "checkpoint.pt") for p in sweep.train(script, members, "first")]
+    _, _, resumed = sweep.parse_args([*grid, "--total-steps", "8", "--log-every", "4", "--resume", *checkpoints])
+    kept = [(a.batch_size, a.eval_every, a.eval_episodes, a.save_model, a.num_candidates) for a in resumed]
+    assert kept == [(16, 4, 1, True, 50)] * 4 and [(a.seed, a.eta) for a in resumed] == [(0, 0.1), (0, 0.3), (1, 0.1),
+                                                                                          (1, 0.3)]  # fmt: skip
+    assert [(a.total_steps, a.log_every, a.resume) for a in resumed] == [(8, 4, c) for c in checkpoints]
+
+
 def test_sigterm_checkpoints_every_member_and_prints_the_command_that_continues(tmp_path, hopper_file):
     """A real SIGTERM to a running sweep: exit code 143, every member's checkpoint of the step it stopped at, and one
     line whose command finishes the sweep."""
