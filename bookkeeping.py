@@ -94,13 +94,14 @@ def peek(argv: list[str] | None, args_type) -> tuple[str | None, dict]:
             raise UserError(f"cannot resume from {given.resume}: {e}") from None
         if type(config) is not dict:  # torch.save's file, not a checkpoint
             raise UserError(f"cannot resume from {given.resume}: not a checkpoint of ofql.py, dql.py or fql.py")
-    defaults = {f.name: f.default for f in dataclasses.fields(args_type) if f.name != "resume"}
+    defaults = field_defaults(args_type)
     as_given = lambda k, v: tuple(v) if isinstance(defaults[k], tuple) else v  # config.json's list of a tuple flag
-    return given.env_id, {k: as_given(k, v) for k, v in config.items() if k in defaults}
+    return given.env_id, {k: as_given(k, v) for k, v in config.items() if k in defaults and k != "resume"}
 
 
 def field_defaults(args) -> dict:
-    """The default of each flag of a script's Args: what a run of older code, which had no such flag, ran with."""
+    """The default of each flag of a script's Args (the class or an instance): what a run of older code, which had no
+    such flag, ran with."""
     fields = dataclasses.fields(args) if dataclasses.is_dataclass(args) else ()
     return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
