@@ -411,11 +411,11 @@ ONLINE_FIELDS = ("obs", "actions", "rewards", "next_obs", "dones")  # a script b
 
 def online_rows(buffer, env: int) -> dict:
     """Views of the transitions env `env` (a sweep's member `env`) has added to a script's OfflineBuffer in the online
-    phase (its rows size + j * num_envs + env, j < added), by field; {} before any (or for a buffer without online rows:
-    sweep.DomainBuffer)."""
+    phase (its rows size + j * num_online_envs + env, j < added), by field; {} before any (or for a buffer without
+    online rows: sweep.DomainBuffer)."""
     if getattr(buffer, "added", 0) == 0:
         return {}
-    return {k: getattr(buffer, k)[buffer.size + env :: buffer.num_envs][: buffer.added] for k in ONLINE_FIELDS}
+    return {k: getattr(buffer, k)[buffer.size + env :: buffer.num_online_envs][: buffer.added] for k in ONLINE_FIELDS}
 
 
 @contextlib.contextmanager

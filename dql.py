@@ -26,6 +26,9 @@ import offline_data
 from offline_data import UserError  # reported as one line, exit code 2
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Config and presets
+# ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -57,7 +60,8 @@ class Args:
     save_model: bool = False
     """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation and on SIGINT/SIGTERM"""
     resume: str | None = None
-    """path of a checkpoint.pt to continue from: a flag left out keeps the run's value (only resumable ones change)"""
+    """path of a checkpoint.pt to continue from; a flag left out keeps the run's value, and only length, logging,
+    evaluation, device and tracking flags may change (bookkeeping.RESUMABLE; the online ones until that phase)"""
     capture_video: bool = False
     """if toggled, the first episode of each evaluation is recorded to runs/<run_name>/videos (and sent with --track)"""
 
@@ -87,7 +91,7 @@ class Args:
     ema_start: int = 1000
     """the EMA policy starts moving after this many steps; before, it is the initial network (as in DQL's code)"""
     eta: float = 1.0
-    """the weight of the normalised Q term in the actor loss (Eq. 7; DQL's eta)"""
+    """the normalised Q term's weight in the actor loss (Eq. 7; DQL's eta); not published for OGBench: our rule"""
     diffusion_steps: int = 5
     """T, the number of DDPM denoising steps (DQL uses 5 with its VP noise schedule)"""
     max_q_backup: bool = False
@@ -116,8 +120,8 @@ SWEEP_WEIGHT = "eta"  # the flag whose grid of values sweep.py trains in one pro
 # DQL's official per-dataset table (main.py): eta, lr, max-Q backup, reward handling, grad_norm, epochs x 1000 steps,
 # 10 evaluation episodes for -v2 locomotion and 100 otherwise. Its AntMaze rows are for the -v0 files; door, hammer
 # and relocate, not in it, take pen-cloned's row (our rule).
-_LONG = dict(total_steps=1_000_000, eval_episodes=100)
-_ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_LONG)
+_1000_EPOCHS = dict(total_steps=1_000_000, eval_episodes=100)
+_ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_1000_EPOCHS)
 _OGBENCH = dict(total_steps=1_000_000, eval_every=100_000, eval_episodes=50)
 PRESETS = {
     "halfcheetah-medium-v2": dict(eta=1.0, grad_norm=9.0),
@@ -133,15 +137,15 @@ PRESETS = {
     "antmaze-medium-diverse-v2": dict(eta=3.0, grad_norm=1.0, **_ANTMAZE),
     "antmaze-large-play-v2": dict(eta=4.5, grad_norm=10.0, **_ANTMAZE),
     "antmaze-large-diverse-v2": dict(eta=3.5, grad_norm=7.0, **_ANTMAZE),
-    "kitchen-mixed-v0": dict(eta=0.005, grad_norm=10.0, **_LONG),
-    "kitchen-partial-v0": dict(eta=0.005, grad_norm=10.0, **_LONG),
-    "pen-human-v1": dict(eta=0.15, grad_norm=7.0, actor_lr=3e-5, reward_mode="standardize", **_LONG),
-    "pen-cloned-v1": dict(eta=0.1, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_LONG),
-    "antmaze-umaze-v2": dict(eta=0.5, grad_norm=2.0, max_q_backup=False, reward_mode="cql_antmaze", **_LONG),
+    "kitchen-mixed-v0": dict(eta=0.005, grad_norm=10.0, **_1000_EPOCHS),
+    "kitchen-partial-v0": dict(eta=0.005, grad_norm=10.0, **_1000_EPOCHS),
+    "pen-human-v1": dict(eta=0.15, grad_norm=7.0, actor_lr=3e-5, reward_mode="standardize", **_1000_EPOCHS),
+    "pen-cloned-v1": dict(eta=0.1, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_1000_EPOCHS),
+    "antmaze-umaze-v2": dict(eta=0.5, grad_norm=2.0, max_q_backup=False, reward_mode="cql_antmaze", **_1000_EPOCHS),
     "antmaze-umaze-diverse-v2": dict(eta=2.0, grad_norm=3.0, **_ANTMAZE),
-    "door-cloned-v1": dict(eta=0.1, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_LONG),
-    "hammer-cloned-v1": dict(eta=0.1, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_LONG),
-    "relocate-cloned-v1": dict(eta=0.1, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_LONG),
+    "door-cloned-v1": dict(eta=0.1, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_1000_EPOCHS),
+    "hammer-cloned-v1": dict(eta=0.1, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_1000_EPOCHS),
+    "relocate-cloned-v1": dict(eta=0.1, grad_norm=8.0, actor_lr=3e-5, reward_mode="standardize", **_1000_EPOCHS),
     # OGBench, FQL's families: FQL's protocol and discount; eta is not published: our rule, the value of DQL's table
     # nearest n / ((1 - gamma) alpha) for FQL's alpha and the task's n sub-goals (docs/presets.md)
     "antmaze-large-navigate-singletask-v0": dict(eta=4.5, **_OGBENCH),
@@ -162,13 +166,11 @@ def parse_args(argv: list[str] | None = None) -> Args:
     run's flags: a flag left out keeps the run's value) as the defaults."""
     given_env_id, run = bookkeeping.peek(argv, Args)  # run: with --resume, the flags its run had at the checkpoint
     env_id = given_env_id or run.get("env_id", Args.env_id)
-    preset = offline_data.preset_key(env_id)  # an id of gymnasium's registry (your own data): presets if you add them
+    preset = offline_data.preset_key(env_id)  # its PRESETS row (none for your own data's gymnasium id)
     if preset is None:
         raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
     defaults = dataclasses.replace(Args(), **{**PRESETS.get(preset, {}), **run, "env_id": env_id})
-    ogbench = offline_data.is_ogbench_id(env_id)
-    note = " (eta not published for OGBench: our rule, docs/presets.md; tune it with sweep.py)" if ogbench else ""
-    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any (--resume: the run's){note}."
+    description = f"{__doc__}Defaults below: the script's, with {env_id}'s presets if any (--resume: the run's)."
     return tyro.cli(Args, args=argv, default=defaults, description=description)
 
 
@@ -215,18 +217,6 @@ class Actor(nn.Module):
     def forward(self, a_t: torch.Tensor, t: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
         """eps_theta(a_t, t; s) of B rows: t the step index i (0..T-1), of shape (B, 1), or (1, 1) in every row."""
         return self.net(torch.cat([a_t, self.t_emb(t).expand(len(a_t), -1), obs], dim=-1))
-
-
-class Critic(nn.Module):
-    """Twin Q-networks, DQL's 3x256 Mish MLPs on [s, a]."""
-
-    def __init__(self, obs_dim: int, act_dim: int):
-        super().__init__()
-        self.q1, self.q2 = mlp(obs_dim + act_dim, 1), mlp(obs_dim + act_dim, 1)
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([obs, actions], dim=-1)
-        return self.q1(x), self.q2(x)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -283,6 +273,35 @@ def sample_actions(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# ALGO LOGIC: twin-Q critic (Eq. 6 and 17)
+# ---------------------------------------------------------------------------------------------------------------
+class Critic(nn.Module):
+    """Twin Q-networks, DQL's 3x256 Mish MLPs on [s, a]."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.q1, self.q2 = mlp(obs_dim + act_dim, 1), mlp(obs_dim + act_dim, 1)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([obs, actions], dim=-1)
+        return self.q1(x), self.q2(x)
+
+
+def critic_loss_fn(agent: "Agent", batch: "Batch", args: Args) -> tuple[torch.Tensor, dict]:
+    """Clipped double-Q TD loss (Eq. 6 and 17) with next actions from the EMA policy; max-Q backup if asked."""
+    k = args.num_backup_actions if args.max_q_backup else 1
+    with torch.no_grad():
+        next_obs = batch.next_obs.repeat_interleave(k, dim=0)
+        next_q1, next_q2 = agent.critic_target(next_obs, sample_actions(agent.actor_ema, next_obs))
+        next_q1, next_q2 = (q.view(-1, k).max(dim=1, keepdim=True).values for q in (next_q1, next_q2))
+        next_q = torch.min(next_q1, next_q2)
+        target_q = batch.rewards + args.gamma * (1.0 - batch.dones) * next_q
+    q1, q2 = agent.critic(batch.obs, batch.actions)
+    loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+    return loss, {"critic_loss": loss, "q_data": q1.mean(), "q_target": target_q.mean()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # ALGO LOGIC: actor-critic update (Algorithm 1)
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
@@ -305,20 +324,6 @@ def make_agent(obs_dim: int, act_dim: int, args: Args, device: torch.device) -> 
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
     return Agent(actor, actor_ema, critic, critic_target, actor_optimizer, critic_optimizer)
-
-
-def critic_loss_fn(agent: Agent, batch: "Batch", args: Args) -> tuple[torch.Tensor, dict]:
-    """Clipped double-Q TD loss (Eq. 6 and 17) with next actions from the EMA policy; max-Q backup if asked."""
-    k = args.num_backup_actions if args.max_q_backup else 1
-    with torch.no_grad():
-        next_obs = batch.next_obs.repeat_interleave(k, dim=0)
-        next_q1, next_q2 = agent.critic_target(next_obs, sample_actions(agent.actor_ema, next_obs))
-        next_q1, next_q2 = (q.view(-1, k).max(dim=1, keepdim=True).values for q in (next_q1, next_q2))  # max over k
-        next_q = torch.min(next_q1, next_q2)
-        target_q = batch.rewards + args.gamma * (1.0 - batch.dones) * next_q
-    q1, q2 = agent.critic(batch.obs, batch.actions)
-    loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-    return loss, {"critic_loss": loss, "q_data": q1.mean(), "q_target": target_q.mean()}
 
 
 def actor_loss_fn(agent: Agent, batch: "Batch", args: Args) -> tuple[torch.Tensor, dict]:
@@ -346,17 +351,15 @@ def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: to
 @torch.no_grad()
 def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
     """Polyak-average the target critic every step, and the EMA policy every `ema_every` steps after `ema_start` (DQL
-    counts from 0: steps 1001, 1006, ...), at a tensor rate, 0 off schedule: the step count never leaves the device.
-    Each network's lerps are one foreach operation."""
+    counts from 0: steps 1001, 1006, ...), at a tensor rate, 0 off schedule: the step count never leaves the device."""
     torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
-    rate = (1.0 - args.ema_decay) * ((step > args.ema_start) & ((step - 1) % args.ema_every == 0))  # DQL: from 0
+    rate = (1.0 - args.ema_decay) * ((step > args.ema_start) & ((step - 1) % args.ema_every == 0))
     ema = list(agent.actor_ema.parameters())
-    torch._foreach_lerp_(ema, list(agent.actor.parameters()), [rate] * len(ema))  # weights as tensors: no host read
+    torch._foreach_lerp_(ema, list(agent.actor.parameters()), [rate] * len(ema))
 
 
-# sweep.py runs update() on a stacked Agent (N members) with these names rebound to versions for all members, same
-# signatures: the losses vmapped (args carry each member's SWEEP_WEIGHT, and gamma, as tensors: arithmetic only, no
-# `if`), optimizer_step clipping each member's gradient to its own args.grad_norm and returning the N norms
+# sweep.py runs update() on N stacked members with these rebound to all-member versions (docs/sweep.md): there the
+# losses get each member's SWEEP_WEIGHT and gamma as tensors (arithmetic on them, no `if`)
 SWEEP_REPLACES = ("critic_loss_fn", "actor_loss_fn", "optimizer_step")
 
 
@@ -381,16 +384,17 @@ Batch = collections.namedtuple("Batch", "obs actions rewards next_obs dones")  #
 
 class OfflineBuffer:
     """The dataset on the training device, batches drawn there uniformly with replacement, and room after it for
-    `online_steps` transitions of each of `num_envs` envs (a sweep's members; env e's j-th: row size + j * num_envs
-    + e). Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each."""
+    `online_steps` transitions of each of `num_online_envs` envs (env e's j-th: row size + j * num_online_envs + e).
+    Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each."""
 
-    def __init__(self, data: dict, device: torch.device, online_steps=0, num_envs=1, balanced=False):
-        self.size, self.device, self.num_envs, self.balanced = len(data["rewards"]), device, num_envs, balanced
+    def __init__(self, data: dict, device: torch.device, online_steps=0, num_online_envs=1, balanced=False):
+        self.size, self.device, self.balanced = len(data["rewards"]), device, balanced
+        self.num_online_envs = num_online_envs  # a sweep's members, each acting in its own env
         self.added = 0  # online transitions stored, per env
         self.count = torch.zeros((), dtype=torch.long, device=device)  # = added, on the device (read by sample)
         for name, key in zip(Batch._fields, ("observations", "actions", "rewards", "next_observations", "terminals")):
             x = torch.as_tensor(data[key], dtype=torch.float32, device=device).reshape(self.size, -1)
-            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * num_envs, x.shape[1])]))  # obs, ..., dones
+            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * num_online_envs, x.shape[1])]))
 
     def sample(self, batch_size: int, env=0, online: bool = False) -> Batch:
         # draw % n is a uniform row of n, whatever n: a domain sweep's members share one draw, each taking it modulo
@@ -399,14 +403,14 @@ class OfflineBuffer:
         j = draw % (self.size + self.count) if online else draw % self.size  # j >= size: env `env`'s (j - size)-th
         if online and self.balanced:  # half dataset rows, half the env's transitions
             j = torch.cat([draw[: batch_size // 2] % self.size, self.size + draw[batch_size // 2 :] % self.count])
-        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.num_envs + env) if online else j
+        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.num_online_envs + env) if online else j
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
 
     def add(self, *transition: np.ndarray) -> None:
         """Store a transition of each env (Batch's fields, one row per env) in the next rows; only they are copied."""
         for name, x in zip(Batch._fields, transition):
-            rows = getattr(self, name)[self.size + self.added * self.num_envs :][: self.num_envs]
-            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.num_envs, -1))
+            rows = getattr(self, name)[self.size + self.added * self.num_online_envs :][: self.num_online_envs]
+            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.num_online_envs, -1))
         self.added += 1
         self.count.fill_(self.added)  # in place: a captured training step reads it
 
@@ -447,9 +451,9 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
 
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[Args], device) -> list[dict]:
     """One episode per env for each policy: the protocol's, then (where it differs) the policy's own sample, logged as
-    policy_*. Returns each member's episode_stats and decision_rate (action batches per second); a sweep's envs are
-    member-major, env i of a member seeded its seed + 100 + i. The policies' noise comes from a forked generator seeded
-    seed + 100: evaluating never changes the training's numbers."""
+    policy_*. Returns each member's episode_stats and the protocol policy's decision_rate (action batches per second);
+    a sweep's envs are member-major, env i of a member seeded its seed + 100 + i. The policies' noise comes from a
+    forked generator seeded seed + 100: evaluating never changes the training's numbers."""
     episodes = envs.num_envs // len(members)
     results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
@@ -503,9 +507,7 @@ def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], An
 # ---------------------------------------------------------------------------------------------------------------
 # Training loop
 # ---------------------------------------------------------------------------------------------------------------
-# sweep.py runs train() with these names rebound: make_agent to one that makes each member's Agent (its own seed) and
-# stacks them, OfflineBuffer to one whose sample() draws a batch per member, update to the one above, make_policy to
-# one whose select_action is vmapped over the members (member-major rows)
+# sweep.py runs train() with these rebound to versions for N stacked members, each with its own seed and batches
 SWEEP_TRAIN_REPLACES = ("make_agent", "OfflineBuffer", "update", "make_policy")
 
 
@@ -524,8 +526,8 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_float32_matmul_precision(args.matmul_precision)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    torch.set_float32_matmul_precision(args.matmul_precision)
 
     buffer = OfflineBuffer(source.data, device, args.online_steps, runs.size, args.balanced_sampling)
     agent = make_agent(source.obs_dim, source.act_dim, args, device)

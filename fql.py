@@ -27,6 +27,9 @@ import offline_data
 from offline_data import UserError  # reported as one line, exit code 2
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Config and presets
+# ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -58,7 +61,8 @@ class Args:
     save_model: bool = False
     """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation and on SIGINT/SIGTERM"""
     resume: str | None = None
-    """path of a checkpoint.pt to continue from: a flag left out keeps the run's value (only resumable ones change)"""
+    """path of a checkpoint.pt to continue from; a flag left out keeps the run's value, and only length, logging,
+    evaluation, device and tracking flags may change (bookkeeping.RESUMABLE; the online ones until that phase)"""
     capture_video: bool = False
     """if toggled, the first episode of each evaluation is recorded to runs/<run_name>/videos (and sent with --track)"""
 
@@ -150,9 +154,11 @@ PRESETS = {
     "humanoidmaze-medium-navigate-singletask-v0": dict(alpha=30.0, gamma=0.995, **_OGBENCH),
     "humanoidmaze-large-navigate-singletask-v0": dict(alpha=30.0, gamma=0.995, **_OGBENCH),
     "antsoccer-arena-navigate-singletask-v0": dict(alpha=10.0, gamma=0.995, **_OGBENCH),
-    **{f"{f}-singletask-v0": dict(alpha=300.0, **_OGBENCH) for f in ("cube-single-play", "cube-double-play")},
+    "cube-single-play-singletask-v0": dict(alpha=300.0, **_OGBENCH),
+    "cube-double-play-singletask-v0": dict(alpha=300.0, **_OGBENCH),
     "scene-play-singletask-v0": dict(alpha=300.0, **_OGBENCH),
-    **{f"{f}-singletask-v0": dict(alpha=1000.0, **_OGBENCH) for f in ("puzzle-3x3-play", "puzzle-4x4-play")},
+    "puzzle-3x3-play-singletask-v0": dict(alpha=1000.0, **_OGBENCH),
+    "puzzle-4x4-play-singletask-v0": dict(alpha=1000.0, **_OGBENCH),
 }
 
 
@@ -161,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     run's flags: a flag left out keeps the run's value) as the defaults."""
     given_env_id, run = bookkeeping.peek(argv, Args)  # run: with --resume, the flags its run had at the checkpoint
     env_id = given_env_id or run.get("env_id", Args.env_id)
-    preset = offline_data.preset_key(env_id)  # an id of gymnasium's registry (your own data): presets if you add them
+    preset = offline_data.preset_key(env_id)  # its PRESETS row (none for your own data's gymnasium id)
     if preset is None:
         raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
     defaults = dataclasses.replace(Args(), **{**PRESETS.get(preset, {}), **run, "env_id": env_id})
@@ -205,18 +211,6 @@ class Actor(nn.Module):
         return self.onestep(torch.cat([z, obs], dim=-1))
 
 
-class Critic(nn.Module):
-    """Twin Q-networks, FQL's 4x512 GELU MLPs with LayerNorm on [s, a]."""
-
-    def __init__(self, obs_dim: int, act_dim: int):
-        super().__init__()
-        self.q1, self.q2 = mlp(obs_dim + act_dim, 1, layer_norm=True), mlp(obs_dim + act_dim, 1, layer_norm=True)
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([obs, actions], dim=-1)
-        return self.q1(x), self.q2(x)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # ALGO LOGIC: flow-matching behaviour cloning, the Euler flow, and the one-step policy, as in FQL's code
 # ---------------------------------------------------------------------------------------------------------------
@@ -249,7 +243,37 @@ def sample_actions(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# ALGO LOGIC: actor-critic update (Algorithm 1)
+# ALGO LOGIC: twin-Q critic, as in FQL's code
+# ---------------------------------------------------------------------------------------------------------------
+class Critic(nn.Module):
+    """Twin Q-networks, FQL's 4x512 GELU MLPs with LayerNorm on [s, a]."""
+
+    def __init__(self, obs_dim: int, act_dim: int):
+        super().__init__()
+        self.q1, self.q2 = mlp(obs_dim + act_dim, 1, layer_norm=True), mlp(obs_dim + act_dim, 1, layer_norm=True)
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([obs, actions], dim=-1)
+        return self.q1(x), self.q2(x)
+
+
+def critic_loss_fn(agent: "Agent", batch: "Batch", args: Args) -> tuple[torch.Tensor, dict]:
+    """Twin-Q TD loss with next actions from the current one-step policy (FQL has no target policy); the two
+    target heads are averaged or minimised (`q_agg`); max-Q backup if asked."""
+    k = args.num_backup_actions if args.max_q_backup else 1
+    with torch.no_grad():
+        next_obs = batch.next_obs.repeat_interleave(k, dim=0)
+        next_q1, next_q2 = agent.critic_target(next_obs, sample_actions(agent.actor, next_obs))
+        next_q1, next_q2 = (q.view(-1, k).max(dim=1, keepdim=True).values for q in (next_q1, next_q2))
+        next_q = (next_q1 + next_q2) / 2 if args.q_agg == "mean" else torch.min(next_q1, next_q2)
+        target_q = batch.rewards + args.gamma * (1.0 - batch.dones) * next_q
+    q1, q2 = agent.critic(batch.obs, batch.actions)
+    loss = (F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)) / 2  # FQL averages over the two heads
+    return loss, {"critic_loss": loss, "q_data": q1.mean(), "q_target": target_q.mean()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ALGO LOGIC: actor-critic update (FQL's agents/fql.py)
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass
 class Agent:
@@ -268,21 +292,6 @@ def make_agent(obs_dim: int, act_dim: int, args: Args, device: torch.device) -> 
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.actor_lr, fused=True)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_lr, fused=True)
     return Agent(actor, critic, critic_target, actor_optimizer, critic_optimizer)
-
-
-def critic_loss_fn(agent: Agent, batch: "Batch", args: Args) -> tuple[torch.Tensor, dict]:
-    """Twin-Q TD loss with next actions from the current one-step policy (FQL has no target policy); the two
-    target heads are averaged or minimised (`q_agg`); max-Q backup if asked."""
-    k = args.num_backup_actions if args.max_q_backup else 1
-    with torch.no_grad():
-        next_obs = batch.next_obs.repeat_interleave(k, dim=0)
-        next_q1, next_q2 = agent.critic_target(next_obs, sample_actions(agent.actor, next_obs))
-        next_q1, next_q2 = (q.view(-1, k).max(dim=1, keepdim=True).values for q in (next_q1, next_q2))  # max over k
-        next_q = (next_q1 + next_q2) / 2 if args.q_agg == "mean" else torch.min(next_q1, next_q2)
-        target_q = batch.rewards + args.gamma * (1.0 - batch.dones) * next_q
-    q1, q2 = agent.critic(batch.obs, batch.actions)
-    loss = (F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)) / 2  # FQL averages over the two heads
-    return loss, {"critic_loss": loss, "q_data": q1.mean(), "q_target": target_q.mean()}
 
 
 def actor_loss_fn(agent: Agent, batch: "Batch", args: Args) -> tuple[torch.Tensor, dict]:
@@ -321,9 +330,8 @@ def update_targets(agent: Agent, args: Args, step: torch.Tensor) -> None:
     torch._foreach_lerp_(list(agent.critic_target.parameters()), list(agent.critic.parameters()), args.tau)
 
 
-# sweep.py runs update() on a stacked Agent (N members) with these names rebound to versions for all members, same
-# signatures: the losses vmapped (args carry each member's SWEEP_WEIGHT, and gamma, as tensors: arithmetic only, no
-# `if`), optimizer_step clipping each member's gradient to its own args.grad_norm and returning the N norms
+# sweep.py runs update() on N stacked members with these rebound to all-member versions (docs/sweep.md): there the
+# losses get each member's SWEEP_WEIGHT and gamma as tensors (arithmetic on them, no `if`)
 SWEEP_REPLACES = ("critic_loss_fn", "actor_loss_fn", "optimizer_step")
 
 
@@ -351,16 +359,17 @@ Batch = collections.namedtuple("Batch", "obs actions rewards next_obs dones")  #
 
 class OfflineBuffer:
     """The dataset on the training device, batches drawn there uniformly with replacement, and room after it for
-    `online_steps` transitions of each of `num_envs` envs (a sweep's members; env e's j-th: row size + j * num_envs
-    + e). Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each."""
+    `online_steps` transitions of each of `num_online_envs` envs (env e's j-th: row size + j * num_online_envs + e).
+    Online, env e's batches come from the dataset and its transitions so far: uniformly, or half each."""
 
-    def __init__(self, data: dict, device: torch.device, online_steps=0, num_envs=1, balanced=False):
-        self.size, self.device, self.num_envs, self.balanced = len(data["rewards"]), device, num_envs, balanced
+    def __init__(self, data: dict, device: torch.device, online_steps=0, num_online_envs=1, balanced=False):
+        self.size, self.device, self.balanced = len(data["rewards"]), device, balanced
+        self.num_online_envs = num_online_envs  # a sweep's members, each acting in its own env
         self.added = 0  # online transitions stored, per env
         self.count = torch.zeros((), dtype=torch.long, device=device)  # = added, on the device (read by sample)
         for name, key in zip(Batch._fields, ("observations", "actions", "rewards", "next_observations", "terminals")):
             x = torch.as_tensor(data[key], dtype=torch.float32, device=device).reshape(self.size, -1)
-            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * num_envs, x.shape[1])]))  # obs, ..., dones
+            setattr(self, name, torch.cat([x, x.new_zeros(online_steps * num_online_envs, x.shape[1])]))
 
     def sample(self, batch_size: int, env=0, online: bool = False) -> Batch:
         # draw % n is a uniform row of n, whatever n: a domain sweep's members share one draw, each taking it modulo
@@ -369,14 +378,14 @@ class OfflineBuffer:
         j = draw % (self.size + self.count) if online else draw % self.size  # j >= size: env `env`'s (j - size)-th
         if online and self.balanced:  # half dataset rows, half the env's transitions
             j = torch.cat([draw[: batch_size // 2] % self.size, self.size + draw[batch_size // 2 :] % self.count])
-        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.num_envs + env) if online else j
+        idx = torch.where(j < self.size, j, self.size + (j - self.size) * self.num_online_envs + env) if online else j
         return Batch(self.obs[idx], self.actions[idx], self.rewards[idx], self.next_obs[idx], self.dones[idx])
 
     def add(self, *transition: np.ndarray) -> None:
         """Store a transition of each env (Batch's fields, one row per env) in the next rows; only they are copied."""
         for name, x in zip(Batch._fields, transition):
-            rows = getattr(self, name)[self.size + self.added * self.num_envs :][: self.num_envs]
-            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.num_envs, -1))
+            rows = getattr(self, name)[self.size + self.added * self.num_online_envs :][: self.num_online_envs]
+            rows.copy_(torch.as_tensor(x, dtype=torch.float32).reshape(self.num_online_envs, -1))
         self.added += 1
         self.count.fill_(self.added)  # in place: a captured training step reads it
 
@@ -417,9 +426,9 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
 
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[Args], device) -> list[dict]:
     """One episode per env for each policy: the protocol's, then (where it differs) the policy's own sample, logged as
-    policy_*. Returns each member's episode_stats and decision_rate (action batches per second); a sweep's envs are
-    member-major, env i of a member seeded its seed + 100 + i. The policies' noise comes from a forked generator seeded
-    seed + 100: evaluating never changes the training's numbers."""
+    policy_*. Returns each member's episode_stats and the protocol policy's decision_rate (action batches per second);
+    a sweep's envs are member-major, env i of a member seeded its seed + 100 + i. The policies' noise comes from a
+    forked generator seeded seed + 100: evaluating never changes the training's numbers."""
     episodes = envs.num_envs // len(members)
     results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
@@ -473,9 +482,7 @@ def cuda_graph(fn: Callable[[], Any], warmup: int, what: str) -> Callable[[], An
 # ---------------------------------------------------------------------------------------------------------------
 # Training loop
 # ---------------------------------------------------------------------------------------------------------------
-# sweep.py runs train() with these names rebound: make_agent to one that makes each member's Agent (its own seed) and
-# stacks them, OfflineBuffer to one whose sample() draws a batch per member, update to the one above, make_policy to
-# one whose select_action is vmapped over the members (member-major rows)
+# sweep.py runs train() with these rebound to versions for N stacked members, each with its own seed and batches
 SWEEP_TRAIN_REPLACES = ("make_agent", "OfflineBuffer", "update", "make_policy")
 
 
@@ -494,8 +501,8 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_float32_matmul_precision(args.matmul_precision)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    torch.set_float32_matmul_precision(args.matmul_precision)
 
     buffer = OfflineBuffer(source.data, device, args.online_steps, runs.size, args.balanced_sampling)
     agent = make_agent(source.obs_dim, source.act_dim, args, device)

@@ -192,14 +192,16 @@ def tiny_data(n=100):
 def add_marked(buffer, steps):
     """Transitions whose observation is 1000 (env + 1) + j: env and step readable in any batch."""
     for j in range(steps):
-        obs = np.array([[1000.0 * (e + 1) + j] * 4 for e in range(buffer.num_envs)])
-        buffer.add(obs, np.zeros((buffer.num_envs, 2)), np.ones(buffer.num_envs), obs, np.zeros(buffer.num_envs))
+        obs = np.array([[1000.0 * (e + 1) + j] * 4 for e in range(buffer.num_online_envs)])
+        n = buffer.num_online_envs
+        buffer.add(obs, np.zeros((n, 2)), np.ones(n), obs, np.zeros(n))
 
 
 def test_the_buffer_is_preallocated_and_grows_in_place():
     """Room for the dataset and online_steps transitions of each env from the start; adding writes the next rows of
-    the same tensors (no new tensor, no copy of the whole buffer), env e's j-th at row size + j * num_envs + e."""
-    buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, num_envs=2)
+    the same tensors (no new tensor, no copy of the whole buffer), env e's j-th at row size + j * num_online_envs
+    + e."""
+    buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, num_online_envs=2)
     tensors = [getattr(buffer, k) for k in bookkeeping.ONLINE_FIELDS]
     pointers = [t.data_ptr() for t in tensors]
     assert [len(t) for t in tensors] == [200] * 5 and buffer.obs.device == buffer.device
@@ -213,7 +215,7 @@ def test_the_buffer_is_preallocated_and_grows_in_place():
 def test_batches_draw_every_row_uniformly():
     """Offline: each of the dataset's 100 rows about 1% of the draws (the first and the last among them); online,
     env 0's 10 transitions too, each about 1/110."""
-    buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, num_envs=2)
+    buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, num_online_envs=2)
     row_of = {v: i for i, v in enumerate(buffer.obs[:100, 0].tolist())}
     torch.manual_seed(0)
     counts = np.bincount([row_of[v] for v in buffer.sample(100_000).obs[:, 0].tolist()], minlength=100)
@@ -229,7 +231,7 @@ def test_online_batches_come_from_the_data_and_the_envs_own_transitions(balanced
     """Env 1's batches: rows of the dataset and of env 1's transitions only (never env 0's); uniformly over both
     (10 of 110 rows online), or (balanced, FQL's flag) the first half from the dataset, the rest from env 1's, every
     one of them drawn."""
-    buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, num_envs=2, balanced=balanced)
+    buffer = ofql.OfflineBuffer(tiny_data(), torch.device("cpu"), online_steps=50, num_online_envs=2, balanced=balanced)
     add_marked(buffer, 10)
     torch.manual_seed(0)
     obs = buffer.sample(20000, 1, online=True).obs[:, 0]

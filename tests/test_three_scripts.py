@@ -81,7 +81,7 @@ def test_the_shared_sections_are_identical_text():
             assert texts["fql"][title] == texts["ofql"][title], f"fql.py's section '{title}' differs from ofql.py's"
     # the same sections in the same order (the titles of the ALGO LOGIC sections name each algorithm's parts)
     order = {name: [t.split(":")[0] for t in found] for name, found in texts.items()}
-    assert order["dql"] == order["ofql"] == order["fql"] and len(order["ofql"]) == 7
+    assert order["dql"] == order["ofql"] == order["fql"] and len(order["ofql"]) == 9
 
 
 def test_the_shared_tables_and_flags_agree():
