@@ -3,7 +3,7 @@
 
 Every model is the paper's toy MLP (3 hidden layers of 64, Mish; Appendix C), trained on the same
 data with the same budget. The script writes a Fig. 6/7-style grid of samples and a table of the
-energy distance between each model's samples and a held-out ground-truth sample.
+energy distance and a narrow-kernel MMD between each model's samples and a held-out ground-truth sample.
 """
 
 import csv
