@@ -164,8 +164,7 @@ def sample_t_r(
     batch_size: int, flow_ratio: float, mu: float, sigma: float, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, r) for Eq. 14: two logit-normal(mu, sigma) draws, t = max and r = min; r = t (plain flow matching) in
-    exactly floor(flow_ratio * B) rows at random positions, as in the author's code (a batch may come in parts:
-    --balanced-sampling's dataset rows, then online ones)."""
+    exactly floor(flow_ratio * B) rows at random positions, as in the author's code."""
     tr = torch.sigmoid(mu + sigma * torch.randn(batch_size, 2, device=device))
     t, r = tr.max(dim=1, keepdim=True).values, tr.min(dim=1, keepdim=True).values
     flow_rows = torch.rand(batch_size, 1, device=device).argsort(dim=0) < int(flow_ratio * batch_size)

@@ -43,14 +43,15 @@ def move_targets_apart(agent):
 def check_coin_flipped_q_term(script, agent, batch, args, bc_draws):
     """OFQL's and DQL's actor loss: L_BC + eta * q_loss, q_loss = -Q_i / E|Q_j| at the policy's actions, (i, j) by a
     coin flip and E|Q_j| a constant: its value and the gradient it sends to the policy, on both sides of the coin.
-    `bc_draws()` repeats the BC loss's random draws (they come first)."""
+    `bc_draws()` repeats the BC loss on the batch's (obs, actions), with its random draws (they come first)."""
     flips = set()
     for seed in range(8):
         torch.manual_seed(seed)
         loss, m = script.actor_loss_fn(agent, batch, args)
         torch.testing.assert_close(loss, m["bc_loss"] + args.eta * m["q_loss"])
         torch.manual_seed(seed)  # the same draws: the BC loss's, the actions' noise, then the coin
-        bc_draws()
+        bc = bc_draws()  # the BC term is the BC loss of the batch's states and actions
+        torch.testing.assert_close(m["bc_loss"], bc[0] if isinstance(bc, tuple) else bc)
         q1, q2 = agent.critic(batch.obs, script.sample_actions(agent.actor, batch.obs))
         flip = bool(torch.rand(()) < 0.5)  # one head is maximised, the other one's mean |Q| normalises
         flips.add(flip)

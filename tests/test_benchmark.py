@@ -672,12 +672,13 @@ def test_sweep_speed_table1_device_hours_of_the_three_scripts():
     assert a["fql"]["member_updates"] == 69_000_000 and a["fql"]["hours"] == pytest.approx(69e6 / 1300 / 3600)  # 14.74
     assert t["total_member_updates"] == 537_000_000
     assert t["total_hours"] == pytest.approx(16.6667 + 5.5556 + 14.7436, abs=1e-3)
-    # the committed H200 file: OFQL's figure as the script of that day computed it, the three together 33.0 hours
+    # the committed H200 file: OFQL's figure as the script of that day computed it, and the three together as the README
+    # quotes them
     with open(os.path.join(ROOT, "benchmark", "results", "sweep_speed", "cuda.json")) as f:
         h200 = json.load(f)
     t = sweep_speed.table1(h200["algorithms"], 16)
     assert t["algorithms"]["ofql"]["hours"] == pytest.approx(h200["table1_ofql"]["hours"])
-    assert round(t["total_hours"], 1) == 33.0
+    assert f"{t['total_hours']:.1f} device hours" in open(os.path.join(ROOT, "README.md")).read()
 
 
 def test_table1_from_a_file_with_a_failed_path(tmp_path):
@@ -687,11 +688,12 @@ def test_table1_from_a_file_with_a_failed_path(tmp_path):
 
     with open(os.path.join(ROOT, "benchmark", "results", "sweep_speed", "cuda.json")) as f:
         result = json.load(f)
+    measured = sweep_speed.table1(result["algorithms"], 16)["total_hours"]
     result["algorithms"]["ofql"]["compile_graph"] = {"failed": "RuntimeError: no"}
     with open(tmp_path / "cuda.json", "w") as f:
         json.dump(result, f)
     t = sweep_speed.main(sweep_speed.Args(table1_from=str(tmp_path / "cuda.json")))
-    assert round(t["total_hours"], 1) == 33.0
+    assert t["total_hours"] == pytest.approx(measured)  # the graph path's rates, which were measured
     assert "a lower bound" in " ".join(sweep_speed.table1_lines(t))
 
 
@@ -831,7 +833,7 @@ def test_online_speed_implied_hours_from_the_measured_env_step_and_the_recorded_
     result = json.load(open(tmp_path / "results.json"))
     hopper, nonsense = result["envs"]
     t = hopper["cpu_ms"] / 1e3
-    assert 0 < t < 0.1 and hopper["wall_ms"] > 0
+    assert t > 0 and hopper["wall_ms"] > 0
     for name, (r, big_r) in rates.items():
         h = hopper["hours"][name]
         assert h["run_offline_h"] == pytest.approx(1_000 / r / 3600)

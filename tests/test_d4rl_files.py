@@ -498,6 +498,7 @@ def test_buffer_samples_aligned_transitions(hopper_file):
         np.testing.assert_array_equal(batch.actions[row].numpy(), data["actions"][i])
         np.testing.assert_array_equal(batch.next_obs[row].numpy(), data["next_observations"][i])
         assert batch.dones[row].item() == float(data["terminals"][i])
+        assert batch.rewards[row].item() == np.float32(data["rewards"][i])
 
 
 def test_tables_cover_every_dataset_and_match_the_environments(tmp_path, monkeypatch):

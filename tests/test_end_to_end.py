@@ -137,12 +137,14 @@ def _comparable(records):
 
 
 def test_resume_continues_exactly_where_the_run_stopped(tmp_path, hopper_file, monkeypatch, algo):
-    """40 steps in one go and 20 + 20 steps with --resume give the same metrics and the same networks."""
+    """40 steps in one go and 20 + 20 steps with --resume give the same metrics and the same networks (the EMA policy
+    moving from step 13 on, so that its state crosses the checkpoint)."""
     (tmp_path / "straight").mkdir(), (tmp_path / "resumed").mkdir()
+    ema = ["--ema-start", "10", "--ema-every", "3"] if hasattr(algo.Args, "ema_start") else []
     monkeypatch.chdir(tmp_path / "straight")
-    straight = algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model"]))
+    straight = algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model", *ema]))
     monkeypatch.chdir(tmp_path / "resumed")
-    first_half = algo.train(algo.parse_args(small_run_flags(hopper_file, 20) + ["--save-model"]))
+    first_half = algo.train(algo.parse_args(small_run_flags(hopper_file, 20) + ["--save-model", *ema]))
     checkpoint = os.path.join(os.path.dirname(first_half), "checkpoint.pt")
     resumed = algo.train(algo.parse_args(small_run_flags(hopper_file, 40) + ["--save-model", "--resume", checkpoint]))
     assert os.path.dirname(resumed) == os.path.dirname(first_half)

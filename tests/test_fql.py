@@ -96,6 +96,10 @@ def test_actor_loss_is_fqls_sum_and_update_leaves_the_critic_to_its_own_loss(age
     agent, batch, args = agent_and_batch
     loss, m = fql.actor_loss_fn(agent, batch, args)
     assert loss.item() == pytest.approx((m["bc_loss"] + args.alpha * m["distill_loss"] + m["q_loss"]).item(), rel=1e-5)
+    torch.manual_seed(0)
+    m = fql.actor_loss_fn(agent, batch, args)[1]
+    torch.manual_seed(0)  # the same draws: the BC term is the flow-matching loss of the batch's states and actions
+    torch.testing.assert_close(m["bc_loss"], fql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions))
     raw = fql.actor_loss_fn(agent, batch, fql.Args(normalize_q=False))[1]
     assert raw["q_loss"].item() == pytest.approx(-raw["q_policy"].item(), rel=1e-5)
     with torch.no_grad():  # all Q values positive: the normalised Q term -E[Q] / E|Q| is exactly -1

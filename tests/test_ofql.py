@@ -168,9 +168,11 @@ def test_terminal_transitions_do_not_bootstrap(agent_and_batch):
     torch.testing.assert_close(metrics["q_target"], batch.rewards.mean())
 
 
-def test_actor_loss_combines_bc_and_normalised_q(agent_and_batch):
+@pytest.mark.parametrize("power", [0.0, 1.0])
+def test_actor_loss_combines_bc_and_normalised_q(agent_and_batch, power):
+    """With --adaptive-weight-power 1 the weighted BC loss (not the plain squared error) is the actor's BC term."""
     agent, batch, args = agent_and_batch
-    args = dataclasses.replace(args, eta=0.3)
+    args = dataclasses.replace(args, eta=0.3, adaptive_weight_power=power)
     check_coin_flipped_q_term(
         ofql, agent, batch, args, lambda: ofql.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, args)
     )
@@ -215,7 +217,7 @@ def test_optimizer_step_clips_the_gradient_to_max_norm_and_zero_leaves_it_alone(
             torch.testing.assert_close(p.grad, g * scale)
 
 
-def test_gradient_clipping_bounds_the_step(agent_and_batch):
+def test_update_reports_each_gradient_norm_before_clipping(agent_and_batch):
     agent, batch, args = agent_and_batch
     args = dataclasses.replace(args, grad_norm=1e-3)
     batch = batch._replace(rewards=batch.rewards * 1000)

@@ -147,6 +147,9 @@ def test_the_one_step_action_is_eps_minus_u_at_r_0_and_t_1():
     zeros, ones = torch.zeros(16, 1), torch.ones(16, 1)
     torch.testing.assert_close(actions, (eps - actor(eps, zeros, ones, obs)).clamp(-1, 1))
     assert not torch.allclose(actor(eps, ones, zeros, obs), actor(eps, zeros, ones, obs))
+    half = torch.full((16, 1), 0.5)  # u reads r and t each: one changed, the other held
+    assert not torch.allclose(actor(eps, zeros, ones, obs), actor(eps, half, ones, obs))
+    assert not torch.allclose(actor(eps, zeros, ones, obs), actor(eps, zeros, half + 0.25, obs))
 
 
 def test_one_step_action_equals_fine_ode_integration():

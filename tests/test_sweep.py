@@ -542,16 +542,17 @@ def test_a_parameter_without_a_gradient_is_left_out_of_the_norm_as_clip_grad_nor
 
 
 def test_members_of_differing_grad_norms_are_each_clipped_to_their_own_and_another_limit_is_refused():
-    """A domain's members (--grad-norm 1 and 2): each clipped to its own; an edited copy's optimizer_step given a
-    limit other than --grad-norm, which the sweep would silently replace, is one line."""
-    weight = torch.nn.Parameter(torch.ones(2, 3))
-    args = [types.SimpleNamespace(grad_norm=1.0), types.SimpleNamespace(grad_norm=2.0)]
-    members = type("Stacked", (), {"max_norms": torch.tensor([1.0, 2.0]), "member_args": args})()
+    """A domain's members (--grad-norm 1, 2 and 100; each gradient's norm 17.3): each clipped to its own, the third
+    left as it is; an edited copy's optimizer_step given a limit other than --grad-norm, which the sweep would silently
+    replace, is one line."""
+    weight = torch.nn.Parameter(torch.ones(3, 3))
+    args = [types.SimpleNamespace(grad_norm=limit) for limit in (1.0, 2.0, 100.0)]
+    members = type("Stacked", (), {"max_norms": torch.tensor([1.0, 2.0, 100.0]), "member_args": args})()
     step = lambda max_norm: sweep.Members.optimizer_step(  # noqa: E731
         members, torch.optim.SGD([weight], lr=0.0), torch.nn.ParameterList([weight]), (weight * 10).sum(1), max_norm
     )
     step(1.0)
-    torch.testing.assert_close(weight.grad.norm(dim=1), torch.tensor([1.0, 2.0]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(weight.grad.norm(dim=1), torch.tensor([1.0, 2.0, 10 * 3**0.5]), rtol=1e-5, atol=0)
     with pytest.raises(offline_data.UserError, match="clips each member to its own --grad-norm; .* given 0.5"):
         step(0.5)
 

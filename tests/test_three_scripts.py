@@ -96,6 +96,27 @@ def test_the_shared_tables_and_flags_agree():
                 assert fields[name].default == {f.name: f for f in dataclasses.fields(ofql.Args)}[name].default, name
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_the_policy_and_both_critic_heads_read_the_state_and_the_heads_are_two_networks(module):
+    """The same noise and actions in two states give other actions and other Q values, and the twin heads share no
+    parameter (a network blind to the state, or one head used twice, trains without an error)."""
+    torch.manual_seed(0)
+    agent = module.make_agent(11, 3, module.Args(), torch.device("cpu"))
+    obs1, obs2, actions = torch.randn(8, 11), torch.randn(8, 11), torch.rand(8, 3) * 2 - 1
+    for head1, head2 in zip(agent.critic(obs1, actions), agent.critic(obs2, actions)):
+        assert not torch.allclose(head1, head2)
+    assert not torch.allclose(*agent.critic(obs1, actions))
+    assert {id(p) for p in agent.critic.q1.parameters()}.isdisjoint(map(id, agent.critic.q2.parameters()))
+    sampled = []
+    for obs in (obs1, obs2):
+        torch.manual_seed(1)  # the same noise in both states
+        sampled.append(module.sample_actions(agent.actor, obs))
+    assert not torch.allclose(*sampled)
+    if module is fql:  # its BC flow too
+        t = torch.rand(8, 1)
+        assert not torch.allclose(agent.actor.velocity(actions, t, obs1), agent.actor.velocity(actions, t, obs2))
+
+
 @pytest.mark.parametrize("reward_mode", ["raw", "cql_antmaze", "iql_antmaze", "standardize"])
 def test_all_three_buffers_draw_identical_batches(hopper_file, reward_mode):
     data = offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, reward_mode)
@@ -156,16 +177,17 @@ def test_evaluation_resets_env_i_of_each_member_with_its_seed_plus_100_plus_i(mo
 def test_the_loop_numbers_its_updates_from_1_and_trains_online_on_the_envs_transitions(module, hopper_file, monkeypatch,
                                                                                          tmp_path):  # fmt: skip
     """update() gets steps 1, 2, ... (DQL's EMA schedule counts them: from 0 or 2 every EMA move shifts), with batches
-    of the data alone in the offline phase and of the data and the envs' transitions in the online one."""
+    of the data alone in the offline phase and of the data and the envs' transitions in the online one, each online
+    update's batch drawn with the step's own transition stored (counts 1, 2)."""
     monkeypatch.chdir(tmp_path)
     calls, update, sample = [], module.update, module.OfflineBuffer.sample
     monkeypatch.setattr(module, "update", lambda agent, batch, args, step: calls.append(int(step)) or update(
         agent, batch, args, step))  # fmt: skip
-    monkeypatch.setattr(module.OfflineBuffer, "sample", lambda self, n, env=0, online=False: calls.append(online) or
-                        sample(self, n, env, online))  # fmt: skip
+    monkeypatch.setattr(module.OfflineBuffer, "sample", lambda self, n, env=0, online=False: calls.append(
+        (online, int(self.count)) if online else online) or sample(self, n, env, online))  # fmt: skip
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--no-cuda", "--batch-size", "16"]
     module.train(module.parse_args(flags + ["--total-steps", "3", "--online-steps", "2", "--eval-episodes", "1"]))
-    assert calls == [False, 1, False, 2, False, 3, True, 4, True, 5]
+    assert calls == [False, 1, False, 2, False, 3, (True, 1), 4, (True, 2), 5]
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -126,6 +126,24 @@ def test_the_narrow_mmd_sees_the_checkerboards_squares():
     assert tm.mmd(uniform, board, 0.25) == pytest.approx(spread, rel=1e-4)
 
 
+def test_the_toys_meanflow_draws_and_target_are_ofqls():
+    """The toy's u-param is ofql.py's MeanFlow without the state: the same (t, r) draws and the same target."""
+    import ofql
+
+    for ratio in (0.0, 0.3, 0.5, 1.0):
+        torch.manual_seed(0)
+        toy = tm.sample_t_r(1000, ratio, -0.4, 1.0, "cpu")
+        torch.manual_seed(0)
+        assert all(torch.equal(x, y) for x, y in zip(toy, ofql.sample_t_r(1000, ratio, -0.4, 1.0, "cpu")))
+
+    def u_fn(a_t, r, t):  # a smooth u of a_t, r and t: the JVP has work to do
+        return torch.tanh(a_t * (1 + t) - r) * torch.cat([t, r], dim=-1)
+
+    a, eps, (t, r) = torch.randn(64, 2), torch.randn(64, 2), tm.sample_t_r(64, 0.5, -0.4, 1.0, "cpu")
+    for x, y in zip(tm.meanflow_target(u_fn, a, eps, r, t), ofql.meanflow_target(u_fn, a, eps, r, t)):
+        assert torch.equal(x, y)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
