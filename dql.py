@@ -335,7 +335,7 @@ def actor_loss_fn(agent: Agent, batch: "Batch", args: Args) -> tuple[torch.Tenso
     flip = torch.rand((), device=q1.device) < 0.5
     q_loss = -torch.where(flip, q1.mean() / q2.abs().mean().detach(), q2.mean() / q1.abs().mean().detach())
     loss = bc_loss + args.eta * q_loss
-    return loss, {"actor_loss": loss, "bc_loss": bc_loss, "q_loss": q_loss, "q_policy": q1.mean()}
+    return loss, {"actor_loss": loss, "bc_loss": bc_loss, "q_loss": q_loss, "q_policy": (q1 + q2).mean() / 2}
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, module: nn.Module, loss: torch.Tensor, max_norm: float):
@@ -433,8 +433,8 @@ def select_action(agent: Agent, obs: torch.Tensor, num_candidates: int) -> torch
 
 
 def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, device, use_graph: bool) -> Callable:
-    """select_action for `num_envs` states at a time; with `use_graph` one replay of a CUDA graph (cuda_graph) that
-    reads the networks in place, so it follows them as they train (the next call overwrites the actions)."""
+    """select_action for `num_envs` states at a time; with `use_graph` one replay of a CUDA graph (cuda_graph, below)
+    that reads the networks in place, so it follows them as they train (the next call overwrites the actions)."""
     if not use_graph:
         return lambda obs: select_action(agent, obs, num_candidates)
     obs_in = torch.zeros(num_envs, obs_dim, device=device)
@@ -467,7 +467,7 @@ def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[A
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Training step on CUDA: the fast path, a CUDA graph replay per iteration (--no-cuda-graph: eager, as on the CPU)
+# Training step on CUDA: a CUDA graph replay per iteration and per action choice (--no-cuda-graph: eager, as on CPU)
 # ---------------------------------------------------------------------------------------------------------------
 def set_capturable(optimizer: torch.optim.Optimizer, capturable: bool) -> None:
     """Adam's capturable mode, which capturing a CUDA graph needs (set after a resume: loading a checkpoint restores

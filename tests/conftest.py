@@ -54,6 +54,7 @@ def check_coin_flipped_q_term(script, agent, batch, args, bc_draws):
         torch.testing.assert_close(m["bc_loss"], bc[0] if isinstance(bc, tuple) else bc)
         q1, q2 = agent.critic(batch.obs, script.sample_actions(agent.actor, batch.obs))
         flip = bool(torch.rand(()) < 0.5)  # one head is maximised, the other one's mean |Q| normalises
+        torch.testing.assert_close(m["q_policy"], (q1 + q2).mean() / 2)  # logged: both heads' mean, as fql.py's
         flips.add(flip)
         expected = -(q1.mean() / q2.abs().mean().item()) if flip else -(q2.mean() / q1.abs().mean().item())
         torch.testing.assert_close(m["q_loss"], expected)
