@@ -217,6 +217,41 @@ def test_success_and_bonuses(env_id):
     env.close()
 
 
+# states between the bonus thresholds, (joint: value) from the model's qpos0; relocate's "target": the target site
+# moved to the ball + that offset
+BETWEEN_THRESHOLDS = {
+    DOOR: [{"door_hinge": 0.5}, {"door_hinge": 1.2}],  # +2 only; +2 and +8
+    HAMMER: [
+        {"nail_dir": 0.091 - 0.015},  # the nail 0.015 from its goal: +25 only
+        {"OBJRz": -0.3},  # the head up (tool z 0.094), the hammer's origin on the table (z 0.035): no lift bonus
+        {"OBJTy": 0.05},  # the whole hammer 5 cm up: the lift bonus
+    ],
+    RELOCATE: [
+        {"OBJTz": 0.05, "target": [0.07, 0.0, 0.0]},  # lifted, 7 cm from the target: the lifted terms and +10 only
+        {"OBJTz": 0.02, "target": [0.3, 0.0, 0.0]},  # z 0.055: the lifted terms, no bonus
+        {"target": [0.03, 0.0, 0.0]},  # on the table, 3 cm from the target: +10 and +20, no lifted terms
+    ],
+}
+
+
+@pytest.mark.parametrize("env_id, state", [(e, s) for e, states in BETWEEN_THRESHOLDS.items() for s in states])
+def test_the_dense_reward_between_the_bonus_thresholds(env_id, state):
+    """At reset every bonus is off and at the goal every one is on: here each threshold is crossed on its own."""
+    env, u, _ = make(env_id)
+    qpos = u.model.qpos0.copy()
+    for joint, value in state.items():
+        if joint != "target":
+            qpos[joint_qpos(u, joint)] = value
+    u.set_state(qpos, np.zeros(u.model.nv))
+    if "target" in state:
+        target = mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_SITE, "target")
+        u.model.site_pos[target] = body(u, "Object") + state["target"]
+        mujoco.mj_forward(u.model, u.data)
+    reward = offline_data.d4rl_envs.ADROIT_REWARDS[env_id.split("-")[0]](u)
+    assert reward == pytest.approx(d4rl_obs_and_reward(env_id, u)[1], abs=1e-12)
+    env.close()
+
+
 @pytest.mark.parametrize("env_id", IDS)
 def test_episode_length_200_and_never_terminated(env_id):
     env, _, _ = make(env_id)

@@ -102,8 +102,12 @@ def test_reset_start_and_goal_distribution(env_id):
         goals.append(info["goal"])
     starts, goals = np.array(starts), np.array(goals)
     qpos0 = np.array([0, 0, 0.75, 1, 0, 0, 0] + [0] * 8)
-    assert np.abs(starts[:, :15] - qpos0).max() <= 0.1
+    dev = starts[:, :15] - qpos0
+    assert np.abs(dev).max() <= 0.1 and (dev.min(0) < -0.08).all() and (dev.max(0) > 0.08).all()  # both sides
+    np.testing.assert_allclose(dev.mean(0), 0.0, atol=0.02)  # centred: the mean's standard error is 0.005
+    np.testing.assert_allclose(dev.std(0), 0.2 / np.sqrt(12), rtol=0.2)  # U(-0.1, 0.1) on each entry
     assert 0.08 < starts[:, 15:].std() < 0.12
+    np.testing.assert_allclose(starts[:, 15:].mean(0), 0.0, atol=0.04)
     low = d4rl_xy(*GOAL_CELL[env_id])
     assert (goals >= low).all() and (goals <= low + 1.5).all()
     np.testing.assert_allclose(goals.mean(0), low + 0.75, atol=0.1)
@@ -137,7 +141,7 @@ def test_sparse_reward_and_termination():
     env.close()
 
 
-@pytest.mark.parametrize("env_id", [UMAZE, MEDIUM])
+@pytest.mark.parametrize("env_id", [UMAZE, MEDIUM, LARGE])
 def test_episode_length_and_success_ends_episode(env_id):
     env, u, _, _ = make(env_id)
     for t in range(1, EPISODE_STEPS[env_id] + 1):

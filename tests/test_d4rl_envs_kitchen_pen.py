@@ -84,16 +84,45 @@ def test_kitchen_partial_goal():
     np.testing.assert_array_equal(obs[30:], goal)
 
 
-def test_kitchen_observation_noise(noisy_kitchen):
-    obs, _ = noisy_kitchen.reset(seed=3)
-    noise = obs[:30] - noisy_kitchen.unwrapped.data.qpos[:30]
-    # robot_noise_ratio 0.1 x pos_noise_amp (franka_config.xml): 0.1 for robot, hinges, microwave, kettle qw qx qy
+def kitchen_noise_amplitudes():
+    """robot_noise_ratio 0.1 x pos_noise_amp (franka_config.xml): 0.1 for robot, hinges, microwave, kettle qw qx qy."""
     amp = np.full(30, 0.1 * 0.005)
     amp[:9] = amp[20:23] = amp[26:29] = 0.1 * 0.1
     amp[11:17] = 0.1 * 0.0005
-    assert np.all(np.abs(noise) <= amp + 1e-12)
+    return amp
+
+
+def test_kitchen_observation_noise(noisy_kitchen):
+    obs, _ = noisy_kitchen.reset(seed=3)
+    noise = obs[:30] - noisy_kitchen.unwrapped.data.qpos[:30]
+    assert np.all(np.abs(noise) <= kitchen_noise_amplitudes() + 1e-12)
     assert np.abs(noise[:9]).max() > 0.001  # there is noise
     np.testing.assert_array_equal(noisy_kitchen.reset(seed=3)[0], obs)  # seeded
+    scaled = []  # amplitude x U(-1, 1) in every entry: both signs, centred
+    for seed in range(40):
+        obs, _ = noisy_kitchen.reset(seed=seed)
+        scaled.append((obs[:30] - noisy_kitchen.unwrapped.data.qpos[:30]) / kitchen_noise_amplitudes())
+    scaled = np.array(scaled)
+    assert (scaled.min(0) < -0.7).all() and (scaled.max(0) > 0.7).all()
+    np.testing.assert_allclose(scaled.mean(0), 0.0, atol=0.35)
+
+
+def test_kitchen_tasks_are_judged_on_the_noisy_observation():
+    """D4RL's kitchen scores a task on the observation, noise included: with the microwave 0.298 from its goal (done
+    by the true state), a step's reward is whether the observed entry is within 0.3; both outcomes occur."""
+    env = offline_data.d4rl_envs.D4RLKitchenEnv(offline_data.d4rl_envs.KITCHEN_TASKS["kitchen-mixed-v0"])
+    outcomes = set()
+    for seed in range(30):
+        env.reset(seed=seed)
+        qpos = env.data.qpos.copy()
+        qpos[22] = -0.75 + 0.298
+        env.set_state(qpos, np.zeros(env.model.nv))
+        obs, reward, *_ = env.step(np.zeros(9))
+        observed_done = abs(obs[22] + 0.75) < 0.3
+        assert reward == float(observed_done), (seed, obs[22], env.data.qpos[22])
+        outcomes.add(observed_done)
+    env.close()
+    assert outcomes == {True, False}
 
 
 def test_kitchen_velocity_controller(noisy_kitchen):

@@ -450,12 +450,45 @@ def test_nan_in_data_is_rejected(hopper_file):
         offline_data.d4rl_files.load_d4rl("hopper-medium-v2", hopper_file, "raw")
 
 
-# max_episode_steps of D4RL's registrations (hand_manipulation_suite/__init__.py MAX_STEPS, locomotion/__init__.py)
+# d4rl/infos.py's REF_MIN_SCORE and REF_MAX_SCORE, written out per id (docs: ../shared/reference/d4rl-data.md)
+REFERENCE_RETURNS = {
+    **{f"halfcheetah-{d}-v2": (-280.178953, 12135.0) for d in ("medium", "medium-replay", "medium-expert")},
+    **{f"hopper-{d}-v2": (-20.272305, 3234.3) for d in ("medium", "medium-replay", "medium-expert")},
+    **{f"walker2d-{d}-v2": (1.629008, 4592.3) for d in ("medium", "medium-replay", "medium-expert")},
+    **{f"antmaze-{d}-v2": (0.0, 1.0) for d in ("umaze", "umaze-diverse", "medium-play", "medium-diverse")},
+    **{f"antmaze-{d}-v2": (0.0, 1.0) for d in ("large-play", "large-diverse")},
+    "kitchen-mixed-v0": (0.0, 4.0),
+    "kitchen-partial-v0": (0.0, 4.0),
+    "pen-human-v1": (96.262799, 3076.8331017826877),
+    "pen-cloned-v1": (96.262799, 3076.8331017826877),
+    "door-cloned-v1": (-56.512833, 2880.5693087298737),
+    "hammer-cloned-v1": (-274.856578, 12794.134825156867),
+    "relocate-cloned-v1": (-6.425911, 4233.877797728884),
+}
+# max_episode_steps of D4RL's registrations (locomotion/__init__.py, kitchen's, hand_manipulation_suite/__init__.py)
+EPISODE_STEPS = {
+    **{k: 1000 for k in REFERENCE_RETURNS if k.split("-")[0] in ("halfcheetah", "hopper", "walker2d", "antmaze")},
+    "antmaze-umaze-v2": 700,
+    "antmaze-umaze-diverse-v2": 700,
+    **{"kitchen-mixed-v0": 280, "kitchen-partial-v0": 280, "pen-human-v1": 100, "pen-cloned-v1": 100},
+    **{"door-cloned-v1": 200, "hammer-cloned-v1": 200, "relocate-cloned-v1": 200},
+}
+
+
+@pytest.mark.parametrize("env_id", list(REFERENCE_RETURNS))
+def test_every_id_is_scored_by_its_d4rl_reference_returns(env_id):
+    """Both ends of each id's scale (a score checked only at REF_MAX would not see REF_MIN: pen's is 96.26)."""
+    assert REFERENCE_RETURNS.keys() == EPISODE_STEPS.keys() == offline_data.DATASETS.keys()
+    low, high = REFERENCE_RETURNS[env_id]
+    assert offline_data.normalized_score(env_id, low) == pytest.approx(0.0, abs=1e-9)
+    assert offline_data.normalized_score(env_id, high) == pytest.approx(100.0)
+
+
 @pytest.mark.parametrize(
-    "env_id, steps",
-    [("pen-human-v1", 100), ("door-cloned-v1", 200), ("antmaze-umaze-v2", 700), ("antmaze-medium-play-v2", 1000)],
+    "env_id", [k for k in EPISODE_STEPS if k.split("-")[0] not in ("halfcheetah", "hopper", "walker2d")]
 )
-def test_file_without_timeouts_uses_d4rls_step_count(tmp_path, env_id, steps):
+def test_file_without_timeouts_uses_d4rls_step_count(tmp_path, env_id):
+    steps = EPISODE_STEPS[env_id]
     path = tmp_path / "no_timeouts.hdf5"
     rng = np.random.default_rng(0)
     n = 1600

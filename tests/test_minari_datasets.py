@@ -434,3 +434,28 @@ def test_kitchen_needs_the_joint_fix_under_mujoco4():
 def test_a_dataset_path_with_a_minari_id_is_refused():
     with pytest.raises(offline_data.UserError, match="--dataset-path is not for Minari ids"):
         offline_data.load("D4RL/pen/human-v2", "pen.hdf5", "raw")
+
+
+def test_a_dataset_whose_action_space_is_not_minus_one_one_is_refused():
+    """Pendulum's torque is in [-2, 2]: data whose actions all lie in [-1, 1] pass the value check, and the policy
+    trained on them would act at half the scale the env reads (the policies act in [-1, 1])."""
+    env = gym.make("Pendulum-v1", max_episode_steps=10)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    observations, actions, rewards = [obs], [], []
+    for _ in range(10):
+        actions.append(rng.uniform(-1, 1, 1).astype(np.float32))
+        obs, reward, *_ = env.step(actions[-1])
+        observations.append(obs)
+        rewards.append(float(reward))
+    episode = EpisodeBuffer(
+        seed=0,
+        observations=np.stack(observations),
+        actions=np.stack(actions),
+        rewards=rewards,
+        terminations=[False] * 10,
+        truncations=[False] * 9 + [True],
+    )
+    write_dataset("test/pendulum/tiny-v0", env, [episode])
+    with pytest.raises(offline_data.DatasetError, match=r"the policies act in \[-1, 1\]; the dataset's action space"):
+        load("test/pendulum/tiny-v0")

@@ -250,6 +250,13 @@ def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
         np.savez_compressed(tmp_path / f"{name}-val.npz", **arrays)
         with pytest.raises(offline_data.DatasetError, match=message):
             offline_data.load(CUBE, str(tmp_path / f"{name}.npz"))
+    for key, width in (("observations", 36), ("actions", 4)):  # a column short: the task's env needs 37 and 5
+        arrays = dict(np.load(files[CUBE]))
+        arrays[key] = arrays[key][:, :width]
+        np.savez_compressed(tmp_path / f"{key}.npz", **arrays)
+        np.savez_compressed(tmp_path / f"{key}-val.npz", **arrays)
+        with pytest.raises(offline_data.DatasetError, match=rf"'{key}' has shape \(\d+, {width}\), {CUBE} needs"):
+            offline_data.load(CUBE, str(tmp_path / f"{key}.npz"))
 
     (tmp_path / "a_file").write_text("")  # a --dataset-path under a file: an OSError that is not a download's
     with pytest.raises(offline_data.DatasetError, match="not a usable OGBench npz file.*NotADirectoryError"):

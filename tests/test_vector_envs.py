@@ -55,6 +55,7 @@ def test_workers_step_as_one_sync_vector_env(mode):
     sync = gym.vector.SyncVectorEnv([HOPPER] * n, autoreset_mode=mode)
     workers = vector_envs.WorkerVectorEnv([HOPPER] * n, 3, autoreset_mode=mode)
     assert workers.sizes == [3, 2, 2] and workers.single_action_space == sync.single_action_space
+    np.testing.assert_array_equal(sync.reset(seed=5)[0], workers.reset(seed=5)[0])  # one int: env i seeded 5 + i
     seeds = list(range(10, 10 + n))
     np.testing.assert_array_equal(sync.reset(seed=seeds)[0], workers.reset(seed=seeds)[0])
     actions = np.random.default_rng(0).uniform(-1, 1, (150, n, 3)).astype(np.float32)
