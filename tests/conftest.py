@@ -40,6 +40,23 @@ def move_targets_apart(agent):
             p.add_(0.1 * torch.randn_like(p))
 
 
+def fail_at_window(window, member, monkeypatch):
+    """Runs.check_finite told, at its `window`-th call, that member `member`'s first metric went non-finite at step 1
+    (a loss that diverged in that logging window)."""
+    import bookkeeping
+
+    calls, check_finite = [], bookkeeping.Runs.check_finite
+
+    def check(self, names, first_bad, source):
+        calls.append(1)
+        if len(calls) == window:
+            first_bad = [list(row) for row in first_bad]
+            first_bad[member][0] = 1
+        return check_finite(self, names, first_bad, source)
+
+    monkeypatch.setattr(bookkeeping.Runs, "check_finite", check)
+
+
 def check_coin_flipped_q_term(script, agent, batch, args, bc_draws):
     """OFQL's and DQL's actor loss: L_BC + eta * q_loss, q_loss = -Q_i / E|Q_j| at the policy's actions, (i, j) by a
     coin flip and E|Q_j| a constant: its value and the gradient it sends to the policy, on both sides of the coin.

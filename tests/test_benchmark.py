@@ -912,3 +912,13 @@ def test_a_runs_sessions_are_named_in_order_with_a_change_back_kept():
     """A run resumed on other code, then back on the first: "a then b then a" (a set of commits would hide the last)."""
     assert compare.in_order(["a", "a", "b", "a"]) == "a then b then a"
     assert compare.in_order([10, 10]) == 10 and compare.in_order([]) is None
+
+
+def test_the_table_takes_the_newest_run_of_a_seed(tmp_path):
+    """Two runs of one seed (a rerun): the table's row is the later one's, by the run folder's unix time."""
+    out = str(tmp_path)
+    for scores, time in (([1.0, 2.0, 3.0], "1700000000"), ([10.0, 20.0, 30.0], "1700000100")):
+        run_dir = fake_run(out, "hopper-medium-v2", "ofql", 0, scores)
+        os.rename(run_dir, run_dir.replace("__123", f"__{time}"))
+    compare.write_report(compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql"], seeds=[0], out_dir=out))
+    assert "| ofql | 1 | 30.0 | 30.0 | 10 / 20 / 30 |" in open(os.path.join(out, "results.md")).read()

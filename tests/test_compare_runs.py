@@ -25,6 +25,8 @@ def test_only_identical_numbers_pass():
     missing = [base[0], {"step": 202, "critic_loss": 0.125}]
     assert compare_runs.differences(base, missing) == ["step 202 eval/score: 3.5 (base) vs None (this)"]
     assert compare_runs.differences(base, base[:1])[0].startswith("logged steps differ")
+    more = [base[0] | {"q_policy": 2.0}]  # a key only this checkout logs
+    assert compare_runs.differences(base[:1], more) == ["step 101 q_policy: None (base) vs 2.0 (this)"]
 
 
 def test_the_largest_relative_difference_and_where():
@@ -81,3 +83,28 @@ def test_nothing_to_compare_and_a_failing_run_are_one_line(tmp_path, monkeypatch
         SystemExit, match=r"ofql in .*nowhere exited 2: .*can't open file.*\(the whole log: .*log.txt\)"
     ):
         compare_runs.main(args)
+
+
+def test_a_run_only_this_checkout_writes_is_a_difference(tmp_path, monkeypatch, capsys):
+    one, two = (
+        [[{"step": 1, "critic_loss": 0.5}]],
+        [[{"step": 1, "critic_loss": 0.5}], [{"step": 1, "critic_loss": 0.7}]],
+    )
+    sides = iter([one, two])  # the base's runs, then this checkout's
+    monkeypatch.setattr(compare_runs, "run", lambda checkout, script, args, out, extra="": next(sides))
+    monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, **kw: DONE)
+    args = compare_runs.Args(ROOT, "hopper.hdf5", scripts=["ofql"], sweeps=[], out_dir=str(tmp_path))
+    assert compare_runs.main(args) == 1 and "1 runs (base) vs 2 (this)" in capsys.readouterr().out
+
+
+def test_the_bases_runs_are_run_again_unless_reuse_base(tmp_path, monkeypatch):
+    """Runs of an earlier comparison in the output folder are read back only with --reuse-base."""
+    os.makedirs(tmp_path / "base" / "ofql" / "runs")
+    ran = []
+    monkeypatch.setattr(
+        compare_runs, "run", lambda checkout, script, args, out, extra="": ran.append(checkout) or [[{"step": 1}]]
+    )
+    monkeypatch.setattr(compare_runs, "read_records", lambda out: pytest.fail("the base's old runs were reused"))
+    monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, **kw: DONE)
+    args = compare_runs.Args("/some/base", "hopper.hdf5", scripts=["ofql"], sweeps=[], out_dir=str(tmp_path))
+    assert compare_runs.main(args) == 0 and ran == ["/some/base", ROOT]

@@ -21,6 +21,8 @@ import torch
 
 import bookkeeping
 import offline_data
+import ofql
+from conftest import fail_at_window
 
 SCRIPTS = ["ofql", "dql", "fql"]
 
@@ -221,6 +223,31 @@ def test_non_finite_loss_stops_with_step_and_name(tmp_path, hopper_file, monkeyp
     summary = json.load(open(summary_path))
     assert summary["error"].startswith("non-finite critic_loss") and summary["error"].endswith(" at step 1")
     assert summary["evaluations"] == [] and summary["train_steps_per_sec"] is None
+
+
+def test_a_run_stopped_after_its_first_window_reports_no_training_speed(tmp_path, hopper_file, monkeypatch):
+    """A loss that goes non-finite in the second logging window: the summary names it and gives no steps per second
+    (the steps it would count were never trained)."""
+    monkeypatch.chdir(tmp_path)
+    fail_at_window(2, 0, monkeypatch)
+    with pytest.raises(ofql.UserError, match="stopping"):
+        ofql.train(ofql.parse_args(small_run_flags(hopper_file, 20) + ["--log-every", "5"]))
+    (summary_path,) = glob.glob(str(tmp_path / "runs" / "*" / "summary.json"))
+    summary = json.load(open(summary_path))
+    assert summary["error"].endswith(" at step 1") and summary["train_steps_per_sec"] is None
+
+
+def test_a_resumed_runs_wall_clock_counts_its_earlier_sessions(tmp_path, hopper_file, monkeypatch):
+    """wall_clock_sec in summary.json and the checkpoint's elapsed add the time before the resume (1000 s here)."""
+    monkeypatch.chdir(tmp_path)
+    flags = small_run_flags(hopper_file, 4) + ["--save-model", "--eval-every", "4"]
+    summary = ofql.train(ofql.parse_args(flags))
+    checkpoint = os.path.join(os.path.dirname(summary), "checkpoint.pt")
+    state = torch.load(checkpoint, weights_only=True)
+    torch.save(state | {"elapsed": 1000.0}, checkpoint)
+    ofql.train(ofql.parse_args(["--resume", checkpoint, "--total-steps", "8"]))
+    assert 1000 < json.load(open(summary))["wall_clock_sec"] < 1100
+    assert 1000 < torch.load(checkpoint, weights_only=True)["elapsed"] < 1100
 
 
 def test_resume_from_a_missing_checkpoint(tmp_path, hopper_file, monkeypatch, algo):

@@ -21,6 +21,7 @@ import fql
 import offline_data
 import ofql
 import sweep
+from conftest import fail_at_window
 
 SCRIPTS = {"ofql": ofql, "dql": dql, "fql": fql}
 TIMING = ("steps_per_sec", "eval/decision_rate")
@@ -461,3 +462,20 @@ def test_balanced_sampling_reaches_the_runs_buffer_and_a_sweeps(tmp_path, hopper
     module.train(args)
     sweep.train(module, [args, dataclasses.replace(args, seed=1)], "balanced")
     assert [b.balanced for b in built] == [True, True]
+
+
+def test_a_failed_sweep_member_logs_no_online_episodes(tmp_path, hopper_file, monkeypatch):
+    """A member that failed at the offline phase's end (its loss non-finite) stops logging: the online episodes go to
+    the other member's metrics.jsonl only."""
+    monkeypatch.chdir(tmp_path)
+    fail_at_window(1, 1, monkeypatch)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--no-cuda", "--batch-size", "32"]
+    flags += ["--eval-episodes", "1", "--log-every", "5", "--total-steps", "5", "--online-steps", "100"]
+    args = ofql.parse_args([*flags, "--eval-every", "105"])
+    with pytest.raises(offline_data.UserError, match="1 of 2 members failed"):
+        sweep.train(ofql, [args, dataclasses.replace(args, seed=1, exp_name="bad")], "online")
+    good, bad = (next(d for d in os.listdir("runs") if f"__{name}__" in d) for name in ("ofql", "bad"))
+    episodes = [
+        [line for line in open(f"runs/{run}/metrics.jsonl") if "online/episode_return" in line] for run in (good, bad)
+    ]
+    assert episodes[0] and episodes[1] == []

@@ -94,8 +94,8 @@ def test_a_minari_checkpoint_renders_in_its_datasets_env_scored_by_its_reference
     capsys.readouterr()  # the training's output
     render_policy.main(args)
     steps, rest = capsys.readouterr().out.split(" steps, return ")
-    total = float(rest.split(",")[0])
-    assert rest.startswith(f"{total:.1f}, normalized score {100 * (total + 20) / 50:.1f}: ")
+    total, score = map(float, re.match(r"(-?[\d.]+), normalized score (-?[\d.]+): ", rest).groups())
+    assert score == pytest.approx(100 * (total + 20) / 50, abs=0.11)  # both printed to one decimal
     assert Image.open(args.out).size == (3 * 48, 48) and steps == "4"
 
 
@@ -120,3 +120,29 @@ def test_bad_input_is_refused_before_rendering_and_names_the_file(tmp_path, monk
     ]:
         with pytest.raises(UserError, match=message):
             render_policy.main(dataclasses.replace(args, **changes))
+
+
+def test_the_policy_acts_with_the_runs_candidates_from_its_first_evaluation_seed(tmp_path, hopper_file, monkeypatch):
+    """By default the run's --num-candidates and its first evaluation episode's seed (seed + 100); the flags given
+    replace them."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "5", "--eval-every", "5"]
+    flags += ["--eval-episodes", "1", "--save-model", "--num-candidates", "3", "--seed", "7"]
+    run_dir = os.path.dirname(ofql.train(ofql.parse_args(flags)))
+    candidates, seeds, select, renderable = [], [], ofql.select_action, render_policy.offline_data.renderable
+    monkeypatch.setattr(ofql, "select_action", lambda agent, obs, k: candidates.append(k) or select(agent, obs, k))
+
+    def recorded(env):
+        env = renderable(env)
+        reset = env.reset
+        env.reset = lambda **kw: seeds.append(kw.get("seed")) or reset(**kw)
+        return env
+
+    monkeypatch.setattr(render_policy.offline_data, "renderable", recorded)
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    args = render_policy.Args(checkpoint, out=str(tmp_path / "s.png"), frames=2, size=32, max_steps=3)
+    render_policy.main(args)
+    assert candidates == [3, 3, 3] and seeds == [107]
+    candidates.clear()
+    render_policy.main(dataclasses.replace(args, num_candidates=1, seed=5))
+    assert candidates == [1, 1, 1] and seeds == [107, 5]

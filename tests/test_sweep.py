@@ -377,6 +377,8 @@ def test_the_weights_flag_forms_and_names_that_read_back(hopper_file):
         assert sweep.grid_values(["-x", spelling, "1", "-2", "--y"], "grad_norm") == (["1", "-2"], ["-x", "--y"])
     _, _, members = sweep.parse_args([*flags, "--eta", "0.1", "0.1000001", "3", "1e-05"])
     assert [m.exp_name for m in members] == ["ofql_eta0.1", "ofql_eta0.1000001", "ofql_eta3", "ofql_eta1e-05"]
+    _, _, members = sweep.parse_args([*flags, "--eta", "0.2", "--seeds", "0", "1"])  # one weight: the script's name
+    assert [(m.eta, m.exp_name) for m in members] == [(0.2, "ofql"), (0.2, "ofql")]
 
 
 def test_a_stopped_sweep_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch):
@@ -398,6 +400,24 @@ def test_a_stopped_sweep_resumes_bit_for_bit(tmp_path, hopper_file, monkeypatch)
     assert [evaluations(p) for p in resumed] == [
         evaluations(p) for p in whole_paths
     ]  # each member's own, not member 0's
+
+
+def test_a_resumed_sweep_takes_the_commands_seeds_data_and_negated_flags(tmp_path, hopper_file, monkeypatch):
+    """A --no-... flag given on the resume is the command's (not the run's True); the members' seeds and data are the
+    command's grid: in another order, or without --dataset-path, the checkpoints are refused."""
+    monkeypatch.chdir(tmp_path)
+    grid = ["ofql.py", "--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--seeds", "0", "1"]
+    ran = ["--total-steps", "4", "--eval-every", "4", "--batch-size", "16", "--eval-episodes", "1", "--save-model"]
+    script, _, members = sweep.parse_args([*grid, *ran])
+    checkpoints = [os.path.join(os.path.dirname(p), "checkpoint.pt") for p in sweep.train(script, members, "first")]
+    resume = ["--total-steps", "8", "--resume", *checkpoints]
+    assert [a.save_model for a in sweep.parse_args([*grid, "--no-save-model", *resume])[2]] == [False, False]
+    swapped = sweep.parse_args([*grid[:-2], "1", "0", *resume])[2]
+    with pytest.raises(offline_data.UserError, match=r"--seed 1 \(was 0\)"):
+        bookkeeping.Runs(ofql.__file__, swapped, sweep="x")
+    without_data = sweep.parse_args([*grid[:3], *grid[5:], *resume])[2]
+    with pytest.raises(offline_data.UserError, match=r"--dataset-path unset \(was "):
+        bookkeeping.Runs(ofql.__file__, without_data, sweep="x")
 
 
 def test_a_resumed_sweeps_members_keep_their_runs_flags_that_the_command_leaves_out(tmp_path, hopper_file, monkeypatch):
