@@ -120,7 +120,7 @@ SWEEP_WEIGHT = "eta"  # the flag whose grid of values sweep.py trains in one pro
 # DQL's official per-dataset table (main.py): eta, lr, max-Q backup, reward handling, grad_norm, epochs x 1000 steps,
 # 10 evaluation episodes for -v2 locomotion and 100 otherwise. Its AntMaze rows are for the -v0 files; door, hammer
 # and relocate, not in it, take pen-cloned's row (our rule).
-_1000_EPOCHS = dict(total_steps=1_000_000, eval_episodes=100)
+_1000_EPOCHS = dict(total_steps=1_000_000, eval_episodes=100)  # and DQL's 100 evaluation episodes
 _ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_1000_EPOCHS)
 _OGBENCH = dict(total_steps=1_000_000, eval_every=100_000, eval_episodes=50)
 PRESETS = {

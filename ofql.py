@@ -128,7 +128,7 @@ SWEEP_WEIGHT = "eta"  # the flag whose grid of values sweep.py trains in one pro
 # from the first author's InsQL configs where one exists, else by a rule: tune it with sweep.py. grad_norm, reward
 # and evaluation rules from DQL's official table; total_steps from Appendix B (1000 epochs x 1000 steps; 2000, the
 # default, for MuJoCo). docs/presets.md names the source of every value.
-_1000_EPOCHS = dict(total_steps=1_000_000, eval_episodes=100)
+_1000_EPOCHS = dict(total_steps=1_000_000, eval_episodes=100)  # and DQL's 100 evaluation episodes
 _ANTMAZE = dict(max_q_backup=True, reward_mode="cql_antmaze", **_1000_EPOCHS)
 _OGBENCH = dict(total_steps=1_000_000, eval_every=100_000, eval_episodes=50)
 PRESETS = {

@@ -40,8 +40,8 @@ def move_targets_apart(agent):
             p.add_(0.1 * torch.randn_like(p))
 
 
-def fail_at_window(window, member, monkeypatch):
-    """Runs.check_finite told, at its `window`-th call, that member `member`'s first metric went non-finite at step 1
+def fail_at_window(window, member, monkeypatch, step=1):
+    """Runs.check_finite told, at its `window`-th call, that member `member`'s first metric went non-finite at `step`
     (a loss that diverged in that logging window)."""
     import bookkeeping
 
@@ -51,7 +51,7 @@ def fail_at_window(window, member, monkeypatch):
         calls.append(1)
         if len(calls) == window:
             first_bad = [list(row) for row in first_bad]
-            first_bad[member][0] = 1
+            first_bad[member][0] = step
         return check_finite(self, names, first_bad, source)
 
     monkeypatch.setattr(bookkeeping.Runs, "check_finite", check)

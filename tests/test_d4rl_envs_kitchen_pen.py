@@ -103,8 +103,8 @@ def test_kitchen_observation_noise(noisy_kitchen):
         obs, _ = noisy_kitchen.reset(seed=seed)
         scaled.append((obs[:30] - noisy_kitchen.unwrapped.data.qpos[:30]) / kitchen_noise_amplitudes())
     scaled = np.array(scaled)
-    assert (scaled.min(0) < -0.7).all() and (scaled.max(0) > 0.7).all()
-    np.testing.assert_allclose(scaled.mean(0), 0.0, atol=0.35)
+    assert (scaled.min(0) < -0.3).all() and (scaled.max(0) > 0.3).all()  # each fails with 40 draws: p = 0.35^40
+    np.testing.assert_allclose(scaled.mean(0), 0.0, atol=0.4)  # 4.4 standard errors
 
 
 def test_kitchen_tasks_are_judged_on_the_noisy_observation():
