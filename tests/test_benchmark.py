@@ -3,10 +3,12 @@ config files, the rows it keeps), a tiny speed.py run, and time_embedding.py's o
 
 import dataclasses
 import importlib
+import itertools
 import json
 import os
 import shutil
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -922,3 +924,187 @@ def test_the_table_takes_the_newest_run_of_a_seed(tmp_path):
         os.rename(run_dir, run_dir.replace("__123", f"__{time}"))
     compare.write_report(compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql"], seeds=[0], out_dir=out))
     assert "| ofql | 1 | 30.0 | 30.0 | 10 / 20 / 30 |" in open(os.path.join(out, "results.md")).read()
+
+
+def test_speed_timers_divide_by_their_own_counts(monkeypatch):
+    import speed
+
+    clock = iter([0.0, 2.0, 10.0, 11.5])
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
+    args = speed.Args(warmup=1, updates=4, decisions=3)
+    assert speed.time_updates(lambda: None, args, torch.device("cpu")) == pytest.approx(0.5)  # 2 s / 4 timed updates
+    assert speed.time_decisions(lambda obs: torch.zeros(1), None, args, torch.device("cpu")) == pytest.approx(
+        2.0
+    )  # 3 / 1.5 s
+
+
+def test_speed_reports_the_median_round_its_ratios_and_table(tmp_path, monkeypatch):
+    import speed
+
+    rounds = {"ofql": [0.01, 0.05, 0.02], "dql": [0.04, 0.03, 0.1], "fql": [0.1, 0.08, 0.2]}  # medians .02, .04, .1
+    order = iter([rounds[n][r] for r in range(3) for n in ("ofql", "dql", "fql")])
+    monkeypatch.setattr(speed, "time_updates", lambda *a: next(order))
+    monkeypatch.setattr(speed, "time_decisions", lambda *a: 7.0)
+    monkeypatch.setattr(speed, "count_ops", lambda *a: {"iteration": 1})
+    monkeypatch.setattr(speed, "profile_update", lambda *a, **k: {"update": 1.0})
+    result = speed.main(
+        speed.Args(
+            device="cpu",
+            rounds=3,
+            updates=1,
+            warmup=0,
+            decisions=1,
+            decision_batch=8,
+            dataset_size=100,
+            out_dir=str(tmp_path),
+        )
+    )
+    a = result["algorithms"]
+    assert [a[n]["updates_per_sec"]["eager"] for n in ("ofql", "dql", "fql")] == pytest.approx([50, 25, 10])
+    assert result["ratios"]["OFQL/FQL training time, eager"] == pytest.approx(0.2)  # 0.02 s / 0.1 s
+    assert result["ratios"]["OFQL/DQL training time, eager"] == pytest.approx(0.5)
+    md = (tmp_path / "cpu.md").read_text()
+    assert (
+        "| ofql | 50.0 | 5.56 | 7.00 | 7.000 (50) | 1 |" in md and "| fql | 10.0 | 27.78 | 7.00 | 7.000 (1) | 1 |" in md
+    )
+
+
+# ---------- sweep_speed.py (W1, W2) ----------
+def test_sweep_speed_reports_the_median_round_and_table1_hours(tmp_path, monkeypatch):
+    import sweep_speed
+
+    import speed
+
+    order = iter([0.1, 0.2, 0.3, 0.25, 0.2, 0.5])  # rounds of (one run, N = 2): medians 0.2 and 0.25
+    monkeypatch.setattr(speed, "time_updates", lambda *a: next(order))
+    args = sweep_speed.Args(
+        device="cpu",
+        algorithms=["ofql"],
+        members=[2],
+        warmup=0,
+        updates=1,
+        rounds=3,
+        dataset_size=500,
+        out_dir=str(tmp_path),
+    )
+    eager = sweep_speed.main(args)["algorithms"]["ofql"]["eager"]
+    assert eager["plain_updates_per_sec"] == pytest.approx(5.0)
+    assert eager["members"]["2"] == pytest.approx({"member_updates_per_sec": 8.0, "vs_one_after_another": 1.6})
+    md = (tmp_path / "cpu.md").read_text()
+    assert "| ofql | eager | 5.0 | 8.0 (1.60x) |" in md
+    assert "| ofql | 15 (3 seeds x 5 etas) | 390M | 8.0 | eager | 13541.7 |" in md  # 390e6 / 8 / 3600
+
+
+# ---------- eval_speed.py (E1-E3) ----------
+def test_eval_speed_step_time_and_table1_hours_from_scripted_times(monkeypatch):
+    import eval_speed
+
+    clock = iter([0.0, 2.0])
+    monkeypatch.setattr(eval_speed.time, "perf_counter", lambda: next(clock))
+    envs = types.SimpleNamespace(num_envs=2, reset=lambda seed: None, step=lambda a: None)
+    assert eval_speed.time_steps(envs, np.zeros((9, 2, 1))) == pytest.approx(0.5)  # 2 s over the 4 timed steps
+    fake = types.SimpleNamespace(single_action_space=types.SimpleNamespace(shape=(3,)), close=lambda: None)
+    monkeypatch.setattr(eval_speed.offline_data, "eval_env_factory", lambda i: object)
+    monkeypatch.setattr(
+        eval_speed.offline_data, "vector_env", lambda makes, workers: types.SimpleNamespace(w=workers, **vars(fake))
+    )
+    monkeypatch.setattr(
+        eval_speed, "time_steps", lambda e, actions: {1: 0.008, 2: 0.002}[e.w]
+    )  # 8 and 2 ms a vector step
+    monkeypatch.setattr(
+        eval_speed, "table1_eval_steps", lambda name: dict.fromkeys(eval_speed.TABLE1_DATASETS, 1_000_000)
+    )
+    monkeypatch.setattr(eval_speed, "write", lambda result, out: None)
+    result = eval_speed.main(eval_speed.Args(num_envs=4, steps=1, rounds=1))
+    assert result["rows"][0]["ms_per_env_step_one_process"] == pytest.approx(2.0)  # 8 ms / 4 envs
+    t = result["table1_evaluation"]["ofql"]
+    hours = 17 * 1_000_000 * 2.0 / 3.6e6
+    assert t["hours_one_process"] == pytest.approx(hours) and t["hours_fastest"] == pytest.approx(hours / 4)
+
+
+# ---------- online_speed.py (O1, O2) ----------
+def test_online_speed_times_only_the_timed_steps(monkeypatch):
+    import online_speed
+
+    ticks = itertools.count()
+    monkeypatch.setattr(online_speed.time, "process_time", lambda: next(ticks) * 1e-3)  # each call 1 ms on
+    walls = itertools.count()
+    monkeypatch.setattr(online_speed.time, "perf_counter", lambda: next(walls) * 2e-3)
+    calls = itertools.count()
+    space = types.SimpleNamespace(seed=lambda s: None, sample=lambda: 0)
+    env = types.SimpleNamespace(
+        action_space=space, reset=lambda seed=None: None, step=lambda a: (None, 0.0, next(calls) % 3 == 2, False, {})
+    )
+    row = online_speed.time_steps(env, online_speed.Args(steps=6, warmup=2))
+    assert row == {"cpu_ms": pytest.approx(1.0), "wall_ms": pytest.approx(2.0), "resets": 2}
+
+
+def test_online_speed_offline_table_cells(tmp_path):
+    import online_speed
+
+    algorithms = {
+        "ofql": {"cuda_graph": {"plain_updates_per_sec": 800.0, "members": {"16": {"member_updates_per_sec": 6400.0}}}}
+    }
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps({"device": "Fake GPU", "torch": "0.0", "date": "2000-01-01", "algorithms": algorithms}))
+    online_speed.main(
+        online_speed.Args(
+            env_ids=[], gpu_results=str(gpu), offline_steps=3_600_000, online_steps=0, out_dir=str(tmp_path)
+        )
+    )
+    assert (
+        "| ofql | 800.0 | 6400.0 | 1.25 | 2.50 |" in (tmp_path / "results.md").read_text()
+    )  # 3.6M / 800; 3.6M x 16 / 6400
+
+
+# ---------- time_embedding.py (TE1, TE2) ----------
+def test_offline_measures_call_one_step_at_r0_t1_and_the_ode_at_r_equal_t():
+    import time_embedding
+
+    calls = []
+
+    class Probe(torch.nn.Module):
+        act_dim = 2
+
+        def forward(self, a, r, t, obs):
+            calls.append((float(r.flatten()[0]), float(t.flatten()[0])))
+            return torch.zeros_like(a)
+
+    time_embedding.offline_measures(Probe(), torch.zeros(4, 1), torch.zeros(4, 2), ode_steps=4)
+    assert calls == [(0.0, 1.0), (1.0, 1.0), (0.75, 0.75), (0.5, 0.5), (0.25, 0.25)]
+
+
+def test_time_embedding_table_is_the_mean_over_seeds_at_each_evaluation(tmp_path):
+    import time_embedding
+
+    record_d4rl_file(tmp_path / "hopper.hdf5", episodes=250, max_steps=60)
+    actor = time_embedding.actor_class("raw16")(11, 3)
+    for seed, scores in ((0, (10.0, 30.0)), (1, (20.0, 50.0))):
+        run_dir = tmp_path / "runs" / f"hopper-medium-v2__raw16__{seed}__100"
+        run_dir.mkdir(parents=True)
+        torch.save({"actor": actor.state_dict()}, run_dir / "checkpoint.pt")
+        summary = {
+            "evaluations": [{"step": 10, "score": scores[0]}, {"step": 20, "score": scores[1]}],
+            "train_steps_per_sec": 1.0,
+            "commit": "abc",
+            "eval_episodes": 2,
+            "num_candidates": 1,
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    time_embedding.report(
+        time_embedding.Args(
+            dataset_path=str(tmp_path / "hopper.hdf5"), variants=["raw16"], seeds=[0, 1], out_dir=str(tmp_path)
+        )
+    )
+    assert "| raw16 | 15.0 / 40.0 | 27.5 |" in (tmp_path / "results.md").read_text()
+
+
+# ---------- online_check.py (OC1) ----------
+def test_online_check_reads_a_seeds_newest_run(tmp_path):
+    import online_check
+
+    runs = str(tmp_path / "runs")
+    for name, score in (("run__0__1700000000", 1.0), ("run__0__1700000100", 2.0)):
+        fake_online_run(runs, name, {"seed": 0, "eta": 0.1}, [(10, score)], [])
+    read = online_check.read_runs(online_check.Args(dataset_path="x", runs_dir=runs))
+    assert [r["evals"] for r in read["ofql"]] == [[(10, 2.0, None)]]

@@ -575,3 +575,57 @@ def test_the_offline_wheels_hold_every_requirement_of_the_gpu_checks_packages():
     pinned = {canonical(re.sub(r"\[.*\]", "", name)): version for name, version in pinned.items()}
     for name, version in pins.items():
         assert pinned.get(name, version) == version, f"{name}: {version} here, {pinned[name]} in requirements.txt"
+
+
+def test_read_run_rates_each_phase_over_its_own_steps(tmp_path):
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    windows = [(50, 10.0), (100, 10.0), (150, 5.0), (200, 10.0)]  # offline to 100; online 150 (10 s), 200 (5 s)
+    run.joinpath("metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "critic_loss": 1.0, "steps_per_sec": r}) + "\n" for s, r in windows)
+    )
+    run.joinpath("summary.json").write_text(json.dumps({"final_score": 1.0}))
+    run.joinpath("config.json").write_text(json.dumps({"device": "cpu", "training_step": "eager"}))
+    (tmp_path / "x.log").write_text("summary: runs/r/summary.json\n")
+    r = gpu_check.read_run(str(tmp_path / "x.log"), str(tmp_path), 100)
+    assert r["steps_per_sec"] == pytest.approx(10.0) and r["online_steps_per_sec"] == pytest.approx(100 / 15)
+
+
+def test_speed_figures_take_the_evaluations_candidates():
+    raw = {
+        "paths": ["eager"],
+        "algorithms": {
+            "ofql": {"updates_per_sec": {"eager": 3.0}, "decisions_per_sec": {"eager": {"1": 100.0, "50": 5.0}}}
+        },
+    }
+    assert gpu_check.speed_figures(raw)["ofql"]["eager"] == {
+        "updates_per_sec": 3.0,
+        "decisions_1": 100.0,
+        "decisions_k": 5.0,
+        "k": 50,
+    }
+
+
+def test_missed_speed_targets_fail_the_check_only_with_fail_on_targets(tmp_path, monkeypatch):
+    raw = {
+        "device": "H100",
+        "paths": ["cuda_graph"],
+        "ratios": {},
+        "algorithms": {
+            "ofql": {"updates_per_sec": {"cuda_graph": 100.0}, "decisions_per_sec": {"cuda_graph": {"1": 10.0}}}
+        },
+    }
+
+    def start(cmd, cwd, log):
+        os.makedirs(tmp_path / "speed", exist_ok=True)
+        (tmp_path / "speed" / "cuda.json").write_text(json.dumps(raw))
+        return None, 0.0
+
+    monkeypatch.setattr(gpu_check, "start", start)
+    monkeypatch.setattr(gpu_check, "finish", lambda proc, timeout: 0)
+    assert gpu_check.run_speed(gpu_check.Args(), str(tmp_path), cuda=True)["ok"]
+    result = gpu_check.run_speed(gpu_check.Args(fail_on_targets=True), str(tmp_path), cuda=True)
+    assert not result["ok"] and result["error"].startswith("missed targets: OFQL updates/s, CUDA graph")
+    assert gpu_check.failures({"speed": result}) == [f"speed.py: {result['error']}"]
+    sweep = {"ok": False, "error": "missed target: x", "parity": {"ok": True, "problems": [], "members": []}}
+    assert gpu_check.failures({"sweep": sweep}) == ["sweep: missed target: x"]

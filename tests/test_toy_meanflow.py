@@ -164,3 +164,81 @@ def test_a_flag_out_of_its_range_is_one_line_before_anything_runs(tmp_path, caps
     assert stop.value.code == 2 and not (tmp_path / "out").exists()
     line = capsys.readouterr().err.strip()
     assert line.startswith("toy_meanflow.py: error: ") and "\n" not in line and re.search(message, line)
+
+
+def test_energy_distance_is_the_u_statistic():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 2, generator=g), torch.randn(7, 2, generator=g)
+    d = lambda a, b: float((a - b).norm())
+    xx = sum(d(x[i], x[j]) for i in range(5) for j in range(5) if i != j) / 20
+    yy = sum(d(y[i], y[j]) for i in range(7) for j in range(7) if i != j) / 42
+    xy = sum(d(a, b) for a in x for b in y) / 35
+    assert tm.energy_distance(x, y) == pytest.approx(2 * xy - xx - yy, rel=1e-5)
+
+
+def test_the_gaussian_reference_has_the_datas_covariance():
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(50_000, 2, generator=g) @ torch.tensor([[1.0, 0.6], [0.0, 0.4]])
+    ref = tm.references(data, 50_000, seed=1)["Gaussian fit"]
+    torch.testing.assert_close(torch.cov(ref.T), torch.cov(data.T), atol=0.02, rtol=0)
+
+
+def test_the_claim_line_is_relative_to_u_params_fewest_steps():
+    v = {("m", "u-param", 1): 0.1, ("m", "u-param", 2): 0.4, ("m", "v-param", 1): 0.2, ("m", "DDPM", 1): 0.4}
+    v |= {("m", "Gaussian fit", 0): 0.3, ("m", "uniform on the box", 0): 0.5}
+    line = tm.claim_check(v, ["m"], tm.Args(steps=(1,), u_steps=(1, 2)))[0]
+    ratios = "v-param 1: 2.0x, DDPM 1: 4.0x, Gaussian fit: 3.0x, uniform on the box: 5.0x"
+    assert line == f"- m, relative to u-param with 1 step: {ratios}"
+
+
+class TimeRecorder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.times = []
+
+    def forward(self, x, t):
+        self.times.append(t.flatten().tolist())
+        return 0.3 * x + t
+
+
+def test_ddpm_trains_and_samples_at_the_same_times_and_steps_to_the_posterior():
+    net = TimeRecorder()
+    torch.manual_seed(0)
+    tm.ddpm_loss(net, torch.randn(2000, 2), 4)
+    assert sorted(set(net.times[0])) == [0.25, 0.5, 0.75, 1.0]
+    net.times.clear()
+    torch.manual_seed(0)
+    out = tm.sample_ddpm(net, 3, 2)
+    assert [row[0] for row in net.times] == [1.0, 0.5]
+    betas = tm.vp_betas(2)
+    abar = torch.cumprod(1 - betas, 0)
+    torch.manual_seed(0)
+    x = torch.randn(3, 2)
+    for i, prev in ((1, abar[0]), (0, torch.tensor(1.0))):
+        eps = 0.3 * x + (i + 1) / 2
+        x0 = ((x - (1 - abar[i]).sqrt() * eps) / abar[i].sqrt()).clamp(-4, 4)
+        mean = (betas[i] * prev.sqrt() * x0 + (1 - prev) * (1 - betas[i]).sqrt() * x) / (1 - abar[i])
+        var = betas[i] * (1 - prev) / (1 - abar[i])  # the posterior q(x_{i-1} | x_i, x0)'s variance
+        x = mean + (var.sqrt() * torch.randn_like(x) if i > 0 else 0)
+    torch.testing.assert_close(out, x.clamp(-4, 4))
+
+
+def test_the_noise_floor_is_a_fresh_sample(tmp_path, monkeypatch):
+    def fake_run(name, args):  # no training: every model returns the held-out points
+        return {c: tm.sample_dataset(name, args.n_eval, args.seed, 1) for c in tm.columns(args)}
+
+    monkeypatch.setattr(tm, "run_dataset", fake_run)
+    args = tm.Args(
+        datasets=("moons",),
+        steps=(1,),
+        u_steps=(1,),
+        n_eval=300,
+        n_plot=10,
+        epochs=1,
+        batches_per_epoch=1,
+        batch_size=8,
+        output_dir=str(tmp_path),
+    )
+    d = tm.main(args)
+    fresh, truth = (tm.sample_dataset("moons", 300, 1, s) for s in (2, 1))
+    assert d["moons", tm.REFERENCES[2], 0] == pytest.approx(tm.energy_distance(fresh, truth))
