@@ -4,6 +4,7 @@ in Hopper-v4."""
 import dataclasses
 import glob
 import importlib
+import itertools
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import h5py
 import imageio.v3 as iio
@@ -625,3 +627,20 @@ def test_capture_video_records_the_first_episode_of_each_evaluation(tmp_path, ho
     assert frames.ndim == 4 and len(frames) > 5 and frames.shape[-1] == 3
     assert np.abs(frames[0].astype(float) - frames[-1]).mean() > 1  # the hopper moved
     assert _comparable(with_video["evaluations"]) == _comparable(without["evaluations"])
+
+
+def test_each_windows_speed_is_its_steps_over_its_own_time(algo, hopper_file, tmp_path, monkeypatch):
+    """A clock that advances 1 s per reading: every logging window lasts 1 s (from its start to its end, before the
+    evaluation), so its steps_per_sec is its own step count: 10, 10, then 5 for the last window (25 steps, windows of
+    10); the summary's 25 steps over 3 s. Fails on dividing by --log-every or on a window that starts at the run's
+    start."""
+    monkeypatch.chdir(tmp_path)
+    clock = itertools.count()
+    monkeypatch.setattr(algo, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "25", "--eval-every",
+             "20", "--log-every", "10", "--eval-episodes", "1", "--batch-size", "32"]  # fmt: skip
+    summary = json.load(open(algo.train(algo.parse_args(flags))))
+    (log,) = glob.glob(str(tmp_path / "runs" / "*" / "metrics.jsonl"))
+    windows = [r for r in map(json.loads, open(log)) if "steps_per_sec" in r]
+    assert [(r["step"], r["steps_per_sec"]) for r in windows] == [(10, 10.0), (20, 10.0), (25, 5.0)]
+    assert summary["train_steps_per_sec"] == pytest.approx(25 / 3)

@@ -412,3 +412,35 @@ def test_the_time_embedding_spans_dqls_frequencies_from_1_to_1e_4(module):
     freqs, d_cos = d_emb[0, :8], d_emb[0, 8:]
     torch.testing.assert_close(freqs, torch.logspace(0, -4, 8, dtype=torch.float64))
     assert torch.all(d_cos == 0)
+
+
+@pytest.mark.parametrize("mu, sigma", [(-0.4, 1.0), (0.5, 2.0)])
+def test_sample_t_r_takes_its_mu_and_sigma(mu, sigma):
+    torch.manual_seed(0)
+    n = 200_000
+    t, r = ofql.sample_t_r(n, 0.5, mu, sigma, "cpu")
+    both = ~(r == t).flatten()
+    s = torch.logit(t[both].double()) + torch.logit(r[both].double())  # the sum of two N(mu, sigma^2)
+    assert abs(s.mean().item() - 2 * mu) < 0.03 * sigma and abs(s.var().item() / (2 * sigma**2) - 1) < 0.03
+    diff = torch.logit(t[both].double()) - torch.logit(r[both].double())  # |N(0, 2 sigma^2)|: mean 2 sigma/sqrt(pi)
+    assert abs(diff.mean().item() / (2 * sigma / np.sqrt(np.pi)) - 1) < 0.02
+
+
+@pytest.mark.parametrize("power", [0.5, 1.0, 2.0])
+def test_the_adaptive_weight_is_the_power_p_of_the_row_error(power):
+    torch.manual_seed(0)
+    actor, obs, actions = ofql.Actor(11, 3), torch.randn(64, 11), torch.rand(64, 3) * 2 - 1
+    args = dataclasses.replace(ofql.Args(), adaptive_weight_power=power)
+    torch.manual_seed(1)
+    loss, mse = ofql.behavior_cloning_loss(actor, obs, actions, args)
+    grads = torch.autograd.grad(loss, list(actor.parameters()))
+    torch.manual_seed(1)  # the loss's draws: (t, r), then the noise
+    t, r = ofql.sample_t_r(64, args.flow_ratio, args.time_mu, args.time_sigma, "cpu")
+    eps = torch.randn_like(actions)
+    u, u_tgt = ofql.meanflow_target(lambda a_t, r, t: actor(a_t, r, t, obs), actions, eps, r, t)
+    err = (u - u_tgt).pow(2).mean(dim=-1)
+    expected = (err / (err.detach() + 1e-3) ** power).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(mse, err.mean())
+    for g, e in zip(grads, torch.autograd.grad(expected, list(actor.parameters()))):
+        torch.testing.assert_close(g, e)

@@ -616,3 +616,16 @@ def test_a_name_the_sweep_rebinds_must_be_called_by_the_function_itself():
 
     rebound = sweep.rebind(with_a_keyword_only_default, critic_loss_fn=lambda agent: agent + 1)
     assert rebound(1) == 6 and rebound.__doc__ == "An edited copy's update()."  # FunctionType alone drops both
+
+
+def test_a_member_of_grad_norm_0_is_left_unclipped_beside_one_that_clips():
+    """Members.stack's per-member limits: 0 is "no clipping" as in the script (inf), not a limit of 0, which would
+    zero that member's gradient (it would never train)."""
+    args = [dataclasses.replace(ofql.Args(), grad_norm=g) for g in (0.0, 2.0)]
+    members = sweep.Members(ofql, args)
+    members.stack([ofql.make_agent(11, 3, a, torch.device("cpu")) for a in args])
+    weight = torch.nn.Parameter(torch.ones(2, 3))
+    members.optimizer_step(
+        torch.optim.SGD([weight], lr=0.0), torch.nn.ParameterList([weight]), (weight * 10).sum(1), 0.0
+    )
+    torch.testing.assert_close(weight.grad.norm(dim=1), torch.tensor([10 * 3**0.5, 2.0]), rtol=1e-5, atol=0)

@@ -310,3 +310,45 @@ def test_each_network_has_its_own_adam_at_its_own_learning_rate(module):
         assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == (lr, (0.9, 0.999), 1e-8, 0)
         assert [id(p) for p in group["params"]] == [id(p) for p in net.parameters()]
     assert module is not dql or (args.actor_lr, args.critic_lr) == (3e-5, 3e-4)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_select_action_scores_each_candidate_in_its_own_state(module):
+    """A target critic of the state: Q = 1e4 s_0 a_0 in both heads (s_0 = +-1), so that softmax(Q) picks, in each
+    state, the candidate whose a_0 is largest in the direction of that state's s_0 (the candidates regenerated from
+    the same seed). Candidates scored at another row's state (reversed or tiled states) pick it about half the time."""
+
+    class StateSign(torch.nn.Module):
+        def forward(self, obs, actions):
+            q = 1e4 * obs[:, :1] * actions[:, :1]
+            return q, q + 1.0
+
+    torch.manual_seed(0)
+    agent = module.make_agent(11, 3, module.Args(), torch.device("cpu"))
+    agent = dataclasses.replace(agent, critic_target=StateSign())
+    obs, k = torch.randn(400, 11), 10
+    obs[:, 0] = torch.randint(2, (400,)) * 2.0 - 1  # s_0 = +-1
+    torch.manual_seed(1)
+    chosen = module.select_action(agent, obs, k)
+    torch.manual_seed(1)  # the same candidates
+    candidates = module.sample_actions(agent.actor, obs.repeat_interleave(k, dim=0)).view(len(obs), k, -1)
+    assert ((candidates == chosen[:, None]).all(dim=-1)).any(dim=1).all()  # one of its state's candidates
+    best, worst = (obs[:, :1] * candidates[:, :, 0]).aminmax(dim=1)[::-1]  # (clipping makes some a_0 equal)
+    got = obs[:, 0] * chosen[:, 0]
+    assert (got == best).float().mean() > 0.95 and (best > worst).float().mean() > 0.5
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_the_decision_rate_is_the_protocol_policys(module, monkeypatch):
+    def run_episodes(policy, envs, seeds, device):  # the protocol's policy (0) decides at 1/s, its own sample at 11/s
+        return np.arange(envs.num_envs, dtype=float) + 10 + policy, np.full(envs.num_envs, np.nan), 1.0 + policy
+
+    class Source:
+        def member(self, m):
+            return offline_data.DataSource({}, "", 11, 3, None, "Hopper-v4", 0.0, 100.0)
+
+    monkeypatch.setattr(offline_data, "run_episodes", run_episodes)
+    members = [module.Args(env_id="hopper-medium-v2", seed=3), module.Args(env_id="hopper-medium-v2", seed=8)]
+    envs = type("Envs", (), {"num_envs": 4})()
+    results = module.evaluate([0, 10], envs, Source(), members, torch.device("cpu"))
+    assert [r["decision_rate"] for r in results] == [1.0, 1.0]
