@@ -933,9 +933,8 @@ def test_speed_timers_divide_by_their_own_counts(monkeypatch):
     monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
     args = speed.Args(warmup=1, updates=4, decisions=3)
     assert speed.time_updates(lambda: None, args, torch.device("cpu")) == pytest.approx(0.5)  # 2 s / 4 timed updates
-    assert speed.time_decisions(lambda obs: torch.zeros(1), None, args, torch.device("cpu")) == pytest.approx(
-        2.0
-    )  # 3 / 1.5 s
+    rate = speed.time_decisions(lambda obs: torch.zeros(1), None, args, torch.device("cpu"))
+    assert rate == pytest.approx(2.0)  # 3 decisions in 1.5 s
 
 
 def test_speed_reports_the_median_round_its_ratios_and_table(tmp_path, monkeypatch):
@@ -969,7 +968,6 @@ def test_speed_reports_the_median_round_its_ratios_and_table(tmp_path, monkeypat
     )
 
 
-# ---------- sweep_speed.py (W1, W2) ----------
 def test_sweep_speed_reports_the_median_round_and_table1_hours(tmp_path, monkeypatch):
     import sweep_speed
 
@@ -995,7 +993,6 @@ def test_sweep_speed_reports_the_median_round_and_table1_hours(tmp_path, monkeyp
     assert "| ofql | 15 (3 seeds x 5 etas) | 390M | 8.0 | eager | 13541.7 |" in md  # 390e6 / 8 / 3600
 
 
-# ---------- eval_speed.py (E1-E3) ----------
 def test_eval_speed_step_time_and_table1_hours_from_scripted_times(monkeypatch):
     import eval_speed
 
@@ -1008,9 +1005,8 @@ def test_eval_speed_step_time_and_table1_hours_from_scripted_times(monkeypatch):
     monkeypatch.setattr(
         eval_speed.offline_data, "vector_env", lambda makes, workers: types.SimpleNamespace(w=workers, **vars(fake))
     )
-    monkeypatch.setattr(
-        eval_speed, "time_steps", lambda e, actions: {1: 0.008, 2: 0.002}[e.w]
-    )  # 8 and 2 ms a vector step
+    step_seconds = {1: 0.008, 2: 0.002}  # a vector step in 1 worker, in 2
+    monkeypatch.setattr(eval_speed, "time_steps", lambda e, actions: step_seconds[e.w])
     monkeypatch.setattr(
         eval_speed, "table1_eval_steps", lambda name: dict.fromkeys(eval_speed.TABLE1_DATASETS, 1_000_000)
     )
@@ -1022,7 +1018,6 @@ def test_eval_speed_step_time_and_table1_hours_from_scripted_times(monkeypatch):
     assert t["hours_one_process"] == pytest.approx(hours) and t["hours_fastest"] == pytest.approx(hours / 4)
 
 
-# ---------- online_speed.py (O1, O2) ----------
 def test_online_speed_times_only_the_timed_steps(monkeypatch):
     import online_speed
 
@@ -1057,7 +1052,6 @@ def test_online_speed_offline_table_cells(tmp_path):
     )  # 3.6M / 800; 3.6M x 16 / 6400
 
 
-# ---------- time_embedding.py (TE1, TE2) ----------
 def test_offline_measures_call_one_step_at_r0_t1_and_the_ode_at_r_equal_t():
     import time_embedding
 
@@ -1099,7 +1093,6 @@ def test_time_embedding_table_is_the_mean_over_seeds_at_each_evaluation(tmp_path
     assert "| raw16 | 15.0 / 40.0 | 27.5 |" in (tmp_path / "results.md").read_text()
 
 
-# ---------- online_check.py (OC1) ----------
 def test_online_check_reads_a_seeds_newest_run(tmp_path):
     import online_check
 
