@@ -587,3 +587,144 @@ def test_a_file_system_without_locks_trains_unguarded(tmp_path, monkeypatch):
     with bookkeeping.open_log(str(tmp_path)) as log:
         log.write("{}\n")
     assert (tmp_path / "metrics.jsonl").read_text() == "{}\n"
+
+
+def test_stop_signals_notes_the_first_signal_stops_at_the_second_and_restores_the_handlers():
+    """Inside stop_signals a first SIGINT or SIGTERM is only noted; a second stops at once with the line that
+    continues and the second signal's exit code; a KeyboardInterrupt raised inside (no signal's number) is Ctrl-C's,
+    130. Whichever way it ends, the handlers it replaced are back (the loop's handler does not outlive the loop)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    own = {s: (lambda signum, frame: None) for s in signals}  # the handlers before: each its own
+    before = {s: signal.signal(s, own[s]) for s in signals}
+    try:
+        with bookkeeping.stop_signals(lambda: "the line") as received:
+            signal.raise_signal(signal.SIGINT)
+            assert received == [signal.SIGINT]  # noted, not raised
+        assert all(signal.getsignal(s) is own[s] for s in signals)
+        with pytest.raises(bookkeeping.Interrupted) as second:
+            with bookkeeping.stop_signals(lambda: "the line") as received:
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGTERM)  # the second: at once
+        assert received == [signal.SIGINT] and str(second.value) == "the line" and second.value.exit_code == 143
+        assert all(signal.getsignal(s) is own[s] for s in signals)
+        with pytest.raises(bookkeeping.Interrupted) as plain:
+            with bookkeeping.stop_signals(lambda: "the line"):
+                raise KeyboardInterrupt
+        assert str(plain.value) == "the line" and plain.value.exit_code == 130
+        assert all(signal.getsignal(s) is own[s] for s in signals)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def test_a_signal_after_the_run_has_finished_does_not_turn_it_into_a_stop(monkeypatch, capsys):
+    """Once run() has returned (the summaries written), SIGINT and SIGTERM are ignored: a signal while the summary
+    lines are printed leaves exit code 0 and no 'interrupted' line (not 143 for a finished run)."""
+    printed = []
+
+    def print_after_a_sigterm(*args, **kwargs):
+        printed.append(" ".join(map(str, args)))
+        if len(printed) == 1:
+            signal.raise_signal(signal.SIGTERM)  # a cluster's pre-emption just as the run ends
+
+    monkeypatch.setattr(bookkeeping, "print", print_after_a_sigterm, raising=False)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        bookkeeping.main("ofql.py", lambda: "runs/x/summary.json")  # no SystemExit: it ended normally
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert printed == ["summary: runs/x/summary.json"] and "interrupted" not in capsys.readouterr().err
+
+
+def test_a_stop_of_a_resumed_run_without_save_model_names_its_older_checkpoint_as_unsaved(
+    tmp_path, hopper_file, monkeypatch
+):
+    """A run resumed from a checkpoint with --no-save-model, stopped by SIGTERM: its line says nothing was saved since
+    that checkpoint (of an earlier step), not 'saved in' it, and still gives the command that continues from it."""
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1"]
+    summary = ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "4", "--save-model"]))
+    checkpoint = os.path.join(os.path.dirname(summary), "checkpoint.pt")
+    update = ofql.update
+
+    def update_then_sigterm(agent, batch, args, step):
+        if int(step) == 6:
+            os.kill(os.getpid(), signal.SIGTERM)  # noted; the loop stops after this step
+        return update(agent, batch, args, step)
+
+    monkeypatch.setattr(ofql, "update", update_then_sigterm)
+    monkeypatch.setattr(sys, "argv", ["ofql.py", "--resume", checkpoint])
+    resumed = [*flags, "--total-steps", "20", "--eval-every", "10", "--no-save-model", "--resume", checkpoint]
+    with pytest.raises(bookkeeping.Interrupted) as stop:
+        ofql.train(ofql.parse_args(resumed))
+    assert stop.value.exit_code == 143
+    assert str(stop.value).startswith(f"stopped at step 6; nothing was saved since {checkpoint} (--save-model is off")
+    assert str(stop.value).endswith(f"continue with: python ofql.py --resume {checkpoint}")
+
+
+def test_the_command_that_continues_quotes_what_the_shell_would_split():
+    """The printed command is pasted into a shell: a path with a space or a quote stays one argument."""
+    argv = ["ofql.py", "--dataset-path", "my data/hop'per.hdf5", "--resume", "old.pt"]
+    line = bookkeeping.continue_command(argv, ["runs/a b/checkpoint.pt"])
+    assert line == "python ofql.py --dataset-path 'my data/hop'\"'\"'per.hdf5' --resume 'runs/a b/checkpoint.pt'"
+
+
+def test_a_lone_run_that_goes_non_finite_says_so_once_and_not_as_a_sweep_member(
+    tmp_path, hopper_file, monkeypatch, capsys
+):
+    """A lone run whose loss goes non-finite stops with one UserError line (the caller prints it); it writes no
+    sweep member's 'this member stops, the others go on' line (there are no others)."""
+    from conftest import fail_at_window
+
+    monkeypatch.chdir(tmp_path)
+    fail_at_window(1, 0, monkeypatch, step=2)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "10", "--log-every", "5"]
+    with pytest.raises(bookkeeping.UserError, match=r"at step 2; stopping \(check the data"):
+        ofql.train(ofql.parse_args([*flags, "--eval-every", "10", "--eval-episodes", "1"]))
+    captured = capsys.readouterr()
+    assert "the others go on" not in captured.err + captured.out
+
+
+def test_a_stop_while_the_data_load_leaves_no_new_run_folder_behind(tmp_path, hopper_file, monkeypatch):
+    """Ctrl-C while the data are loaded (a long download) in train() itself, not only through main(): the run's new,
+    empty folder and runs/ are removed, as for an error there."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bookkeeping.offline_data, "load", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        ofql.train(ofql.parse_args(["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file]))
+    assert not os.path.exists("runs")
+
+
+def test_track_resumes_the_runs_own_wandb_run_and_sends_its_summary_without_the_evaluations(
+    tmp_path, hopper_file, monkeypatch
+):
+    """--track with --resume continues the same wandb run (id = the run folder's name, resume="allow"), not a new
+    one or a refused duplicate id; wandb's summary gets summary.json's figures but not the list of evaluations."""
+    import wandb
+
+    made = []
+
+    class FakeRun:
+        def __init__(self, **kwargs):
+            self.kwargs, self.summary = kwargs, {}
+            made.append(self)
+
+        def log(self, record, step):
+            pass
+
+        def finish(self, exit_code):
+            pass
+
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: FakeRun(**kwargs))
+    monkeypatch.chdir(tmp_path)
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1", "--eval-every", "4"]
+    flags += ["--track", "--save-model"]
+    summary = ofql.train(ofql.parse_args([*flags, "--total-steps", "4"]))
+    checkpoint = os.path.join(os.path.dirname(summary), "checkpoint.pt")
+    ofql.train(ofql.parse_args([*flags, "--total-steps", "8", "--resume", checkpoint]))
+    first, resumed = made
+    name = os.path.basename(os.path.dirname(summary))
+    assert first.kwargs["id"] == resumed.kwargs["id"] == name and resumed.kwargs["resume"] == "allow"
+    assert resumed.summary["steps"] == 8 and resumed.summary["final_score"] is not None
+    assert "evaluations" not in resumed.summary

@@ -596,3 +596,15 @@ def test_capture_video_refuses_an_env_that_cannot_render_and_a_dataset_without_o
     with pytest.raises(offline_data.UserError, match="--capture-video needs an evaluation environment"):
         offline_data.evaluation_envs(None, 1, str(tmp_path))
     assert offline_data.evaluation_envs(None, 1) is None
+
+
+def test_an_evaluation_reports_a_success_only_where_the_source_is_scored_by_one(hopper_file):
+    """D4RL's evaluations (no success in their envs' infos): the score and return, their stds, no success key (a NaN
+    success would make summary.json's best and reported success NaN); OGBench's add the success rate."""
+    source = offline_data.load("hopper-medium-v2", hopper_file)
+    returns, successes = np.array([100.0, 300.0]), np.full(2, np.nan)
+    stats = source.episode_stats(returns, successes, prefix="policy_")
+    assert set(stats) == {"policy_score", "policy_score_std", "policy_return", "policy_return_std"}
+    assert stats["policy_return"] == 200.0 and stats["policy_return_std"] == 100.0
+    by_success = source._replace(scored_by_success=True).episode_stats(returns, np.array([1.0, 0.0]))
+    assert (by_success["success"], by_success["success_std"], by_success["score"]) == (0.5, 0.5, 50.0)

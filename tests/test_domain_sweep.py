@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -203,3 +204,34 @@ def test_a_members_own_gamma_enters_its_losses(tmp_path, files, monkeypatch):
         members = [dataclasses.replace(base, seed=0), dataclasses.replace(base, seed=1, gamma=gamma)]
         logs.append([records(path) for path in sweep.train(ofql, members, f"gamma{gamma}")])
     assert logs[0][0] == logs[1][0] and logs[0][1][-1]["critic_loss"] != logs[1][1][-1]["critic_loss"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["ofql.py", "--env-ids", A, A, B], f"^--env-ids must not repeat an id: {A}$"),  # the repeated one alone
+        (
+            ["ofql.py", "--env-ids", A, B, "--dataset-paths", "x", "y", "z"],
+            "^--dataset-paths needs one file per id.*3 for 2$",
+        ),
+    ],
+)
+def test_a_repeated_id_is_named_alone_and_a_path_too_many_is_refused(argv, message):
+    with pytest.raises(sweep.UserError, match=message):
+        sweep.parse_args(argv)
+
+
+def test_the_domain_buffer_holds_each_dataset_once_however_many_members_share_it(files):
+    """Two members of dataset a and one of b: a's rows are on the device once, both of its members read them from
+    row 0, and b's member from the row after them; each member's size is its dataset's."""
+    a, b = (offline_data.load(env_id, files[f]).data for env_id, f in ((A, "a"), (B, "b")))
+    buffer = sweep.DomainBuffer(ofql, [a, a, b], torch.device("cpu"))
+    n_a, n_b = len(a["rewards"]), len(b["rewards"])
+    assert len(buffer.rewards) == n_a + n_b and buffer.member_sizes == [n_a, n_a, n_b]
+    assert buffer.starts.flatten().tolist() == [0, 0, n_a]
+
+
+def test_a_sweep_over_datasets_without_a_common_prefix_is_named_by_their_number():
+    members = [types.SimpleNamespace(env_id=e) for e in ("hopper-medium-v2", "walker2d-medium-v2")]
+    name = sweep.sweep_name(ofql, sweep.Args(), members)
+    assert name.startswith("2_datasets__ofql_sweep__") and not name.endswith("of1")

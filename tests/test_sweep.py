@@ -629,3 +629,35 @@ def test_a_member_of_grad_norm_0_is_left_unclipped_beside_one_that_clips():
         torch.optim.SGD([weight], lr=0.0), torch.nn.ParameterList([weight]), (weight * 10).sum(1), 0.0
     )
     torch.testing.assert_close(weight.grad.norm(dim=1), torch.tensor([10 * 3**0.5, 2.0]), rtol=1e-5, atol=0)
+
+
+def test_each_summary_names_the_sweep_and_its_size_a_failed_member_included(tmp_path, hopper_file, monkeypatch):
+    """summary.json of every member, the failed one's too, names the sweep and its number of members (the grid's, not
+    the members still training at the end)."""
+    monkeypatch.chdir(tmp_path)
+    base = script_args(ofql, hopper_file, "--total-steps", "2", "--eval-every", "2", "--log-every", "1")
+    grid = [base, dataclasses.replace(base, eta=float("nan"), exp_name="bad")]
+    monkeypatch.setattr(bookkeeping, "check_flags", lambda flags: None)  # the flags' check would refuse the NaN
+    with pytest.raises(offline_data.UserError, match="1 of 2 members failed"):
+        sweep.train(ofql, grid, "sized")
+    summaries = [json.load(open(os.path.join("runs", d, "summary.json"))) for d in sorted(os.listdir("runs"))]
+    assert [(s["sweep"], s["sweep_members"]) for s in summaries] == [("sized", 2), ("sized", 2)]
+    assert sorted(s["error"] is None for s in summaries) == [False, True]
+
+
+def test_the_shard_index_is_a_grid_place_from_0(hopper_file):
+    """--shard I/K with a negative I (a job array's index mis-set) is refused, not read from the grid's end."""
+    flags = ["ofql.py", "--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--seeds", "0", "1", "2"]
+    for shard in ("--shard=-1/3", "--shard=-3/3"):
+        with pytest.raises(offline_data.UserError, match=r"^--shard must be I/K with 0 <= I < K"):
+            sweep.parse_args([*flags, shard])
+
+
+def test_the_largest_seed_numpy_takes_is_a_seed_of_the_grid(hopper_file):
+    """--seeds takes numpy's whole range, [0, 2^32 - 1], as the script's --seed does; 2^32 is refused."""
+    flags = ["ofql.py", "--env-id", "hopper-medium-v2", "--dataset-path", hopper_file]
+    _, _, members = sweep.parse_args([*flags, "--seeds", "0", "4294967295"])
+    assert [m.seed for m in members] == [0, 4294967295]
+    bookkeeping.check_flags(vars(members[1]))  # the script's own check agrees
+    with pytest.raises(offline_data.UserError, match=r"--seeds must be numbers in \[0, 4294967295\]"):
+        sweep.parse_args([*flags, "--seeds", "4294967296"])
