@@ -130,7 +130,8 @@ def check_values(data: dict, path: str, reward_mode: str) -> None:
         )
     if (largest := np.abs(data["actions"]).max(initial=0.0)) > 1.5:
         raise DatasetError(
-            f"{path}: actions outside [-1, 1] (max |a| = {largest:.4g}); the policies act in [-1, 1]: rescale them"
+            f"{path}: actions outside [-1, 1] (max |a| = {largest:.4g}); the policies act in [-1, 1]: store them "
+            "rescaled linearly from the env's action bounds to [-1, 1] (evaluation scales them back)"
         )
 
 

@@ -40,7 +40,7 @@ class Args:
     sweeps: list[Script] = field(default_factory=lambda: ["ofql", "dql", "fql"])
     """the scripts to run as a 2 x 2 sweep too (SWEEP_GRIDS) in both checkouts"""
     flags: str = "--total-steps 1010 --eval-every 1010 --eval-episodes 2 --log-every 101 --batch-size 64"
-    """the flags of every run (after --env-id and --dataset-path)"""
+    """the flags of every run (after --env-id and --dataset-path), one string: --flags='--total-steps 200 ...'"""
     out_dir: str = os.path.join(tempfile.gettempdir(), "compare_runs")
     """where the runs go: <out-dir>/{base,this}/<script>/runs/..."""
     base_flags: str = ""

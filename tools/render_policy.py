@@ -35,13 +35,13 @@ class Args:
     size: int = 240
     """the side of each frame, in pixels"""
     seed: int | None = None
-    """the episode's seed (default: the run's first evaluation episode, its --seed + 100)"""
+    """the episode's seed; None: the run's first evaluation episode's, its --seed + 100"""
     num_candidates: int | None = None
-    """candidate actions per state (at least 1), one picked by softmax(Q) (default: the run's --num-candidates)"""
+    """candidate actions per state (at least 1), one picked by softmax(Q); None: the run's --num-candidates"""
     gif: str | None = None
     """if given, the whole episode is also written there as a GIF (every 4th frame)"""
     max_steps: int | None = None
-    """stop the episode after this many steps (default: where the env ends it); a cut episode has no normalized score"""
+    """stop the episode after this many steps (None: where the env ends it); a cut episode has no normalized score"""
 
 
 def load_agent(state: dict, obs_dim: int, act_dim: int):
