@@ -587,6 +587,22 @@ def test_episode_video_records_one_whole_episode_when_asked_and_writes_it_as_it_
     assert os.listdir(tmp_path / "videos") == ["step_7.mp4"]
 
 
+def test_a_video_of_an_episode_cut_by_its_time_limit_is_written_at_its_end_and_kept(tmp_path):
+    """An episode that ends truncated (HalfCheetah's always do) is written at its last step, as a terminated one, not
+    at the next reset; the next episode, not asked for, is not recorded over it."""
+    make = lambda: gym.wrappers.TimeLimit(offline_data.eval_env_factory("hopper-medium-v2")(), 3)  # noqa: E731
+    envs = offline_data.evaluation_envs(make, 1, str(tmp_path))
+    env = envs.envs[0]
+    path, videos = env.record("step_3"), []
+    for seed in (0, 1):
+        env.reset(seed=seed)
+        while not any(env.step(np.zeros(3))[2:4]):
+            pass
+        videos.append(iio.imread(path))
+    envs.close()
+    assert len(videos[0]) == 4 and np.array_equal(videos[1], videos[0]) and os.listdir(tmp_path) == ["step_3.mp4"]
+
+
 def test_capture_video_refuses_an_env_that_cannot_render_and_a_dataset_without_one(tmp_path):
     class Blind(gym.Env):
         observation_space = action_space = gym.spaces.Box(-1, 1, (1,))
@@ -596,6 +612,25 @@ def test_capture_video_refuses_an_env_that_cannot_render_and_a_dataset_without_o
     with pytest.raises(offline_data.UserError, match="--capture-video needs an evaluation environment"):
         offline_data.evaluation_envs(None, 1, str(tmp_path))
     assert offline_data.evaluation_envs(None, 1) is None
+
+
+def test_an_evaluations_return_score_and_success_are_the_means_of_its_episodes():
+    """Three episodes, one of them far from the others: the mean of their returns, scores and successes, not their
+    median (the two agree for the two episodes of the other tests)."""
+    source = offline_data.DataSource({}, "", 1, 1, None, None, 0.0, 100.0, scored_by_success=False)
+    stats = source.episode_stats(np.array([0.0, 0.0, 300.0]), np.full(3, np.nan))
+    assert (stats["return"], stats["score"]) == (100.0, 100.0)
+    by_success = source._replace(scored_by_success=True).episode_stats(np.zeros(3), np.array([1.0, 0.0, 0.0]))
+    assert by_success["success"] == pytest.approx(1 / 3) and by_success["score"] == pytest.approx(100 / 3)
+
+
+def test_only_a_source_without_reference_returns_or_success_notes_that_it_reports_raw_returns():
+    """The note a run prints before training: none for D4RL's (reference returns) or OGBench's (scored by success)
+    sources, the raw returns' for your own data (neither)."""
+    d4rl = offline_data.DataSource({}, "", 1, 1, lambda: None, "Hopper-v4", -20.0, 3234.0)
+    ogbench = d4rl._replace(ref_min=None, ref_max=None, scored_by_success=True)
+    assert d4rl.limitation == ogbench.limitation == ""
+    assert "no reference returns" in ogbench._replace(scored_by_success=False).limitation
 
 
 def test_an_evaluation_reports_a_success_only_where_the_source_is_scored_by_one(hopper_file):

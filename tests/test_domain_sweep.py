@@ -163,6 +163,13 @@ def test_datasets_with_and_without_an_evaluation_env_are_refused_in_either_order
             offline_data.MemberSources(members)
 
 
+def test_a_note_shared_by_the_members_datasets_is_printed_once():
+    """Two datasets of your own (no reference returns) and one with them: the run's note is the raw returns' once."""
+    own = offline_data.DataSource({}, "a.hdf5", 11, 3, lambda: None, "Hopper-v5", None, None)
+    sources = [own, own._replace(path="b.hdf5"), own._replace(path="c.hdf5", ref_min=0.0, ref_max=1.0)]
+    assert offline_data.MemberSources(sources).limitation == own.limitation != ""
+
+
 def test_evaluation_scores_each_member_in_its_own_env_by_its_own_references(files):
     """Member 1's env pays 10x member 0's and its references are (0, 1000): the same actions from the same seeds
     return 10x, scored by member 1's references; member 0's by D4RL's hopper ones."""

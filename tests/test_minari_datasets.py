@@ -459,3 +459,28 @@ def test_a_dataset_whose_action_space_is_not_minus_one_one_is_refused():
     write_dataset("test/pendulum/tiny-v0", env, [episode])
     with pytest.raises(offline_data.DatasetError, match=r"the policies act in \[-1, 1\]; the dataset's action space"):
         load("test/pendulum/tiny-v0")
+
+
+def test_an_action_space_of_zero_one_and_a_dataset_without_episodes_are_refused(monkeypatch):
+    """A dataset whose actions lie in [0, 1] (its high bound 1, its low one not -1) is refused as [-2, 2] is; one
+    without episodes is one DatasetError line, not numpy's error about nothing to concatenate."""
+    box = lambda low: gym.spaces.Box(low, 1.0, (1,), np.float32)  # noqa: E731
+    cases = ((0.0, [None], r"act in \[-1, 1\]; the dataset's action space"), (-1.0, [], "has no episodes"))
+    for low, episodes, message in cases:
+        dataset = type("Dataset", (), {"observation_space": box(-1.0), "action_space": box(low)})
+        monkeypatch.setattr(offline_data.minari_datasets, "open_minari", lambda i, d=dataset, e=episodes: (d, e, i))
+        with pytest.raises(offline_data.DatasetError, match=message):
+            offline_data.minari_datasets.load_minari("test/pendulum/tiny-v0")
+
+
+def test_running_out_of_memory_reading_a_dataset_is_not_blamed_on_its_files(monkeypatch, minari_root):
+    """A MemoryError while the episodes are read is raised as it is: the damaged-copy line would tell the user to
+    delete a good dataset."""
+    (minari_root / "D4RL" / "pen" / "human-v2" / "data").mkdir(parents=True)
+
+    def out_of_memory(dataset_id):
+        raise MemoryError
+
+    monkeypatch.setattr(minari, "load_dataset", out_of_memory)
+    with pytest.raises(MemoryError):
+        load("D4RL/pen/human-v2")

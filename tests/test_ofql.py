@@ -264,6 +264,18 @@ def test_presets_become_defaults_and_flags_override_them():
             script.parse_args(["--env-id", "hoper-medium-v2"])
 
 
+def test_an_unknown_ids_suggestions_ignore_case_cover_minaris_ids_and_leave_out_far_ones():
+    """The nearest ids of an unknown --env-id: a D4RL id typed in capitals, a Minari id with another version (its
+    nearest Minari id first), and none for an id near no supported one (the list of all of them follows at once)."""
+    suggestions = {
+        env_id: str(offline_data.unknown_id(env_id, ofql.PRESETS))
+        for env_id in ("HOPPER-MEDIUM-V2", "mujoco/hopper/medium-v1", "InvertedPendulum")
+    }
+    assert "; did you mean hopper-medium-v2 or " in suggestions["HOPPER-MEDIUM-V2"]
+    assert "; did you mean mujoco/hopper/medium-v0 or " in suggestions["mujoco/hopper/medium-v1"]
+    assert suggestions["InvertedPendulum"].startswith("unknown --env-id 'InvertedPendulum'; supported: ")
+
+
 @pytest.mark.parametrize("module", [ofql, dql, fql])
 @pytest.mark.parametrize("argv", [["--env-i", "antmaze-large-play-v2"], ["--env", "hopper-medium-v2"], ["--env-id"]])
 def test_the_peek_at_env_id_leaves_every_error_to_tyro(module, argv, capsys):

@@ -5,6 +5,7 @@ int64 button_states), recorded by stepping the real ogbench environments, where 
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -222,8 +223,9 @@ def test_help_marks_the_unpublished_presets(capsys):
 
 
 def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
-    """A damaged npz, a truncated one, one without ogbench's state arrays, a train file without its -val file, and a
-    dataset that is not in the cache with no network: each one DatasetError that names the problem."""
+    """A damaged npz, a truncated one, one without ogbench's state arrays, a train file without its -val file, arrays
+    of another width or rank, and a dataset that is not in the cache with no network: each one DatasetError that names
+    the problem."""
     good = open(files[CUBE], "rb").read()
     cases = {"garbage": b"not an npz at all", "cut": good[: len(good) // 2]}
     for name, content in cases.items():
@@ -257,6 +259,12 @@ def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
         np.savez_compressed(tmp_path / f"{key}-val.npz", **arrays)
         with pytest.raises(offline_data.DatasetError, match=rf"'{key}' has shape \(\d+, {width}\), {CUBE} needs"):
             offline_data.load(CUBE, str(tmp_path / f"{key}.npz"))
+    arrays = dict(np.load(files[CUBE]))
+    arrays["observations"] = arrays["observations"][..., None]  # (N, 37, 1): its second size right, its rank not
+    np.savez_compressed(tmp_path / "deep.npz", **arrays)
+    np.savez_compressed(tmp_path / "deep-val.npz", **arrays)
+    with pytest.raises(offline_data.DatasetError, match=r"'observations' has shape \(\d+, 37, 1\)"):
+        offline_data.load(CUBE, str(tmp_path / "deep.npz"))
 
     (tmp_path / "a_file").write_text("")  # a --dataset-path under a file: an OSError that is not a download's
     with pytest.raises(offline_data.DatasetError, match="not a usable OGBench npz file.*NotADirectoryError"):
@@ -282,6 +290,32 @@ def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
     with pytest.raises(offline_data.DatasetError, match=r"could not be downloaded \(IncompleteRead"):
         offline_data.load(CUBE, str(tmp_path / "cache"))
     assert os.listdir(tmp_path / "cache") == []  # its partial file removed
+
+
+def test_a_train_file_without_its_val_file_names_where_ogbench_looks_for_it(files, tmp_path):
+    """--dataset-path a train file alone: the missing file is named with where ogbench reads it, beside the train
+    file (a user who gave one file cannot guess that a second one is read)."""
+    train = shutil.copy(files[CUBE], tmp_path / "mine.npz")
+    with pytest.raises(offline_data.DatasetError, match=r"mine-val.npz does not exist \(ogbench reads it beside mine"):
+        offline_data.load(CUBE, str(train))
+
+
+def test_a_cut_download_of_a_val_file_beside_a_cached_train_file_is_named_and_its_part_removed(
+    files, tmp_path, monkeypatch
+):
+    """A cache folder that holds the train file only, and the download of its -val file drops: the download is named
+    (not the train file, a good one, called unusable), its partial file removed and the train file kept."""
+
+    def cut_download(*args, **kwargs):  # the connection drops after the first chunk
+        yield b"PK"
+        raise http.client.IncompleteRead(b"PK", 1000)
+
+    monkeypatch.setattr(urllib.request, "urlopen", cut_download)
+    (tmp_path / "cache").mkdir()
+    shutil.copy(files[CUBE], tmp_path / "cache" / "cube-double-play-v0.npz")
+    with pytest.raises(offline_data.DatasetError, match=r"cube-double-play-v0 is not in .*downloaded \(IncompleteRead"):
+        offline_data.load(CUBE, str(tmp_path / "cache"))
+    assert os.listdir(tmp_path / "cache") == ["cube-double-play-v0.npz"]
 
 
 def test_bad_input_exits_2_with_one_line(files, tmp_path):

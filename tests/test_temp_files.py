@@ -12,6 +12,7 @@ import gymnasium as gym
 import pytest
 
 import offline_data
+from offline_data.evaluation_envs import remove_model_file
 
 ANTMAZE_OGBENCH = "antmaze-large-navigate-singletask-task1-v0"
 
@@ -89,3 +90,19 @@ def test_ogbench_antmaze_load_and_envs_leave_no_file(tmp_path, temp_folder, monk
     assert os.listdir(temp_folder) == []
     made_and_closed(source.make_env)
     assert os.listdir(temp_folder) == []
+
+
+def test_only_the_mazes_own_model_files_are_removed(temp_folder):
+    """A MuJoCo env of your own built from a model file in the temp folder (gymnasium's MujocoEnv keeps its path as
+    `fullpath`, where OGBench's envs keep their mkstemp tmp*.xml) keeps it: only files named as the mazes name theirs,
+    ant_maze*.xml and tmp*.xml directly in the temp folder, are deleted."""
+    mine, maze, theirs = (temp_folder / name for name in ("my_hopper.xml", "ant_maze123.xml", "tmpab12.xml"))
+    for path in (mine, maze, theirs):
+        path.write_text("<mujoco/>")
+    env = gym.Env()
+    env.fullpath = str(mine)
+    remove_model_file(env)
+    assert mine.exists()
+    env.fullpath, env.tmp_xml_file_path = str(theirs), str(maze)
+    remove_model_file(env)
+    assert os.listdir(temp_folder) == ["my_hopper.xml"]

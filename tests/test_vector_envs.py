@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import types
 
 import gymnasium as gym
 import numpy as np
@@ -215,3 +216,103 @@ def test_an_episode_counts_only_its_own_steps_while_the_others_run_on():
     envs.close()
     np.testing.assert_array_equal(returns, [2.0, 5.0])
     np.testing.assert_array_equal(successes, [2.0, 5.0])
+
+
+class DiesWhenStepped(gym.Env):
+    """An env whose process ends in its first step (a simulator's crash, the kernel's out-of-memory kill)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        os._exit(1)
+
+
+def test_a_worker_that_ends_within_a_step_is_one_error_and_the_others_stop():
+    """The step reached the worker, which ended before replying: the error names a worker's end, not the TypeError of
+    a missing reply, and no worker is left."""
+    envs = vector_envs.WorkerVectorEnv([DiesWhenStepped, lambda: Countdown(5)], 2)
+    envs.reset(seed=[0, 1])
+    with pytest.raises(RuntimeError, match="^an env worker failed: it exited$"):
+        envs.step(np.zeros((2, 1), np.float32))
+    assert envs.closed and not any(p.is_alive() for p in envs.processes)
+
+
+class StartsAt(gym.Env):
+    """The observation of a reset is its options' 'start' (0 without options)."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.full(1, (options or {}).get("start", 0.0), np.float32), {}
+
+
+def test_workers_reset_with_the_options_and_report_the_autoreset_mode_of_one_sync_vector_env():
+    """A reset's options reach every worker's envs, as SyncVectorEnv passes them to its envs; the vector env's
+    metadata names the autoreset mode its envs step with: gymnasium's default (next step) where none is given."""
+    sync, workers = gym.vector.SyncVectorEnv([StartsAt] * 3), vector_envs.WorkerVectorEnv([StartsAt] * 3, 2)
+    for envs in (sync, workers):
+        np.testing.assert_array_equal(envs.reset(seed=0, options={"start": 0.5})[0], [[0.5]] * 3)
+    assert workers.metadata["autoreset_mode"] == sync.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+    sync.close()
+    workers.close()
+
+
+def test_the_decision_rate_is_policy_calls_per_second_of_the_policys_own_time(monkeypatch):
+    """Episodes of 3 and 2 steps on a scripted clock: each policy call takes 0.25 s, each env step 1 s; the rate is 3
+    calls over the policy's 0.75 s, 4 a second (not seconds per call, 0.25, nor calls over all the time, 0.8)."""
+    clock = [0.0]
+    monkeypatch.setattr(offline_data.episodes, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    envs = gym.vector.SyncVectorEnv([lambda: Countdown(3), lambda: Countdown(2)])
+    env_step = envs.step
+
+    def timed_step(actions):
+        clock[0] += 1.0
+        return env_step(actions)
+
+    def policy(obs):
+        clock[0] += 0.25
+        return torch.zeros(len(obs), 1)
+
+    monkeypatch.setattr(envs, "step", timed_step)
+    _, _, rate = offline_data.run_episodes(policy, envs, [0, 1], "cpu")
+    envs.close()
+    assert rate == 4.0
+
+
+class EpisodeIndex(gym.Env):
+    """Reward 1 a step, episodes of `length` steps; with `reports`, info['success'] at every step is the episode's
+    index (0 in the first one, 1 in the next), as OGBench's envs report a success at every step."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = gym.spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def __init__(self, length, reports=True):
+        self.length, self.reports, self.episode = length, reports, -1
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.episode = 0, self.episode + 1
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        info = {"success": float(self.episode)} if self.reports else {}
+        return np.zeros(1, np.float32), 1.0, self.t >= self.length, False, info
+
+
+def test_a_success_is_its_episodes_last_step_and_nan_where_an_env_reports_none():
+    """An env whose episodes of 2 steps report their index as success at every step, beside one of 6 steps that
+    reports none: the first's success is its first episode's last step's (0), not a step of the episode after it,
+    which runs on while the other env finishes; the second's is NaN, not a made-up 0."""
+    envs = gym.vector.SyncVectorEnv([lambda: EpisodeIndex(2), lambda: EpisodeIndex(6, reports=False)])
+    returns, successes, _ = offline_data.run_episodes(lambda obs: torch.zeros(len(obs), 1), envs, [0, 1], "cpu")
+    envs.close()
+    np.testing.assert_array_equal(returns, [2.0, 6.0])
+    np.testing.assert_array_equal(successes, [0.0, np.nan])
