@@ -330,3 +330,16 @@ def test_the_a0_prediction_is_clipped_to_the_action_range_at_every_step():
         assert a_i.mean().item() == pytest.approx(mean, abs=0.01), i
         mean = float(c["posterior_mean_coef1"][i] * 1.0 + c["posterior_mean_coef2"][i] * mean)
     assert 0.5 < actor.inputs[-1].mean().item() < 1.2  # a_1 near the clip, far from 3
+
+
+@pytest.mark.parametrize("env_id", ["door-cloned-v1", "hammer-cloned-v1", "relocate-cloned-v1"])
+def test_adroit_datasets_outside_dqls_table_take_pen_cloneds_row(env_id):
+    """door, hammer and relocate are not in DQL's main.py: each takes pen-cloned's row whole (our rule)."""
+    flags = ("actor_lr", "eta", "max_q_backup", "reward_mode", "total_steps", "grad_norm", "eval_episodes")
+    args, pen = dql.parse_args(["--env-id", env_id]), dql.parse_args(["--env-id", "pen-cloned-v1"])
+    assert [getattr(args, f) for f in flags] == [getattr(pen, f) for f in flags]
+
+
+def test_the_defaults_are_dqls():
+    """DQL's eta and its T = 5 denoising steps, for datasets without a preset."""
+    assert (dql.Args().eta, dql.Args().diffusion_steps) == (1.0, 5)

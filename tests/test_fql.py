@@ -3,10 +3,13 @@ each loss term reaches, the critic target's Q aggregation, FQL's networks and pr
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
+import dql
 import fql
+import ofql
 from conftest import agent_and_random_batch, move_targets_apart
 
 OBS, ACT, B = 11, 3, 64
@@ -338,3 +341,46 @@ def test_the_update_trains_on_actions_clipped_as_fqls_loaders_clip_them(agent_an
     for x, y in zip(runs[0][:2] + tuple(runs[0][2]), runs[1][:2] + tuple(runs[1][2])):
         assert torch.equal(x, y)
     assert not torch.equal(runs[0][0], runs[2][0])
+
+
+def test_the_critics_layer_norms_have_flaxs_epsilon(agent_and_batch):
+    """FQL's critics normalise with Flax's LayerNorm, whose epsilon is 1e-6 (PyTorch's default is 1e-5)."""
+    agent, _, _ = agent_and_batch
+    norms = [m for m in agent.critic.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert len(norms) == 8 and all(m.eps == 1e-6 for m in norms)
+
+
+def test_the_defaults_are_fqls():
+    """FQL's distillation weight, Euler steps and mean of the target heads, for datasets without a preset."""
+    args = fql.Args()
+    assert (args.alpha, args.flow_steps, args.q_agg) == (10.0, 10, "mean")
+
+
+@pytest.mark.parametrize("env_id", MUJOCO_AND_KITCHEN)
+def test_mujoco_and_kitchen_alpha_is_the_grid_value_nearest_one_over_ofqls_eta_with_ofqls_budget(env_id):
+    """docs/presets.md's rule for the datasets FQL never ran: alpha the grid value nearest 1 / eta of ofql.py's preset
+    on a log scale, OFQL's step budget, and DQL's evaluation protocol (the three scripts scored alike)."""
+    args, o, d = (m.parse_args(["--env-id", env_id]) for m in (fql, ofql, dql))
+    nearest = min((0.03, 0.1, 0.3, 1.0, 3.0, 10.0), key=lambda alpha: abs(np.log(alpha * o.eta)))
+    assert (args.alpha, args.total_steps) == (nearest, o.total_steps)
+    assert (args.eval_episodes, args.eval_every) == (o.eval_episodes, o.eval_every) == (d.eval_episodes, d.eval_every)
+
+
+def test_flow_bc_loss_draws_a_uniform_time_and_standard_normal_noise_per_row():
+    """Each row has its own t ~ U[0, 1] and its own noise z ~ N(0, I), read back from what the velocity sees for
+    point-mass data at 0.4: a_t = (1 - t) z + 0.4 t."""
+    seen = {}
+
+    class RecordingFlow(fql.Actor):
+        def velocity(self, a_t, t, obs):
+            seen.update(a_t=a_t, t=t)
+            return torch.zeros_like(a_t)
+
+    torch.manual_seed(0)
+    n = 4096
+    fql.behavior_cloning_loss(RecordingFlow(OBS, ACT), torch.zeros(n, OBS), torch.full((n, ACT), 0.4))
+    t = seen["t"]
+    z = ((seen["a_t"] - 0.4 * t) / (1 - t))[t[:, 0] < 0.9]  # rows far from t = 1, where z is read back exactly
+    assert t.shape == (n, 1) and t.min() >= 0 and t.max() <= 1 and t.unique().numel() > n // 2
+    assert abs(t.mean().item() - 0.5) < 0.02 and abs(t.var().item() - 1 / 12) < 0.01
+    assert abs(z.mean().item()) < 0.05 and abs(z.std().item() - 1) < 0.05
