@@ -340,7 +340,8 @@ def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict
     Adam steps on the disjoint parameters given one learning rate and no clipping, as in every preset); the target
     critic moves toward those parameters, the critic before its step, as FQL's `target_update` does. `step` (a device
     tensor): this iteration's number. Returns detached metrics. Nothing here reads a value back to the host."""
-    batch = batch._replace(actions=batch.actions.clamp(-1 + 1e-5, 1 - 1e-5))  # FQL's loaders clip the data's actions
+    # FQL's loaders clip the data's actions (a new Batch: torch 2.11's dynamo fails on batch._replace's under --compile)
+    batch = Batch(batch.obs, batch.actions.clamp(-1 + 1e-5, 1 - 1e-5), batch.rewards, batch.next_obs, batch.dones)
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     agent.critic.requires_grad_(False)  # the actor's backward skips the critic's weights (no use for their grads)
     actor_loss, actor_metrics = actor_loss_fn(agent, batch, args)

@@ -607,8 +607,8 @@ def test_resume_refuses_a_checkpoint_whose_pickle_would_run_code(tmp_path, hoppe
     marker.unlink()
     proc = run_script(tmp_path, algo, *small_run_flags(hopper_file, 40), "--resume", checkpoint)
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        f"{algo.__name__}.py: error: cannot resume from {checkpoint}: it holds a Python object (io.open) that "
-        "only an unsafe load could build; not loaded"
+        f"{algo.__name__}.py: error: cannot resume from {checkpoint}: it holds a Python object "
+        f"({open.__module__}.open) that only an unsafe load could build; not loaded"  # _io.open from Python 3.12
     ), proc.stderr
     assert not marker.exists()
 

@@ -357,7 +357,9 @@ def test_the_compiled_iteration_trains_as_the_eager_one(hopper_file, tmp_path, m
     fuses and reorders the arithmetic), with the eager run's noise (fallback_random: inductor draws its random numbers
     as eager PyTorch does, where by default it uses its own generator: other numbers, as random). AOTAutograd's common
     subexpression pass is off: with fallback_random it merges FQL's two torch.randn_like(actions) into one draw
-    (aten.randn_like is missing from its list of random ops on torch 2.13; docs/speed.md)."""
+    (aten.randn_like is missing from its list of random ops on torch 2.13; docs/speed.md). Before torch 2.13, inductor
+    may reorder those eager draws (2.11 draws OFQL's and DQL's coin flip before the policy's noise): there the compiled
+    run must train to finite numbers, and the comparison is skipped."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
     monkeypatch.setattr(torch._functorch.config, "cse", False)
@@ -374,6 +376,9 @@ def test_the_compiled_iteration_trains_as_the_eager_one(hopper_file, tmp_path, m
     assert len(compiled_fns) == 2 and torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
     assert [r["step"] for r in runs[True]] == [10, 20, 30, 40, 50]
     assert "training on cpu: eager, torch.compile\n" in capsys.readouterr().out  # the run says how it trains
+    if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 13):
+        assert all(math.isfinite(v) for row in runs[True] for v in row.values() if isinstance(v, float))
+        pytest.skip(f"torch {torch.__version__}: inductor may reorder the eager random draws; compared on 2.13+")
     for eager, compiled in zip(runs[False], runs[True], strict=True):
         for key, value in eager.items():
             if "decision_rate" not in key:
