@@ -326,6 +326,7 @@ def write_report(args: Args) -> None:
         if ax.get_legend_handles_labels()[0]:  # an empty panel: no legend (nor matplotlib's warning)
             ax.legend()
     if not results:
+        plt.close(fig)
         found = sorted({f"{env_id} {algorithm} seed {seed}" for env_id, algorithm, seed in summaries})
         raise SystemExit(
             f"nothing to report: no finished runs of --datasets, --algorithms, --seeds in {args.out_dir}/runs"
@@ -334,6 +335,7 @@ def write_report(args: Args) -> None:
         )
     fig.tight_layout()
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=110)
+    plt.close(fig)  # pyplot keeps every figure until closed: a process that tabulates again would gather them
     protocols = {protocol_text(r.get("protocol")) for r in results}  # absent from the rows of an older results.json
     protocol = next(iter(protocols)) if len(protocols) == 1 else "the rows' runs differ in protocol (under the table)"
     if len(protocols) > 1:

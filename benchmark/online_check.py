@@ -229,6 +229,7 @@ def report(args: Args) -> None:
     fig.tight_layout()
     os.makedirs(args.out_dir, exist_ok=True)
     fig.savefig(os.path.join(args.out_dir, "curves.png"), dpi=120)
+    plt.close(fig)
     commits = sorted({c for r in results for c in r["commits"]})
     header = (
         f"{ENV_ID} ({os.path.basename(args.dataset_path)}): {p['total_steps']} offline updates, then "

@@ -10,6 +10,7 @@ import shutil
 import sys
 import types
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -922,8 +923,10 @@ def test_the_table_takes_the_newest_run_of_a_seed(tmp_path):
     for scores, time in (([1.0, 2.0, 3.0], "1700000000"), ([10.0, 20.0, 30.0], "1700000100")):
         run_dir = fake_run(out, "hopper-medium-v2", "ofql", 0, scores)
         os.rename(run_dir, run_dir.replace("__123", f"__{time}"))
+    open_figures = len(plt.get_fignums())
     compare.write_report(compare.Args(datasets=["hopper-medium-v2"], algorithms=["ofql"], seeds=[0], out_dir=out))
     assert "| ofql | 1 | 30.0 | 30.0 | 10 / 20 / 30 |" in open(os.path.join(out, "results.md")).read()
+    assert len(plt.get_fignums()) == open_figures  # closed once saved: a process tabulating again gathers none
 
 
 def test_speed_timers_divide_by_their_own_counts(monkeypatch):
