@@ -340,7 +340,7 @@ def update(agent: Agent, batch: "Batch", args: Args, step: torch.Tensor) -> dict
     Adam steps on the disjoint parameters given one learning rate and no clipping, as in every preset); the target
     critic moves toward those parameters, the critic before its step, as FQL's `target_update` does. `step` (a device
     tensor): this iteration's number. Returns detached metrics. Nothing here reads a value back to the host."""
-    # FQL's loaders clip the data's actions (a new Batch: torch 2.11's dynamo fails on batch._replace's under --compile)
+    # FQL's loaders clip the data's actions (built anew: torch 2.11's dynamo cannot trace batch._replace here)
     batch = Batch(batch.obs, batch.actions.clamp(-1 + 1e-5, 1 - 1e-5), batch.rewards, batch.next_obs, batch.dones)
     critic_loss, metrics = critic_loss_fn(agent, batch, args)
     agent.critic.requires_grad_(False)  # the actor's backward skips the critic's weights (no use for their grads)
