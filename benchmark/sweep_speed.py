@@ -6,12 +6,13 @@ in one process.
 
 For each script and each of --members N: one training iteration of a sweep of N members (sweep.Members: the script's
 update() on the stacked networks, a batch per member) and one iteration of a plain run (the script's update()), on a
-synthetic dataset of the given shape, timed in turns over --rounds rounds (each figure the median). Reported: member-
-updates per second (N / seconds per sweep iteration) and the ratio to running the N members one after another
-(N x plain seconds / sweep seconds: above 1, the sweep is faster). With each script's rate for the largest N (its
-faster path), the device hours of its part of the paper's Table 1 protocol on the 17 D4RL datasets, each run at the
-dataset's preset steps (the script's PRESETS): OFQL's grid of 3 seeds x 5 values of eta, DQL's and FQL's presets x 3
-seeds; and the three together. Writes benchmark/results/sweep_speed/<cpu|cuda>.{md,json}.
+synthetic dataset of the given shape, timed in turns over --rounds rounds (each figure the median; a compiled path's
+iterations first, each compiled alone, then timed over its rounds, before the next compiles). Reported: member-updates
+per second (N / seconds per sweep iteration) and the ratio to running the N members one after another (N x plain seconds
+/ sweep seconds: above 1, the sweep is faster). With each script's rate for the largest N (its faster path), the device
+hours of its part of the paper's Table 1 protocol on the 17 D4RL datasets, each run at the dataset's preset steps (the
+script's PRESETS): OFQL's grid of 3 seeds x 5 values of eta, DQL's and FQL's presets x 3 seeds; and the three together.
+Writes benchmark/results/sweep_speed/<cpu|cuda>.{md,json}.
 
     python benchmark/sweep_speed.py --table1-from benchmark/results/sweep_speed/cuda.json   # hours from its rates
 """
@@ -62,7 +63,7 @@ class Args:
     """training paths to time (speed.PATHS; default: eager and cuda_graph on CUDA, eager on the CPU): eager,
     cuda_graph (the scripts' CUDA graph), compile_graph (torch.compile inside it: the scripts' --compile),
     compile_reduce_overhead (torch.compile's mode="reduce-overhead", its own CUDA graphs); each compiled iteration
-    compiles in its first warm-up call"""
+    compiles in its first call, timed apart"""
     matmul_precision: list[Literal["highest", "high"]] = field(default_factory=lambda: ["highest"])
     """float32 matmul precisions each path is timed at (the scripts' --matmul-precision; high: TF32 on NVIDIA GPUs),
     set before each of its blocks; a path timed at high is named path+tf32"""
@@ -244,8 +245,19 @@ def main(args: Args) -> dict:
 
     compile_sec = {}  # the first call of a compiled iteration compiles it: its seconds, reported (caches off: cold)
     timing = dataclasses.replace(speed.Args(), warmup=args.warmup, updates=args.updates)
+
+    def measure(key, iteration, r: int):
+        torch.set_float32_matmul_precision(precision[key[1]])  # a graph is captured in its first warm-up
+        seconds = attempt(key, speed.time_updates, iteration, timing, device)
+        timed.setdefault(key, []).extend([] if seconds is None else [seconds])
+        rate = "failed" if seconds is None else f"{(1 if key[2] == 'plain' else key[2]) / seconds:.0f}"
+        print(f"round {r + 1}/{args.rounds} {' '.join(map(str, key))}: {rate} member-updates/s", flush=True)
+
+    # each compiled iteration: compiled from a fresh dynamo state, then its rounds, before the next one compiles
+    # (torch 2.11 fails to compile OFQL's lone iteration and a sweep's in one state: docs/speed.md, --compile)
     for key, iteration in setups.items():
         if key[1].startswith("compile"):
+            torch._dynamo.reset()
             torch.set_float32_matmul_precision(precision[key[1]])
             start = time.perf_counter()
             with torch._inductor.config.patch(force_disable_caches=True), warnings.catch_warnings():
@@ -255,18 +267,14 @@ def main(args: Args) -> dict:
             compile_sec[key] = time.perf_counter() - start
             done = "failed" if key[:2] in failed else "compiled"
             print(f"{' '.join(map(str, key))}: {done} in {compile_sec[key]:.0f} s", flush=True)  # a cut call keeps it
-            seconds = attempt(key, speed.time_updates, iteration, timing, device)  # a rate before the next compile
-            if seconds is not None:
-                inductor = dict(torch._dynamo.utils.counters["inductor"])  # cudagraph_skips: a path not graphed
-                rate = f"first block {(1 if key[2] == 'plain' else key[2]) / seconds:.0f} member-updates/s"
-                print(f"{' '.join(map(str, key))}: {rate}; inductor: {inductor}", flush=True)
-    for r in range(args.rounds):
+            for r in range(args.rounds):
+                measure(key, iteration, r)
+            inductor = dict(torch._dynamo.utils.counters["inductor"])  # cudagraph_skips: a path not graphed
+            print(f"{' '.join(map(str, key))}: inductor counters so far: {inductor}", flush=True)
+    for r in range(args.rounds):  # the other paths' iterations in turns
         for key, iteration in setups.items():
-            torch.set_float32_matmul_precision(precision[key[1]])  # a graph is captured in its first warm-up
-            seconds = attempt(key, speed.time_updates, iteration, timing, device)
-            timed.setdefault(key, []).extend([] if seconds is None else [seconds])
-            rate = "failed" if seconds is None else f"{(1 if key[2] == 'plain' else key[2]) / seconds:.0f}"
-            print(f"round {r + 1}/{args.rounds} {' '.join(map(str, key))}: {rate} member-updates/s", flush=True)
+            if not key[1].startswith("compile"):
+                measure(key, iteration, r)
     seconds = {key: statistics.median(v) for key, v in timed.items() if key[:2] not in failed}
     torch.set_float32_matmul_precision("highest")
     result = dict(device=speed.device_name(device), torch=torch.__version__, commit=bookkeeping.code_version(__file__))

@@ -572,24 +572,29 @@ def test_the_compiled_count_is_generated_kernels_and_the_operators_called():
 
 def test_sweep_speed_times_each_path_at_its_matmul_precision_and_reports_compiling(tmp_path, monkeypatch):
     """Each path is timed at each --matmul-precision, set before its blocks (then back to highest), the non-default
-    one named path+tf32; a compiled path's first call is timed apart as its compile seconds."""
+    one named path+tf32; a compiled path's first call is timed apart as its compile seconds, each compiled iteration
+    compiling from a fresh dynamo state (torch 2.11 fails OFQL's lone and sweep iterations compiled in one) and
+    timed over its rounds before the next compiles."""
     import sweep_speed
 
     import speed
 
     seen, time_updates = [], speed.time_updates
     monkeypatch.setattr(speed.torch, "compile", lambda fn, mode=None: fn)  # the wiring, not inductor's 40 s
+    monkeypatch.setattr(speed.torch._dynamo, "reset", lambda: seen.append("reset"))
     monkeypatch.setattr(
         speed, "time_updates", lambda *a: seen.append(torch.get_float32_matmul_precision()) or time_updates(*a)
     )
     args = sweep_speed.Args(
-        device="cpu", algorithms=["ofql"], members=[2], warmup=0, updates=1, rounds=1, out_dir=str(tmp_path),
+        device="cpu", algorithms=["ofql"], members=[2], warmup=0, updates=1, rounds=2, out_dir=str(tmp_path),
         paths=["eager", "compile_graph"], matmul_precision=["highest", "high"], dataset_size=500,
     )  # fmt: skip
     result = sweep_speed.main(args)
     assert result["paths"] == ["eager", "eager+tf32", "compile_graph", "compile_graph+tf32"]
-    # a first block after each compile (compile_graph, then +tf32), then the round: (one run, N = 2) per path in turn
-    assert seen == ["highest", "highest", "high", "high"] * 3
+    # each compiled iteration (one run, N = 2; then +tf32's) alone: reset, compile, its 2 rounds; then the other
+    # paths' rounds: (one run, N = 2) per path in turn
+    compiled = [["reset", p, p] for p in ("highest", "highest", "high", "high")]
+    assert seen == sum(compiled, []) + ["highest", "highest", "high", "high"] * 2
     assert torch.get_float32_matmul_precision() == "highest"
     by_path = result["algorithms"]["ofql"]
     assert by_path["eager"]["compile_sec"] == {} and set(by_path["compile_graph+tf32"]["compile_sec"]) == {"plain", "2"}
