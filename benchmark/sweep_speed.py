@@ -6,10 +6,10 @@ in one process.
 
 For each script and each of --members N: one training iteration of a sweep of N members (sweep.Members: the script's
 update() on the stacked networks, a batch per member) and one iteration of a plain run (the script's update()), on a
-synthetic dataset of the given shape, timed in turns over --rounds rounds (each figure the median; a compiled path's
-iterations first, each compiled alone, then timed over its rounds, before the next compiles). Reported: member-updates
-per second (N / seconds per sweep iteration) and the ratio to running the N members one after another (N x plain seconds
-/ sweep seconds: above 1, the sweep is faster). With each script's rate for the largest N (its faster path), the device
+synthetic dataset of the given shape, timed in turns over --rounds rounds (each figure the median), then each iteration
+of a compiled path compiled alone and timed over its rounds before the next compiles. Reported: member-updates per
+second (N / seconds per sweep iteration) and the ratio to running the N members one after another (N x plain seconds /
+sweep seconds: above 1, the sweep is faster). With each script's rate for the largest N (its faster path), the device
 hours of its part of the paper's Table 1 protocol on the 17 D4RL datasets, each run at the dataset's preset steps (the
 script's PRESETS): OFQL's grid of 3 seeds x 5 values of eta, DQL's and FQL's presets x 3 seeds; and the three together.
 Writes benchmark/results/sweep_speed/<cpu|cuda>.{md,json}.
@@ -253,6 +253,10 @@ def main(args: Args) -> dict:
         rate = "failed" if seconds is None else f"{(1 if key[2] == 'plain' else key[2]) / seconds:.0f}"
         print(f"round {r + 1}/{args.rounds} {' '.join(map(str, key))}: {rate} member-updates/s", flush=True)
 
+    for r in range(args.rounds):  # the paths not compiled first (a cut call keeps them), in turns
+        for key, iteration in setups.items():
+            if not key[1].startswith("compile"):
+                measure(key, iteration, r)
     # each compiled iteration: compiled from a fresh dynamo state, then its rounds, before the next one compiles
     # (torch 2.11 fails to compile OFQL's lone iteration and a sweep's in one state: docs/speed.md, --compile)
     for key, iteration in setups.items():
@@ -271,10 +275,6 @@ def main(args: Args) -> dict:
                 measure(key, iteration, r)
             inductor = dict(torch._dynamo.utils.counters["inductor"])  # cudagraph_skips: a path not graphed
             print(f"{' '.join(map(str, key))}: inductor counters so far: {inductor}", flush=True)
-    for r in range(args.rounds):  # the other paths' iterations in turns
-        for key, iteration in setups.items():
-            if not key[1].startswith("compile"):
-                measure(key, iteration, r)
     seconds = {key: statistics.median(v) for key, v in timed.items() if key[:2] not in failed}
     torch.set_float32_matmul_precision("highest")
     result = dict(device=speed.device_name(device), torch=torch.__version__, commit=bookkeeping.code_version(__file__))
