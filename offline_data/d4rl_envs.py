@@ -15,11 +15,12 @@ import mujoco
 import numpy as np
 
 from offline_data.d4rl_files import domain_of
+from offline_data.evaluation_envs import settotalmass_warning_dropped
 from offline_data.source import UserError
 
 
 def make_mujoco_env(gym_id: str) -> gym.Env:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), settotalmass_warning_dropped():
         warnings.simplefilter("ignore")  # gymnasium flags the v4 envs as out of date; v4 is the closest to D4RL's v2
         return gym.make(gym_id)
 

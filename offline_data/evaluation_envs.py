@@ -51,6 +51,29 @@ def set_up_rendering(env: gym.Env) -> gym.Env:
     return env
 
 
+@contextlib.contextmanager
+def settotalmass_warning_dropped():
+    """While an env is made: MuJoCo 4 warns that the compiler attribute settotalmass is deprecated, on stderr and in a
+    MUJOCO_LOG.TXT it writes in the working folder, at each compile of a model that sets it, as gymnasium's
+    half_cheetah.xml does (the model D4RL's halfcheetah data come from): every HalfCheetah env made. That warning is
+    dropped; any other MuJoCo warning meanwhile goes to the handler that was set, else is a Python warning."""
+    previous = mujoco.get_mju_user_warning()
+
+    def warn(message: str) -> None:
+        if "'settotalmass' is deprecated" in message:
+            return
+        if previous:
+            previous(message)
+        else:
+            warnings.warn(f"MuJoCo: {message}", stacklevel=2)
+
+    mujoco.set_mju_user_warning(warn)
+    try:
+        yield
+    finally:
+        mujoco.set_mju_user_warning(previous)
+
+
 def remove_model_file(env: gym.Env) -> gym.Env:
     """`env`, with the temporary MuJoCo model file it was built from deleted (the model is loaded by then): each of
     Gymnasium-Robotics' maze envs (Minari's AntMaze and PointMaze) writes <temp folder>/ant_maze<time>.xml, and each of

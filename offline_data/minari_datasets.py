@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 
 from offline_data.d4rl_envs import fix_gymnasium_robotics_joints
-from offline_data.evaluation_envs import remove_model_file
+from offline_data.evaluation_envs import remove_model_file, settotalmass_warning_dropped
 from offline_data.source import DatasetError, DataSource
 
 # Minari id -> the D4RL id whose preset it uses (the same task family; not the same data)
@@ -105,7 +105,8 @@ def load_minari(dataset_id: str) -> "DataSource":
 
     def make_env() -> gym.Env:
         fix_gymnasium_robotics_joints()  # in the process that builds the env: an env worker imports a fresh module
-        env = remove_model_file(dataset.recover_environment(eval_env=True))  # a maze env writes one
+        with settotalmass_warning_dropped():
+            env = remove_model_file(dataset.recover_environment(eval_env=True))  # a maze env writes one
         return gym.wrappers.TransformObservation(env, lambda o: flatten_observation(obs_space, o), flat_space)
 
     env = make_env()  # built once now, so that a missing package or a mismatch shows before training

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from offline_data.d4rl_files import qlearning_dataset, read_d4rl_hdf5, timeouts_by_step_count
+from offline_data.evaluation_envs import settotalmass_warning_dropped
 from offline_data.source import DatasetError, DataSource, UserError
 
 
@@ -18,7 +19,8 @@ def is_gymnasium_id(env_id: str) -> bool:
 def make_gymnasium_env(env: str | gym.envs.registration.EnvSpec) -> gym.Env:
     """gym.make(env), its actions rescaled to [-1, 1] where its bounds are others. A spec (its entry point) makes the
     env in a worker process too, where a registration made by the user's own package may not have run."""
-    env = gym.make(env)
+    with settotalmass_warning_dropped():
+        env = gym.make(env)
     if (env.action_space.low == -1).all() and (env.action_space.high == 1).all():
         return env
     return gym.wrappers.RescaleAction(env, np.float32(-1), np.float32(1))
@@ -29,7 +31,8 @@ def load_own_data(env_id: str, dataset_path: str | None) -> DataSource:
     if dataset_path is None:
         raise UserError(f"{env_id} is a Gymnasium env: give your data for it with --dataset-path (D4RL's layout)")
     try:
-        env = gym.make(env_id)
+        with settotalmass_warning_dropped():
+            env = gym.make(env_id)
     except (gym.error.Error, ImportError) as e:  # a missing dependency (Box2D, ...)
         raise UserError(f"{env_id}: gym.make failed ({type(e).__name__}: {e})".replace("\n", " ")) from None
     obs_space, act_space, max_steps = env.observation_space, env.action_space, env.spec.max_episode_steps

@@ -549,6 +549,52 @@ def test_tables_cover_every_dataset_and_match_the_environments(tmp_path, monkeyp
             assert env.spec.max_episode_steps == 1000
 
 
+@pytest.mark.parametrize("source", ["d4rl", "own data"])
+def test_a_halfcheetah_env_is_made_without_mujocos_settotalmass_warning(source, tmp_path, monkeypatch, capfd):
+    """MuJoCo 4 warns at each compile of gymnasium's half_cheetah.xml (settotalmass is deprecated), on stderr and in a
+    MUJOCO_LOG.TXT in the working folder: the envs are made (and your own data loaded) without it, and MuJoCo's
+    handler is restored after."""
+    import mujoco
+
+    monkeypatch.chdir(tmp_path)
+    if source == "own data":
+        record_d4rl_file(tmp_path / "mine.hdf5", "HalfCheetah-v5", episodes=1, max_steps=5)
+        (tmp_path / "MUJOCO_LOG.TXT").unlink()
+        capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if source == "d4rl":
+            offline_data.eval_env_factory("halfcheetah-medium-v2")().close()
+        else:
+            offline_data.load("HalfCheetah-v5", str(tmp_path / "mine.hdf5")).make_env().close()
+    assert not any("settotalmass" in str(w.message) for w in caught)
+    assert "settotalmass" not in capfd.readouterr().err and not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    assert mujoco.get_mju_user_warning() is None
+
+
+def test_only_the_settotalmass_warning_is_dropped():
+    """Any other MuJoCo warning while an env is made goes to the handler that was set, else is a Python warning."""
+    import mujoco
+
+    from offline_data.evaluation_envs import settotalmass_warning_dropped
+
+    with settotalmass_warning_dropped():
+        handler = mujoco.get_mju_user_warning()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            handler("compiler attribute 'settotalmass' is deprecated and will be removed")
+        with pytest.warns(UserWarning, match="MuJoCo: Nan, Inf or huge value in QACC"):
+            handler("Nan, Inf or huge value in QACC at DOF 0")
+    seen = []
+    mujoco.set_mju_user_warning(seen.append)
+    try:
+        with settotalmass_warning_dropped():
+            mujoco.get_mju_user_warning()("another warning")
+        assert seen == ["another warning"] and mujoco.get_mju_user_warning() is not None
+    finally:
+        mujoco.set_mju_user_warning(None)
+
+
 def test_the_normalized_score_of_an_evaluation_without_minari(hopper_file, monkeypatch):
     """A D4RL run's evaluation score, with minari not importable: 100 (R - R_random) / (R_expert - R_random) with
     D4RL's hopper reference returns (d4rl/infos.py), written out here."""

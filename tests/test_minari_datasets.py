@@ -260,6 +260,19 @@ def test_mujoco_hopper():
     np.testing.assert_allclose(score(info, returns), 100 * minari.get_normalized_score(dataset, returns))
 
 
+def test_a_halfcheetah_dataset_s_env_is_made_without_mujocos_settotalmass_warning(tmp_path, monkeypatch, capfd):
+    """MuJoCo 4 warns at each compile of gymnasium's half_cheetah.xml (settotalmass is deprecated), on stderr and in a
+    MUJOCO_LOG.TXT in the working folder: loading a HalfCheetah dataset and making its env do without it."""
+    monkeypatch.chdir(tmp_path)
+    env = gym.make("HalfCheetah-v5")
+    write_dataset("mujoco/halfcheetah/tiny-v0", env, [rollout(env, 0, max_steps=5)])
+    (tmp_path / "MUJOCO_LOG.TXT").unlink(missing_ok=True)
+    capfd.readouterr()
+    source = offline_data.minari_datasets.load_minari("mujoco/halfcheetah/tiny-v0")  # makes its env once
+    source.make_env().close()
+    assert "settotalmass" not in capfd.readouterr().err and not (tmp_path / "MUJOCO_LOG.TXT").exists()
+
+
 def test_antmaze_dict_observations_and_eval_env():
     env = remove_model_file(gym.make("AntMaze_Medium_Diverse_GR-v4", continuing_task=True, reset_target=False))
     eval_spec = copy.deepcopy(env.spec)
