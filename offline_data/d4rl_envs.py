@@ -4,7 +4,9 @@ Farama-Foundation/D4RL."""
 
 import contextlib
 import functools
+import io
 import os
+import sys
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
@@ -23,6 +25,19 @@ def make_mujoco_env(gym_id: str) -> gym.Env:
     with warnings.catch_warnings(), settotalmass_warning_dropped():
         warnings.simplefilter("ignore")  # gymnasium flags the v4 envs as out of date; v4 is the closest to D4RL's v2
         return gym.make(gym_id)
+
+
+def import_gymnasium_robotics():
+    """gymnasium_robotics (ImportError where it is not installed), imported without the notice that its versions 1.2.1
+    to 1.4.2 print to stderr in every process that imports it: their Adroit v1 dense reward changed (its PR #220). The
+    Adroit envs here recompute D4RL's reward (D4RLAdroitReward) and the AntMaze and Kitchen envs never use it; anything
+    else the import prints is printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stderr(printed):
+        import gymnasium_robotics
+    lines = printed.getvalue().splitlines(keepends=True)
+    sys.stderr.write("".join(line for line in lines if "reward functions were updated in v1.2.1" not in line))
+    return gymnasium_robotics
 
 
 # AntMaze (d4rl/locomotion). The evaluation mazes, row i / column j as in maze_env.py (U_MAZE_TEST, BIG_MAZE_TEST,
@@ -181,6 +196,7 @@ class D4RLAntMazeEnv(gym.Env):
 def make_antmaze_env(env_id: str) -> gym.Env:
     """The evaluation env of a D4RL antmaze-*-v2 id: episodes end on reaching the goal (return 1) or after
     max_episode_steps (return 0), so the D4RL normalized score (ref min 0, max 1, infos.py) is 100 * success."""
+    import_gymnasium_robotics()
     env = D4RLAntMazeEnv(antmaze_maze_name(env_id))
     return gym.wrappers.TimeLimit(env, max_episode_steps=env.max_episode_steps)
 
@@ -334,6 +350,7 @@ def make_kitchen_env(env_id: str) -> gym.Env:
     """D4RL's evaluation env of kitchen-{partial,mixed}-v0: 280 steps, ends early once all 4 tasks are done."""
     if env_id not in KITCHEN_TASKS:
         raise UserError(f"unknown kitchen id {env_id!r}; supported: {', '.join(KITCHEN_TASKS)}")
+    import_gymnasium_robotics()
     return gym.wrappers.TimeLimit(D4RLKitchenEnv(KITCHEN_TASKS[env_id]), KITCHEN_MAX_STEPS)
 
 
@@ -356,7 +373,7 @@ def make_pen_env(env_id: str) -> gym.Env:
     """D4RL's evaluation env of pen-{human,cloned}-v1: 100 steps, ends early when the pen is dropped."""
     if env_id not in PEN_IDS:
         raise UserError(f"unknown pen id {env_id!r}; supported: {', '.join(PEN_IDS)}")
-    import gymnasium_robotics  # noqa: F401  (registers AdroitHandPen-v1)
+    import_gymnasium_robotics()  # registers AdroitHandPen-v1
 
     return D4RLPenTermination(gym.make("AdroitHandPen-v1", max_episode_steps=PEN_MAX_STEPS, reward_type="dense"))
 
@@ -432,7 +449,7 @@ def make_adroit_env(env_id: str) -> gym.Env:
     """D4RL's evaluation env of {door,hammer,relocate}-cloned-v1: 200 steps, D4RL's dense reward, never terminated."""
     if env_id not in ADROIT_IDS:
         raise UserError(f"unknown Adroit id {env_id!r}; supported: {', '.join(ADROIT_IDS)}")
-    import gymnasium_robotics  # noqa: F401  (registers AdroitHand*-v1)
+    import_gymnasium_robotics()  # registers AdroitHand*-v1
 
     task = env_id.split("-")[0]
     env = gym.make(ADROIT_ENVS[task], max_episode_steps=ADROIT_MAX_STEPS, reward_type="dense")
@@ -444,9 +461,11 @@ def fix_gymnasium_robotics_joints() -> None:
     mujoco 4.0 a numpy integer never equals a mjtJoint member that way, and FrankaKitchen-v1 (the env of Minari's
     Kitchen datasets) fails to build. Where that is so, swap its two joint readers for ones that compare plain ints."""
     try:
-        from gymnasium_robotics.utils import mujoco_utils
+        import_gymnasium_robotics()
     except ImportError:
         return
+    from gymnasium_robotics.utils import mujoco_utils
+
     if np.int32(int(mujoco.mjtJoint.mjJNT_HINGE)) in (mujoco.mjtJoint.mjJNT_HINGE,):
         return
     widths = {
@@ -478,7 +497,7 @@ def eval_env_factory(env_id: str) -> Callable[[], gym.Env] | None:
     if domain in ("halfcheetah", "hopper", "walker2d"):
         return functools.partial(make_mujoco_env, domain_of(env_id).eval_env)
     try:
-        import gymnasium_robotics  # noqa: F401
+        import_gymnasium_robotics()
     except ImportError:
         return None
     return functools.partial(makers[domain], env_id) if domain in makers else None

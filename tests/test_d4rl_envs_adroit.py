@@ -3,6 +3,7 @@
 {door,hammer,relocate}_v0.py, __init__.py, d4rl/infos.py), written out again, not taken from the adapter."""
 
 import os
+import subprocess
 import sys
 import urllib.request
 
@@ -356,3 +357,39 @@ def test_replay_check_on_own_rollouts_and_a_corrupted_copy(env_id, tmp_path):
         del f["infos/qvel"]
     with pytest.raises(ValueError, match="infos/qvel"):
         rc.adroit_replay_check(env_id, path)
+
+
+NOTICE = "reward functions were updated in v1.2.1"  # gymnasium_robotics 1.2.1 to 1.4.2, at import (its PR #220)
+
+
+def python_stderr(code: str, path: str = "") -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [path, ROOT]))}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_the_evaluation_envs_import_gymnasium_robotics_without_its_adroit_reward_notice():
+    """The pinned gymnasium_robotics prints a notice at import that its Adroit v1 dense reward changed; these envs
+    recompute D4RL's (AntMaze and Kitchen use none), so making them prints no such notice, in any process."""
+    assert NOTICE in python_stderr("import gymnasium_robotics"), "the notice is gone: import_gymnasium_robotics can go"
+    calls = [  # each the first import in its process (an env worker's too)
+        "eval_env_factory('antmaze-umaze-v2')",
+        "make_antmaze_env('antmaze-umaze-v2').close()",
+        "make_kitchen_env('kitchen-mixed-v0').close()",
+        "make_pen_env('pen-human-v1').close()",
+        "make_adroit_env('door-cloned-v1').close()",
+        "fix_gymnasium_robotics_joints()",  # Minari's AntMaze, Kitchen and Adroit envs
+    ]
+    for call in calls:
+        assert NOTICE not in python_stderr(f"from offline_data.d4rl_envs import *; {call}"), call
+
+
+def test_only_gymnasium_robotics_notice_is_dropped(tmp_path):
+    """What else the import prints is printed (a stand-in package that prints the notice and another line)."""
+    (tmp_path / "gymnasium_robotics").mkdir()
+    (tmp_path / "gymnasium_robotics" / "__init__.py").write_text(
+        f"import sys\nprint('Adroit... {NOTICE} without...', file=sys.stderr)\nprint('other news', file=sys.stderr)\n"
+    )
+    code = "from offline_data.d4rl_envs import import_gymnasium_robotics as i; print(i().__file__)"
+    assert python_stderr(code, str(tmp_path)) == "other news\n"
