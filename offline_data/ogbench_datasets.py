@@ -2,6 +2,7 @@
 download, its cache ~/.ogbench/data, its loader and its single-task relabelling), evaluated as FQL evaluates them:
 the success rate, from the final step's info['success'] of each episode."""
 
+import contextlib
 import functools
 import http.client
 import os
@@ -54,16 +55,32 @@ def import_ogbench():
     return ogbench
 
 
+@contextlib.contextmanager
+def float32_cast_warning_ignored():
+    """Without gymnasium's warning that a Box's float64 bounds are cast to float32: ogbench's cube, scene and puzzle
+    envs build their action space so at each read (their resets and its relabelling read it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*precision lowered by casting to float32")
+        yield
+
+
 class SeededStarts(gym.Wrapper):
     """The mazes and antsoccer draw their start's noise from numpy's global generator: each reset seeds it for the
     reset alone (its state then restored), with the reset's seed, or without one with a draw of the env's own
-    generator, so that, as elsewhere, the env's seed decides its starts, in whatever process the env runs."""
+    generator, so that, as elsewhere, the env's seed decides its starts, in whatever process the env runs. The
+    action space is read once (float32_cast_warning_ignored), and the resets go without that warning."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        with float32_cast_warning_ignored():
+            self.action_space = env.action_space
 
     def reset(self, *, seed=None, options=None):
         state = np.random.get_state()
         np.random.seed(seed if seed is not None else int(self.env.unwrapped.np_random.integers(1 << 31)))
         try:
-            return self.env.reset(seed=seed, options=options)
+            with float32_cast_warning_ignored():
+                return self.env.reset(seed=seed, options=options)
         finally:
             np.random.set_state(state)
 
@@ -101,7 +118,8 @@ def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
     try:
         if "dataset_dir" in where:  # what the folder lacks, ogbench downloads: its own step, so a failure is named
             ogbench.download_datasets([name], where["dataset_dir"])
-        train, _ = ogbench.make_env_and_datasets(env_id, dataset_only=True, cur_env=env, **where)
+        with float32_cast_warning_ignored():
+            train, _ = ogbench.make_env_and_datasets(env_id, dataset_only=True, cur_env=env, **where)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         if isinstance(e, FileNotFoundError) and "dataset_path" in where:
             beside = f" (ogbench reads it beside {os.path.basename(files[0])})" if e.filename == files[1] else ""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import warnings
 from collections import defaultdict
 
 import gymnasium as gym
@@ -341,4 +342,23 @@ def test_a_seeded_reset_gives_one_start_and_leaves_numpys_generator_as_it_was(en
     after = [(env.reset(seed=5), env.reset()[0])[1] for _ in range(2)]  # unseeded: from the env's own generator
     assert np.array_equal(after[0], after[1]) and not np.array_equal(after[0], starts[0])
     assert np.random.randint(1 << 30) == np.random.RandomState(0).randint(1 << 30)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", [CUBE, "puzzle-3x3-play-singletask-v0"])
+def test_a_manipulation_env_runs_without_gymnasiums_float32_cast_warning(env_id):
+    """ogbench's cube, scene and puzzle envs build their action space anew at each read, with float64 bounds that
+    gymnasium casts to float32 with a warning: read through the evaluation env (its resets too), the space is read
+    once and warns nothing; it is ogbench's own space."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        env = offline_data.ogbench_datasets.make_ogbench_env(env_id)
+        env.reset(seed=0)
+        for _ in range(2):
+            env.step(env.action_space.sample())
+        env.reset()
+    assert [str(w.message) for w in caught if "precision lowered" in str(w.message)] == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert env.action_space == env.unwrapped.action_space and env.action_space is env.action_space
     env.close()
