@@ -33,10 +33,12 @@ def import_gymnasium_robotics():
     Adroit envs here recompute D4RL's reward (D4RLAdroitReward) and the AntMaze and Kitchen envs never use it; anything
     else the import prints is printed."""
     printed = io.StringIO()
-    with contextlib.redirect_stderr(printed):
-        import gymnasium_robotics
-    lines = printed.getvalue().splitlines(keepends=True)
-    sys.stderr.write("".join(line for line in lines if "reward functions were updated in v1.2.1" not in line))
+    try:
+        with contextlib.redirect_stderr(printed):
+            import gymnasium_robotics
+    finally:  # a failed import's output too
+        lines = printed.getvalue().splitlines(keepends=True)
+        sys.stderr.write("".join(line for line in lines if "reward functions were updated in v1.2.1" not in line))
     return gymnasium_robotics
 
 

@@ -393,3 +393,6 @@ def test_only_gymnasium_robotics_notice_is_dropped(tmp_path):
     )
     code = "from offline_data.d4rl_envs import import_gymnasium_robotics as i; print(i().__file__)"
     assert python_stderr(code, str(tmp_path)) == "other news\n"
+    (tmp_path / "gymnasium_robotics" / "__init__.py").write_text("import sys\nprint('why', file=sys.stderr)\n1 / 0\n")
+    code = "from offline_data.d4rl_envs import import_gymnasium_robotics as i\ntry: i()\nexcept ZeroDivisionError: pass"
+    assert python_stderr(code, str(tmp_path)) == "why\n"  # a failed import's output is printed too
