@@ -45,6 +45,7 @@ def solve_puzzle(env) -> None:
     u.set_state(u._data.qpos.copy(), u._data.qvel.copy(), u._target_button_states.copy())
 
 
+@offline_data.ogbench_datasets.float32_cast_warning_ignored()  # ogbench's float64 action bounds, at each read
 def record_ogbench(env_id: str, folder, steps=(30, 30), seed=0, start=None):
     """Write ogbench's train and -val files of `env_id`'s dataset into `folder`, one random-action trajectory per
     entry of `steps`; each row is the observation, action, done flag and state (info's prev_*) of one step, as in
@@ -94,7 +95,8 @@ def files(tmp_path_factory):
 def test_the_scripts_train_on_ogbench_own_relabelling(files, env_id):
     """The batches the scripts draw hold ogbench's relabelled rewards, and done = 1 - ogbench's mask (not the file's
     terminals, which end trajectories)."""
-    env, train, _ = ogbench.make_env_and_datasets(env_id, dataset_dir=os.path.dirname(files[env_id]))
+    with offline_data.ogbench_datasets.float32_cast_warning_ignored():
+        env, train, _ = ogbench.make_env_and_datasets(env_id, dataset_dir=os.path.dirname(files[env_id]))
     remove_model_file(env).close()
     assert 0 < train["masks"].sum() < len(train["masks"])  # successes and failures: a wrong mask shows
     assert not np.array_equal(1.0 - train["masks"], train["terminals"])
@@ -113,7 +115,8 @@ def test_another_task_of_a_family_relabels_the_familys_data_for_itself(files):
     task1, folder = PUZZLE.replace("task4", "task1"), os.path.dirname(files[PUZZLE])
     theirs = {}
     for env_id in (task1, PUZZLE):
-        env, theirs[env_id], _ = ogbench.make_env_and_datasets(env_id, dataset_dir=folder)
+        with offline_data.ogbench_datasets.float32_cast_warning_ignored():
+            env, theirs[env_id], _ = ogbench.make_env_and_datasets(env_id, dataset_dir=folder)
         remove_model_file(env).close()
     assert not np.array_equal(theirs[task1]["rewards"], theirs[PUZZLE]["rewards"])  # the task shows in the numbers
     source = offline_data.load(task1, folder)
