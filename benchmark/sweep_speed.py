@@ -7,12 +7,12 @@ in one process.
 For each script and each of --members N: one training iteration of a sweep of N members (sweep.Members: the script's
 update() on the stacked networks, a batch per member) and one iteration of a plain run (the script's update()), on a
 synthetic dataset of the given shape, timed in turns over --rounds rounds (each figure the median), then each iteration
-of a compiled path compiled alone and timed over its rounds before the next compiles. Reported: member-updates per
-second (N / seconds per sweep iteration) and the ratio to running the N members one after another (N x plain seconds /
-sweep seconds: above 1, the sweep is faster). With each script's rate for the largest N (its faster path), the device
-hours of its part of the paper's Table 1 protocol on the 17 D4RL datasets, each run at the dataset's preset steps (the
-script's PRESETS): OFQL's grid of 3 seeds x 5 values of eta, DQL's and FQL's presets x 3 seeds; and the three together.
-Writes benchmark/results/sweep_speed/<cpu|cuda>.{md,json}.
+of a compiled path (the largest sweeps first, the lone runs last) compiled alone and timed over its rounds before the
+next compiles. Reported: member-updates per second (N / seconds per sweep iteration) and the ratio to running the N
+members one after another (N x plain seconds / sweep seconds: above 1, the sweep is faster). With each script's rate for
+the largest N (its faster path), the device hours of its part of the paper's Table 1 protocol on the 17 D4RL datasets,
+each run at the dataset's preset steps (the script's PRESETS): OFQL's grid of 3 seeds x 5 values of eta, DQL's and FQL's
+presets x 3 seeds; and the three together. Writes benchmark/results/sweep_speed/<cpu|cuda>.{md,json}.
 
     python benchmark/sweep_speed.py --table1-from benchmark/results/sweep_speed/cuda.json   # hours from its rates
 """
@@ -258,8 +258,10 @@ def main(args: Args) -> dict:
             if not key[1].startswith("compile"):
                 measure(key, iteration, r)
     # each compiled iteration: compiled from a fresh dynamo state, then its rounds, before the next one compiles
-    # (torch 2.11 fails to compile OFQL's lone iteration and a sweep's in one state: docs/speed.md, --compile)
-    for key, iteration in setups.items():
+    # (torch 2.11 fails to compile OFQL's lone iteration and a sweep's in one state: docs/speed.md, --compile); the
+    # largest sweeps first, the lone iterations last: a call cut short keeps the sweeps' rates
+    for key in sorted(setups, key=lambda k: -1 if k[2] == "plain" else k[2], reverse=True):
+        iteration = setups[key]
         if key[1].startswith("compile"):
             torch._dynamo.reset()
             torch.set_float32_matmul_precision(precision[key[1]])

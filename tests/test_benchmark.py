@@ -591,9 +591,9 @@ def test_sweep_speed_times_each_path_at_its_matmul_precision_and_reports_compili
     )  # fmt: skip
     result = sweep_speed.main(args)
     assert result["paths"] == ["eager", "eager+tf32", "compile_graph", "compile_graph+tf32"]
-    # the eager paths' 2 rounds: (one run, N = 2) per path in turn; then each compiled iteration (one run, N = 2;
-    # then +tf32's) alone: reset, compile, its 2 rounds
-    compiled = [["reset", p, p] for p in ("highest", "highest", "high", "high")]
+    # the eager paths' 2 rounds: (one run, N = 2) per path in turn; then each compiled iteration alone (the sweeps,
+    # then the lone runs: N = 2 of each path, then one run of each): reset, compile, its 2 rounds
+    compiled = [["reset", p, p] for p in ("highest", "high", "highest", "high")]
     assert seen == ["highest", "highest", "high", "high"] * 2 + sum(compiled, [])
     assert torch.get_float32_matmul_precision() == "highest"
     by_path = result["algorithms"]["ofql"]
