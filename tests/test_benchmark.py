@@ -570,11 +570,11 @@ def test_the_compiled_count_is_generated_kernels_and_the_operators_called():
         }  # fmt: skip
 
 
-def test_sweep_speed_times_each_path_at_its_matmul_precision_and_reports_compiling(tmp_path, monkeypatch):
+def test_sweep_speed_times_each_path_at_its_matmul_precision_and_reports_compiling(tmp_path, monkeypatch, capsys):
     """Each path is timed at each --matmul-precision, set before its blocks (then back to highest), the non-default
     one named path+tf32; a compiled path's first call is timed apart as its compile seconds, each compiled iteration
     compiling from a fresh dynamo state (torch 2.11 fails OFQL's lone and sweep iterations compiled in one) and
-    timed over its rounds before the next compiles."""
+    timed over its rounds before the next compiles, the largest sweeps first and the lone runs last."""
     import sweep_speed
 
     import speed
@@ -586,18 +586,21 @@ def test_sweep_speed_times_each_path_at_its_matmul_precision_and_reports_compili
         speed, "time_updates", lambda *a: seen.append(torch.get_float32_matmul_precision()) or time_updates(*a)
     )
     args = sweep_speed.Args(
-        device="cpu", algorithms=["ofql"], members=[2], warmup=0, updates=1, rounds=2, out_dir=str(tmp_path),
+        device="cpu", algorithms=["ofql"], members=[1, 2], warmup=0, updates=1, rounds=2, out_dir=str(tmp_path),
         paths=["eager", "compile_graph"], matmul_precision=["highest", "high"], dataset_size=500,
     )  # fmt: skip
     result = sweep_speed.main(args)
     assert result["paths"] == ["eager", "eager+tf32", "compile_graph", "compile_graph+tf32"]
-    # the eager paths' 2 rounds: (one run, N = 2) per path in turn; then each compiled iteration alone (the sweeps,
-    # then the lone runs: N = 2 of each path, then one run of each): reset, compile, its 2 rounds
-    compiled = [["reset", p, p] for p in ("highest", "high", "highest", "high")]
-    assert seen == ["highest", "highest", "high", "high"] * 2 + sum(compiled, [])
+    # the eager paths' 2 rounds: (one run, N = 1, N = 2) per path in turn; then each compiled iteration alone: reset,
+    # compile, its 2 rounds
+    compiled = [["reset", p, p] for p in ("highest", "high") * 3]
+    assert seen == (["highest"] * 3 + ["high"] * 3) * 2 + sum(compiled, [])
+    order = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if ": compiled in" in line]
+    assert order == [f"ofql {path} {n}" for n in (2, 1, "plain") for path in ("compile_graph", "compile_graph+tf32")]
     assert torch.get_float32_matmul_precision() == "highest"
     by_path = result["algorithms"]["ofql"]
-    assert by_path["eager"]["compile_sec"] == {} and set(by_path["compile_graph+tf32"]["compile_sec"]) == {"plain", "2"}
+    assert by_path["eager"]["compile_sec"] == {}
+    assert set(by_path["compile_graph+tf32"]["compile_sec"]) == {"plain", "1", "2"}
     assert "| ofql | compile_graph+tf32 |" in (tmp_path / "cpu.md").read_text()
 
 
