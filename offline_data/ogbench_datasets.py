@@ -89,7 +89,7 @@ def make_ogbench_env(env_id: str) -> gym.Env:
     """The single-task evaluation env of `env_id`, ogbench's own, with FQL's success timing (its maze file deleted)."""
     ogbench = import_ogbench()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # gymnasium: float64 bounds of ogbench's spaces cast to float32
+        warnings.simplefilter("ignore")  # float64 bounds cast to float32; the manipulation envs' GLFW: no display
         env = ogbench.make_env_and_datasets(env_id, env_only=True, success_timing=SUCCESS_TIMING)
     base = env.unwrapped
     if not base.metadata.get("render_modes"):  # the manipulation envs list none, yet render rgb frames in any mode
