@@ -34,11 +34,9 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     env_id: str = "halfcheetah-medium-v2"
-    """a D4RL, Minari (mujoco/hopper/medium-v0, ...) or OGBench single-task id (cube-double-play-singletask-task2-v0,
-    ...), or with --dataset-path an id of gymnasium's registry (your own data): the data, eval env and presets below"""
+    """a D4RL, Minari or OGBench single-task id, or with --dataset-path a gymnasium id: data, eval env, presets"""
     dataset_path: str | None = None
-    """a local copy instead of the downloaded file, or your own data: an hdf5 file in the D4RL layout; for an OGBench
-    id, the folder of ogbench's files or its train .npz (with its -val.npz beside it)"""
+    """a local copy, or your own data: a D4RL-layout hdf5; OGBench: its folder or train .npz (-val.npz beside)"""
     seed: int = 0
     """seed of the experiment"""
     torch_deterministic: bool = True
@@ -60,8 +58,7 @@ class Args:
     save_model: bool = False
     """if toggled, a checkpoint is written to runs/<run_name>/checkpoint.pt at every evaluation and on SIGINT/SIGTERM"""
     resume: str | None = None
-    """path of a checkpoint.pt to continue from; a flag left out keeps the run's value, and only length, logging,
-    evaluation, device and tracking flags may change (bookkeeping.RESUMABLE; the online ones until that phase)"""
+    """a checkpoint.pt to continue from; flags left out keep the run's values (may change: bookkeeping.RESUMABLE)"""
     capture_video: bool = False
     """if toggled, the first episode of each evaluation is recorded to runs/<run_name>/videos (and sent with --track)"""
 
@@ -109,8 +106,7 @@ class Args:
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env"""
     num_candidates: int = 50
-    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1 = the policy's own sample,
-    which is evaluated too when there are more (eval/policy_score)"""
+    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1: the policy's own sample"""
     log_every: int = 1000
     """print and record the mean training metrics every this many steps"""
 

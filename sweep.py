@@ -62,11 +62,9 @@ class Args:
     resume: list[str] | None = None
     """the members' checkpoint.pt files, in the grid's order (the command a stopped sweep prints): continue them"""
     shard: str = "0/1"
-    """I/K: train only members I, I + K, I + 2K, ... of the grid (datasets outer, then seeds, weights inner), e.g. the
-    array index of a SLURM job array of K jobs, or one of K GPUs"""
+    """I/K: train members I, I + K, ... of the grid (datasets, then seeds, then weights), e.g. a SLURM array index"""
     env_ids: list[str] | None = None
-    """instead of --env-id: datasets of one domain (the same observation and action sizes), every (dataset, seed,
-    weight) a member, each with its dataset's presets; a flag whose presets differ where members cannot is refused"""
+    """instead of --env-id: datasets of one domain (same observation and action sizes), each with its presets"""
     dataset_paths: list[str] | None = None
     """with --env-ids, instead of --dataset-path: a local file (or OGBench folder) per dataset, in their order"""
 

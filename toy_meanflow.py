@@ -37,8 +37,7 @@ class Args:
     u_steps: tuple[int, ...] = (1, 2)
     """sampling steps for u-param MeanFlow (one model, sampled on a uniform grid)"""
     output_dir: str | None = None
-    """where toy_meanflow.png, toy_meanflow.md and toy_meanflow.csv are written (default: docs/toy, the results the docs
-    show; with --quick runs/toy_meanflow_quick, so that a smoke run leaves them alone)"""
+    """where toy_meanflow.png, .md and .csv go (default: docs/toy; with --quick, runs/toy_meanflow_quick)"""
     quick: bool = False
     """small budget for tests: overrides the budget with 16 epochs x 25 batches of 1024 and 2000 evaluation points"""
     epochs: int = 50
@@ -48,8 +47,7 @@ class Args:
     batch_size: int = 1024
     """batch size (Appendix C: 2048)"""
     learning_rate: float = 3e-3
-    """Adam learning rate of all models, decayed to 0 on a cosine (Appendix C gives none; of 1e-3 and 3e-3, the
-    baselines' better: docs/toy-study.md)"""
+    """Adam learning rate of all models, cosine-decayed to 0 (Appendix C gives none: docs/toy-study.md)"""
     hidden_dim: int = 64
     """width of the 3 hidden layers (Appendix C: 64)"""
     time_emb_dim: int = 16

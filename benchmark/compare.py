@@ -33,17 +33,13 @@ ALGORITHMS = {"bc": ("ofql.py", ["--eta", "0"]), "ofql": ("ofql.py", []), "dql":
 @dataclass
 class Args:
     datasets: list[str] = field(default_factory=lambda: ["hopper-medium-v2", "hopper-medium-replay-v2"])
-    """D4RL, Minari or OGBench ids; with --data-dir, a D4RL id trains on <data-dir>/<id without -v2>.hdf5 instead of
-    the D4RL file (the others on their own files)"""
+    """D4RL, Minari or OGBench ids (with --data-dir, a D4RL id trains on <data-dir>/<id without -v2>.hdf5)"""
     data_dir: str = ""
-    """folder of local D4RL-layout files (hopper-medium.hdf5, ...); '' (default): the real D4RL files, downloaded
-    and cached"""
+    """folder of local D4RL-layout files (hopper-medium.hdf5, ...); '' (default): the real files, downloaded"""
     algorithms: list[str] = field(default_factory=lambda: list(ALGORITHMS))
-    """which algorithms to run, from: bc, ofql, dql, fql (with --plot-only, any experiment name in --out-dir/runs,
-    e.g. a sweep's ofql_eta0.1)"""
+    """from bc, ofql, dql, fql (with --plot-only, any experiment name in --out-dir/runs, e.g. ofql_eta0.1)"""
     presets: bool = False
-    """use each script's per-dataset steps, evaluation episodes and candidates (its presets: DQL's episode counts, 10
-    or 100; the paper reports 150) instead of --total-steps, --eval-episodes and --num-candidates"""
+    """the scripts' per-dataset presets instead of --total-steps, --eval-episodes and --num-candidates"""
     seeds: list[int] = field(default_factory=lambda: [0])
     """training seeds"""
     total_steps: int = 20_000
@@ -53,22 +49,19 @@ class Args:
     eval_episodes: int = 10
     """evaluation episodes per evaluation"""
     num_candidates: int = 1
-    """candidate actions per state at evaluation (1: the one-step policy itself; the scripts' default, 50 picked
-    by Q, relies on a converged critic, which a CPU budget does not give)"""
+    """candidate actions per state at evaluation (1: the policy itself; picking by Q needs a trained critic)"""
     extra_flags: str = ""
     """more flags for every run, e.g. --extra-flags='--batch-size 512'"""
     jobs: int = 2
     """runs in parallel (each with one CPU thread on the CPU)"""
     out_dir: str = os.path.join(ROOT, "runs", "compare")
-    """where the runs, the table (results.md, results.json) and the curves (curves.png) go (the CPU learning check's
-    recorded ones: benchmark/results/learning_check)"""
+    """where the runs, results.md, results.json and curves.png go (the CPU check's: benchmark/results/learning_check)"""
     sweep: bool = False
     """if toggled, each (dataset, algorithm)'s runs (all --seeds) train together in one sweep.py process"""
     plot_only: bool = False
     """skip training; rebuild the table and the PNG from the runs in --out-dir"""
     keep_rows: bool = True
-    """an (dataset, algorithm) with no runs in --out-dir, or not in --algorithms, keeps its row from the previous
-    results.json there (runs made before a change that left that algorithm's numbers alone); --no-keep-rows drops it"""
+    """a (dataset, algorithm) without runs in --out-dir, or not in --algorithms, keeps its last results.json row"""
 
 
 def dataset_file(args: Args, env_id: str):

@@ -185,16 +185,13 @@ STEP_BUDGET_S = {
 @dataclass
 class Args:
     out_dir: str | None = None
-    """the results folder; default benchmark/results/gpu_check, or its cpu_mode/ subfolder without CUDA (so that a
-    CPU run never overwrites GPU results)"""
+    """the results folder (default: benchmark/results/gpu_check; without CUDA, its cpu_mode/ subfolder)"""
     train_steps: int = 500
     """offline gradient steps of each parity run (step 3)"""
     online_steps: int = 50
-    """then online steps of each parity and sweep run (steps 3 and 5: --online-steps; 0: none), one update after each;
-    their windows are reported, not failed on (the two paths' envs diverge), and on each path an episode must end"""
+    """online steps after each parity and sweep run (0: none): an episode must end; windows are only reported"""
     ema_start: int = 300
-    """--ema-start of the parity and sweep runs of ofql.py and dql.py: the EMA policy, which gives the critic its next
-    actions, starts inside the runs (the scripts' default is step 1000), so that its start is compared too"""
+    """--ema-start of the ofql.py and dql.py parity and sweep runs, so that the EMA policy's start is compared"""
     log_every: int = 100
     """logging window of the parity runs: each logged value is the mean over this many steps"""
     tight_steps: int = 200
@@ -204,8 +201,7 @@ class Args:
     atol: float = 1e-5
     """absolute tolerance of the early windows (tests/test_training_step.py's)"""
     drift_rtol: float = 0.05
-    """every later window must agree within this relative difference: the two paths round differently (capturable
-    Adam) and that noise grows with the steps (docs/gpu-check.md); a coarse bound, the CUDA tests check each step"""
+    """the relative bound on later windows, as the paths' rounding differs and grows (docs/gpu-check.md)"""
     seed: int = 0
     """seed of the data recording and of every run"""
     transitions: int = 5000
@@ -233,12 +229,9 @@ class Args:
     cpu_online_steps: int = 30
     """online steps of each run in the CPU mode (its barely trained policy's hopper falls within them)"""
     deadline: int = 0
-    """if set, seconds from this process's start after which no step starts and a running subprocess is stopped (the
-    steps not run are listed as failures), so that what runs after this call gets its time; 0: no deadline"""
+    """seconds from the start after which no step starts and a running one is stopped (0: no deadline)"""
     timeout: int = 600
-    """seconds after which a subprocess (a run, the tests, speed.py) is stopped and reported as failed; on CUDA at
-    most 4 times its step's estimate (at least 120 s) each, so a parity step's two runs together up to 8 times: a hung
-    run cannot take a lent GPU's whole time, though the limits add up to more than the 300 s budget"""
+    """seconds after which a subprocess is stopped as failed; on CUDA at most 4x its step's estimate (>= 120 s)"""
 
 
 DEADLINE = math.inf  # the time.time() of --deadline: finish() stops a subprocess there, main() starts no step after

@@ -34,8 +34,7 @@ class Args:
     dataset_path: str
     """a hopper-medium-replay file in D4RL's layout"""
     offline_steps: int = 20_000
-    """gradient steps on the dataset (--total-steps; the report reads the runs' own from their config.json, as the
-    three below)"""
+    """gradient steps on the dataset (--total-steps; the report reads each run's own from its config.json)"""
     online_steps: int = 20_000
     """then environment steps, one update after each (--online-steps)"""
     eval_every: int = 2_000
@@ -51,8 +50,7 @@ class Args:
     exp_name: str = "online_check"
     """the runs' experiment name, by which the report finds them"""
     runs_dir: str = os.path.join(ROOT, "benchmark", "results", "online_check", "runs")
-    """where the runs' folders are; to train, a folder named runs (the scripts write runs/ where they start: its
-    parent)"""
+    """where the runs' folders are (to train, a folder named runs: the scripts write runs/ in their folder)"""
     out_dir: str = os.path.join(ROOT, "benchmark", "results", "online_check")
     """where results.md, results.json and curves.png go"""
     plot_only: bool = False

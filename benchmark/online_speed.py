@@ -79,8 +79,7 @@ class Args:
     members: int = 16
     """the sweep size N whose member-updates/s (a key of the results' members) prices a sweep"""
     workers: int = 1
-    """W, the processes a sweep's N envs step in (the scripts take offline_data.default_workers: one per core but
-    the training process's, at least 8 envs each; 1 on a machine of two cores or fewer)"""
+    """W, the processes a sweep's N envs step in (the scripts: offline_data.default_workers, 1 on 2 cores)"""
     offline_steps: int = 1_000_000
     """offline updates per run (FQL's protocol)"""
     online_steps: int = 1_000_000

@@ -68,8 +68,7 @@ class Args:
     dataset_size: int = 100_000
     """transitions in the synthetic dataset"""
     compile: bool = False
-    """if toggled, also each script's iteration under torch.compile on the CPU (--compile): the kernels inductor
-    generates for one iteration, beside the ATen operators, and the seconds compiling took (about 40 s each)"""
+    """if toggled, also each iteration under torch.compile (--compile): inductor's kernels and compile seconds"""
     out_dir: str = os.path.join(ROOT, "benchmark", "results", "speed")
     """where <device>.md and <device>.json go"""
 

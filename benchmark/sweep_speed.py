@@ -60,17 +60,11 @@ class Args:
     rounds: int = 3
     """rounds; every figure is the median over the rounds"""
     paths: list[speed.Path] | None = None
-    """training paths to time (speed.PATHS; default: eager and cuda_graph on CUDA, eager on the CPU): eager,
-    cuda_graph (the scripts' CUDA graph), compile_graph (torch.compile inside it: the scripts' --compile),
-    compile_reduce_overhead (torch.compile's mode="reduce-overhead", its own CUDA graphs); each compiled iteration
-    compiles in its first call, timed apart"""
+    """training paths to time (speed.PATHS; default: eager, and cuda_graph on CUDA; docs/speed.md says each)"""
     matmul_precision: list[Literal["highest", "high"]] = field(default_factory=lambda: ["highest"])
-    """float32 matmul precisions each path is timed at (the scripts' --matmul-precision; high: TF32 on NVIDIA GPUs),
-    set before each of its blocks; a path timed at high is named path+tf32"""
+    """float32 matmul precisions to time each path at (--matmul-precision); at high a path is path+tf32"""
     datasets: int = 1
-    """datasets the members train on: above 1, a domain sweep (sweep.py --env-ids): member m on synthetic dataset
-    m % datasets (sizes dataset-size / 1, 2, ...), drawn by sweep.DomainBuffer, clipped to its dataset's --grad-norm
-    (the preset's + 1 per dataset, so that they differ as a domain's presets do)"""
+    """datasets the members train on; above 1, a domain sweep: member m trains on synthetic dataset m % datasets"""
     dataset_size: int = 100_000
     """transitions in the (first) synthetic dataset"""
     out_dir: str = os.path.join(ROOT, "benchmark", "results", "sweep_speed")
