@@ -48,7 +48,7 @@ class Args:
     compile: bool = False
     """if toggled, torch.compile the training iteration (fused kernels; the first window's time includes compiling)"""
     matmul_precision: Literal["highest", "high"] = "highest"
-    """float32 matmuls: highest (float32) or high (TF32 on NVIDIA GPUs, JAX's default there; no effect on a CPU)"""
+    """float32 matmuls: highest (float32) or high (TF32 on NVIDIA GPUs, JAX's default; no change seen on a CPU)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "ofql"
@@ -106,7 +106,7 @@ class Args:
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env"""
     num_candidates: int = 50
-    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1: the policy's own sample"""
+    """candidates per state at evaluation, one picked by softmax(Q) (DQL); above 1, the policy's own is scored too"""
     log_every: int = 1000
     """print and record the mean training metrics every this many steps"""
 
@@ -162,7 +162,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     run's flags: a flag left out keeps the run's value) as the defaults."""
     given_env_id, run = bookkeeping.peek(argv, Args)  # run: with --resume, the flags its run had at the checkpoint
     env_id = given_env_id or run.get("env_id", Args.env_id)
-    preset = offline_data.preset_key(env_id)  # its PRESETS row (none for your own data's gymnasium id)
+    preset = offline_data.preset_key(env_id)  # its PRESETS key (a gymnasium id, your own data: itself, no row)
     if preset is None:
         raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
     defaults = dataclasses.replace(Args(), **{**PRESETS.get(preset, {}), **run, "env_id": env_id})

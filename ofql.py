@@ -47,7 +47,7 @@ class Args:
     compile: bool = False
     """if toggled, torch.compile the training iteration (fused kernels; the first window's time includes compiling)"""
     matmul_precision: Literal["highest", "high"] = "highest"
-    """float32 matmuls: highest (float32) or high (TF32 on NVIDIA GPUs, JAX's default there; no effect on a CPU)"""
+    """float32 matmuls: highest (float32) or high (TF32 on NVIDIA GPUs, JAX's default; no change seen on a CPU)"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "ofql"
@@ -87,7 +87,7 @@ class Args:
     ema_start: int = 1000
     """the EMA policy starts moving after this many steps; before, it is the initial network (as in DQL's code)"""
     eta: float = 0.1
-    """the weight of the normalised Q term in the actor loss (Eq. 7 with L_FBC); the presets' values: docs/presets.md"""
+    """the weight of the normalised Q term in the actor loss (Eq. 7 with L_FBC); presets: inferred, docs/presets.md"""
     flow_ratio: float = 0.5
     """lambda (Sec. 4): the fraction of the batch with r = t in the MeanFlow loss (plain flow matching rows)"""
     time_mu: float = -0.4
@@ -111,7 +111,7 @@ class Args:
     eval_episodes: int = 10
     """the number of evaluation episodes, run in parallel in a vector env"""
     num_candidates: int = 50
-    """candidate actions per state at evaluation, one picked by softmax(Q) as in DQL; 1: the policy's own sample"""
+    """candidates per state at evaluation, one picked by softmax(Q) (DQL); above 1, the policy's own is scored too"""
     log_every: int = 1000
     """print and record the mean training metrics every this many steps"""
 
@@ -168,7 +168,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     run's flags: a flag left out keeps the run's value) as the defaults."""
     given_env_id, run = bookkeeping.peek(argv, Args)  # run: with --resume, the flags its run had at the checkpoint
     env_id = given_env_id or run.get("env_id", Args.env_id)
-    preset = offline_data.preset_key(env_id)  # its PRESETS row (none for your own data's gymnasium id)
+    preset = offline_data.preset_key(env_id)  # its PRESETS key (a gymnasium id, your own data: itself, no row)
     if preset is None:
         raise offline_data.unknown_id(env_id, PRESETS)  # the nearest supported ids, then all of them
     defaults = dataclasses.replace(Args(), **{**PRESETS.get(preset, {}), **run, "env_id": env_id})
