@@ -87,7 +87,7 @@ class Args:
     ema_start: int = 1000
     """the EMA policy starts moving after this many steps; before, it is the initial network (as in DQL's code)"""
     eta: float = 0.1
-    """the weight of the normalised Q term in the actor loss (Eq. 7 with L_FBC); presets: inferred, docs/presets.md"""
+    """the normalised Q term's weight in the actor loss (Eq. 7, L_FBC); its presets are inferred (docs/presets.md)"""
     flow_ratio: float = 0.5
     """lambda (Sec. 4): the fraction of the batch with r = t in the MeanFlow loss (plain flow matching rows)"""
     time_mu: float = -0.4

@@ -6,6 +6,8 @@ by text and by behaviour, and each script within its size budget."""
 import dataclasses
 import inspect
 import re
+import shutil
+import subprocess
 
 import gymnasium as gym
 import numpy as np
@@ -255,6 +257,27 @@ def test_each_script_stays_within_its_budget(name):
     assert not any(
         line.startswith(("def download(", "def qlearning_dataset(", "class D4RLAntMazeEnv")) for line in lines
     )
+
+
+@pytest.mark.skipif(shutil.which("diff") is None, reason="needs the diff command")
+def test_the_readmes_diff_table_and_line_counts_are_the_scripts():
+    """README.md quotes `diff dql.py ofql.py` and `diff fql.py ofql.py` (lines only in each file, hunks), each script's
+    length and its first ALGO LOGIC line: the figures of the files as they are."""
+    with open(f"{ROOT}/README.md") as file:
+        readme = file.read()
+    for first in ("dql", "fql"):
+        out = subprocess.run(["diff", f"{first}.py", "ofql.py"], cwd=ROOT, capture_output=True, text=True).stdout
+        lines = out.splitlines()
+        ranges = sum(line[:1].isdigit() for line in lines)
+        counts = [sum(line.startswith(mark) for line in lines) for mark in ("< ", "> ")]
+        assert f"| `diff {first}.py ofql.py` | {counts[0]} | {counts[1]} | {ranges} |" in readme
+    lengths, starts = [], []
+    for name in ("ofql", "dql", "fql"):
+        lines = open(f"{ROOT}/{name}.py").read().splitlines()
+        lengths.append(len(lines))
+        starts.append(next(i for i, line in enumerate(lines, 1) if line.startswith("# ALGO LOGIC")))
+    quoted = f"(`ofql.py` {lengths[0]} lines, `dql.py` {lengths[1]}, `fql.py` {lengths[2]}; the algorithm starts at"
+    assert f"{quoted} line {starts[0]}, {starts[1]} and {starts[2]}.)" in " ".join(readme.split())
 
 
 def structure(net: torch.nn.Module) -> list:
