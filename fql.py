@@ -553,6 +553,7 @@ def train(args: Args, runs: bookkeeping.Runs | None = None, source=None) -> str:
             if envs is not None and eval_step:
                 runs.record_video(envs, step)  # --capture-video: the evaluation's first episode
                 results = evaluate(policies, envs, source, runs.members, device)
+                stopping = bool(stop_signal)  # one that came during the episodes stops here too, saved once
             runs.log(step, list(metrics), means, window_steps, window_time, results)
             if args.save_model and (eval_step or stopping):
                 runs.save(agent, step)

@@ -644,3 +644,21 @@ def test_each_windows_speed_is_its_steps_over_its_own_time(algo, hopper_file, tm
     windows = [r for r in map(json.loads, open(log)) if "steps_per_sec" in r]
     assert [(r["step"], r["steps_per_sec"]) for r in windows] == [(10, 10.0), (20, 10.0), (25, 5.0)]
     assert summary["train_steps_per_sec"] == pytest.approx(25 / 3)
+
+
+def test_a_signal_during_an_evaluation_stops_at_its_step(tmp_path, hopper_file, monkeypatch, algo):
+    """SIGTERM while step 20's episodes run: the run stops at step 20, saved once there, not after one more step."""
+    monkeypatch.chdir(tmp_path)
+    evaluate, saved = algo.evaluate, []
+
+    def evaluate_then_sigterm(*args):
+        os.kill(os.getpid(), signal.SIGTERM)  # noted by the handler; the loop reads it after the episodes
+        return evaluate(*args)
+
+    monkeypatch.setattr(algo, "evaluate", evaluate_then_sigterm)
+    monkeypatch.setattr(bookkeeping.Runs, "save", lambda self, agent, step: saved.append(step))
+    with pytest.raises(bookkeeping.Interrupted) as info:
+        algo.train(algo.parse_args(small_run_flags(hopper_file, 60) + ["--save-model"]))
+    assert info.value.exit_code == 143 and saved == [20]
+    run_dir = os.path.join("runs", os.listdir("runs")[0])
+    assert [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))][-1] == 20
