@@ -3,7 +3,7 @@ datasets (--env-ids), trained together.
 
     python sweep.py ofql.py --env-id hopper-medium-v2 --seeds 0 1 2 --eta 0.001 0.01 0.1 0.3 0.5
     python sweep.py fql.py --env-id hopper-medium-v2 --seeds 0 1 2 --alpha 3 10 30 --save-model
-    python sweep.py ofql.py --env-id hopper-medium-v2 --seeds 0 1 2 --eta 0.01 0.1 --shard 1/4   # members 1, 5, ...
+    python sweep.py ofql.py --env-id hopper-medium-v2 --seeds 0 1 2 --eta 0.01 0.1 --shard 1/4   # members 1 and 5 of 6
     python sweep.py ofql.py --env-ids hopper-medium-v2 hopper-medium-replay-v2 hopper-medium-expert-v2 --seeds 0 1 2
 
 The grid: --seeds, and the values of the script's SWEEP_WEIGHT flag (--eta for ofql.py and dql.py, --alpha for
@@ -169,18 +169,47 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
                 f"--resume needs one checkpoint per member: {len(members)}, not {len(sweep.resume)} (the members are"
                 " the grid of the sweep's flags: give its command again, as the line of its stop prints it)"
             )
-        # as a lone run's resume: a flag the command leaves out is the member's run's, but the grid's and the data's
+        # as a lone run's resume: a flag the command leaves out is the member's run's (its name too, which holds its
+        # weight), but the grid's and the data's
         given = {a.split("=")[0][2:].replace("-", "_").removeprefix("no_") for a in rest if a.startswith("--")}
-        own = given | {"seed", weight, "exp_name", "env_id", "dataset_path"}
+        own = given | {"seed", weight, "env_id", "dataset_path"}
         flags_of = lambda path: bookkeeping.peek(["--resume", path], script.Args)[1]  # the run's at its checkpoint
         ran = lambda path: {k: v for k, v in flags_of(path).items() if k not in own}
         members = [dataclasses.replace(m, resume=path, **ran(path)) for m, path in zip(members, sweep.resume)]
+        folders = [os.path.basename(bookkeeping.run_folder(path)) for path in sweep.resume]
+        refuse_differing(script, members, folders, "the members' runs", "resume them apart")
+        note_if_not_one_sweep(sweep.resume)
     return script, sweep, members  # their flags are checked by bookkeeping.Runs, before anything is written
+
+
+def refuse_differing(script, members: list, labels: list, where: str, fix: str) -> None:
+    """One UserError line for a flag whose values differ among `members` where the members of one process cannot
+    (every flag but PER_MEMBER's, the grid's, the name and the checkpoint): the loop reads it from the first."""
+    for f in dataclasses.fields(members[0]):
+        values = {label: getattr(m, f.name) for label, m in zip(labels, members)}
+        if f.name not in (*PER_MEMBER, script.SWEEP_WEIGHT, "seed", "exp_name", "resume"):
+            if len(set(map(repr, values.values()))) > 1:
+                flag = f"--{f.name.replace('_', '-')}"
+                raise UserError(
+                    f"{flag} differs between {where} ({values}) and cannot within one process: give {flag} for all, "
+                    f"or {fix}"
+                )
+
+
+def note_if_not_one_sweep(checkpoints: list[str]) -> None:
+    """The runs of one stopped sweep, all of them in its order, continue bit for bit as it would have (one noise
+    stream serves its members); other runs train together as well, and are told that their noise is a new one."""
+    folders = [os.path.basename(bookkeeping.run_folder(path)) for path in checkpoints]
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with open(os.path.join(bookkeeping.run_folder(checkpoints[0]), "sweep.json")) as f:
+            if [os.path.basename(d) for d in json.load(f)["members"]] == folders:
+                return
+    print("NOTE: these runs are not one sweep's members in its order: each continues its training, with new noise")
 
 
 def datasets_args(script, sweep: Args, rest: list[str]) -> list:
     """The script's Args for each dataset of the sweep (--env-ids; else the one of --env-id), with its presets; one
-    UserError line for a flag whose values differ where the members of one process cannot differ (not PER_MEMBER)."""
+    UserError line for a flag whose presets differ where the members of one process cannot differ."""
     if sweep.env_ids is None:
         if sweep.dataset_paths is not None:
             raise UserError("--dataset-paths goes with --env-ids (one dataset: --dataset-path)")
@@ -199,14 +228,7 @@ def datasets_args(script, sweep: Args, rest: list[str]) -> list:
         script.parse_args([*rest, "--env-id", e, *(["--dataset-path", p] if p else [])])
         for e, p in zip(sweep.env_ids, paths)
     ]
-    for f in dataclasses.fields(bases[0]):
-        values = {b.env_id: getattr(b, f.name) for b in bases}
-        if f.name not in (*PER_MEMBER, script.SWEEP_WEIGHT) and len(set(map(repr, values.values()))) > 1:
-            flag = f"--{f.name.replace('_', '-')}"
-            raise UserError(
-                f"{flag} differs between the datasets' presets ({values}) and cannot within one process: "
-                f"give {flag} for all, or sweep the datasets apart"
-            )
+    refuse_differing(script, bases, ids, "the datasets' presets", "sweep the datasets apart")
     return bases
 
 

@@ -661,3 +661,31 @@ def test_the_largest_seed_numpy_takes_is_a_seed_of_the_grid(hopper_file):
     bookkeeping.check_flags(vars(members[1]))  # the script's own check agrees
     with pytest.raises(offline_data.UserError, match=r"--seeds must be numbers in \[0, 4294967295\]"):
         sweep.parse_args([*flags, "--seeds", "4294967296"])
+
+
+def test_runs_resumed_together_agree_where_one_process_cannot_differ(tmp_path, hopper_file, monkeypatch, capsys):
+    """Each member's flags that the command leaves out are its run's: runs whose --num-candidates differ are refused
+    (the loop reads one), given on the command they train together, told that their noise is new; a sweep resumed whole
+    keeps its members' names (--exp-name left out) with no note, and a part of it gets the note."""
+    monkeypatch.chdir(tmp_path)
+    data = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file]
+    ran = ["--total-steps", "4", "--eval-every", "4", "--batch-size", "16", "--eval-episodes", "1", "--save-model"]
+    checkpoint = lambda summary: os.path.join(os.path.dirname(summary), "checkpoint.pt")
+    lone = [checkpoint(ofql.train(ofql.parse_args([*data, *ran, "--seed", s, "--num-candidates", k]))) for s, k in
+            (("0", "2"), ("1", "3"))]  # fmt: skip
+    grid = ["ofql.py", *data, "--seeds", "0", "1", "--total-steps", "8"]
+    with pytest.raises(offline_data.UserError, match=r"--num-candidates differs between the members' runs \(\{'hop"):
+        sweep.parse_args([*grid, "--resume", *lone])
+    capsys.readouterr()
+    together = sweep.parse_args([*grid, "--num-candidates", "2", "--resume", *lone])[2]
+    assert [a.num_candidates for a in together] == [2, 2]
+    assert "NOTE: these runs are not one sweep's members in its order" in capsys.readouterr().out
+
+    grid = ["ofql.py", *data, "--seeds", "0", "--eta", "0.1", "0.3"]
+    script, _, members = sweep.parse_args([*grid, *ran, "--exp-name", "foo"])
+    checkpoints = [checkpoint(p) for p in sweep.train(script, members, "first")]
+    capsys.readouterr()
+    resumed = sweep.parse_args([*grid, "--total-steps", "8", "--resume", *checkpoints])[2]
+    assert [a.exp_name for a in resumed] == ["foo_eta0.1", "foo_eta0.3"] and "NOTE" not in capsys.readouterr().out
+    sweep.parse_args([*grid[:-2], "0.3", "--total-steps", "8", "--resume", checkpoints[1]])
+    assert "NOTE: these runs are not one sweep's members" in capsys.readouterr().out
