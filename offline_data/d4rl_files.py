@@ -171,9 +171,7 @@ def dataset_cache_path(env_id: str) -> str:
 
 
 def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
-    """Stream `url` to a temporary file next to `path`, check size (the known one, else the server's Content-Length)
-    and sha256, then rename: no partial file is ever left under the final name."""
-    tmp, digest = f"{path}.part-{socket.gethostname()}-{os.getpid()}", hashlib.sha256()  # a shared cache: host too
+    """`fetch` into D4RL's cache, each failure one line that says what to do."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as e:
@@ -181,6 +179,20 @@ def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
             f"cannot create the dataset folder {os.path.dirname(path)} ({e.strerror or e}); set D4RL_DATASET_DIR to "
             "a writable folder, or pass --dataset-path FILE (sweep.py --env-ids: --dataset-paths)"
         ) from None
+    try:
+        fetch(url, path, size, sha256)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # HTTPException: a cut-off response
+        raise DatasetError(
+            f"could not download {url} ({e}); download it by hand to {path}, or pass --dataset-path FILE (sweep.py "
+            "--env-ids: --dataset-paths)"
+        ) from None
+
+
+def fetch(url: str, path: str, size: int | None, sha256: str | None) -> None:
+    """Stream `url` to a file of this process next to `path`, check its size (the known one, else the server's
+    Content-Length) and sha256, then rename it: no partial file is ever left under the final name, nor after a
+    failure, and processes sharing a cache never write one file."""
+    tmp, digest = f"{path}.part-{socket.gethostname()}-{os.getpid()}", hashlib.sha256()  # a shared cache: host too
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as f:
             length = response.headers.get("Content-Length")
@@ -196,11 +208,6 @@ def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
         if sha256 is not None and digest.hexdigest() != sha256:
             raise DatasetError(f"sha256 of {url} is {digest.hexdigest()}, expected {sha256}; run again to retry")
         os.replace(tmp, path)
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:  # HTTPException: a cut-off response
-        raise DatasetError(
-            f"could not download {url} ({e}); download it by hand to {path}, or pass --dataset-path FILE (sweep.py "
-            "--env-ids: --dataset-paths)"
-        ) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -209,8 +216,9 @@ def download(url: str, path: str, size: int | None, sha256: str | None) -> None:
 def remove_stale_downloads(path: str) -> None:
     """Delete the `<path>.part-<host>-<pid>` files of this host's downloads whose process is gone (killed: its
     `finally` never ran); another host's (a cache on a shared file system) may be downloading."""
-    for part in glob.glob(glob.escape(f"{path}.part-{socket.gethostname()}-") + "*"):
-        pid = part.rsplit("-", 1)[1]
+    prefix = f"{path}.part-{socket.gethostname()}-"
+    for part in glob.glob(glob.escape(prefix) + "*"):
+        pid = part[len(prefix) :]  # not a host whose name starts with this one's and a dash
         if pid.isdigit() and int(pid) != os.getpid():
             try:
                 os.kill(int(pid), 0)  # signal 0: only asks whether the process exists

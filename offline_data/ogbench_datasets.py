@@ -1,6 +1,6 @@
 """OGBench's single-task datasets and environments, from the `ogbench` package itself (`make_env_and_datasets`: its
-download, its cache ~/.ogbench/data, its loader and its single-task relabelling), evaluated as FQL evaluates them:
-the success rate, from the final step's info['success'] of each episode."""
+cache ~/.ogbench/data, its loader and its single-task relabelling; its files downloaded from its URL as D4RL's are),
+evaluated as FQL evaluates them: the success rate, from the final step's info['success'] of each episode."""
 
 import contextlib
 import functools
@@ -13,6 +13,7 @@ import zipfile
 import gymnasium as gym
 import numpy as np
 
+from offline_data.d4rl_files import fetch, remove_stale_downloads
 from offline_data.evaluation_envs import remove_model_file
 from offline_data.source import DatasetError, DataSource
 
@@ -77,7 +78,7 @@ class SeededStarts(gym.Wrapper):
 
     def reset(self, *, seed=None, options=None):
         state = np.random.get_state()
-        np.random.seed(seed if seed is not None else int(self.env.unwrapped.np_random.integers(1 << 31)))
+        np.random.seed(seed % 2**32 if seed is not None else int(self.env.unwrapped.np_random.integers(1 << 31)))
         try:
             with float32_cast_warning_ignored():
                 return self.env.reset(seed=seed, options=options)
@@ -102,6 +103,16 @@ def dataset_name(env_id: str) -> str:
     return env_id.split("-singletask")[0] + "-v0"
 
 
+def download_missing(files: list[str], url: str) -> None:
+    """Each of ogbench's `files` that its folder lacks, from `url`, as D4RL's files: streamed to a file of this process,
+    then renamed (ogbench's own download writes one `.tmp` file for all the processes that share the cache)."""
+    os.makedirs(os.path.dirname(files[0]), exist_ok=True)
+    for path in files:
+        remove_stale_downloads(path)
+    for path in (path for path in files if not os.path.exists(path)):
+        fetch(f"{url}/{os.path.basename(path)}", path, None, None)
+
+
 def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
     """The training file of `env_id`, relabelled by ogbench for its task (rewards; masks = 0 at a full success, which
     the critic takes as its done flag), from ogbench's cache (downloaded if missing) or `dataset_path` (a folder
@@ -116,8 +127,8 @@ def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
     files = [where.get("dataset_path") or os.path.join(where["dataset_dir"], f"{name}.npz")]
     files.append(files[0].replace(".npz", "-val.npz"))
     try:
-        if "dataset_dir" in where:  # what the folder lacks, ogbench downloads: its own step, so a failure is named
-            ogbench.download_datasets([name], where["dataset_dir"])
+        if "dataset_dir" in where:  # what the folder lacks, from ogbench's URL: its own step, so a failure is named
+            download_missing(files, ogbench.utils.DATASET_URL)
         with float32_cast_warning_ignored():
             train, _ = ogbench.make_env_and_datasets(env_id, dataset_only=True, cur_env=env, **where)
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
@@ -125,8 +136,6 @@ def load_ogbench(env_id: str, dataset_path: str | None) -> DataSource:
             beside = f" (ogbench reads it beside {os.path.basename(files[0])})" if e.filename == files[1] else ""
             raise DatasetError(f"{e.filename} does not exist{beside}") from None
         if "dataset_dir" in where and not all(map(os.path.exists, files)):  # no network, a cut download, no write
-            for tmp in (f + ".tmp" for f in files if os.path.exists(f + ".tmp")):
-                os.remove(tmp)  # ogbench's partial download
             raise DatasetError(
                 f"{name} is not in {where['dataset_dir']} and could not be downloaded ({type(e).__name__}: {e}); "
                 f"download {name}.npz and {name}-val.npz (ogbench.download_datasets) where there is network access, "

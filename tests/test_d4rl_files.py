@@ -391,7 +391,7 @@ def test_a_response_cut_off_mid_stream_is_one_line(tmp_path, monkeypatch):
 def test_the_parts_of_killed_downloads_are_removed(tmp_path, monkeypatch):
     """A download killed with SIGKILL leaves its `.part-<host>-<pid>` file; the next load of the same dataset removes
     this host's parts of processes that are gone and keeps those of live ones, and every other host's (a cache on a
-    shared file system: their process ids are not this host's)."""
+    shared file system: their process ids are not this host's), one whose name begins with this one's too."""
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -399,6 +399,7 @@ def test_the_parts_of_killed_downloads_are_removed(tmp_path, monkeypatch):
     host = socket.gethostname()
     parts = [f"hopper_medium-v2.hdf5.part-{h}-{pid}" for h, pid in ((host, dead.pid), (host, os.getppid()))]
     parts.append(f"hopper_medium-v2.hdf5.part-other-node-{dead.pid}")
+    parts.append(f"hopper_medium-v2.hdf5.part-{host}-2-{dead.pid}")  # a host named this one's and -2
     for part in parts:
         (tmp_path / part).write_bytes(b"partial")
     offline_data.d4rl_files.load_d4rl("hopper-medium-v2", None, "raw")
@@ -549,6 +550,19 @@ def test_tables_cover_every_dataset_and_match_the_environments(tmp_path, monkeyp
             assert env.spec.max_episode_steps == 1000
 
 
+@pytest.fixture
+def no_mujoco_warning_handler():
+    """MuJoCo's warning handler unset during the test, as in a process without dm_control (which sets one when
+    imported: OGBench's tests import it), then put back."""
+    import mujoco
+
+    before = mujoco.get_mju_user_warning()
+    mujoco.set_mju_user_warning(None)
+    yield
+    mujoco.set_mju_user_warning(before)
+
+
+@pytest.mark.usefixtures("no_mujoco_warning_handler")
 @pytest.mark.parametrize("source", ["d4rl", "own data"])
 def test_a_halfcheetah_env_is_made_without_mujocos_settotalmass_warning(source, tmp_path, monkeypatch, capfd):
     """MuJoCo 4 warns at each compile of gymnasium's half_cheetah.xml (settotalmass is deprecated), on stderr and in a
@@ -572,6 +586,7 @@ def test_a_halfcheetah_env_is_made_without_mujocos_settotalmass_warning(source, 
     assert mujoco.get_mju_user_warning() is None
 
 
+@pytest.mark.usefixtures("no_mujoco_warning_handler")
 def test_only_the_settotalmass_warning_is_dropped():
     """Any other MuJoCo warning while an env is made goes to the handler that was set, else is a Python warning."""
     import mujoco

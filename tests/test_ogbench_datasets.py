@@ -3,9 +3,11 @@
 int64 button_states), recorded by stepping the real ogbench environments, where ogbench's loader finds them."""
 
 import http.client
+import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.error
@@ -285,15 +287,31 @@ def test_bad_ogbench_files_are_one_clear_error(files, tmp_path, monkeypatch):
     ):
         offline_data.load(CUBE)
 
-    def cut_download(*args, **kwargs):  # the connection drops after the first chunk
-        yield b"PK"
-        raise http.client.IncompleteRead(b"PK", 1000)
-
-    monkeypatch.setattr(urllib.request, "urlopen", cut_download)
+    monkeypatch.setattr(urllib.request, "urlopen", CutDownload)
     (tmp_path / "cache").mkdir()
     with pytest.raises(offline_data.DatasetError, match=r"could not be downloaded \(IncompleteRead"):
         offline_data.load(CUBE, str(tmp_path / "cache"))
     assert os.listdir(tmp_path / "cache") == []  # its partial file removed
+
+
+class CutDownload:
+    """urlopen's response whose connection drops after the first chunk."""
+
+    headers = {}
+
+    def __init__(self, url, timeout=None):
+        self.chunks = [b"PK"]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def read(self, size):
+        if self.chunks:
+            return self.chunks.pop()
+        raise http.client.IncompleteRead(b"PK", 1000)
 
 
 def test_a_train_file_without_its_val_file_names_where_ogbench_looks_for_it(files, tmp_path):
@@ -310,16 +328,57 @@ def test_a_cut_download_of_a_val_file_beside_a_cached_train_file_is_named_and_it
     """A cache folder that holds the train file only, and the download of its -val file drops: the download is named
     (not the train file, a good one, called unusable), its partial file removed and the train file kept."""
 
-    def cut_download(*args, **kwargs):  # the connection drops after the first chunk
-        yield b"PK"
-        raise http.client.IncompleteRead(b"PK", 1000)
-
-    monkeypatch.setattr(urllib.request, "urlopen", cut_download)
+    monkeypatch.setattr(urllib.request, "urlopen", CutDownload)
     (tmp_path / "cache").mkdir()
     shutil.copy(files[CUBE], tmp_path / "cache" / "cube-double-play-v0.npz")
     with pytest.raises(offline_data.DatasetError, match=r"cube-double-play-v0 is not in .*downloaded \(IncompleteRead"):
         offline_data.load(CUBE, str(tmp_path / "cache"))
     assert os.listdir(tmp_path / "cache") == ["cube-double-play-v0.npz"]
+
+
+def test_a_download_writes_a_file_of_its_own_and_leaves_another_processs_alone(files, tmp_path, monkeypatch):
+    """Processes that share ogbench's cache download its files each to a part file of its own, renamed when whole:
+    the `.tmp` file that ogbench's own download writes for every process (another one's, under way) is left alone,
+    after a download and after a cut one, a killed process's part file is removed, and nothing else is left."""
+    payloads, seen = {}, []
+    for name in ("cube-double-play-v0.npz", "cube-double-play-v0-val.npz"):
+        with open(os.path.join(os.path.dirname(files[CUBE]), name), "rb") as f:
+            payloads[name] = f.read()
+
+    class Response(io.BytesIO):
+        headers = {}
+
+        def __init__(self, url, timeout=None):
+            super().__init__(payloads[url.rsplit("/", 1)[1]])
+
+        def __enter__(self):
+            return self
+
+        def read(self, size):  # the folder while this file streams
+            seen.append(sorted(os.listdir(tmp_path / "cache")))
+            return super().read(size)
+
+        def __exit__(self, *exc):
+            pass
+
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "cube-double-play-v0.npz.tmp").write_bytes(b"another process's, under way")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its part file, of a download killed before its end, is removed
+    (tmp_path / "cache" / f"cube-double-play-v0-val.npz.part-{socket.gethostname()}-{dead.pid}").write_bytes(b"PK")
+    monkeypatch.setattr(urllib.request, "urlopen", Response)
+    source = offline_data.load(CUBE, str(tmp_path / "cache"))
+    assert source.obs_dim == 37
+    own = f"cube-double-play-v0.npz.part-{socket.gethostname()}-{os.getpid()}"
+    assert seen[0] == sorted(["cube-double-play-v0.npz.tmp", own])
+    after = ["cube-double-play-v0-val.npz", "cube-double-play-v0.npz", "cube-double-play-v0.npz.tmp"]
+    assert sorted(os.listdir(tmp_path / "cache")) == after
+    assert (tmp_path / "cache" / "cube-double-play-v0.npz.tmp").read_bytes() == b"another process's, under way"
+    (tmp_path / "cache" / "cube-double-play-v0-val.npz").unlink()
+    monkeypatch.setattr(urllib.request, "urlopen", CutDownload)
+    with pytest.raises(offline_data.DatasetError, match=r"could not be downloaded \(IncompleteRead"):
+        offline_data.load(CUBE, str(tmp_path / "cache"))
+    assert sorted(os.listdir(tmp_path / "cache")) == after[1:]
 
 
 def test_bad_input_exits_2_with_one_line(files, tmp_path):
@@ -342,6 +401,7 @@ def test_a_seeded_reset_gives_one_start_and_leaves_numpys_generator_as_it_was(en
     np.random.seed(0)
     starts = [env.reset(seed=s)[0] for s in (5, 5, 6)]
     assert np.array_equal(starts[0], starts[1]) and not np.array_equal(starts[0], starts[2])
+    env.reset(seed=4294967295 + 149)  # the largest --seed's evaluation env 49 (seed + 100 + i): past numpy's seeds
     after = [(env.reset(seed=5), env.reset()[0])[1] for _ in range(2)]  # unseeded: from the env's own generator
     assert np.array_equal(after[0], after[1]) and not np.array_equal(after[0], starts[0])
     assert np.random.randint(1 << 30) == np.random.RandomState(0).randint(1 << 30)
