@@ -751,7 +751,10 @@ class Runs:
                         "failed": self.failed.get(m),
                     }
                     try:
-                        torch.save({**member_state(agent, m if self.sweep else None), **extra}, path + ".tmp")
+                        with open(path + ".tmp", "wb") as f:  # on disk before it is renamed: a node's crash too
+                            torch.save({**member_state(agent, m if self.sweep else None), **extra}, f)
+                            f.flush()
+                            os.fsync(f.fileno())
                     except (RuntimeError, OSError) as e:  # a full disk, a quota: torch.save raises RuntimeError
                         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                         raise UserError(

@@ -316,6 +316,20 @@ def test_a_resume_through_a_link_continues_in_the_run_folder_it_points_into(tmp_
     assert os.path.samefile(ofql.train(ofql.parse_args(resume)), summary) and os.listdir(scratch) == ["big.pt"]
 
 
+def test_a_checkpoint_is_on_disk_before_it_replaces_the_last_one(tmp_path, hopper_file, monkeypatch):
+    """Each checkpoint's new file is flushed to the disk (fsync) before it is renamed over the old one, so that a
+    node's crash, not only a killed process, leaves the old checkpoint or the whole new one."""
+    monkeypatch.chdir(tmp_path)
+    events, fsync, replace = [], os.fsync, os.replace
+    opened = lambda fd: os.readlink(f"/proc/self/fd/{fd}")  # Linux's name of an open file
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", opened(fd))) or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", os.path.abspath(a))) or replace(a, b))
+    flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--eval-episodes", "1", "--save-model"]
+    summary = ofql.train(ofql.parse_args([*flags, "--total-steps", "4", "--eval-every", "2"]))
+    tmp = os.path.join(os.path.dirname(os.path.abspath(summary)), "checkpoint.pt.tmp")
+    assert [e for e in events if e[1] == tmp] == [("fsync", tmp), ("replace", tmp)] * 2  # steps 2 and 4
+
+
 def run_main(argv: list[str], monkeypatch) -> SystemExit:
     """bookkeeping.main of ofql.py with `argv`, in this process (its SIGINT and SIGTERM handlers restored after)."""
     monkeypatch.setattr(sys, "argv", ["ofql.py", *argv])
