@@ -413,7 +413,8 @@ def claim_check(values: dict, names: list[str], args: Args) -> list[str]:
 def check_args(args: Args) -> None:
     """Every number flag in its range at start-up (not NaN tables or a traceback minutes later): one line, exit 2."""
     ranges = {  # flags: (the check, the range in words)
-        "epochs batches_per_epoch batch_size hidden_dim n_eval n_plot threads": (lambda x: x >= 1, "at least 1"),
+        "epochs batches_per_epoch batch_size hidden_dim n_plot threads": (lambda x: x >= 1, "at least 1"),
+        "n_eval": (lambda x: x >= 2, "at least 2 (the distances' unbiased estimates pair distinct samples)"),
         "learning_rate time_sigma mmd_width": (lambda x: 0 < x < math.inf, "a number in (0, inf)"),
         "flow_ratio": (lambda x: 0 <= x <= 1, "a number in [0, 1]"),
         "adaptive_weight_power": (lambda x: 0 <= x <= 10, "a number in [0, 10] (above 12 the weight overflows)"),

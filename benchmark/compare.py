@@ -61,7 +61,7 @@ class Args:
     plot_only: bool = False
     """skip training; rebuild the table and the PNG from the runs in --out-dir"""
     keep_rows: bool = True
-    """a (dataset, algorithm) without runs in --out-dir, or not in --algorithms, keeps its last results.json row"""
+    """a (dataset, algorithm) without runs in --out-dir, or not in --datasets x --algorithms, keeps its last row"""
 
 
 def dataset_file(args: Args, env_id: str):
@@ -282,9 +282,11 @@ def write_report(args: Args) -> None:
     rows, results, notes = [], [], []  # notes: the lines under the table
     names = list(dict.fromkeys([*ALGORITHMS, *args.algorithms, *(a for _, a in previous)]))  # kept rows' too
     colors = {a: f"C{i % 10}" for i, a in enumerate(names)}  # an algorithm's colour is the same in every panel
-    fig, axes = plt.subplots(1, len(args.datasets), figsize=(6 * len(args.datasets), 4), squeeze=False)
-    for ax, env_id in zip(axes[0], args.datasets):
-        data_score = dataset_mean_score(env_id, dataset_file(args, env_id)) if dataset_file(args, env_id) else None
+    datasets = list(dict.fromkeys([*args.datasets, *(e for e, _ in previous)]))  # kept rows' too
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for ax, env_id in zip(axes[0], datasets):
+        path = dataset_file(args, env_id)
+        data_score = dataset_mean_score(env_id, path) if path and os.path.exists(path) else None
         shown_algorithms = [a for a in ALGORITHMS if a in args.algorithms or (env_id, a) in previous]
         shown_algorithms += [a for a in args.algorithms if a not in ALGORITHMS]  # other names, e.g. ofql_eta0.1
         shown_algorithms += [a for e, a in previous if e == env_id and a not in shown_algorithms]  # kept rows

@@ -155,9 +155,17 @@ def profile_update(module, agent, buffer, script_args, device, reps: int = 10, r
     round); each part the median over `rounds` rounds (the parts in turn) of its mean over `reps` calls."""
     batch = buffer.sample(script_args.batch_size)
     bc_args = (script_args,) if len(inspect.signature(module.behavior_cloning_loss).parameters) == 4 else ()
+
+    def actor_loss():  # as update() computes it: the critic frozen
+        agent.critic.requires_grad_(False)
+        try:
+            return module.actor_loss_fn(agent, batch, script_args)
+        finally:
+            agent.critic.requires_grad_(True)
+
     calls = {
         "critic loss": lambda: module.critic_loss_fn(agent, batch, script_args),
-        "actor loss": lambda: module.actor_loss_fn(agent, batch, script_args),
+        "actor loss": actor_loss,
         "of which BC loss": lambda: module.behavior_cloning_loss(agent.actor, batch.obs, batch.actions, *bc_args),
         "update": lambda: module.update(agent, batch, script_args, torch.tensor(7, device=device)),
     }

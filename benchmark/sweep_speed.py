@@ -84,8 +84,10 @@ TABLE1_RUNS_PER_DATASET = {"ofql": 3 * 5, "dql": 3, "fql": 3}
 
 def sweep_iteration(module, args, n: int, domain, data: list[dict], device, path: str):
     """One iteration of a sweep of n members, as sweep.train runs it, served as `path` says (speed.PATHS). data: one
-    dataset, or a domain's (member m on data[m % len(data)], with that dataset's grad_norm: sweep.DomainBuffer)."""
-    member_args = [dataclasses.replace(args, seed=s, grad_norm=args.grad_norm + s % len(data)) for s in range(n)]
+    dataset, or a domain's (member m on data[m % len(data)], with that dataset's grad_norm: sweep.DomainBuffer; 0, no
+    clipping, stays 0)."""
+    member_args = [dataclasses.replace(args, seed=s, grad_norm=args.grad_norm and args.grad_norm + s % len(data))
+                   for s in range(n)]  # fmt: skip
     agents = [module.make_agent(domain.obs_dim, domain.act_dim, a, device) for a in member_args]
     members = sweep.Members(module, member_args)
     stacked = members.stack(agents)

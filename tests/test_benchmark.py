@@ -91,8 +91,18 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
         assert row in table
     results = json.load(open(os.path.join(out, "results.json")))
     assert [r["algorithm"] for r in results] == ["ofql", "dql", "fql"]
+    # a run of another dataset keeps this one's rows, after its own (its dataset's mean: its file under --data-dir)
+    record_d4rl_file(data_dir / "hopper-medium-replay.hdf5", episodes=1, max_steps=10)
+    fake_run(out, "hopper-medium-replay-v2", "ofql", 0, [6.0, 6.0, 6.0])
+    compare.write_report(dataclasses.replace(args, datasets=["hopper-medium-replay-v2"], algorithms=["ofql"]))
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert [(r["env_id"], r["algorithm"]) for r in results] == [("hopper-medium-replay-v2", "ofql")] + [
+        ("hopper-medium-v2", a) for a in ("ofql", "dql", "fql")
+    ]
+    assert f"| hopper-medium-v2 | {expected:.1f} | dql | 1 | 7.0 |" in open(os.path.join(out, "results.md")).read()
     compare.write_report(dataclasses.replace(args, keep_rows=False))
     assert "| dql |" not in open(os.path.join(out, "results.md")).read()
+    assert "hopper-medium-replay-v2" not in open(os.path.join(out, "results.md")).read()
     # a sweep's members by their experiment names, after the usual ones
     fake_run(out, "hopper-medium-v2", "ofql_eta0.3", 0, [9.0, 8.0, 7.0])
     compare.write_report(dataclasses.replace(args, algorithms=["ofql_eta0.3", "ofql"], keep_rows=False))
@@ -100,7 +110,7 @@ def test_report_is_mean_and_std_over_seeds_of_last_and_best(tmp_path):
     assert table.index("| ofql | 1 | 3.0") < table.index("| ofql_eta0.3 | 1 | 7.0 | 9.0 |")
     compare.write_report(dataclasses.replace(args, algorithms=["ofql"]))  # a sweep member's row is kept as any other
     assert "| ofql_eta0.3 | 1 | 7.0 | 9.0 |" in open(os.path.join(out, "results.md")).read()
-    with pytest.raises(SystemExit, match=r"\(it holds hopper-medium-v2 fql seed 0, hopper-medium-v2 ofql seed 0, hop"):
+    with pytest.raises(SystemExit, match=r"\(it holds hopper-medium-replay-v2 ofql seed 0, hopper-medium-v2 fql se"):
         compare.write_report(dataclasses.replace(args, algorithms=["bc"], keep_rows=False))  # what it could report
 
 
@@ -412,20 +422,20 @@ def test_speed_profiles_each_part_as_the_median_over_rounds(monkeypatch):
     """profile_update: the parts timed in turn, in `rounds` rounds of a block of `reps` calls each, after one untimed
     call, each part's median block reported, and the rest of the update (update - critic - actor) the median of each
     round's (a scripted clock: the parts' medians are neither their first, last nor mean block, and the rest's is
-    0.5 ms, not the medians' difference, 3 ms)."""
+    0.5 ms, not the medians' difference, 3 ms); the actor's loss with the critic frozen, as update() computes it."""
     import types
 
     import speed
 
-    calls = []
+    calls, critic = [], torch.nn.Linear(1, 1)
     module = types.SimpleNamespace(
         critic_loss_fn=lambda *a: calls.append("critic"),
-        actor_loss_fn=lambda *a: calls.append("actor"),
+        actor_loss_fn=lambda *a: calls.append("actor" if not critic.weight.requires_grad else "with a trained critic"),
         behavior_cloning_loss=lambda actor, obs, actions: calls.append("bc"),
         update=lambda *a: calls.append("update"),
     )
     buffer = types.SimpleNamespace(sample=lambda n: types.SimpleNamespace(obs=None, actions=None))
-    agent, args = types.SimpleNamespace(actor=None), types.SimpleNamespace(batch_size=4)
+    agent, args = types.SimpleNamespace(actor=None, critic=critic), types.SimpleNamespace(batch_size=4)
     blocks_ms = [0.5, 0.5, 0.5, 1, 1, 1, 1, 5, 4, 4, 4, 8.5]  # rounds of critic, actor, BC, update: rests 0, 3, 0.5
     clock = iter([t for k, ms in enumerate(blocks_ms) for t in (k, k + ms / 1000)])
     monkeypatch.setattr(speed.time, "perf_counter", lambda: next(clock))
@@ -435,6 +445,7 @@ def test_speed_profiles_each_part_as_the_median_over_rounds(monkeypatch):
     )
     assert parts["backward, optimizers, targets"] == pytest.approx(0.5)
     assert [calls.count(k) for k in ("critic", "actor", "bc", "update")] == [4] * 4  # 1 untimed + 3 rounds x 1
+    assert critic.weight.requires_grad  # frozen for the actor's loss, as update() freezes it, then trained again
 
 
 def test_time_embedding_offline_measures_on_a_flow_known_exactly():
@@ -644,6 +655,14 @@ def test_a_domain_sweep_s_member_trains_on_its_own_dataset(tmp_path):
     iteration = sweep_speed.sweep_iteration(speed.ofql, args, 4, domain, data, cpu, "eager")
     finite = torch.isfinite(iteration()["critic_loss"]).tolist()
     assert finite == [True, False, True, False]
+    members, seen = sweep_speed.sweep.Members, []  # each member's --grad-norm
+    record = lambda module, member_args: seen.append([a.grad_norm for a in member_args]) or members(module, member_args)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sweep_speed.sweep, "Members", record)
+        for script, flags in ((speed.ofql, []), (speed.fql, ["--grad-norm", "0"])):
+            script_args = script.parse_args(["--env-id", "hopper-medium-v2", "--batch-size", "8", *flags])
+            sweep_speed.sweep_iteration(script, script_args, 3, domain, data, cpu, "eager")
+    assert seen == [[9.0, 10.0, 9.0], [0.0] * 3]  # dataset 1's the preset's + 1; 0, FQL's no clipping, stays 0
     result = sweep_speed.main(
         sweep_speed.Args(
             device="cpu",

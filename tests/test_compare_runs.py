@@ -27,6 +27,12 @@ def test_only_identical_numbers_pass():
     assert compare_runs.differences(base, base[:1])[0].startswith("logged steps differ")
     more = [base[0] | {"q_policy": 2.0}]  # a key only this checkout logs
     assert compare_runs.differences(base[:1], more) == ["step 101 q_policy: None (base) vs 2.0 (this)"]
+    logged = [{"step": 1, "zero": 0.0, "count": 1, "nan": float("nan")}]  # what each logged, bit for bit
+    other = [{"step": 1, "zero": -0.0, "count": 1.0, "nan": float("nan")}]
+    assert compare_runs.differences(logged, other) == [
+        "step 1 count: 1 (base) vs 1.0 (this)",
+        "step 1 zero: 0.0 (base) vs -0.0 (this)",
+    ]
 
 
 def test_the_largest_relative_difference_and_where():
@@ -94,7 +100,8 @@ def test_a_run_only_this_checkout_writes_is_a_difference(tmp_path, monkeypatch, 
     monkeypatch.setattr(compare_runs, "run", lambda checkout, script, args, out, extra="": next(sides))
     monkeypatch.setattr(compare_runs.subprocess, "run", lambda cmd, **kw: DONE)
     args = compare_runs.Args(ROOT, "hopper.hdf5", scripts=["ofql"], sweeps=[], out_dir=str(tmp_path))
-    assert compare_runs.main(args) == 1 and "1 runs (base) vs 2 (this)" in capsys.readouterr().out
+    assert compare_runs.main(args) == 1  # no largest relative difference where no number differs
+    assert capsys.readouterr().out.startswith("ofql: 1 difference(s)\n  1 runs (base) vs 2 (this)")
 
 
 def test_the_bases_runs_are_run_again_unless_reuse_base(tmp_path, monkeypatch):

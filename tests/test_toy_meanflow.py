@@ -148,6 +148,7 @@ def test_the_toys_meanflow_draws_and_target_are_ofqls():
     "flags, message",
     [
         (["--epochs", "0"], "--epochs must be at least 1, not 0"),
+        (["--n-eval", "1"], r"--n-eval must be at least 2 \(the distances' unbiased estimates pair distinct samples"),
         (["--learning-rate", "nan"], r"--learning-rate must be a number in \(0, inf\), not nan"),
         (["--flow-ratio", "1.5"], r"--flow-ratio must be a number in \[0, 1\], not 1.5"),
         (["--adaptive-weight-power", "20"], r"--adaptive-weight-power must be a number in \[0, 10\]"),  # NaN tables

@@ -100,7 +100,7 @@ def differences(base: list[dict], this: list[dict]) -> list[str]:
     found = []
     for a, b in zip(base, this):
         for key in sorted(a.keys() | b.keys()):
-            if a.get(key) != b.get(key):
+            if json.dumps(a.get(key)) != json.dumps(b.get(key)):  # as logged: -0.0 is not 0.0, 1 not 1.0, NaN NaN
                 found.append(f"step {a['step']} {key}: {a.get(key)!r} (base) vs {b.get(key)!r} (this)")
     return found
 
@@ -141,9 +141,8 @@ def main(args: Args) -> int:
         records, values = sum(len(r) for r in base), sum(len(x) for r in base for x in r)
         same = f"identical ({len(base)} run(s), {records} records, {values} values, timing fields aside)"
         rel, where = max((largest_difference(a, b) for a, b in zip(base, this)), default=(0.0, ""))
-        print(
-            f"{script}: " + (f"{len(found)} difference(s), the largest relative {rel:.2e} ({where})" if found else same)
-        )
+        largest = f", the largest relative {rel:.2e} ({where})" if where else ""  # none: not numbers, or runs, steps
+        print(f"{script}: " + (f"{len(found)} difference(s){largest}" if found else same))
         for line in found[:20]:
             print(f"  {line}")
         failed |= bool(found)
