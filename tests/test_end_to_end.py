@@ -461,12 +461,12 @@ def test_an_interrupted_checkpoint_write_leaves_the_last_one_whole(tmp_path, hop
     monkeypatch.chdir(tmp_path)
     save, saves = torch.save, []
 
-    def interrupted_save(obj, path, *args, **kwargs):
-        saves.append(path)
+    def interrupted_save(obj, file, *args, **kwargs):  # file: the open .tmp file
+        saves.append(file)
         if len(saves) == 2:
-            open(path, "wb").write(b"half a checkpo")
+            file.write(b"half a checkpo")
             raise KeyboardInterrupt
-        save(obj, path, *args, **kwargs)
+        save(obj, file, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", interrupted_save)
     monkeypatch.setattr(sys, "argv", ["ofql.py", "--save-model", "--resume", "old.pt", "--seed", "0"])
