@@ -52,6 +52,7 @@ RESUMABLE = set(
     "resume total_steps exp_name cuda cuda_graph compile capture_video track wandb_project_name wandb_entity "
     "save_model eval_every eval_episodes num_candidates log_every device training_step torch commit".split()
 )
+STARTED = {"config.json", "sweep.json", "metrics.jsonl", "videos"}  # a run folder before its first record
 ONLINE_FLAGS = {"online_steps", "online_candidates", "balanced_sampling"}  # a resume may change them until it is online
 
 
@@ -517,7 +518,14 @@ class Runs:
             self.made.append(self.dirs[-1])
 
     def remove_made(self) -> None:
+        """The folders this process made, empty or with only what start() writes (a run that failed before its first
+        record: out of memory in its first step, say), then runs/ if it made it and it is empty."""
         for run_dir in reversed(self.made):  # the run folders (and their videos/, made with the envs), then runs/
+            log = os.path.join(run_dir, "metrics.jsonl")
+            if os.path.isfile(log) and os.path.getsize(log) == 0 and set(os.listdir(run_dir)) <= STARTED:
+                for name in STARTED - {"videos"}:
+                    with contextlib.suppress(OSError):
+                        os.remove(os.path.join(run_dir, name))
             for folder in (os.path.join(run_dir, "videos"), run_dir):
                 with contextlib.suppress(OSError):
                     os.rmdir(folder)  # only ever removes an empty folder
@@ -855,10 +863,10 @@ def main(script: str, run: Callable[[], str | list[str]]) -> None:
     except (UserError, OSError, KeyboardInterrupt, RuntimeError) as e:  # bad input, a refused write, a signal, OOM
         stop, runs = "interrupted" if isinstance(e, KeyboardInterrupt) else "error", Runs.latest
         oom = out_of_memory(e, runs)
-        if isinstance(e, RuntimeError) and not oom:
-            raise
         if runs is not None:
-            runs.remove_made()  # the folders it made, those still empty
+            runs.remove_made()  # the folders it made, those still empty or without a record
+        if isinstance(e, RuntimeError) and not oom:
+            raise  # a bug: its traceback
         # outside the loop (loading, setting up, the summaries): the last checkpoint and the command that continues
         message = oom or str(e) or (runs.how_to_continue() if runs else "no checkpoint was written")
         written = runs is not None and getattr(runs, "logs", None)  # in training: a refused write, out of memory

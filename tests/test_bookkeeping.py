@@ -375,8 +375,8 @@ def capture_failed(cause: Exception) -> UserError:
 
 def test_out_of_memory_is_one_line_that_names_what_to_make_smaller(tmp_path, hopper_file, monkeypatch, capsys):
     """The buffer of a too-large --online-steps (the CPU allocator's RuntimeError; CUDA's is torch.OutOfMemoryError,
-    also as the cause of a graph capture's UserError): one line, exit code 2, no empty run folder left; any other
-    RuntimeError stays a traceback."""
+    also as the cause of a graph capture's UserError): one line, exit code 2, no empty run folder left, nor one that
+    failed before its first record; any other RuntimeError stays a traceback."""
     monkeypatch.chdir(tmp_path)
     flags = ["--env-id", "hopper-medium-v2", "--dataset-path", hopper_file, "--total-steps", "4", "--online-steps", "9"]
     for error in (
@@ -398,6 +398,12 @@ def test_out_of_memory_is_one_line_that_names_what_to_make_smaller(tmp_path, hop
     monkeypatch.setattr(ofql, "OfflineBuffer", lambda *a: (_ for _ in ()).throw(RuntimeError("a bug")))
     with pytest.raises(RuntimeError, match="a bug"):
         run_main(flags, monkeypatch)
+    assert glob.glob("runs/*") == []
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)  # out of memory in the first step: the folder that start() filled goes too
+    monkeypatch.setattr(ofql, "update", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("CUDA out of memory.")))
+    assert run_main([*flags, "--save-model"], monkeypatch).code == 2
+    assert "no checkpoint was written" in capsys.readouterr().err and glob.glob("runs/*") == []
 
 
 def test_a_write_refused_in_training_names_the_last_checkpoint(tmp_path, hopper_file, monkeypatch, capsys):
@@ -698,6 +704,11 @@ def test_a_lone_run_that_goes_non_finite_says_so_once_and_not_as_a_sweep_member(
         ofql.train(ofql.parse_args([*flags, "--eval-every", "10", "--eval-episodes", "1"]))
     captured = capsys.readouterr()
     assert "the others go on" not in captured.err + captured.out
+    shutil.rmtree("runs")  # through the command: its folder keeps what it has, its first record or not
+    fail_at_window(1, 0, monkeypatch, step=2)
+    assert run_main([*flags, "--eval-every", "10", "--eval-episodes", "1"], monkeypatch).code == 2
+    (run_dir,) = glob.glob("runs/*")
+    assert {"config.json", "summary.json"} <= set(os.listdir(run_dir))
 
 
 def test_a_stop_while_the_data_load_leaves_no_new_run_folder_behind(tmp_path, hopper_file, monkeypatch):
