@@ -219,7 +219,7 @@ KITCHEN_ELEMENTS = {
 }
 KITCHEN_THRESHOLD = 0.3  # BONUS_THRESH: a task is done when ||obs[indices] - goal|| < 0.3
 KITCHEN_MAX_STEPS = 280  # max_episode_steps of every kitchen id
-# KitchenV0.init_qpos: the reset state (qvel = 0, the model has no key_qvel); the same numbers as Gymnasium-Robotics'
+# KitchenV0.init_qpos: the reset state (qvel = 0: its keyframe gives qpos only); the same numbers as Gymnasium-Robotics'
 # KitchenEnv. Order: 9 robot joints, 4 x (burner knob, burner), light switch, light, slide cabinet, 2 hinge doors,
 # microwave, kettle (x, y, z, qw, qx, qy, qz).
 KITCHEN_INIT_QPOS = np.array(
