@@ -61,7 +61,7 @@ class Args:
     plot_only: bool = False
     """skip training; rebuild the table and the PNG from the runs in --out-dir"""
     keep_rows: bool = True
-    """a (dataset, algorithm) without runs in --out-dir, or not in --datasets x --algorithms, keeps its last row"""
+    """a (dataset, algorithm) not run in --out-dir, or outside --datasets x --algorithms, keeps its results.json row"""
 
 
 def dataset_file(args: Args, env_id: str):
