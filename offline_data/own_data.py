@@ -42,10 +42,10 @@ def load_own_data(env_id: str, dataset_path: str | None) -> DataSource:
         raise UserError(
             f"{env_id}: the scripts need flat Box observations and bounded Box actions, not {obs_space} and {act_space}"
         )
+    if max_steps is None:  # an evaluation episode of an env that never ends would run forever
+        raise UserError(f"{env_id} has no time limit: register it with max_episode_steps, where its episodes end")
     dims = (obs_space.shape[0], act_space.shape[0])
     data = read_d4rl_hdf5(dataset_path, env_id, dims=dims)
-    if "timeouts" not in data and max_steps is None:
-        raise DatasetError(f"{dataset_path} has no 'timeouts' and {env_id} no time limit: mark the cut episodes' ends")
     if "timeouts" not in data:  # the time limit's ends, counted from 0 after a terminal too (not d4rl's quirk)
         data["timeouts"] = timeouts_by_step_count(data["terminals"], max_steps, restart=0)
     data = qlearning_dataset(data)

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import sys
 
 import gymnasium as gym
@@ -137,9 +138,10 @@ def test_an_id_of_no_source_names_the_gymnasium_route(monkeypatch):
 
 
 def test_an_env_of_your_own_package_is_made_from_its_spec_and_episodes_are_cut_by_its_limit(tmp_path, monkeypatch):
-    """An env registered by your own package (no time limit, bounds [-2, 2]): a file without timeouts is refused;
-    with the limit, episodes end every max_episode_steps counted from 0 after a fall too (d4rl counts from 1 there);
-    the evaluation env is made from its spec, so a worker process without the registration makes it too."""
+    """An env registered by your own package (bounds [-2, 2]) without a time limit is refused, whether the file marks
+    its episodes' ends or not (its evaluation episodes would never end); with the limit, episodes end every
+    max_episode_steps counted from 0 after a fall too (d4rl counts from 1 there); the evaluation env is made from its
+    spec, so a worker process without the registration makes it too."""
     spec = gym.envs.registration.EnvSpec("MyPendulum-v0", "gymnasium.envs.classic_control.pendulum:PendulumEnv")
     monkeypatch.setitem(gym.registry, spec.id, spec)
     path, n = str(tmp_path / "mine.hdf5"), 12
@@ -148,8 +150,13 @@ def test_an_env_of_your_own_package_is_made_from_its_spec_and_episodes_are_cut_b
     with h5py.File(path, "w") as f:
         f["observations"], f["actions"] = np.arange(3 * n, dtype=np.float32).reshape(n, 3), np.zeros((n, 1), np.float32)
         f["rewards"], f["terminals"] = np.zeros(n, np.float32), terminals
-    with pytest.raises(offline_data.DatasetError, match="has no 'timeouts' and MyPendulum-v0 no time limit"):
+    with pytest.raises(offline_data.UserError, match="^MyPendulum-v0 has no time limit: register it with max_episode"):
         offline_data.load(spec.id, path)
+    shutil.copy(path, tmp_path / "marked.hdf5")
+    with h5py.File(tmp_path / "marked.hdf5", "a") as f:
+        f["timeouts"] = np.arange(n) % 4 == 3
+    with pytest.raises(offline_data.UserError, match="^MyPendulum-v0 has no time limit"):
+        offline_data.load(spec.id, str(tmp_path / "marked.hdf5"))
     monkeypatch.setitem(gym.registry, spec.id, dataclasses.replace(spec, max_episode_steps=4))
     source = offline_data.load(spec.id, path)
     assert source.data["observations"][:, 0].tolist() == [0, 3, 6, 9, 12, 15, 21, 24, 27]  # rows 6, 10 end theirs
