@@ -448,10 +448,11 @@ def make_policy(agent: Agent, num_candidates: int, num_envs: int, obs_dim: int, 
 def evaluate(policies: list, envs: gym.vector.VectorEnv, source, members: list[Args], device) -> list[dict]:
     """One episode per env for each policy: the protocol's, then (where it differs) the policy's own sample, logged as
     policy_*. Returns each member's episode_stats and the protocol policy's decision_rate (action batches per second);
-    a sweep's envs are member-major, env i of a member seeded its seed + 100 + i. The policies' noise comes from a
-    forked generator seeded seed + 100: evaluating never changes the training's numbers."""
+    a sweep's envs are member-major, env i of a member seeded its seed + 100 + 10^6 i (runs of neighbouring seeds
+    never share a start). The policies' noise comes from a forked generator seeded seed + 100: evaluating never
+    changes the training's numbers."""
     episodes = envs.num_envs // len(members)
-    results, seeds = [{} for _ in members], [a.seed + 100 + i for a in members for i in range(episodes)]
+    results, seeds = [{} for _ in members], [a.seed + 100 + 10**6 * i for a in members for i in range(episodes)]
     for prefix, policy in zip(("", "policy_"), policies):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(members[0].seed + 100)  # in a sweep, member m's noise is slice m of each draw

@@ -401,7 +401,7 @@ def test_a_seeded_reset_gives_one_start_and_leaves_numpys_generator_as_it_was(en
     np.random.seed(0)
     starts = [env.reset(seed=s)[0] for s in (5, 5, 6)]
     assert np.array_equal(starts[0], starts[1]) and not np.array_equal(starts[0], starts[2])
-    env.reset(seed=4294967295 + 149)  # the largest --seed's evaluation env 49 (seed + 100 + i): past numpy's seeds
+    env.reset(seed=4294967295 + 100 + 10**6 * 49)  # the largest --seed's evaluation env 49: past numpy's seeds
     after = [(env.reset(seed=5), env.reset()[0])[1] for _ in range(2)]  # unseeded: from the env's own generator
     assert np.array_equal(after[0], after[1]) and not np.array_equal(after[0], starts[0])
     assert np.random.randint(1 << 30) == np.random.RandomState(0).randint(1 << 30)

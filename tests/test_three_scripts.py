@@ -154,10 +154,11 @@ def test_all_three_evaluate_a_policy_identically():
 
 
 @pytest.mark.parametrize("module", MODULES)
-def test_evaluation_resets_env_i_of_each_member_with_its_seed_plus_100_plus_i(module, monkeypatch):
+def test_evaluation_resets_env_i_of_each_member_with_its_seed_plus_100_plus_a_million_i(module, monkeypatch):
     """Each of a member's evaluation episodes starts from its own seed (the same in every evaluation of the run), for
-    each evaluated policy; member m's results are its own envs' episodes (a sweep's envs are member-major); the
-    decision rate logged is the protocol policy's."""
+    each evaluated policy, and runs of neighbouring seeds share none (seed + 100 + i did: seed 4's env 0 was seed 3's
+    env 1); member m's results are its own envs' episodes (a sweep's envs are member-major); the decision rate logged
+    is the protocol policy's."""
     calls = []
 
     def run_episodes(policy, envs, seeds, device):  # returns 10 + policy + env index; decides at 1 + policy per s
@@ -169,10 +170,10 @@ def test_evaluation_resets_env_i_of_each_member_with_its_seed_plus_100_plus_i(mo
             return offline_data.DataSource({}, "", 11, 3, None, "Hopper-v4", 0.0, 100.0)
 
     monkeypatch.setattr(offline_data, "run_episodes", run_episodes)
-    members = [module.Args(env_id="hopper-medium-v2", seed=3), module.Args(env_id="hopper-medium-v2", seed=8)]
+    members = [module.Args(env_id="hopper-medium-v2", seed=3), module.Args(env_id="hopper-medium-v2", seed=4)]
     envs = type("Envs", (), {"num_envs": 4})()
     first, second = module.evaluate([0, 10], envs, Source(), members, torch.device("cpu"))  # protocol's, policy's own
-    assert calls == [[103, 104, 108, 109]] * 2
+    assert calls == [[103, 1_000_103, 104, 1_000_104]] * 2
     assert (first["return"], second["return"], second["policy_return"]) == (10.5, 12.5, 22.5)
     assert first["decision_rate"] == second["decision_rate"] == 1.0  # not the policy's own sample's 11
 
