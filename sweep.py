@@ -176,9 +176,9 @@ def parse_args(argv: list[str]) -> tuple[types.ModuleType, Args, list]:
         flags_of = lambda path: bookkeeping.peek(["--resume", path], script.Args)[1]  # the run's at its checkpoint
         ran = lambda path: {k: v for k, v in flags_of(path).items() if k not in own}
         members = [dataclasses.replace(m, resume=path, **ran(path)) for m, path in zip(members, sweep.resume)]
-        folders = [os.path.basename(bookkeeping.run_folder(path)) for path in sweep.resume]
-        refuse_differing(script, members, folders, "the members' runs", "resume them apart")
-        note_if_not_one_sweep(sweep.resume)
+        dirs = [bookkeeping.run_folder(path) for path in sweep.resume]
+        refuse_differing(script, members, [os.path.basename(d) for d in dirs], "the members' runs", "resume them apart")
+        note_if_not_one_sweep(dirs)
     return script, sweep, members  # their flags are checked by bookkeeping.Runs, before anything is written
 
 
@@ -196,13 +196,12 @@ def refuse_differing(script, members: list, labels: list, where: str, fix: str) 
                 )
 
 
-def note_if_not_one_sweep(checkpoints: list[str]) -> None:
-    """The runs of one stopped sweep, all of them in its order, continue bit for bit as it would have (one noise
-    stream serves its members); other runs train together as well, and are told that their noise is a new one."""
-    folders = [os.path.basename(bookkeeping.run_folder(path)) for path in checkpoints]
+def note_if_not_one_sweep(dirs: list[str]) -> None:
+    """The runs (their folders) of one stopped sweep, all of them in its order, continue bit for bit as it would have
+    (one noise stream serves its members); other runs train together as well, and are told that their noise is new."""
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        with open(os.path.join(bookkeeping.run_folder(checkpoints[0]), "sweep.json")) as f:
-            if [os.path.basename(d) for d in json.load(f)["members"]] == folders:
+        with open(os.path.join(dirs[0], "sweep.json")) as f:
+            if [os.path.basename(d) for d in json.load(f)["members"]] == [os.path.basename(d) for d in dirs]:
                 return
     print("NOTE: these runs are not one sweep's members in its order: each continues its training, with new noise")
 
